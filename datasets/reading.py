@@ -1,0 +1,262 @@
+"""Reading an episode store: selections, whole-dataset transitions, episodes, statistics.
+
+Everything here reads only what the commit index says is committed, so it is safe while
+another process appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from o2o.datasets.episode import Episode
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """All selected steps, time-major: NumPy arrays or torch tensors (see :meth:`to_torch`).
+
+    Observations are flat (dict keys concatenated in schema order) unless loaded with
+    ``flatten=False``. ``episode_index`` gives each step's episode in the store.
+    """
+
+    observations: Any
+    actions: Any
+    rewards: Any
+    next_observations: Any
+    terminals: Any
+    timeouts: Any
+    episode_index: Any
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    def to_torch(self, device: Any = "cpu") -> "Transitions":
+        """The same transitions as torch tensors on ``device`` (one copy per field)."""
+        import torch  # optional at import time: reading with NumPy needs no torch
+
+        def conv(v):
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            return torch.as_tensor(v).to(device)
+
+        return Transitions(**{f.name: conv(getattr(self, f.name)) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Normalisation statistics of a selection (flat observations)."""
+
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    action_mean: np.ndarray
+    action_std: np.ndarray
+    reward_mean: float
+    reward_std: float
+    reward_min: float
+    reward_max: float
+    count: int
+
+    def to_dict(self) -> dict:
+        return {f.name: (v.tolist() if isinstance(v, np.ndarray) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d) -> "NormStats":
+        return cls(**{f.name: (np.asarray(d[f.name], np.float32) if isinstance(d[f.name], list) else d[f.name])
+                      for f in fields(cls)})
+
+
+class StoreReading:
+    """Read methods of :class:`o2o.datasets.EpisodeStore` (a mixin, kept in its own file)."""
+
+    # ------------------------------------------------------------------ selection
+    def _episode_column(self, name: str, n: int | None = None) -> np.ndarray:
+        n = self.num_episodes if n is None else n
+        return self.array(f"episodes/{name}")[:n]
+
+    def select(
+        self,
+        sources: Sequence[str] | str | None = None,
+        policy_ids: Sequence[str] | str | None = None,
+        episodes: slice | range | Sequence[int] | None = None,
+        version=None,
+        success: bool | None = None,
+    ) -> np.ndarray:
+        """Indices of committed episodes matching every given criterion.
+
+        ``version``: a :class:`DatasetVersion` (or its dict, or an episode count) — only
+        the episodes that existed at that version; with a fingerprint, it must match.
+        """
+        n = self._version_count(version)
+        idx = np.arange(n)
+        if episodes is not None:
+            if isinstance(episodes, slice):
+                idx = idx[episodes]
+            else:
+                req = np.asarray(list(episodes), dtype=np.int64)
+                bad = req[(req < 0) | (req >= n)]
+                if len(bad):
+                    raise IndexError(f"dataset {self.path!r}: episodes {bad[:5].tolist()} not in 0..{n - 1}")
+                idx = np.unique(req)
+        if sources is not None or policy_ids is not None:
+            prov = self._episode_column("provenance", n)[idx]
+            table = self.provenance_table
+            keep = np.ones(len(idx), bool)
+            for field, wanted in (("source", sources), ("policy_id", policy_ids)):
+                if wanted is None:
+                    continue
+                wanted = {wanted} if isinstance(wanted, str) else set(wanted)
+                ok_rows = np.array([p[field] in wanted for p in table] + [False], bool)
+                keep &= ok_rows[prov]
+            idx = idx[keep]
+        if success is not None:
+            idx = idx[self._episode_column("success", n)[idx] == int(success)]
+        return idx
+
+    def _version_count(self, version) -> int:
+        if version is None:
+            return self.num_episodes
+        if isinstance(version, (int, np.integer)):
+            n, fp = int(version), None
+        else:
+            d = version.to_dict() if hasattr(version, "to_dict") else dict(version)
+            n, fp = int(d["episodes"]), d.get("fingerprint")
+        if not 0 <= n <= self.num_episodes:
+            raise ValueError(f"dataset {self.path!r}: version with {n} episodes, but {self.num_episodes} are committed")
+        if fp is not None and n > 0:
+            have = bytes(self.array("episodes/digest")[n - 1][16:]).hex()
+            if have != fp:
+                raise ValueError(
+                    f"dataset {self.path!r}: fingerprint at {n} episodes is {have[:12]}, not {fp[:12]}: "
+                    "this is not the dataset version asked for"
+                )
+        return n
+
+    def episodes_table(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-episode records (index, length, return, success, source, policy...) as arrays."""
+        n = self.num_episodes
+        idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+        ends = self._episode_column("ends", n)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        prov = self._episode_column("provenance", n)[idx]
+        table = self.provenance_table
+        out = {"index": idx, "start": starts[idx], "length": (ends - starts)[idx]}
+        for name in ("returns", "success", "seed"):
+            out[name] = self._episode_column(name, n)[idx]
+        times = self._episode_column("times", n)[idx]
+        out["start_time"], out["end_time"] = times[:, 0], times[:, 1]
+        last = np.asarray(ends[idx] - 1, np.int64)
+        out["terminated"] = self.array("data/terminals").oindex[last] if len(idx) else np.zeros(0, bool)
+        out["truncated"] = self.array("data/timeouts").oindex[last] if len(idx) else np.zeros(0, bool)
+        for field in ("source", "policy_id", "policy_version"):
+            out[field] = np.array([table[p][field] for p in prov], dtype=object)
+        # Human-controlled steps per episode, from one read of the flag column.
+        counts = np.cumsum(self.array("data/interventions")[: self.num_steps], dtype=np.int64)
+        counts = np.concatenate([[0], counts])
+        out["interventions"] = counts[ends[idx]] - counts[starts[idx]]
+        return out
+
+    # ------------------------------------------------------------------ bulk loading
+    def load_transitions(
+        self, indices: np.ndarray | None = None, flatten: bool = True, device: Any = None
+    ) -> Transitions:
+        """All steps of the selected episodes in one call (NumPy; torch on ``device`` if given)."""
+        n = self.num_episodes
+        idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+        ends = self._episode_column("ends", n)
+        last = int(ends[idx.max()]) if len(idx) else 0  # read only the prefix that is needed
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        lengths = (ends - starts)[idx]
+        contiguous = len(idx) == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))
+        rows = slice(0, last) if contiguous else _ranges(starts[idx], lengths)
+        ep_of_row = np.repeat(idx, lengths)
+
+        def take(a):
+            return a[rows] if isinstance(rows, slice) else a[rows]
+
+        m = int(ends[idx.max()]) if len(idx) else 0
+        obs, nxt = {}, {}
+        used_ends = ends[: idx.max() + 1] if len(idx) else ends[:0]
+        for k in self.schema.obs:
+            full = self.array(f"data/obs/{k}")[:m]
+            final = self.array(f"episodes/final_obs/{k}")[: len(used_ends)]
+            nx = np.empty_like(full)
+            nx[:-1] = full[1:]
+            nx[used_ends - 1] = final  # each episode's last step continues to its final observation
+            obs[k], nxt[k] = take(full), take(nx)
+        if flatten:
+            obs, nxt = self._flatten(obs), self._flatten(nxt)
+        out = Transitions(
+            observations=obs,
+            actions=take(self.array("data/actions")[:m]),
+            rewards=take(self.array("data/rewards")[:m]),
+            next_observations=nxt,
+            terminals=take(self.array("data/terminals")[:m]),
+            timeouts=take(self.array("data/timeouts")[:m]),
+            episode_index=ep_of_row,
+        )
+        return out.to_torch(device) if device is not None else out
+
+    def _flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if len(obs) == 1:
+            (v,) = obs.values()
+            return v.reshape(len(v), -1)
+        return np.concatenate([v.reshape(len(v), -1).astype(np.float32) for v in obs.values()], axis=1)
+
+    def normalization_stats(self, indices: np.ndarray | None = None, eps: float = 1e-3) -> NormStats:
+        """Mean/std of flat observations and actions, reward range, over a selection."""
+        tr = self.load_transitions(indices)
+        if len(tr) == 0:
+            raise ValueError(f"dataset {self.path!r}: no transitions selected, cannot compute statistics")
+        o = tr.observations.astype(np.float64)
+        a = tr.actions.astype(np.float64)
+        r = tr.rewards.astype(np.float64)
+        return NormStats(
+            obs_mean=o.mean(0).astype(np.float32), obs_std=np.maximum(o.std(0), eps).astype(np.float32),
+            action_mean=a.mean(0).astype(np.float32), action_std=np.maximum(a.std(0), eps).astype(np.float32),
+            reward_mean=float(r.mean()), reward_std=float(r.std()), reward_min=float(r.min()),
+            reward_max=float(r.max()), count=len(tr),
+        )
+
+    # ------------------------------------------------------------------ episodes one by one
+    def episode(self, i: int) -> Episode:
+        """Episode ``i`` with its arrays and record."""
+        n = self.num_episodes
+        if not 0 <= i < n:
+            raise IndexError(f"dataset {self.path!r}: episode {i} not in 0..{n - 1}")
+        ends = self.array("episodes/ends")
+        start = int(ends[i - 1]) if i > 0 else 0
+        end = int(ends[i])
+        s = slice(start, end)
+        obs = {k: self.array(f"data/obs/{k}")[s] for k in self.schema.obs}
+        final = {k: self.array(f"episodes/final_obs/{k}")[i] for k in self.schema.obs}
+        if self.schema.flat:
+            (obs,), (final,) = obs.values(), final.values()
+        col = lambda name: self.array(f"episodes/{name}")[i]  # noqa: E731
+        success = int(col("success"))
+        seed = int(col("seed"))
+        start_time, end_time = (float(t) for t in col("times"))
+        return Episode(
+            observations=obs, actions=self.array("data/actions")[s], rewards=self.array("data/rewards")[s],
+            terminals=self.array("data/terminals")[s], timeouts=self.array("data/timeouts")[s],
+            final_observation=final, provenance=self.provenance_table[int(col("provenance"))],
+            interventions=self.array("data/interventions")[s], seed=None if seed < 0 else seed,
+            success=None if success < 0 else bool(success), start_time=start_time,
+            end_time=end_time, index=i,
+        )
+
+    def iter_episodes(self, indices: Iterable[int] | None = None) -> Iterator[Episode]:
+        """Episodes one by one (a selection from :meth:`select`, or all)."""
+        for i in (range(self.num_episodes) if indices is None else indices):
+            yield self.episode(int(i))
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + l)`` for each pair, without a Python loop."""
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + offsets

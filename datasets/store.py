@@ -1,0 +1,396 @@
+"""The growing, crash-safe Zarr episode store.
+
+Layout of a dataset (a Zarr v3 group)::
+
+    zarr.json                 attributes: schema, env, creation time, o2o version
+    data/obs/<key>            (T, ...) observation per step, one array per key
+    data/actions              (T, A)
+    data/rewards, terminals, timeouts, interventions          (T,)
+    episodes/final_obs/<key>  (E, ...) observation after each episode's last step
+    episodes/ends             (E,) cumulative step count: episode i is rows ends[i-1]:ends[i]
+    episodes/{returns, success, seed, times, provenance, digest}   (E, ...)
+    index.json                the commit: episode and step counts, fingerprint, provenance table
+    .o2o.lock                 the writer lock (flock)
+
+An append validates every episode first, writes all rows past the committed end, makes
+them durable, and only then replaces ``index.json`` atomically. Readers trust
+``index.json`` alone, so they never see a row that is not committed; a writer that opens
+the store after a crash trims everything past the committed end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes
+from o2o.datasets.episode import Episode
+from o2o.datasets.reading import StoreReading
+from o2o.datasets.schema import SOURCES, Schema, validate_episode
+
+log = logging.getLogger(__name__)
+
+INDEX_KEY = "index.json"
+INDEX_FORMAT = 1
+CHUNK_BYTES = 1 << 20  # ~1 MiB uncompressed per chunk: large sequential reads
+# Every commit rewrites the last chunk of each array, so small per-row arrays (rewards,
+# flags, per-episode records) get fewer rows per chunk than 1 MiB would give them.
+MAX_STEP_CHUNK_ROWS = 1 << 16
+MAX_EPISODE_CHUNK_ROWS = 1 << 12
+EPISODE_FIELDS = {  # per-episode arrays: dtype, trailing shape
+    "ends": ("int64", ()),
+    "returns": ("float64", ()),
+    "success": ("int8", ()),  # -1 unknown, 0, 1
+    "seed": ("int64", ()),  # -1 none
+    "times": ("float64", (2,)),  # start, end (Unix seconds)
+    "provenance": ("int32", ()),  # row of the index's provenance table
+    "digest": ("uint8", (32,)),  # [:16] content digest, [16:] chained fingerprint
+}
+# Each zarr operation costs milliseconds whatever its size, so a commit touches as few
+# arrays as it can: terminated/truncated are read from data/terminals|timeouts at the ends.
+__all__ = ["EpisodeStore", "DatasetVersion", "StoreLockedError", "o2o_version"]
+
+
+def o2o_version() -> str:
+    try:
+        return metadata.version("o2o")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """Which data a run used: committed episodes and steps plus the chained fingerprint."""
+
+    episodes: int
+    steps: int
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.episodes} episodes @ {self.fingerprint[:12]}"
+
+    def to_dict(self) -> dict:
+        return {"episodes": self.episodes, "steps": self.steps, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "DatasetVersion":
+        return cls(int(d["episodes"]), int(d["steps"]), str(d["fingerprint"]))
+
+
+EMPTY_FINGERPRINT = "0" * 32
+
+
+def _chunk_rows(row_bytes: int, target: int, max_rows: int) -> int:
+    rows = min(max_rows, max(1, target // max(1, row_bytes)))
+    return 1 << int(math.log2(rows))
+
+
+def _compressor(dtype: np.dtype) -> BloscCodec:
+    # lz4 + byte shuffle decompresses at GB/s: bulk loads are bounded by memory, not codec.
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if dtype.itemsize > 1 else "noshuffle")
+
+
+def episode_digest(arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> bytes:
+    """16-byte content digest of one episode: every stored array and its record."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    return h.digest()
+
+
+def chain(prev_fingerprint: bytes, content: bytes) -> bytes:
+    return hashlib.blake2b(prev_fingerprint + content, digest_size=16).digest()
+
+
+class EpisodeStore(StoreReading):
+    """An append-only dataset of episodes in Zarr. Open with :meth:`create` or :meth:`open`.
+
+    ``mode='r'`` reads (any number of readers, also while a writer appends); ``mode='a'``
+    takes the writer lock, repairs an uncommitted tail left by a crash, and appends.
+    Use as a context manager, or call :meth:`close`, to release the lock.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        self.path = str(path)
+        self.root = Path(path)
+        self.mode = mode
+        if not (self.root / "zarr.json").exists() or not (self.root / INDEX_KEY).exists():
+            raise FileNotFoundError(
+                f"dataset {self.path!r} does not exist or is not an o2o store (no zarr.json/{INDEX_KEY}); "
+                "create it with EpisodeStore.create or `o2o collect`"
+            )
+        self._lock = WriterLock(self.root) if mode == "a" else None
+        self._arrays: dict[str, zarr.Array] = {}
+        if self._lock is not None:
+            self._lock.acquire(self.path)
+        try:
+            self._zstore = DurableLocalStore(self.root, read_only=(mode == "r"))
+            self.group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
+            attrs = dict(self.group.attrs).get("o2o")
+            if attrs is None:
+                raise ValueError(f"dataset {self.path!r}: zarr group has no 'o2o' attributes")
+            self.attrs: dict = attrs
+            self.schema = Schema.from_attrs(attrs)
+            self.refresh()
+            if mode == "a":
+                self._repair()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        schema: Schema,
+        env: Mapping[str, Any] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> "EpisodeStore":
+        """Create an empty dataset and return it open for appending."""
+        root = Path(path)
+        if (root / "zarr.json").exists():
+            raise FileExistsError(f"dataset {str(path)!r} already exists; open it with mode='a' to append")
+        root.mkdir(parents=True, exist_ok=True)
+        zstore = DurableLocalStore(root)
+        attrs = dict(
+            schema.to_attrs(),
+            env=dict(env) if env else None,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            o2o_version=o2o_version(),
+            chunk_bytes=int(chunk_bytes),
+        )
+        g = zarr.create_group(zstore, attributes={"o2o": json.loads(json.dumps(attrs, default=str))})
+
+        def make(name: str, shape: tuple, dtype: str):
+            dt = np.dtype(dtype)
+            row = int(np.prod(shape)) * dt.itemsize
+            cap = MAX_STEP_CHUNK_ROWS if name.startswith("data/") else MAX_EPISODE_CHUNK_ROWS
+            g.create_array(
+                name, shape=(0, *shape), chunks=(_chunk_rows(row, chunk_bytes, cap), *shape), dtype=dt,
+                compressors=_compressor(dt), fill_value=0,
+                config={"write_empty_chunks": True},  # skips a full-chunk comparison on every write
+            )
+
+        for key, spec in schema.obs.items():
+            make(f"data/obs/{key}", spec.shape, spec.dtype)
+            make(f"episodes/final_obs/{key}", spec.shape, spec.dtype)
+        make("data/actions", schema.action_space.shape, np.dtype(schema.action_space.dtype).name)
+        make("data/rewards", (), "float32")
+        for flag in ("terminals", "timeouts", "interventions"):
+            make(f"data/{flag}", (), "bool")
+        for name, (dtype, shape) in EPISODE_FIELDS.items():
+            make(f"episodes/{name}", shape, dtype)
+        zstore.sync_dirs()
+        index = {"format": INDEX_FORMAT, "episodes": 0, "steps": 0, "fingerprint": EMPTY_FINGERPRINT,
+                 "provenance": [], "updated": time.time()}
+        atomic_write_bytes(root / INDEX_KEY, json.dumps(index).encode())
+        return cls(root, mode="a")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
+        return cls(path, mode=mode)
+
+    # ------------------------------------------------------------------ state
+    def refresh(self) -> DatasetVersion:
+        """Re-read the commit index (a reader sees appends committed since it opened)."""
+        try:
+            index = json.loads((self.root / INDEX_KEY).read_bytes())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"dataset {self.path!r}: cannot read {INDEX_KEY}: {e}") from e
+        if index.get("format") != INDEX_FORMAT:
+            raise ValueError(f"dataset {self.path!r}: index format {index.get('format')} not supported")
+        self._index = index
+        return self.version
+
+    @property
+    def version(self) -> DatasetVersion:
+        i = self._index
+        return DatasetVersion(int(i["episodes"]), int(i["steps"]), str(i["fingerprint"]))
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self._index["episodes"])
+
+    @property
+    def num_steps(self) -> int:
+        return int(self._index["steps"])
+
+    @property
+    def provenance_table(self) -> list[dict]:
+        return list(self._index["provenance"])
+
+    @property
+    def env(self) -> dict | None:
+        return self.attrs.get("env")
+
+    def array(self, name: str) -> zarr.Array:
+        """A Zarr array of the store (a reader opens it fresh, so its shape is current)."""
+        if self.mode == "a":  # only this process changes shapes: keep the handles
+            if name not in self._arrays:
+                self._arrays[name] = zarr.open_array(self._zstore, path=name, mode="r+")
+            return self._arrays[name]
+        return zarr.open_array(self._zstore, path=name, mode="r")
+
+    def _array_names(self) -> list[str]:
+        names = [f"data/obs/{k}" for k in self.schema.obs] + [f"episodes/final_obs/{k}" for k in self.schema.obs]
+        names += ["data/actions", "data/rewards", "data/terminals", "data/timeouts", "data/interventions"]
+        return names + [f"episodes/{n}" for n in EPISODE_FIELDS]
+
+    def _committed_len(self, name: str) -> int:
+        return self.num_steps if name.startswith("data/") else self.num_episodes
+
+    def _trim(self) -> list[str]:
+        """Cut every array back to its committed length; names what was cut."""
+        trimmed = []
+        for name in self._array_names():
+            arr = self.array(name)
+            n = self._committed_len(name)
+            if arr.shape[0] != n:
+                if arr.shape[0] < n:
+                    raise ValueError(
+                        f"dataset {self.path!r}: array {name} has {arr.shape[0]} rows but {n} are committed; "
+                        "the store is damaged (run `o2o dataset verify`)"
+                    )
+                trimmed.append(f"{name}: {arr.shape[0] - n}")
+                arr.resize((n, *arr.shape[1:]))
+        if trimmed:
+            self._zstore.sync_dirs()
+        return trimmed
+
+    def _repair(self) -> None:
+        """Trim rows past the committed end (left by a crash) and stray temp files."""
+        trimmed = self._trim()
+        for tmp in self.root.rglob("*.partial"):
+            tmp.unlink(missing_ok=True)
+        if trimmed:
+            log.warning("dataset %r: removed uncommitted rows left by an interrupted append (%s)",
+                        self.path, ", ".join(trimmed))
+
+    # ------------------------------------------------------------------ writing
+    def append(self, episode: Episode) -> int:
+        """Validate, write and commit one episode; returns its index."""
+        return self.append_many([episode])[0]
+
+    def append_many(self, episodes: Sequence[Episode]) -> list[int]:
+        """Validate every episode, then write and commit them together (one commit).
+
+        Nothing is written if any episode is invalid. Returns the new episode indices.
+        """
+        if self.mode != "a" or self._lock is None or not self._lock.held:
+            raise PermissionError(f"dataset {self.path!r} is open read-only (or closed); open it with mode='a'")
+        if not episodes:
+            return []
+        E0, T0 = self.num_episodes, self.num_steps
+        prov_table = self.provenance_table
+        prov_rows = {json.dumps(p, sort_keys=True): i for i, p in enumerate(prov_table)}
+        validated, records = [], []
+        for j, ep in enumerate(episodes):
+            where = f"dataset {self.path!r}: episode {E0 + j}" + (f" (batch item {j})" if len(episodes) > 1 else "")
+            arrays = validate_episode(self.schema, ep, where)
+            prov = _check_provenance(ep.provenance, where)
+            key = json.dumps(prov, sort_keys=True)
+            if key not in prov_rows:
+                prov_rows[key] = len(prov_table)
+                prov_table.append(prov)
+            validated.append(arrays)
+            records.append({
+                "returns": float(np.sum(arrays["rewards"], dtype=np.float64)),
+                "success": -1 if ep.success is None else int(bool(ep.success)),
+                "seed": -1 if ep.seed is None else _check_seed(ep.seed, where),
+                "times": [float(ep.start_time), float(ep.end_time)],
+                "provenance": prov_rows[key],
+            })
+        # Digests chain each episode to all before it: one hash names the whole history.
+        fp = bytes.fromhex(self._index["fingerprint"])
+        digests = []
+        for arrays, rec in zip(validated, records):
+            content = episode_digest(arrays, dict(rec, provenance=prov_table[rec["provenance"]]))
+            fp = chain(fp, content)
+            digests.append(np.frombuffer(content + fp, np.uint8))
+        lengths = [len(a["actions"]) for a in validated]
+        ends = T0 + np.cumsum(lengths)
+
+        columns: dict[str, np.ndarray] = {}
+        for key in validated[0]:
+            part = [a[key] for a in validated]
+            name = f"episodes/{key}" if key.startswith("final_obs/") else f"data/{key}"
+            columns[name] = np.stack(part) if key.startswith("final_obs/") else np.concatenate(part)
+        columns["episodes/ends"] = ends.astype(np.int64)
+        for field in EPISODE_FIELDS:
+            if field not in ("ends", "digest"):
+                columns[f"episodes/{field}"] = np.asarray([r[field] for r in records], dtype=EPISODE_FIELDS[field][0])
+        columns["episodes/digest"] = np.stack(digests)
+
+        # Data first ...
+        for name, values in columns.items():
+            arr = self.array(name)
+            start = self._committed_len(name)
+            need = start + len(values)
+            if need > arr.shape[0]:
+                # Grow a chunk ahead: most commits then write rows without a metadata write.
+                chunk = arr.chunks[0]
+                arr.resize((-(-need // chunk) * chunk + chunk, *arr.shape[1:]))
+            arr[start:need] = values
+        self._zstore.sync_dirs()
+        # ... the index last: the commit point.
+        index = dict(self._index, episodes=E0 + len(episodes), steps=int(ends[-1]), fingerprint=fp.hex(),
+                     provenance=prov_table, updated=time.time())
+        atomic_write_bytes(self.root / INDEX_KEY, json.dumps(index).encode())
+        self._index = index
+        return list(range(E0, E0 + len(episodes)))
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Trim the spare capacity (a writer) and release the lock."""
+        if self._lock is not None and self._lock.held:
+            try:
+                self._trim()
+            finally:
+                self._lock.release()
+
+    def __enter__(self) -> "EpisodeStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({self.path!r}, mode={self.mode!r}, {self.version})"
+
+
+def _check_seed(seed, where: str) -> int:
+    if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise ValueError(f"{where}: seed must be a non-negative integer < 2**63 or None, got {seed!r}")
+    return int(seed)
+
+
+def _check_provenance(prov: Mapping[str, Any] | Any, where: str) -> dict:
+    if hasattr(prov, "to_dict"):
+        prov = prov.to_dict()
+    if not isinstance(prov, Mapping):
+        raise ValueError(f"{where}: provenance must be a mapping, got {type(prov).__name__}")
+    src = prov.get("source")
+    if src not in SOURCES:
+        raise ValueError(f"{where}: provenance source {src!r} is not one of {SOURCES}")
+    if not prov.get("policy_id"):
+        raise ValueError(f"{where}: provenance needs a policy_id")
+    out = {"source": src, "policy_id": str(prov["policy_id"]),
+           "policy_version": str(prov.get("policy_version", "1")), "params": dict(prov.get("params") or {})}
+    return json.loads(json.dumps(out, sort_keys=True, default=str))

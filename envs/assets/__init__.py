@@ -1,0 +1,1 @@
+"""MuJoCo model files of o2o's built-in tasks."""

@@ -1,0 +1,182 @@
+"""robosuite manipulation tasks (Lift, ...) as o2o Gymnasium envs.
+
+The robot's arm runs the requested part controller (``OSC_POSE`` by default) inside
+robosuite 1.5's ``BASIC`` composite controller; no renderer, no cameras, and
+``hard_reset=False`` (a reset re-uses the compiled model: ~1 ms instead of ~0.2-0.9 s).
+The low-dimensional observation dict is flattened, in ``obs_keys`` order, into one
+float32 vector named by an :class:`ObsLayout`.
+
+Seeding: robosuite's ``reset()`` takes no seed; its randomness (object placement,
+robot joint noise) draws from ``env.rng`` and from each placement sampler's ``rng``.
+``reset(seed=s)`` replaces all of them by one ``np.random.default_rng(s)``, so the same
+seed gives the same initial state (checked by tests/envs/test_envs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from o2o.envs.spaces import ObsLayout
+
+# Enough for a policy to solve Lift (object pose relative to the gripper, gripper state,
+# arm configuration) without the redundant robosuite "-state" concatenations.
+DEFAULT_OBS_KEYS = (
+    "robot0_eef_pos",
+    "robot0_eef_quat",
+    "robot0_gripper_qpos",
+    "robot0_gripper_qvel",
+    "robot0_joint_pos_cos",
+    "robot0_joint_pos_sin",
+    "robot0_joint_vel",
+    "cube_pos",
+    "cube_quat",
+    "gripper_to_cube_pos",
+)
+
+# robosuite logs these on every import / make; they describe its optional extras and
+# config pruning, not a problem with the env we build. Anything else still shows.
+_BENIGN_LOG_PREFIXES = (
+    "No private macro file found",
+    "It is recommended to use a private macro file",
+    "To setup, run:",
+    "Could not import robosuite_models",
+    "Could not load the mink-based whole-body IK",
+    "The config has defined for the controller",
+)
+
+
+class _QuietRobosuite(logging.Filter):
+    """Drops robosuite's INFO chatter and its known benign warnings; keeps errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        return not str(record.getMessage()).startswith(_BENIGN_LOG_PREFIXES)
+
+
+_LOG_FILTER = _QuietRobosuite()
+
+
+def _import_robosuite():
+    # The filter must sit on robosuite's logger before the first import, which logs.
+    logger = logging.getLogger("robosuite_logs")
+    if _LOG_FILTER not in logger.filters:
+        logger.addFilter(_LOG_FILTER)
+    import robosuite
+
+    return robosuite
+
+
+def _seed_samplers(sampler: Any, rng: np.random.Generator) -> None:
+    # Composite samplers hold child samplers, each with its own rng reference.
+    if sampler is None:
+        return
+    if hasattr(sampler, "rng"):
+        sampler.rng = rng
+    for child in getattr(sampler, "samplers", {}).values():
+        _seed_samplers(child, rng)
+
+
+class RobosuiteEnv(gym.Env):
+    """A robosuite env behind the Gymnasium API with a flat float32 observation.
+
+    ``terminated`` is always False (robosuite tasks do not end on their own here);
+    truncation is left to the ``TimeLimit`` wrapper that :func:`make` adds.
+    ``info["is_success"]`` is the task's ``_check_success()``.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        env_id: str,
+        horizon: int,
+        robots: str | Sequence[str] = "Panda",
+        controller: str = "OSC_POSE",
+        obs_keys: Sequence[str] = DEFAULT_OBS_KEYS,
+        control_freq: float = 20,
+        **suite_kwargs: Any,
+    ):
+        suite = _import_robosuite()
+        from robosuite.controllers import load_composite_controller_config, load_part_controller_config
+
+        robot = robots if isinstance(robots, str) else robots[0]
+        ctrl_cfg = load_composite_controller_config(controller="BASIC", robot=robot)
+        if controller != ctrl_cfg["body_parts"]["right"]["type"]:
+            arm = load_part_controller_config(default_controller=controller)
+            # Keep the composite's gripper setting: part configs come without one.
+            arm["gripper"] = ctrl_cfg["body_parts"]["right"].get("gripper", {"type": "GRIP"})
+            for side in ("right", "left"):
+                ctrl_cfg["body_parts"][side] = dict(arm)
+        if suite_kwargs.get("use_camera_obs"):
+            raise ValueError("robosuite envs in o2o are low-dimensional: set use_camera_obs to false")
+        params = dict(
+            has_renderer=False,
+            has_offscreen_renderer=False,
+            use_camera_obs=False,
+            hard_reset=False,
+            ignore_done=True,  # the TimeLimit wrapper truncates; robosuite would refuse to step on
+            reward_shaping=True,
+        )
+        params.update(suite_kwargs)
+        self._env = suite.make(
+            env_id, robots=robots, controller_configs=ctrl_cfg, control_freq=control_freq, horizon=int(horizon), **params
+        )
+        self.env_id = env_id
+        self.control_freq = float(control_freq)
+        self.dt = 1.0 / self.control_freq
+        self.controller_type = controller
+
+        spec = self._env.observation_spec()
+        missing = [k for k in obs_keys if k not in spec]
+        if missing:
+            raise ValueError(
+                f"robosuite {env_id}: observation keys {missing} not produced; available: {sorted(spec)}"
+            )
+        self.obs_layout = ObsLayout([(k, np.shape(spec[k])) for k in obs_keys])
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.obs_layout.dim,), dtype=np.float32)
+        low, high = self._env.action_spec
+        self.action_space = gym.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+
+    @property
+    def sim_env(self):
+        """The underlying robosuite env (for task-specific access)."""
+        return self._env
+
+    def _success(self) -> bool:
+        return bool(self._env._check_success())
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            rng = np.random.default_rng(seed)
+            self._env.rng = rng
+            _seed_samplers(getattr(self._env, "placement_initializer", None), rng)
+        obs = self._env.reset()
+        return self.obs_layout.flatten(obs), {"is_success": self._success()}
+
+    def step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float64), self.action_space.low, self.action_space.high)
+        obs, reward, _done, info = self._env.step(action)
+        info = dict(info)
+        info["is_success"] = self._success()
+        return self.obs_layout.flatten(obs), float(reward), False, False, info
+
+    def close(self):
+        self._env.close()
+
+
+def make(env_id: str, max_episode_steps: int, **kwargs: Any) -> gym.Env:
+    """A robosuite task by id (``Lift``...), horizon = ``max_episode_steps``, under a TimeLimit.
+
+    ``kwargs``: ``robots``, ``controller`` (arm part controller type), ``obs_keys``,
+    ``control_freq`` and any other ``robosuite.make`` argument (``reward_shaping``...).
+    """
+    env = RobosuiteEnv(env_id, horizon=int(max_episode_steps), **kwargs)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=int(max_episode_steps))

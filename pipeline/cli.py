@@ -1,0 +1,144 @@
+"""The ``o2o`` command line.
+
+    o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
+    o2o dataset info PATH [--json]       what a dataset holds
+    o2o dataset verify PATH              check every invariant (exit 1 with reasons)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from o2o.pipeline.config import load_config
+    from o2o.pipeline.progress import CollectProgress
+    from o2o.pipeline.stages.collect import collect
+
+    cfg = load_config("collect", args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg), markup=False)
+        return 0
+    with CollectProgress(total=int(cfg.collect.episodes), enabled=bool(cfg.collect.progress)) as bar:
+        result = collect(cfg, progress=bar.update)
+    _print_collect_summary(result)
+    return 0
+
+
+def _print_collect_summary(result) -> None:
+    from o2o.datasets import EpisodeStore
+    from o2o.datasets.inspect import dataset_info
+
+    t = Table(title=f"collected {len(result.episodes)} episodes, {result.steps} steps in {result.seconds:.1f} s "
+                    f"({result.steps / max(result.seconds, 1e-9):.0f} steps/s)")
+    for col in ("source", "episodes", "steps", "return (mean)", "success"):
+        t.add_column(col, justify="right")
+    with EpisodeStore.open(result.path) as store:
+        info = dataset_info(store)
+    for src, s in info["sources"].items():
+        rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
+        t.add_row(src, str(s["episodes"]), str(s["transitions"]), f"{s['return_mean']:.2f}", rate)
+    console.print(t)
+    rate = result.success_rate
+    console.print(f"this run: return {sum(result.returns) / max(1, len(result.returns)):.2f} mean, success "
+                  f"{'-' if rate is None else f'{rate:.2f}'}; dataset {result.path}: {info['episodes']} episodes, "
+                  f"{info['transitions']} transitions, version {info['version']['fingerprint'][:12]}")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from o2o.datasets import EpisodeStore
+    from o2o.datasets.inspect import dataset_info
+
+    with EpisodeStore.open(args.path) as store:
+        info = dataset_info(store)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    env = info["env"] or {}
+    console.print(f"[bold]{info['path']}[/]  env {env.get('name')} ({env.get('id')}), "
+                  f"created {info['created']} by o2o {info['o2o_version']}")
+    console.print(f"{info['episodes']} episodes, {info['transitions']} transitions, "
+                  f"{info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk, version "
+                  f"{info['version']['episodes']}@{info['version']['fingerprint'][:12]}")
+    t = Table()
+    for col in ("source", "episodes", "transitions", "return mean [min, max]", "success", "interventions", "policies"):
+        t.add_column(col)
+    for src, s in info["sources"].items():
+        rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
+        t.add_row(src, str(s["episodes"]), str(s["transitions"]),
+                  f"{s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}]", rate,
+                  str(s["interventions"]), ", ".join(s["policies"]))
+    console.print(t)
+    obs = ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in info["observation_keys"].items())
+    a = info["action_space"]
+    console.print(f"observations: {obs}\nactions: {tuple(a['shape'])} {a['dtype']} in [{min(a['low'])}, {max(a['high'])}]",
+                  markup=False)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from o2o.datasets.inspect import verify_dataset
+
+    problems, notes = verify_dataset(args.path)
+    for n in notes:
+        console.print(f"note: {n}", markup=False)
+    if problems:
+        for p in problems:
+            err_console.print(f"FAIL {args.path}: {p}", markup=False)
+        return 1
+    console.print(f"OK {args.path}: every invariant holds", markup=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="o2o", description="Offline-to-online robot learning pipelines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="log episodes of a behaviour policy into the dataset",
+                       description="Hydra overrides, e.g. env=lift behavior=noisy collect.episodes=50 "
+                                   "dataset.path=data/lift.zarr")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.set_defaults(func=_cmd_collect)
+    d = sub.add_parser("dataset", help="inspect and check datasets")
+    dsub = d.add_subparsers(dest="dataset_command", required=True)
+    i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_cmd_info)
+    v = dsub.add_parser("verify", help="check every invariant; exit 1 with the reasons when one fails")
+    v.add_argument("path")
+    v.set_defaults(func=_cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as e:  # user-facing errors: one clear line, no traceback (O2O_DEBUG=1 shows it)
+        import os
+
+        if os.environ.get("O2O_DEBUG"):
+            raise
+        err_console.print(f"o2o {args.command}: error: {type(e).__name__}: {e}", markup=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

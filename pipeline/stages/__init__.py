@@ -1,0 +1,1 @@
+"""Pipeline stages: each a function of the artifacts it reads and writes."""

@@ -1,0 +1,144 @@
+"""The collect stage: drive an env with a behaviour policy and append episodes to the dataset."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
+from o2o.envs import env_metadata, make_env
+from o2o.policies.behavior.factory import make_behavior
+
+log = logging.getLogger(__name__)
+
+# Env settings that change what a logged step means; they must match an existing dataset.
+ENV_IDENTITY_KEYS = ("name", "id", "kwargs")
+
+
+class DatasetMismatchError(ValueError):
+    """The env or spaces do not match the dataset being appended to."""
+
+
+@dataclass
+class CollectResult:
+    """What one collection appended."""
+
+    path: str
+    episodes: list[int] = field(default_factory=list)
+    steps: int = 0
+    returns: list[float] = field(default_factory=list)
+    successes: list[bool | None] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    version: dict | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        known = [s for s in self.successes if s is not None]
+        return float(np.mean(known)) if known else None
+
+
+def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
+    """Open ``cfg.dataset.path`` for appending, creating it from the env if absent.
+
+    An existing dataset must hold the same env (name, id, kwargs) and spaces; otherwise a
+    :class:`DatasetMismatchError` says what differs, before any step is taken.
+    """
+    path = Path(cfg.dataset.path)
+    meta = env_metadata(env, cfg.env)
+    layout = env.get_wrapper_attr("obs_layout")
+    schema = Schema.from_spaces(env.observation_space, env.action_space, layout, cfg.dataset.action_bounds)
+    if not (path / "zarr.json").exists():
+        return EpisodeStore.create(path, schema, env=meta)
+    store = EpisodeStore.open(path, mode="a")
+    problems = store.schema.compatible_with(schema)
+    have = store.env or {}
+    for key in ENV_IDENTITY_KEYS:
+        if key in have and _canon(have.get(key)) != _canon(meta.get(key)):
+            problems.append(f"env {key} {meta.get(key)!r} != dataset's {have.get(key)!r}")
+    if problems:
+        store.close()
+        raise DatasetMismatchError(
+            f"dataset '{path}' was collected in another env or spaces: " + "; ".join(problems)
+            + " (nothing collected; use another dataset.path)"
+        )
+    return store
+
+
+def _canon(v: Any) -> Any:
+    return OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+
+
+def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
+    """Run ``cfg.collect.episodes`` episodes and append them (committing every few seconds).
+
+    ``progress`` is called as ``progress(result, running_episode_stats)`` after each
+    episode (the CLI draws its progress bar with it).
+    """
+    c = cfg.collect
+    env = make_env(cfg.env)
+    store = None
+    try:
+        store = open_dataset_for(cfg, env)
+        behavior = make_behavior(cfg.behavior, env, cfg.env)
+        base_seed = int(c.seed) if c.seed is not None else store.num_episodes
+        result = CollectResult(path=str(cfg.dataset.path))
+        pending: list[Episode] = []
+        last_commit = time.perf_counter()
+        start = time.perf_counter()
+
+        def commit() -> None:
+            nonlocal last_commit
+            if pending:
+                result.episodes += store.append_many(pending)
+                pending.clear()
+            last_commit = time.perf_counter()
+
+        try:
+            for i in range(int(c.episodes)):
+                seed = base_seed + i
+                ep = run_episode(env, behavior, seed)
+                pending.append(ep)
+                result.steps += len(ep)
+                result.returns.append(ep.episode_return)
+                result.successes.append(ep.success)
+                result.sources.append(ep.provenance["source"])
+                if (time.perf_counter() - last_commit >= float(c.commit_every_s)
+                        or len(pending) >= int(c.commit_every_episodes)):
+                    commit()
+                if progress is not None:
+                    progress(result, i + 1)
+        finally:
+            # Keep what was collected even when interrupted (Ctrl-C) or an episode failed.
+            commit()
+        result.seconds = time.perf_counter() - start
+        result.version = store.version.to_dict()
+        return result
+    finally:
+        if store is not None:
+            store.close()
+        env.close()
+
+
+def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episode:
+    """One episode of ``behavior`` in ``env`` from ``reset(seed=seed)``, recorded."""
+    obs, info = env.reset(seed=seed)
+    behavior.reset(seed=seed)
+    rec = EpisodeRecorder()
+    rec.start(obs)
+    if "is_success" in info:
+        rec.success = bool(info["is_success"])
+    done = False
+    while not done:
+        action = np.asarray(behavior.act(obs), dtype=env.action_space.dtype)
+        human = bool(behavior.human_in_control)
+        obs, reward, terminated, truncated, info = env.step(action)
+        rec.add(action, reward, terminated, truncated, obs, info, intervention=human)
+        done = terminated or truncated or (max_steps is not None and len(rec) >= max_steps)
+    return rec.finish(behavior.provenance.to_dict(), seed=seed)

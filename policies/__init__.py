@@ -1,0 +1,1 @@
+"""Behaviour policies, networks, offline/online algorithms and off-policy evaluation."""

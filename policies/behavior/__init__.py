@@ -1,0 +1,1 @@
+"""Behaviour policies for data collection: scripted, random, learned, mixtures (and human, later)."""
