@@ -16,8 +16,8 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -29,7 +29,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     cfg = load_config("collect", args.overrides)
     if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg), markup=False)
+        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
         return 0
     with CollectProgress(total=int(cfg.collect.episodes), enabled=bool(cfg.collect.progress)) as bar:
         result = collect(cfg, progress=bar.update)

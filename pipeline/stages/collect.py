@@ -56,19 +56,19 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
     schema = Schema.from_spaces(env.observation_space, env.action_space, layout, cfg.dataset.action_bounds)
     if not (path / "zarr.json").exists():
         return EpisodeStore.create(path, schema, env=meta)
-    store = EpisodeStore.open(path, mode="a")
-    problems = store.schema.compatible_with(schema)
-    have = store.env or {}
+    # Check as a reader first: a refused collection leaves the dataset untouched, lock file included.
+    with EpisodeStore.open(path, mode="r") as existing:
+        problems = existing.schema.compatible_with(schema)
+        have = existing.env or {}
     for key in ENV_IDENTITY_KEYS:
         if key in have and _canon(have.get(key)) != _canon(meta.get(key)):
             problems.append(f"env {key} {meta.get(key)!r} != dataset's {have.get(key)!r}")
     if problems:
-        store.close()
         raise DatasetMismatchError(
             f"dataset '{path}' was collected in another env or spaces: " + "; ".join(problems)
             + " (nothing collected; use another dataset.path)"
         )
-    return store
+    return EpisodeStore.open(path, mode="a")
 
 
 def _canon(v: Any) -> Any:
