@@ -12,7 +12,6 @@ The node's ``kind`` picks a builder from :data:`BEHAVIOR_BUILDERS`; a new kind (
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -24,10 +23,7 @@ from o2o.policies.behavior.base import BehaviorPolicy
 from o2o.policies.behavior.learned import LearnedPolicy
 from o2o.policies.behavior.mixture import MixturePolicy
 from o2o.policies.behavior.random_policy import RandomPolicy
-
-#: Scripted controllers are imported from a dotted path written in YAML; only o2o's own
-#: policy modules may be named, so a config cannot make o2o import arbitrary code.
-CONTROLLER_PREFIX = "o2o.policies."
+from o2o.policies.behavior.scripted import load_scripted_controller
 
 Builder = Callable[[DictConfig, gym.Env, "DictConfig | None", "int | None"], BehaviorPolicy]
 
@@ -71,24 +67,6 @@ def make_behavior(
     return spec.build(cfg, env, env_cfg, seed)
 
 
-def import_controller(path: str, env_name: str) -> type[BehaviorPolicy]:
-    """Import the scripted controller class at dotted ``path`` (must be under ``o2o.policies.``)."""
-    if not isinstance(path, str) or not path.startswith(CONTROLLER_PREFIX) or "." not in path[len(CONTROLLER_PREFIX):]:
-        raise ValueError(
-            f"env {env_name!r}: scripted_controller {path!r} must be a dotted class path under "
-            f"{CONTROLLER_PREFIX!r}, e.g. 'o2o.policies.behavior.scripted.ReachController'"
-        )
-    module_name, _, cls_name = path.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ImportError(f"env {env_name!r}: cannot import scripted_controller module {module_name!r}: {e}") from e
-    cls = getattr(module, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, BehaviorPolicy)):
-        raise TypeError(f"env {env_name!r}: scripted_controller {path!r} is not a BehaviorPolicy class")
-    return cls
-
-
 # -- builders ------------------------------------------------------------------------------
 
 
@@ -100,7 +78,10 @@ def _build_scripted(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, s
             f"behavior 'scripted': env {name!r} has no scripted controller (scripted_controller is null "
             f"or absent in its env config); use behavior=random, or behavior=learned with a checkpoint"
         )
-    cls = import_controller(path, name)
+    try:  # the path comes from YAML stored with datasets: the loader only accepts o2o's controllers
+        cls = load_scripted_controller(path)
+    except ValueError as e:
+        raise ValueError(f"env {name!r}: {e}") from e
     try:
         layout = env.get_wrapper_attr("obs_layout")
     except AttributeError:
