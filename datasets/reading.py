@@ -6,12 +6,15 @@ another process appends.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+import copy
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from o2o.datasets.episode import Episode
+
+EMPTY_FINGERPRINT = "0" * 32  # the fingerprint of a dataset with no episodes
 
 
 @dataclass(frozen=True)
@@ -125,8 +128,8 @@ class StoreReading:
             n, fp = int(d["episodes"]), d.get("fingerprint")
         if not 0 <= n <= self.num_episodes:
             raise ValueError(f"dataset {self.path!r}: version with {n} episodes, but {self.num_episodes} are committed")
-        if fp is not None and n > 0:
-            have = bytes(self.array("episodes/digest")[n - 1][16:]).hex()
+        if fp is not None:
+            have = bytes(self.array("episodes/digest")[n - 1][16:]).hex() if n > 0 else EMPTY_FINGERPRINT
             if have != fp:
                 raise ValueError(
                     f"dataset {self.path!r}: fingerprint at {n} episodes is {have[:12]}, not {fp[:12]}: "
@@ -200,10 +203,11 @@ class StoreReading:
         return out.to_torch(device) if device is not None else out
 
     def _flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        if len(obs) == 1:
-            (v,) = obs.values()
-            return v.reshape(len(v), -1)
-        return np.concatenate([v.reshape(len(v), -1).astype(np.float32) for v in obs.values()], axis=1)
+        # Explicit widths, not -1: a selection may hold zero rows.
+        parts = [v.reshape(len(v), int(np.prod(v.shape[1:], dtype=np.int64))) for v in obs.values()]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p.astype(np.float32) for p in parts], axis=1)
 
     def normalization_stats(self, indices: np.ndarray | None = None, eps: float = 1e-3) -> NormStats:
         """Mean/std of flat observations and actions, reward range, over a selection."""
@@ -241,7 +245,7 @@ class StoreReading:
         return Episode(
             observations=obs, actions=self.array("data/actions")[s], rewards=self.array("data/rewards")[s],
             terminals=self.array("data/terminals")[s], timeouts=self.array("data/timeouts")[s],
-            final_observation=final, provenance=self.provenance_table[int(col("provenance"))],
+            final_observation=final, provenance=copy.deepcopy(self.provenance_table[int(col("provenance"))]),
             interventions=self.array("data/interventions")[s], seed=None if seed < 0 else seed,
             success=None if success < 0 else bool(success), start_time=start_time,
             end_time=end_time, index=i,

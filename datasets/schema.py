@@ -136,7 +136,20 @@ def _check_array(where: str, key: str, value: Any, shape: tuple, dtype: np.dtype
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise EpisodeValidationError(f"{where}: {key} has a non-finite value {arr[tuple(bad)]} at index {tuple(bad)}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    # A same-kind cast may still overflow (1e39 -> float32 inf, 300 -> int8 44): refuse, never store it changed.
+    if dtype.kind == "f" and not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise EpisodeValidationError(
+            f"{where}: {key} value {arr[tuple(bad)]} at index {tuple(bad)} does not fit in {dtype}"
+        )
+    if dtype.kind in "iu" and arr.dtype.kind in "iu" and not np.array_equal(out, arr):
+        bad = np.argwhere(out != arr)[0]
+        raise EpisodeValidationError(
+            f"{where}: {key} value {arr[tuple(bad)]} at index {tuple(bad)} does not fit in {dtype}"
+        )
+    return out
 
 
 def _kinds_for(dtype: np.dtype) -> str:

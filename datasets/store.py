@@ -20,6 +20,7 @@ the store after a crash trims everything past the committed end.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from zarr.codecs import BloscCodec
 
 from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes
 from o2o.datasets.episode import Episode
-from o2o.datasets.reading import StoreReading
+from o2o.datasets.reading import EMPTY_FINGERPRINT, StoreReading
 from o2o.datasets.schema import SOURCES, Schema, validate_episode
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,6 @@ class DatasetVersion:
         return cls(int(d["episodes"]), int(d["steps"]), str(d["fingerprint"]))
 
 
-EMPTY_FINGERPRINT = "0" * 32
 
 
 def _chunk_rows(row_bytes: int, target: int, max_rows: int) -> int:
@@ -234,7 +234,7 @@ class EpisodeStore(StoreReading):
 
     @property
     def provenance_table(self) -> list[dict]:
-        return list(self._index["provenance"])
+        return copy.deepcopy(self._index["provenance"])  # callers may mutate their copy
 
     @property
     def env(self) -> dict | None:
@@ -314,7 +314,7 @@ class EpisodeStore(StoreReading):
                 "returns": float(np.sum(arrays["rewards"], dtype=np.float64)),
                 "success": -1 if ep.success is None else int(bool(ep.success)),
                 "seed": -1 if ep.seed is None else _check_seed(ep.seed, where),
-                "times": [float(ep.start_time), float(ep.end_time)],
+                "times": _check_times(ep, where),
                 "provenance": prov_rows[key],
             })
         # Digests chain each episode to all before it: one hash names the whole history.
@@ -359,6 +359,8 @@ class EpisodeStore(StoreReading):
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         """Trim the spare capacity (a writer) and release the lock."""
+        if self._lock is not None and self._lock.held and not hasattr(self, "_index"):
+            self._lock.release()  # failed while opening: nothing known to trim
         if self._lock is not None and self._lock.held:
             try:
                 self._trim()
@@ -376,9 +378,16 @@ class EpisodeStore(StoreReading):
 
 
 def _check_seed(seed, where: str) -> int:
-    if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
         raise ValueError(f"{where}: seed must be a non-negative integer < 2**63 or None, got {seed!r}")
     return int(seed)
+
+
+def _check_times(ep: Episode, where: str) -> list[float]:
+    times = [float(ep.start_time), float(ep.end_time)]
+    if not np.isfinite(times).all():
+        raise ValueError(f"{where}: start_time/end_time must be finite, got {times}")
+    return times
 
 
 def _check_provenance(prov: Mapping[str, Any] | Any, where: str) -> dict:

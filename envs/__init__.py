@@ -24,11 +24,9 @@ FACTORY_PREFIX = "o2o.envs."
 
 def _plain(cfg: Any) -> dict[str, Any]:
     """A plain-dict deep copy of a Mapping or an OmegaConf DictConfig."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-    except ImportError:  # omegaconf is a dependency; stay usable without it anyway
-        DictConfig = ()
-    if DictConfig and isinstance(cfg, DictConfig):
+    from omegaconf import DictConfig, OmegaConf  # here, not at import: Hydra is not needed to make envs
+
+    if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, Mapping):
         raise TypeError(f"env config must be a mapping, got {type(cfg).__name__}")

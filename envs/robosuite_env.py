@@ -8,8 +8,11 @@ float32 vector named by an :class:`ObsLayout`.
 
 Seeding: robosuite's ``reset()`` takes no seed; its randomness (object placement,
 robot joint noise) draws from ``env.rng`` and from each placement sampler's ``rng``.
-``reset(seed=s)`` replaces all of them by one ``np.random.default_rng(s)``, so the same
-seed gives the same initial state (checked by tests/envs/test_envs.py).
+``reset(seed=s)`` points all of them at the env's Gymnasium ``np_random`` (re-seeded by
+``s``), so the same seed gives the same initial state. Some randomness is drawn once,
+when the model is built (Lift's cube size); ``hard_reset=False`` keeps that model, so it
+is fixed by ``model_seed`` (default 0) instead, which makes a seed reproduce the same
+episode in every process, not only within one (checked by tests/envs/test_envs.py).
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class RobosuiteEnv(gym.Env):
         controller: str = "OSC_POSE",
         obs_keys: Sequence[str] = DEFAULT_OBS_KEYS,
         control_freq: float = 20,
+        model_seed: int = 0,
         **suite_kwargs: Any,
     ):
         suite = _import_robosuite()
@@ -126,8 +130,13 @@ class RobosuiteEnv(gym.Env):
         )
         params.update(suite_kwargs)
         self._env = suite.make(
-            env_id, robots=robots, controller_configs=ctrl_cfg, control_freq=control_freq, horizon=int(horizon), **params
+            env_id, robots=robots, controller_configs=ctrl_cfg,
+            control_freq=control_freq,
+            horizon=int(horizon),
+            seed=int(model_seed),
+            **params,
         )
+        self._rng_linked = False
         self.env_id = env_id
         self.control_freq = float(control_freq)
         self.dt = 1.0 / self.control_freq
@@ -154,10 +163,12 @@ class RobosuiteEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if seed is not None:
-            rng = np.random.default_rng(seed)
-            self._env.rng = rng
-            _seed_samplers(getattr(self._env, "placement_initializer", None), rng)
+        if seed is not None or not self._rng_linked:
+            # Gymnasium re-created np_random (from the seed, or from entropy on a first
+            # unseeded reset): robosuite draws from it from now on.
+            self._env.rng = self.np_random
+            _seed_samplers(getattr(self._env, "placement_initializer", None), self.np_random)
+            self._rng_linked = True
         obs = self._env.reset()
         return self.obs_layout.flatten(obs), {"is_success": self._success()}
 

@@ -83,12 +83,13 @@ def _build_scripted(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, s
     except ValueError as e:
         raise ValueError(f"env {name!r}: {e}") from e
     try:
-        layout = env.get_wrapper_attr("obs_layout")
+        env.get_wrapper_attr("obs_layout")
     except AttributeError:
         raise ValueError(
             f"behavior 'scripted': env {name!r} exposes no obs_layout; build it with o2o.envs.make_env"
         ) from None
-    return cls(layout, env.action_space, noise_std=float(cfg.get("noise_std", 0.0)), policy_id=cfg.get("policy_id"), seed=seed)
+    # from_env, not the constructor: a controller may need more of the env than its spaces (the maze map).
+    return cls.from_env(env, noise_std=float(cfg.get("noise_std", 0.0)), policy_id=cfg.get("policy_id"), seed=seed)
 
 
 def _build_random(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, seed: int | None) -> BehaviorPolicy:

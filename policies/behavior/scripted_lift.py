@@ -49,28 +49,38 @@ def rotation_error(target: np.ndarray, current: np.ndarray) -> np.ndarray:
 class LiftController(ScriptedController):
     """Phase-latching grasp-and-lift for robosuite Lift.
 
-    Gains are per unit action: ``pos_gain`` 10 turns a 5 mm error into 0.1 (5 mm of OSC
-    motion), so the arm converges in a few steps without overshoot at 20 Hz.
+    Measured here (robosuite 1.5.2, success reached within 200 steps): clean 20/20 in
+    35-40 steps; action noise 0.3: 50/50 (30-125 steps); noise 0.6: 27/50.
     """
 
     task = "lift"
     version = "1"
-    required_fields = ("robot0_eef_quat", "gripper_to_cube_pos")
+    required_fields = ("robot0_eef_pos", "robot0_eef_quat", "gripper_to_cube_pos")
 
     #: Gripper pointing straight down (180 deg about x) in robosuite's world frame.
     DOWN_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
     hover_height = 0.06  # m above the cube before descending
     grasp_depth = -0.005  # m: end-effector target relative to the cube centre
     grasp_steps = 8  # steps the gripper closes before lifting (fingers need ~6)
+    # Tolerances (m) are loose on purpose: the open fingers leave ~2 cm either side of the
+    # cube, and with action noise (sigma 0.3 moves the hand ~1.5 cm a step) tight ones are
+    # almost never met, so the controller would hover forever.
+    align_tol = 0.02  # xy error to start descending / to keep descending
+    grasp_tol = 0.015  # z error at which the fingers close
+    abort_tol = 0.06  # xy error during the descent that means the cube moved away
     lost_distance = 0.04  # m: while lifting, a cube further than this was dropped
-    pos_gain = 10.0
-    rot_gain = 1.0
+    lift_height = 0.15  # m above the grasp to carry the cube, then hold it there (success: 0.04)
     OSC_POS_SCALE = 0.05  # m per unit action
     OSC_ROT_SCALE = 0.5  # rad per unit action
+    # Command half the position error per step: converges in a few steps at 20 Hz without
+    # overshooting through the OSC's own lag.
+    pos_gain = 0.5 / OSC_POS_SCALE
+    rot_gain = 1.0  # fraction of the orientation error commanded per step
 
     def reset_state(self) -> None:
         self.phase = APPROACH
         self._grasp_count = 0
+        self._lift_z = 0.0
 
     def _move(self, error: np.ndarray) -> np.ndarray:
         return np.clip(self.pos_gain * error, -1.0, 1.0)
@@ -85,24 +95,30 @@ class LiftController(ScriptedController):
             self.phase = APPROACH  # dropped or missed: try again
         if self.phase == APPROACH:
             error = to_cube + np.array([0.0, 0.0, self.hover_height])
-            if np.linalg.norm(error[:2]) < 0.01 and abs(error[2]) < 0.02:
+            if np.linalg.norm(error[:2]) < self.align_tol and abs(error[2]) < 0.03:
                 self.phase = DESCEND
         if self.phase == DESCEND:
             error = to_cube + np.array([0.0, 0.0, self.grasp_depth])
-            if np.linalg.norm(error[:2]) > 0.03:
-                self.phase = APPROACH  # pushed off the cube: hover again rather than hit it
+            xy = np.linalg.norm(error[:2])
+            if xy > self.abort_tol:
+                self.phase = APPROACH  # cube pushed away: hover again rather than hit it
                 error = to_cube + np.array([0.0, 0.0, self.hover_height])
-            elif np.linalg.norm(error) < 0.01:
+            elif xy < self.align_tol and abs(error[2]) < self.grasp_tol:
                 self.phase, self._grasp_count = GRASP, 0
+            elif xy > self.align_tol:
+                error[2] = 0.0  # re-centre before going lower, so a finger never lands on the cube
         if self.phase == GRASP:
+            # Keep servoing on the cube while the fingers close: noise would drag it off.
             self._grasp_count += 1
-            action[:3] = 0.0
+            action[:3] = self._move(to_cube + np.array([0.0, 0.0, self.grasp_depth]))
             action[6] = 1.0
             if self._grasp_count >= self.grasp_steps:
                 self.phase = LIFT
+                self._lift_z = float(self.field(obs, "robot0_eef_pos")[2]) + self.lift_height
             return action
         if self.phase == LIFT:
-            action[:3] = [0.0, 0.0, 1.0]
+            # Hold the cube at a fixed height rather than rising to the arm's limits.
+            action[2] = np.clip(self.pos_gain * (self._lift_z - self.field(obs, "robot0_eef_pos")[2]), -1.0, 1.0)
             action[6] = 1.0
             return action
         action[:3] = self._move(error)
