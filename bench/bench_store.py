@@ -22,11 +22,9 @@ Results: a table on stdout and ``bench/results/bench_store-<time>.json``.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import os
 import platform
-import pstats
 import shutil
 import statistics
 import sys
@@ -92,15 +90,22 @@ def schema_for(obs_dim: int, act_dim: int) -> Schema:
 
 
 # ---------------------------------------------------------------------------- timing
-def median_time(fn: Callable[[int], object], repeats: int, setup: Callable[[int], object] | None = None) -> list[float]:
-    """Wall times of ``fn(r)`` for r in range(repeats); ``setup(r)`` runs untimed first."""
-    times = []
+def interleaved(cases: dict[str, Callable[[int], object]], repeats: int,
+                cleanup: Callable[[str, int], None] | None = None) -> dict[str, list[float]]:
+    """Wall times of each case, run round-robin (a, b, c, a, b, c, ...) so drift hits all alike.
+
+    The order is rotated each round so that no case always runs first; ``cleanup(name, r)``
+    runs untimed after each call.
+    """
+    names = list(cases)
+    times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(repeats):
-        if setup is not None:
-            setup(r)
-        t0 = time.perf_counter()
-        fn(r)
-        times.append(time.perf_counter() - t0)
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            cases[name](r)
+            times[name].append(time.perf_counter() - t0)
+            if cleanup is not None:
+                cleanup(name, r)
     return times
 
 
@@ -144,85 +149,120 @@ def write_zarr(path: Path, data: dict[str, np.ndarray]) -> None:
 # ---------------------------------------------------------------------------- sections
 def bench_append(args, work: Path, data, episodes, schema) -> dict:
     n = len(data["actions"])
-    out: dict = {"transitions": n, "episodes": len(episodes), "by_batch": {}}
-    for batch in args.batch_sizes:
-        batch = min(batch, len(episodes))
-        if str(batch) in out["by_batch"]:
-            continue
-        paths = [work / f"append-b{batch}-{r}.zarr" for r in range(args.repeats)]
-        times = median_time(lambda r: write_o2o(paths[r], schema, episodes, batch), args.repeats)
-        for p in paths[:-1]:
-            shutil.rmtree(p)
-        out["by_batch"][str(batch)] = {"seconds": times, "rate": n / statistics.median(times),
-                                       "commits": -(-len(episodes) // batch)}
-        out["store_path"] = str(paths[-1])  # the last (largest-batch) store is read back below
-    peers = {
-        "np.save": lambda r: write_npy(work / f"npy-{r}", data, fsync=False),
-        "np.save+fsync": lambda r: write_npy(work / f"npyfs-{r}", data, fsync=True),
-        "zarr": lambda r: write_zarr(work / f"zarr-{r}", data),
-        "zarr+fsync": lambda r: (write_zarr(work / f"zarrfs-{r}", data), fsync_tree(work / f"zarrfs-{r}")),
-    }
-    out["peers"] = {}
-    for name, fn in peers.items():
-        times = median_time(fn, args.repeats)
-        out["peers"][name] = {"seconds": times, "rate": n / statistics.median(times)}
-    out["npy_dir"] = str(work / f"npy-{args.repeats - 1}")
-    out["zarr_dir"] = str(work / f"zarr-{args.repeats - 1}")
+    # Warm-up (imports, codec and event-loop set-up), untimed, so the first figure is not penalised.
+    small = {k: v[: 2 * args.episode_len] if len(v) == n else v[:2] for k, v in data.items()}
+    write_o2o(work / "warmup.zarr", schema, episodes[:2], 2)
+    write_npy(work / "warmup-npy", small, fsync=True)
+    write_zarr(work / "warmup-zarr", small)
+    batches = sorted({min(b, len(episodes)) for b in args.batch_sizes})
+    path = {f"o2o b{b}": (lambda r, b=b: work / f"append-b{b}-{r}.zarr") for b in batches}
+    path.update({name: (lambda r, name=name: work / f"{name.replace('+', '-')}-{r}")
+                 for name in ("np.save", "np.save+fsync", "zarr", "zarr+fsync")})
+    cases = {f"o2o b{b}": (lambda r, b=b: write_o2o(path[f"o2o b{b}"](r), schema, episodes, b)) for b in batches}
+    cases.update({
+        "np.save": lambda r: write_npy(path["np.save"](r), data, fsync=False),
+        "np.save+fsync": lambda r: write_npy(path["np.save+fsync"](r), data, fsync=True),
+        "zarr": lambda r: write_zarr(path["zarr"](r), data),
+        "zarr+fsync": lambda r: (write_zarr(path["zarr+fsync"](r), data), fsync_tree(path["zarr+fsync"](r))),
+    })
+    keep = {f"o2o b{batches[-1]}", "np.save"}  # read back below
+
+    def cleanup(name: str, r: int) -> None:
+        if name not in keep or r < args.repeats - 1:
+            shutil.rmtree(path[name](r))
+
+    times = interleaved(cases, args.repeats, cleanup)
+    out: dict = {"transitions": n, "episodes": len(episodes), "by_batch": {}, "peers": {}}
+    for b in batches:
+        t = times[f"o2o b{b}"]
+        out["by_batch"][str(b)] = {"seconds": t, "rate": n / statistics.median(t), "commits": -(-len(episodes) // b)}
+    for name in ("np.save", "np.save+fsync", "zarr", "zarr+fsync"):
+        out["peers"][name] = {"seconds": times[name], "rate": n / statistics.median(times[name])}
+    out["store_path"] = str(path[f"o2o b{batches[-1]}"](args.repeats - 1))
+    out["npy_dir"] = str(path["np.save"](args.repeats - 1))
     return out
 
 
 def bench_load(args, store_path: str, npy_dir: str) -> tuple[dict, object]:
     store = EpisodeStore.open(store_path)
-    tr = None
+    keys = ["data/obs/state", "data/actions", "data/rewards", "data/terminals", "data/timeouts"]
+    npy_keys = ["obs", "actions", "rewards", "terminals", "timeouts"]
+    held = {}
 
     def load(_):
-        nonlocal tr
-        tr = None  # free the previous copy first: measure a load, not an allocator under pressure
-        tr = store.load_transitions()
+        held.pop("tr", None)  # free the previous copy first: time a load, not an allocator under pressure
+        held["tr"] = store.load_transitions()
 
-    times = median_time(load, args.repeats)
-    keys = ["data/obs/state", "data/actions", "data/rewards", "data/terminals", "data/timeouts"]
-    zt = median_time(lambda _: [zarr.open_array(os.path.join(store_path, k), mode="r")[:] for k in keys],
-                     args.repeats)
-    npy_keys = ["obs", "actions", "rewards", "terminals", "timeouts"]
-    nt = median_time(lambda _: [np.load(os.path.join(npy_dir, f"{k}.npy")) for k in npy_keys], args.repeats)
-    n = len(tr)
-    return {"transitions": n, "seconds": times, "zarr_seconds": zt, "npy_seconds": nt}, tr
+    times = interleaved({
+        "load_transitions": load,
+        "zarr": lambda _: [zarr.open_array(os.path.join(store_path, k), mode="r")[:] for k in keys],
+        "np.load": lambda _: [np.load(os.path.join(npy_dir, f"{k}.npy")) for k in npy_keys],
+    }, args.repeats)
+    tr = held["tr"]
+    return {"transitions": len(tr), "seconds": times["load_transitions"], "zarr_seconds": times["zarr"],
+            "npy_seconds": times["np.load"]}, tr
 
 
 def bench_sampling(args, tr, store_path: str) -> dict:
+    """Batches of (obs, actions, rewards, next_obs, terminals) at random rows, in several ways."""
     n, B = len(tr), args.sample_batch
     tt = tr.to_torch("cpu")
+    fields_t = (tt.observations, tt.actions, tt.rewards, tt.next_observations, tt.terminals)
+    fields_n = (tr.observations, tr.actions, tr.rewards, tr.next_observations, tr.terminals)
     gen = torch.Generator().manual_seed(0)
-
-    def torch_batches(iters):
-        for _ in range(iters):
-            idx = torch.randint(n, (B,), generator=gen)
-            (tt.observations[idx], tt.actions[idx], tt.rewards[idx], tt.next_observations[idx], tt.terminals[idx])
-
     rng = np.random.default_rng(0)
 
-    def numpy_batches(iters):
+    def torch_index(iters):
+        for _ in range(iters):
+            idx = torch.randint(n, (B,), generator=gen)
+            [x[idx] for x in fields_t]
+
+    def torch_index_select(iters):
+        for _ in range(iters):
+            idx = torch.randint(n, (B,), generator=gen)
+            [x.index_select(0, idx) for x in fields_t]
+
+    def numpy_index(iters):
         for _ in range(iters):
             idx = rng.integers(0, n, B)
-            (tr.observations[idx], tr.actions[idx], tr.rewards[idx], tr.next_observations[idx], tr.terminals[idx])
+            [x[idx] for x in fields_n]
 
     zkeys = ["data/obs/state", "data/actions", "data/rewards", "data/terminals"]
     zarrs = [zarr.open_array(os.path.join(store_path, k), mode="r") for k in zkeys]
-    obs_z = zarrs[0]
 
-    def zarr_batches(iters):
+    def zarr_read(iters):
         for _ in range(iters):
             idx = np.sort(rng.integers(0, n - 1, B))
             [a.oindex[idx] for a in zarrs]
-            obs_z.oindex[idx + 1]  # next observations (the rare episode end is ignored here)
+            zarrs[0].oindex[idx + 1]  # next observations (the rare episode end is ignored here)
 
-    out = {"batch": B}
-    for name, fn, iters in (("torch", torch_batches, args.sample_iters), ("numpy", numpy_batches, args.sample_iters),
-                            ("zarr", zarr_batches, args.zarr_iters)):
-        fn(max(1, iters // 20))  # warm-up
-        times = median_time(lambda _: fn(iters), args.repeats)
-        out[name] = {"iters": iters, "seconds": times, "rate": iters / statistics.median(times)}
+    default_threads = torch.get_num_threads()
+    runs = {  # name: (function, iterations, torch threads)
+        "torch": (torch_index, args.sample_iters, default_threads),
+        "torch_index_select": (torch_index_select, args.sample_iters, default_threads),
+        "torch_1thread": (torch_index, args.sample_iters, 1),
+        "numpy": (numpy_index, args.sample_iters, default_threads),
+        "zarr": (zarr_read, args.zarr_iters, default_threads),
+    }
+
+    def case(name):
+        fn, iters, threads = runs[name]
+
+        def run(_):
+            torch.set_num_threads(threads)
+            try:
+                fn(iters)
+            finally:
+                torch.set_num_threads(default_threads)
+        return run
+
+    for fn, iters, _ in runs.values():  # warm-up
+        fn(max(1, iters // 20))
+    times = interleaved({name: case(name) for name in runs}, args.repeats)
+    out = {"batch": B, "torch_threads_default": default_threads}
+    for name, (fn, iters, threads) in runs.items():
+        out[name] = {"iters": iters, "threads": threads, "seconds": times[name],
+                     "rate": iters / statistics.median(times[name])}
     return out
 
 
@@ -240,26 +280,81 @@ def bench_commit_latency(args, work: Path, schema: Schema) -> dict:
             "median_ms": float(np.median(lat_ms)), "p90_ms": float(np.percentile(lat_ms, 90))}
 
 
-def profile_append(args, work: Path, data, episodes, schema) -> dict:
-    """cProfile of one bulk append per batch size and of the latency loop; top functions saved."""
+class _Timers:
+    """Wall time spent inside named functions while active (patched in, restored on exit).
+
+    cProfile sees only the calling thread, but zarr runs its I/O on an event-loop thread
+    and worker threads; timing the calls from outside shows where a commit's time goes.
+    """
+
+    def __init__(self, targets: dict[str, tuple[object, str]]):
+        self.targets, self.totals, self.counts, self._orig = targets, {}, {}, {}
+
+    def __enter__(self) -> "_Timers":
+        for label, (owner, attr) in self.targets.items():
+            fn = getattr(owner, attr)
+            self._orig[label] = fn
+            self.totals[label], self.counts[label] = 0.0, 0
+
+            def timed(*a, _fn=fn, _label=label, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    self.totals[_label] += time.perf_counter() - t0
+                    self.counts[_label] += 1
+
+            setattr(owner, attr, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for label, (owner, attr) in self.targets.items():
+            setattr(owner, attr, self._orig[label])
+
+
+def breakdown(args, work: Path, data, episodes, schema) -> dict:
+    """Where an append's time goes: validation, digests, zarr writes/resizes, file puts, fsyncs, index."""
+    import o2o.datasets.durable as durable
+    import o2o.datasets.store as store_mod
+
+    targets = {
+        "validate_episode": (store_mod, "validate_episode"),
+        "episode_digest": (store_mod, "episode_digest"),
+        "zarr Array.__setitem__ (all writes)": (zarr.Array, "__setitem__"),
+        "zarr Array.resize": (zarr.Array, "resize"),
+        "  of which: chunk file put (worker thread)": (durable, "_durable_put"),
+        "  of which: os.fsync (any thread)": (os, "fsync"),
+        "sync_dirs (dir fsyncs)": (durable.DurableLocalStore, "sync_dirs"),
+        "index write (atomic_write_bytes)": (store_mod, "atomic_write_bytes"),
+    }
     out = {}
-    for batch in args.batch_sizes:
-        batch = min(batch, len(episodes))
-        prof = cProfile.Profile()
-        prof.enable()
-        write_o2o(work / f"profile-b{batch}.zarr", schema, episodes, batch)
-        prof.disable()
-        path = RESULTS / f"profile-append-b{batch}.pstats"
-        prof.dump_stats(path)
-        st = pstats.Stats(prof)
-        total = st.total_tt
-        top = sorted(st.stats.items(), key=lambda kv: kv[1][3], reverse=True)[:25]  # by cumulative time
-        out[str(batch)] = {
-            "total_s": total, "pstats": str(path),
-            "top_cumulative": [{"func": f"{Path(f[0]).name}:{f[1]}({f[2]})", "calls": v[1], "tottime": v[2],
-                                "cumtime": v[3]} for f, v in top],
-        }
+    cases = [(f"bulk, {min(max(args.batch_sizes), len(episodes))} ep/commit", episodes,
+              min(max(args.batch_sizes), len(episodes)))]
+    lat = episodes_of(make_data(args.latency_episodes * args.latency_len, args.latency_len, args.obs_dim,
+                                args.act_dim, seed=2), args.latency_len)
+    cases.append((f"1 episode of {args.latency_len} steps per commit", lat, 1))
+    for label, eps, batch in cases:
+        path = work / f"breakdown-{batch}-{len(eps)}.zarr"
+        with EpisodeStore.create(path, schema) as store:
+            store.append(eps[0])  # first commit creates chunk files: not typical
+            with _Timers(targets) as tm:
+                t0 = time.perf_counter()
+                for i in range(1, len(eps), batch):
+                    store.append_many(eps[i : i + batch])
+                total = time.perf_counter() - t0
+        commits = -(-(len(eps) - 1) // batch)
+        out[label] = {"commits": commits, "total_s": total, "per_commit_ms": total / commits * 1e3,
+                      "parts": {k: {"s": tm.totals[k], "calls": tm.counts[k],
+                                    "share": tm.totals[k] / total} for k in targets}}
     return out
+
+
+def print_breakdown(bd: dict) -> None:
+    for label, b in bd.items():
+        rows = [[k, f"{v['calls']}", f"{v['s'] * 1e3 / b['commits']:.1f}", f"{100 * v['share']:.0f}%"]
+                for k, v in b["parts"].items()]
+        print_table(f"where an append's time goes: {label} ({b['commits']} commits, "
+                    f"{b['per_commit_ms']:.1f} ms per commit)", rows, ["measure", "calls", "ms/commit", "share"])
 
 
 # ---------------------------------------------------------------------------- report
@@ -275,6 +370,7 @@ def machine_info() -> dict:
 def print_table(title: str, rows: list[list[str]], header: list[str]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
@@ -282,11 +378,11 @@ def print_table(title: str, rows: list[list[str]], header: list[str]) -> None:
         for r in [header] + rows:
             print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
         return
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for h in header:
         t.add_column(h, justify="left" if h in ("measure", "peer / note") else "right")
     for r in rows:
-        t.add_row(*[str(c) for c in r])
+        t.add_row(*[escape(str(c)) for c in r])  # "x[idx]" is not markup
     Console(width=max(140, shutil.get_terminal_size().columns)).print(t)
 
 
@@ -318,12 +414,20 @@ def report(res: dict) -> list[list[str]]:
     rows.append(["  peer: zarr.open_array(...)[:] per key", f"{zt:.3f} s", "", "-", "obs, actions, rewards, flags"])
     rows.append(["  peer: np.load per key", f"{nt:.3f} s", "", "-", "same keys, .npy files"])
     s = res["sampling"]
-    rows.append([f"sample {s['batch']} from memory, torch", f"{s['torch']['rate']:,.0f} batch/s",
-                 f">= {SAMPLE_TARGET:,}", verdict(s["torch"]["rate"] >= SAMPLE_TARGET),
-                 f"x{s['torch']['rate'] / s['numpy']['rate']:.2f} of numpy gather"])
-    rows.append([f"sample {s['batch']} from memory, numpy", f"{s['numpy']['rate']:,.0f} batch/s", "(info)", "-", ""])
-    rows.append([f"sample {s['batch']} straight from Zarr", f"{s['zarr']['rate']:,.1f} batch/s", "(info)", "-",
-                 f"in-memory torch is x{s['torch']['rate'] / s['zarr']['rate']:,.0f} faster"])
+    th = s["torch_threads_default"]
+    for key, label, note in (
+        ("torch", f"torch x[idx], {th} threads", f"x{s['torch']['rate'] / s['numpy']['rate']:.2f} of numpy x[idx]"),
+        ("torch_index_select", f"torch x.index_select(0, idx), {th} threads",
+         f"x{s['torch_index_select']['rate'] / s['torch']['rate']:.2f} of torch x[idx]"),
+        ("torch_1thread", "torch x[idx], 1 thread", "torch.set_num_threads(1)"),
+    ):
+        rate = s[key]["rate"]
+        rows.append([f"sample {s['batch']} from memory, {label}", f"{rate:,.0f} batch/s", f">= {SAMPLE_TARGET:,}",
+                     verdict(rate >= SAMPLE_TARGET), note])
+    rows.append([f"sample {s['batch']} from memory, numpy x[idx]", f"{s['numpy']['rate']:,.0f} batch/s", "(info)",
+                 "-", "peer"])
+    rows.append([f"sample {s['batch']} straight from Zarr (oindex)", f"{s['zarr']['rate']:,.1f} batch/s", "(info)",
+                 "-", f"in-memory torch x[idx] is x{s['torch']['rate'] / s['zarr']['rate']:,.0f} faster"])
     c = res["commit_latency"]
     rows.append([f"commit latency, 1 episode of {c['episode_len']} steps", f"{c['median_ms']:.1f} ms median",
                  "(info)", "-", f"p90 {c['p90_ms']:.1f} ms over {c['episodes']} appends"])
@@ -346,12 +450,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--latency-len", type=int, default=200)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir in bench/results)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    ap.add_argument("--profile", action="store_true", help="also cProfile one append per batch size (extra time)")
+    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                    help="skip the timing of an append's parts (validation, zarr writes, fsync, index)")
     ap.add_argument("--quick", action="store_true", help="small sizes for a CI smoke run (< 30 s)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.transitions, args.batch_sizes, args.repeats = 20_000, [1, 10], 2
-        args.sample_iters, args.zarr_iters, args.latency_episodes = 500, 5, 10
+        args.transitions, args.batch_sizes, args.repeats = 10_000, [1, 10], 2
+        args.sample_iters, args.zarr_iters, args.latency_episodes = 300, 3, 8
     return args
 
 
@@ -362,22 +467,28 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"bench": "store", "machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}}
     t_start = time.perf_counter()
+    res["section_s"] = {}
+
+    def section(name: str, fn: Callable[[], object]):
+        print(f"{name} ...", flush=True)
+        t0 = time.perf_counter()
+        value = fn()
+        res["section_s"][name] = time.perf_counter() - t0
+        return value
+
     try:
         data = make_data(args.transitions, args.episode_len, args.obs_dim, args.act_dim)
         episodes = episodes_of(data, args.episode_len)
         schema = schema_for(args.obs_dim, args.act_dim)
-        print(f"append: {len(data['actions']):,} transitions in {len(episodes)} episodes ...", flush=True)
-        res["append"] = bench_append(args, work, data, episodes, schema)
-        print("load ...", flush=True)
-        res["load"], tr = bench_load(args, res["append"]["store_path"], res["append"]["npy_dir"])
-        print("sampling ...", flush=True)
-        res["sampling"] = bench_sampling(args, tr, res["append"]["store_path"])
+        print(f"{len(data['actions']):,} transitions in {len(episodes)} episodes", flush=True)
+        res["append"] = section("append", lambda: bench_append(args, work, data, episodes, schema))
+        res["load"], tr = section("load", lambda: bench_load(args, res["append"]["store_path"],
+                                                              res["append"]["npy_dir"]))
+        res["sampling"] = section("sampling", lambda: bench_sampling(args, tr, res["append"]["store_path"]))
         del tr
-        print("commit latency ...", flush=True)
-        res["commit_latency"] = bench_commit_latency(args, work, schema)
-        if args.profile:
-            print("profiling ...", flush=True)
-            res["profile"] = profile_append(args, work, data, episodes, schema)
+        res["commit_latency"] = section("commit latency", lambda: bench_commit_latency(args, work, schema))
+        if args.breakdown:
+            res["breakdown"] = section("breakdown", lambda: breakdown(args, work, data, episodes, schema))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -387,11 +498,14 @@ def main(argv=None) -> int:
     print_table(f"o2o store benchmark ({res['machine']['date']}, {res['machine']['cpus']} cpus, "
                 f"median of {args.repeats}{', quick' if args.quick else ''})",
                 rows, ["measure", "figure", "target", "pass", "peer / note"])
+    if "breakdown" in res:
+        print_breakdown(res["breakdown"])
     res["table"] = rows
     res["passed"] = all(r[3] != "FAIL" for r in rows)
     name = f"bench_store{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {RESULTS / name} ({res['wall_s']:.0f} s)")
+    print(f"wrote {RESULTS / name} ({res['wall_s']:.0f} s: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in res["section_s"].items()) + ")")
     return 0
 
 

@@ -1,4 +1,7 @@
-"""``o2o dataset info`` and ``o2o dataset verify``: what a dataset holds, and whether it is sound."""
+"""``o2o dataset info`` and ``o2o dataset verify``: what a dataset holds, and whether it is sound.
+
+Both only read, so both work on a local path and on any fsspec URL the store can read.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +44,8 @@ def dataset_info(store: EpisodeStore) -> dict:
         "action_space": attrs["action_space"],
         "created": attrs.get("created"),
         "o2o_version": attrs.get("o2o_version"),
-        "size_on_disk_bytes": _disk_usage(Path(store.path)),
+        "size_on_disk_bytes": store.location.size(),
     }
-
-
-def _disk_usage(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def verify_dataset(path: str | Path) -> tuple[list[str], list[str]]:
@@ -73,7 +72,7 @@ def verify_dataset(path: str | Path) -> tuple[list[str], list[str]]:
                          "interrupted append; readers ignore them, the next writer trims them)")
     if problems:
         return problems, notes
-    partial = list(Path(path).rglob("*.partial"))
+    partial = store.location.partial_files()
     if partial:
         notes.append(f"{len(partial)} temporary files of an interrupted write (removed by the next writer)")
 

@@ -1,20 +1,134 @@
-"""Reading an episode store: selections, whole-dataset transitions, episodes, statistics.
+"""Reading an episode store: where it lives, its commit, selections, transitions, episodes.
 
 Everything here reads only what the commit index says is committed, so it is safe while
-another process appends.
+another process appends. A store is read from a local directory or from any URL zarr can
+read through fsspec (``s3://``, ``gs://``, ``memory://``...); only local stores can be
+written (see :meth:`StoreLocation.writable`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import re
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from o2o.datasets.durable import DurableLocalStore
 from o2o.datasets.episode import Episode
 
 EMPTY_FINGERPRINT = "0" * 32  # the fingerprint of a dataset with no episodes
+INDEX_KEY = "index.json"
+INDEX_FORMAT = 1
+# "scheme://..." or a chained fsspec URL ("simplecache::s3://...").
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
+_LOCAL_SCHEMES = ("file", "local")  # fsspec's names for the local filesystem
+
+
+def local_path(path: str | os.PathLike) -> Path | None:
+    """The local directory ``path`` names, or None when it is a URL of another filesystem.
+
+    Plain paths and ``file://`` URLs are local (the URL prefix is stripped); any other
+    scheme, or a chained fsspec URL (``simplecache::s3://...``), is read through fsspec.
+    """
+    if isinstance(path, os.PathLike):
+        return Path(path)
+    m = _URL.match(path)
+    if m is None:
+        return Path(path)
+    if m.group(1).lower() in _LOCAL_SCHEMES and m.group(2) == "://":
+        return Path(path[m.end():])
+    return None
+
+
+class StoreLocation:
+    """Where a store lives: a local directory, or a URL read through fsspec.
+
+    Local stores go through :class:`DurableLocalStore` (the writer's crash-safety needs it);
+    remote ones through zarr's ``FsspecStore`` for the arrays and fsspec for ``index.json``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self.local = local_path(path)
+        self._remote: tuple[Any, str] | None = None  # (fsspec filesystem, root), made on first use
+
+    def writable(self) -> Path:
+        """The local directory, or a ValueError saying why a URL cannot be written to."""
+        if self.local is None:
+            raise ValueError(
+                f"dataset {self.path!r}: cannot write to a store at a URL; appends are crash-safe only on a "
+                "local filesystem (the one-writer lock is flock, the commit is fsync + atomic rename of "
+                f"{INDEX_KEY}). Write to a local path and copy or sync the store to the URL afterwards "
+                f"({INDEX_KEY} last); readers can open the URL with mode='r'"
+            )
+        return self.local
+
+    def _fs(self) -> tuple[Any, str]:
+        if self._remote is None:
+            from fsspec.core import url_to_fs  # lightning depends on fsspec; local stores never need it
+
+            fs, root = url_to_fs(self.path)
+            self._remote = fs, root.rstrip("/")
+        return self._remote
+
+    def exists(self, key: str) -> bool:
+        """Whether the file ``key`` (relative to the store root) exists."""
+        if self.local is not None:
+            return (self.local / key).exists()
+        fs, root = self._fs()
+        return fs.exists(f"{root}/{key}")
+
+    def read_bytes(self, key: str) -> bytes:
+        """The content of the file ``key``, read fresh (no cache: readers re-read the commit)."""
+        if self.local is not None:
+            return (self.local / key).read_bytes()
+        fs, root = self._fs()
+        return fs.cat_file(f"{root}/{key}")
+
+    def size(self) -> int:
+        """Bytes of every file of the store."""
+        if self.local is not None:
+            return sum(p.stat().st_size for p in self.local.rglob("*") if p.is_file())
+        fs, root = self._fs()
+        return int(fs.du(root, total=True))
+
+    def partial_files(self) -> list[Path]:
+        """Temp files of an interrupted local write (a remote store is only ever copied whole)."""
+        return [] if self.local is None else list(self.local.rglob("*.partial"))
+
+    def zarr_store(self, read_only: bool):
+        """The zarr store of the arrays; a URL is always read-only."""
+        if self.local is not None:
+            return DurableLocalStore(self.local, read_only=read_only)
+        if not read_only:
+            self.writable()  # raises: says why
+        from zarr.storage import FsspecStore
+
+        return FsspecStore.from_url(self.path, read_only=True)
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """Which data a run used: committed episodes and steps plus the chained fingerprint."""
+
+    episodes: int
+    steps: int
+    fingerprint: str
+
+    def __str__(self) -> str:
+        return f"{self.episodes} episodes @ {self.fingerprint[:12]}"
+
+    def to_dict(self) -> dict:
+        return {"episodes": self.episodes, "steps": self.steps, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "DatasetVersion":
+        return cls(int(d["episodes"]), int(d["steps"]), str(d["fingerprint"]))
 
 
 @dataclass(frozen=True)
@@ -72,7 +186,49 @@ class NormStats:
 
 
 class StoreReading:
-    """Read methods of :class:`o2o.datasets.EpisodeStore` (a mixin, kept in its own file)."""
+    """Read methods of :class:`o2o.datasets.EpisodeStore` (a mixin, kept in its own file).
+
+    Expects ``path``, ``location`` (a :class:`StoreLocation`), ``attrs``, ``schema`` and
+    ``array(name)`` from the store.
+    """
+
+    # ------------------------------------------------------------------ the commit
+    def refresh(self) -> DatasetVersion:
+        """Re-read the commit index (a reader sees appends committed since it opened)."""
+        try:
+            index = json.loads(self.location.read_bytes(INDEX_KEY))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"dataset {self.path!r}: cannot read {INDEX_KEY}: {e}") from e
+        if index.get("format") != INDEX_FORMAT:
+            raise ValueError(f"dataset {self.path!r}: index format {index.get('format')} not supported")
+        self._index = index
+        return self.version
+
+    @property
+    def version(self) -> DatasetVersion:
+        """The committed episode and step counts and the fingerprint, as of the last refresh."""
+        i = self._index
+        return DatasetVersion(int(i["episodes"]), int(i["steps"]), str(i["fingerprint"]))
+
+    @property
+    def num_episodes(self) -> int:
+        """Committed episodes."""
+        return int(self._index["episodes"])
+
+    @property
+    def num_steps(self) -> int:
+        """Committed steps (transitions)."""
+        return int(self._index["steps"])
+
+    @property
+    def provenance_table(self) -> list[dict]:
+        """The distinct provenance records; ``episodes/provenance`` holds a row of it per episode."""
+        return copy.deepcopy(self._index["provenance"])  # callers may mutate their copy
+
+    @property
+    def env(self) -> dict | None:
+        """The env config the store was created with, if any."""
+        return self.attrs.get("env")
 
     # ------------------------------------------------------------------ selection
     def _episode_column(self, name: str, n: int | None = None) -> np.ndarray:
@@ -129,13 +285,25 @@ class StoreReading:
         if not 0 <= n <= self.num_episodes:
             raise ValueError(f"dataset {self.path!r}: version with {n} episodes, but {self.num_episodes} are committed")
         if fp is not None:
-            have = bytes(self.array("episodes/digest")[n - 1][16:]).hex() if n > 0 else EMPTY_FINGERPRINT
-            if have != fp:
+            have = self.version_at(n).fingerprint
+            # A printed prefix (``120 episodes @ 3f2a9c0d1e2f``) names a version as well as the full hash.
+            if len(str(fp)) < 8 or not have.startswith(str(fp)):
                 raise ValueError(
                     f"dataset {self.path!r}: fingerprint at {n} episodes is {have[:12]}, not {fp[:12]}: "
                     "this is not the dataset version asked for"
                 )
         return n
+
+    def version_at(self, n: int) -> DatasetVersion:
+        """The dataset version after its first ``n`` committed episodes (what a run on them recorded)."""
+        if not 0 <= n <= self.num_episodes:
+            raise ValueError(f"dataset {self.path!r}: no version with {n} episodes ({self.num_episodes} are committed)")
+        if n == 0:
+            return DatasetVersion(0, 0, EMPTY_FINGERPRINT)
+        if n == self.num_episodes:
+            return self.version
+        steps = int(self._episode_column("ends", n)[n - 1])
+        return DatasetVersion(n, steps, bytes(self.array("episodes/digest")[n - 1][16:]).hex())
 
     def episodes_table(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Per-episode records (index, length, return, success, source, policy...) as arrays."""

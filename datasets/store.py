@@ -16,17 +16,18 @@ An append validates every episode first, writes all rows past the committed end,
 them durable, and only then replaces ``index.json`` atomically. Readers trust
 ``index.json`` alone, so they never see a row that is not committed; a writer that opens
 the store after a crash trims everything past the committed end.
+
+Readers open a local path or any URL zarr reads through fsspec; writers need a local
+filesystem (flock, fsync and atomic rename are what make appends crash-safe).
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -37,13 +38,13 @@ from zarr.codecs import BloscCodec
 
 from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes
 from o2o.datasets.episode import Episode
-from o2o.datasets.reading import EMPTY_FINGERPRINT, StoreReading
+from o2o.datasets.reading import (
+    EMPTY_FINGERPRINT, INDEX_FORMAT, INDEX_KEY, DatasetVersion, StoreLocation, StoreReading,
+)
 from o2o.datasets.schema import SOURCES, Schema, validate_episode
 
 log = logging.getLogger(__name__)
 
-INDEX_KEY = "index.json"
-INDEX_FORMAT = 1
 CHUNK_BYTES = 1 << 20  # ~1 MiB uncompressed per chunk: large sequential reads
 # Every commit rewrites the last chunk of each array, so small per-row arrays (rewards,
 # flags, per-episode records) get fewer rows per chunk than 1 MiB would give them.
@@ -68,27 +69,6 @@ def o2o_version() -> str:
         return metadata.version("o2o")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-@dataclass(frozen=True)
-class DatasetVersion:
-    """Which data a run used: committed episodes and steps plus the chained fingerprint."""
-
-    episodes: int
-    steps: int
-    fingerprint: str
-
-    def __str__(self) -> str:
-        return f"{self.episodes} episodes @ {self.fingerprint[:12]}"
-
-    def to_dict(self) -> dict:
-        return {"episodes": self.episodes, "steps": self.steps, "fingerprint": self.fingerprint}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "DatasetVersion":
-        return cls(int(d["episodes"]), int(d["steps"]), str(d["fingerprint"]))
-
-
 
 
 def _chunk_rows(row_bytes: int, target: int, max_rows: int) -> int:
@@ -119,8 +99,9 @@ def chain(prev_fingerprint: bytes, content: bytes) -> bytes:
 class EpisodeStore(StoreReading):
     """An append-only dataset of episodes in Zarr. Open with :meth:`create` or :meth:`open`.
 
-    ``mode='r'`` reads (any number of readers, also while a writer appends); ``mode='a'``
-    takes the writer lock, repairs an uncommitted tail left by a crash, and appends.
+    ``mode='r'`` reads (any number of readers, also while a writer appends), from a local
+    path or any fsspec URL zarr supports (``s3://bucket/lift.zarr``); ``mode='a'`` takes
+    the writer lock, repairs an uncommitted tail left by a crash, and appends (local only).
     Use as a context manager, or call :meth:`close`, to release the lock.
     """
 
@@ -128,9 +109,11 @@ class EpisodeStore(StoreReading):
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         self.path = str(path)
-        self.root = Path(path)
+        self.location = StoreLocation(path)
         self.mode = mode
-        if not (self.root / "zarr.json").exists() or not (self.root / INDEX_KEY).exists():
+        # The local directory (None for a URL): only a writer uses it, for the lock and the commit.
+        self.root = self.location.writable() if mode == "a" else self.location.local
+        if not self.location.exists("zarr.json") or not self.location.exists(INDEX_KEY):
             raise FileNotFoundError(
                 f"dataset {self.path!r} does not exist or is not an o2o store (no zarr.json/{INDEX_KEY}); "
                 "create it with EpisodeStore.create or `o2o collect`"
@@ -140,7 +123,7 @@ class EpisodeStore(StoreReading):
         if self._lock is not None:
             self._lock.acquire(self.path)
         try:
-            self._zstore = DurableLocalStore(self.root, read_only=(mode == "r"))
+            self._zstore = self.location.zarr_store(read_only=(mode == "r"))
             self.group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
             attrs = dict(self.group.attrs).get("o2o")
             if attrs is None:
@@ -163,8 +146,8 @@ class EpisodeStore(StoreReading):
         env: Mapping[str, Any] | None = None,
         chunk_bytes: int = CHUNK_BYTES,
     ) -> "EpisodeStore":
-        """Create an empty dataset and return it open for appending."""
-        root = Path(path)
+        """Create an empty dataset and return it open for appending (a local path only)."""
+        root = StoreLocation(path).writable()
         if (root / "zarr.json").exists():
             raise FileExistsError(f"dataset {str(path)!r} already exists; open it with mode='a' to append")
         root.mkdir(parents=True, exist_ok=True)
@@ -201,45 +184,14 @@ class EpisodeStore(StoreReading):
         index = {"format": INDEX_FORMAT, "episodes": 0, "steps": 0, "fingerprint": EMPTY_FINGERPRINT,
                  "provenance": [], "updated": time.time()}
         atomic_write_bytes(root / INDEX_KEY, json.dumps(index).encode())
-        return cls(root, mode="a")
+        return cls(path, mode="a")
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
+        """Open an existing dataset: ``mode='r'`` reads (a path or a URL), ``'a'`` appends (a path)."""
         return cls(path, mode=mode)
 
     # ------------------------------------------------------------------ state
-    def refresh(self) -> DatasetVersion:
-        """Re-read the commit index (a reader sees appends committed since it opened)."""
-        try:
-            index = json.loads((self.root / INDEX_KEY).read_bytes())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"dataset {self.path!r}: cannot read {INDEX_KEY}: {e}") from e
-        if index.get("format") != INDEX_FORMAT:
-            raise ValueError(f"dataset {self.path!r}: index format {index.get('format')} not supported")
-        self._index = index
-        return self.version
-
-    @property
-    def version(self) -> DatasetVersion:
-        i = self._index
-        return DatasetVersion(int(i["episodes"]), int(i["steps"]), str(i["fingerprint"]))
-
-    @property
-    def num_episodes(self) -> int:
-        return int(self._index["episodes"])
-
-    @property
-    def num_steps(self) -> int:
-        return int(self._index["steps"])
-
-    @property
-    def provenance_table(self) -> list[dict]:
-        return copy.deepcopy(self._index["provenance"])  # callers may mutate their copy
-
-    @property
-    def env(self) -> dict | None:
-        return self.attrs.get("env")
-
     def array(self, name: str) -> zarr.Array:
         """A Zarr array of the store (a reader opens it fresh, so its shape is current)."""
         if self.mode == "a":  # only this process changes shapes: keep the handles
