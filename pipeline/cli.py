@@ -1,6 +1,7 @@
 """The ``o2o`` command line.
 
     o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
+    o2o pretrain [key=value ...]         train an offline algorithm on the dataset
     o2o dataset info PATH [--json]       what a dataset holds
     o2o dataset verify PATH              check every invariant (exit 1 with reasons)
 """
@@ -34,6 +35,34 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     with CollectProgress(total=int(cfg.collect.episodes), enabled=bool(cfg.collect.progress)) as bar:
         result = collect(cfg, progress=bar.update)
     _print_collect_summary(result)
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from o2o.pipeline.config import load_config
+    from o2o.pipeline.stages.pretrain import pretrain
+
+    cfg = load_config("pretrain", args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+        return 0
+    result = pretrain(cfg)
+    t = Table(title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
+                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)")
+    for col in ("step", "return", "success", "score", "Q(start)", "MC return"):
+        t.add_column(col, justify="right")
+    fmt = lambda d, k: "-" if d.get(k) is None else f"{d[k]:.3g}"  # noqa: E731
+    for h in result.evaluations:
+        t.add_row(str(h["step"]), fmt(h, "return_mean"), fmt(h, "success_rate"), fmt(h, "normalized_score"),
+                  fmt(h, "q_start_mean"), fmt(h, "mc_discounted_return_mean"))
+    if result.evaluations:
+        console.print(t)
+    v = result.dataset["version"]
+    console.print(f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
+                  f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
+                  f"  run folder {result.run_dir} (summary.json, tb/, csv/)", markup=False)
     return 0
 
 
@@ -111,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     c.set_defaults(func=_cmd_collect)
+    t = sub.add_parser("pretrain", help="train an offline algorithm (BC, IQL, CQL, AWAC, COMBO, SAC) on the dataset",
+                       description="Hydra overrides, e.g. env=pointmaze algo=cql trainer.max_steps=20000")
+    t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    t.set_defaults(func=_cmd_pretrain)
     d = sub.add_parser("dataset", help="inspect and check datasets")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")

@@ -6,7 +6,13 @@ from typing import Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# Hydra registers ``${now:...}`` only inside a @hydra.main app; o2o composes configs itself.
+if not OmegaConf.has_resolver("now"):
+    from datetime import datetime
+
+    OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern), use_cache=True)
 
 CONFIG_MODULE = "o2o.configs"
 

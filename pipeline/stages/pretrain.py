@@ -1,0 +1,186 @@
+"""The pretrain stage: an offline algorithm trained on (a selection of) the dataset.
+
+Reads: the dataset (a version of it). Writes: a run folder with checkpoints (best and
+last), TensorBoard and CSV logs, and ``summary.json`` naming the best checkpoint, how it
+was chosen, and the dataset version it was trained on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from o2o.datasets import DatasetVersion, EpisodeStore
+from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
+from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
+from o2o.policies.data import TensorReplay, fit_normalization
+from o2o.policies.evaluation import Evaluator
+
+log = logging.getLogger(__name__)
+
+ENV_IDENTITY_KEYS = ("name", "id", "kwargs")
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run produced."""
+
+    run_dir: str
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    selection: str  # how the best checkpoint was chosen
+    dataset: dict
+    updates: int
+    best_eval: dict | None = None
+    evaluations: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Steps(torch.utils.data.IterableDataset):
+    """An endless stream of placeholders: batches are sampled on the device by the module."""
+
+    def __iter__(self):
+        return itertools.repeat(0)
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def _parse_version(v: Any) -> Any:
+    if v is None or isinstance(v, int):
+        return v
+    s = str(v)
+    if "@" in s:
+        n, fp = s.split("@", 1)
+        return {"episodes": int(n), "fingerprint": fp}
+    return int(s)
+
+
+def select_episodes(store: EpisodeStore, data_cfg: Any) -> np.ndarray:
+    """Episode indices chosen by ``data.{sources, episodes, version, success}``."""
+    ep = data_cfg.get("episodes")
+    episodes = None if ep is None else range(int(ep[0]), int(ep[1]))
+    idx = store.select(sources=_plain(data_cfg.get("sources")), episodes=episodes,
+                       version=_parse_version(data_cfg.get("version")), success=data_cfg.get("success"))
+    if len(idx) == 0:
+        raise ValueError(f"dataset {store.path!r}: the selection {_plain(data_cfg)} holds no episodes "
+                         f"(the dataset has {store.num_episodes}); collect data first or widen the selection")
+    return idx
+
+
+def check_env(store: EpisodeStore, env_cfg: Any) -> None:
+    """The dataset must come from the env the config names (it is rebuilt for evaluation)."""
+    have = store.env or {}
+    want = _plain(env_cfg)
+    diff = [f"{k} {want.get(k)!r} != dataset's {have.get(k)!r}" for k in ENV_IDENTITY_KEYS
+            if k in have and have.get(k) != want.get(k)]
+    if diff:
+        raise ValueError(f"dataset {store.path!r} was collected in env {have.get('name')!r}, not the configured "
+                         f"env {want.get('name')!r}: " + "; ".join(diff) + f" (pass env={have.get('name')})")
+
+
+def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: str = "cpu"
+                 ) -> tuple[OfflineAlgorithm, TensorReplay]:
+    """Load the selection once, fit normalisation, and build the algorithm and its replay buffer."""
+    algo_cfg = _plain(cfg.algo)
+    cls = resolve_algorithm(algo_cfg["cls"])
+    tr = store.load_transitions(idx)
+    mask = cls.transition_mask(algo_cfg, tr)
+    if mask is not None:
+        tr = type(tr)(**{k: np.asarray(v)[mask] for k, v in tr.__dict__.items()})
+    space = store.schema.action_space
+    norm = fit_normalization(tr, space.low, space.high, bool(cfg.data.normalize_obs), str(cfg.data.reward_scaling),
+                             int(cfg.env.max_episode_steps))
+    replay = TensorReplay.from_transitions(tr, norm, device=device, seed=int(cfg.trainer.seed))
+    # The version that contains every selected episode: a later run can reload exactly this data.
+    version = store.version_at(int(idx.max()) + 1)
+    meta = {
+        "dataset": {"path": str(store.path), "version": version.to_dict(), "episodes": int(len(idx)),
+                    "transitions": int(len(tr)), "selection": _plain(cfg.data)},
+        "env": store.env,
+        "config": _plain(cfg),
+    }
+    module = cls(int(tr.observations.shape[1]), int(tr.actions.shape[1]), algo_cfg, norm.to_dict(), meta)
+    module.attach_replay(replay)
+    return module, replay
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+    t = cfg.trainer
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*is an invalid value for `num_workers`.*")
+    loggers = [TensorBoardLogger(str(run_dir), name="tb", version=""), CSVLogger(str(run_dir), name="csv", version="")]
+    if t.progress:
+        callbacks = callbacks + [TQDMProgressBar(refresh_rate=25)]
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        max_steps=int(t.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
+        log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=bool(t.progress),
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
+        use_distributed_sampler=False, deterministic=False,
+    )
+
+
+def pretrain(cfg: DictConfig) -> PretrainResult:
+    """Train ``cfg.algo`` on ``cfg.dataset.path`` for ``cfg.trainer.max_steps`` updates."""
+    import time
+
+    start = time.perf_counter()
+    L.seed_everything(int(cfg.trainer.seed), workers=False, verbose=False)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with EpisodeStore.open(cfg.dataset.path, mode="r") as store:
+        check_env(store, cfg.env)
+        idx = select_episodes(store, cfg.data)
+        module, replay = build_module(cfg, store, idx)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    ev, cb_eval = cfg.eval, None
+    callbacks: list = [UpdateRate(every=int(cfg.algo.get("log_every", 50)))]
+    every = int(ev.every)
+    if ev.enabled:
+        evaluator = Evaluator(_plain(cfg.env), episodes=int(ev.episodes), num_envs=int(ev.num_envs),
+                              seed=int(ev.seed), gamma=float(module.hp.gamma), asynchronous=bool(ev.asynchronous))
+        cb_eval = SimEvaluation(evaluator, every, references=_plain(cfg.env.get("reference_returns")))
+        callbacks.append(cb_eval)
+        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{step}", monitor=cfg.checkpoint.monitor,
+                               mode=cfg.checkpoint.mode, save_top_k=1, every_n_train_steps=every, save_last=True,
+                               auto_insert_metric_name=False)
+    else:  # keep every candidate; an OPE estimate picks among them after training
+        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step-{step}", save_top_k=-1,
+                               every_n_train_steps=every, save_last=True, auto_insert_metric_name=False)
+    callbacks.append(ckpt)
+    trainer = make_trainer(cfg, run_dir, callbacks)
+    ckpt_path = cfg.trainer.ckpt_path
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
+                ckpt_path=ckpt_path, weights_only=True)
+
+    history = cb_eval.history if cb_eval is not None else []
+    best_eval = best_from_history(history, str(cfg.checkpoint.monitor).removeprefix("eval/"))
+    if ev.enabled and ckpt.best_model_path:
+        best, selection = ckpt.best_model_path, f"simulation: best {cfg.checkpoint.monitor} over {len(history)} evaluations"
+    else:
+        best, selection = ckpt.last_model_path or None, "last checkpoint (no simulator evaluation; OPE selection not run)"
+    result = PretrainResult(
+        run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
+        selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
+        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start,
+    )
+    (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
+    return result

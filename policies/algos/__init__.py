@@ -1,0 +1,1 @@
+"""Offline and online RL algorithms as Lightning modules (one module per algorithm)."""

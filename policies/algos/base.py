@@ -1,0 +1,255 @@
+"""The shared base of every offline/online algorithm: a manual-optimisation LightningModule.
+
+An algorithm declares its networks in :meth:`build`, the order of its updates in
+``update_order`` (e.g. ``("value", "critic", "actor")``) and one ``<name>_loss(batch)``
+method per entry, returning a :class:`LossOut` computed by the pure functions in
+``losses.py``. The base does the rest: optimisers (one per entry), the update loop,
+gradient clipping, target networks (Polyak), logging, the normaliser buffers and
+everything a checkpoint must hold to rebuild the policy without the training code.
+
+Lightning counts an optimiser step as a "global step" under manual optimisation; here
+one *update* (all entries of ``update_order``) counts as one step, so ``max_steps`` means
+gradient updates whatever the number of networks (the first entry steps through
+Lightning, the others through the strategy's ``optimizer_step``, which keeps AMP).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from types import SimpleNamespace
+from typing import Any, ClassVar, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from o2o.policies.algos.losses import LossOut
+from o2o.policies.data import Batch, Normalization, TensorReplay
+from o2o.policies.networks import soft_update
+
+ALGO_PREFIX = "o2o.policies.algos."
+
+# Keys every algorithm accepts (merged under the algorithm's own ``defaults``).
+BASE_DEFAULTS: dict[str, Any] = {
+    "name": None,
+    "cls": None,
+    "batch_size": 256,
+    "gamma": 0.99,
+    "hidden": [256, 256],
+    "activation": "relu",
+    "grad_clip": None,  # max gradient norm per network, or null
+    "log_every": 50,  # updates between metric logs (logging each update costs more than a small update)
+    "seed": 0,
+}
+
+
+def resolve_algorithm(path: str) -> type["OfflineAlgorithm"]:
+    """The algorithm class at dotted ``path``; only classes inside ``o2o.policies.algos.``.
+
+    Checkpoints name their class; refusing anything else means loading a checkpoint can
+    never import arbitrary code.
+    """
+    if not isinstance(path, str) or not path.startswith(ALGO_PREFIX):
+        raise ValueError(f"algorithm class {path!r} refused: it must live in '{ALGO_PREFIX}' (e.g. "
+                         f"'{ALGO_PREFIX}iql.IQL')")
+    module, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"algorithm class {path!r} not found: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, OfflineAlgorithm)):
+        raise ValueError(f"{path!r} is not an o2o algorithm (subclass of OfflineAlgorithm)")
+    return cls
+
+
+class DeterministicPolicy(nn.Module):
+    """Raw env observation -> action in env units; normalisation and scaling inside.
+
+    What gets exported and what a learned behaviour policy runs: ``forward(obs [B, O])``.
+    """
+
+    def __init__(self, actor: nn.Module, obs_mean: Tensor, obs_std: Tensor, act_center: Tensor, act_half: Tensor):
+        super().__init__()
+        self.actor = actor
+        self.register_buffer("obs_mean", obs_mean.detach().clone())
+        self.register_buffer("obs_std", obs_std.detach().clone())
+        self.register_buffer("act_center", act_center.detach().clone())
+        self.register_buffer("act_half", act_half.detach().clone())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        a = self.actor.act((obs - self.obs_mean) / self.obs_std)
+        return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
+
+
+class OfflineAlgorithm(L.LightningModule):
+    """Base of every algorithm. Subclasses set ``defaults``, ``update_order``, build nets in
+    :meth:`build` and define ``<name>_loss(batch) -> LossOut`` for each updated entry.
+
+    Constructor arguments are plain data (saved as hyperparameters, so a checkpoint loads
+    with ``torch.load(weights_only=True)``): ``obs_dim``, ``act_dim``, ``algo`` (the
+    algorithm's config), ``normalization`` (:meth:`Normalization.to_dict`) and ``meta``
+    (dataset version, env, run config: provenance, not used for math).
+    """
+
+    defaults: ClassVar[dict[str, Any]] = {}
+    update_order: ClassVar[tuple[str, ...]] = ()
+    #: entries updated only every k-th update (e.g. {"actor": 2} for delayed actors)
+    update_every: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, obs_dim: int, act_dim: int, algo: Mapping[str, Any], normalization: Mapping[str, Any],
+                 meta: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.hp = SimpleNamespace(**self.merge_config(algo))
+        norm = Normalization.from_dict(normalization)
+        self.norm = norm
+        f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+        self.register_buffer("obs_mean", f32(norm.obs_mean))
+        self.register_buffer("obs_std", f32(norm.obs_std))
+        self.register_buffer("act_center", f32(norm.action_center))
+        self.register_buffer("act_half", f32(norm.action_halfrange))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.replay: TensorReplay | None = None
+        self._targets: list[tuple[nn.Module, nn.Module, float]] = []
+        self._opt_index: dict[str, int] = {}
+        torch.manual_seed(int(self.hp.seed))
+        self.build()
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def merge_config(cls, algo: Mapping[str, Any]) -> dict[str, Any]:
+        """Base defaults < the algorithm's defaults < ``algo``; an unknown key is an error."""
+        known = {**BASE_DEFAULTS, **cls.defaults}
+        unknown = sorted(set(algo) - set(known))
+        if unknown:
+            raise ValueError(f"algorithm {cls.__name__}: unknown config keys {unknown}; known keys: {sorted(known)}")
+        return {**copy.deepcopy(known), **copy.deepcopy(dict(algo))}
+
+    @classmethod
+    def transition_mask(cls, algo: Mapping[str, Any], transitions) -> np.ndarray | None:
+        """Which loaded transitions to train on (a bool mask), or None for all (filtered BC overrides)."""
+        return None
+
+    def build(self) -> None:
+        """Create the networks (``self.actor`` at least) and register targets/optimised parameters."""
+        raise NotImplementedError
+
+    def parameters_for(self, name: str) -> list[nn.Parameter]:
+        """The parameters the ``name`` entry of ``update_order`` optimises (default: ``self.<name>``)."""
+        obj = getattr(self, name)
+        return [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
+
+    def lr_for(self, name: str) -> float:
+        return float(getattr(self.hp, f"{name}_lr"))
+
+    def add_target(self, source: nn.Module, tau: float) -> nn.Module:
+        """A frozen copy of ``source`` updated by Polyak averaging after each update."""
+        target = copy.deepcopy(source)
+        target.requires_grad_(False)
+        self._targets.append((target, source, float(tau)))
+        return target
+
+    def configure_optimizers(self):
+        opts = []
+        for i, name in enumerate(self.update_order):
+            self._opt_index[name] = i
+            opts.append(torch.optim.Adam(self.parameters_for(name), lr=self.lr_for(name)))
+        return opts
+
+    # ------------------------------------------------------------------ data and acting
+    def attach_replay(self, replay: TensorReplay) -> None:
+        """The training data (on any device; moved to the module's device when training starts)."""
+        self.replay = replay
+
+    def on_fit_start(self) -> None:
+        if self.replay is None:
+            raise RuntimeError(f"{type(self).__name__}: no training data attached (call attach_replay first)")
+        self.replay.to(self.device)
+
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def policy(self) -> DeterministicPolicy:
+        """A standalone deterministic policy module (raw obs -> env-unit action), on CPU, for export."""
+        actor = copy.deepcopy(self.actor).to("cpu").eval()
+        return DeterministicPolicy(actor, self.obs_mean.cpu(), self.obs_std.cpu(), self.act_center.cpu(),
+                                   self.act_half.cpu()).eval()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
+        """Actions in env units for raw observations ``[B, O]`` (NumPy in, NumPy out)."""
+        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
+        o = self.normalize_obs(o)
+        a = self.actor.act(o) if deterministic else self.actor(o).action
+        return (a.clamp(-1, 1) * self.act_half + self.act_center).cpu().numpy()
+
+    @torch.no_grad()
+    def q_value(self, obs: Tensor, action_norm: Tensor) -> Tensor | None:
+        """The algorithm's own estimate of Q(s, a) (normalised obs and action, unscaled rewards),
+        or None for algorithms without a critic. Used by the value diagnostic."""
+        critic = getattr(self, "critic", None)
+        if critic is None:
+            return None
+        q = critic(obs, action_norm).min(dim=0).values
+        return (q - self.norm.reward_shift / (1 - self.hp.gamma)) / self.norm.reward_scale
+
+    # ------------------------------------------------------------------ the update
+    def training_step(self, _unused, batch_idx: int = 0):
+        batch = self.replay.sample(int(self.hp.batch_size))
+        metrics = self.update(batch)
+        n = int(self.updates)
+        if n % int(self.hp.log_every) == 0:
+            self.log_dict({f"train/{k}": v.detach().float() for k, v in metrics.items()},
+                          on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
+        return None
+
+    def update(self, batch: Batch) -> dict[str, Tensor]:
+        """One gradient update of every entry of ``update_order`` on ``batch``; then targets."""
+        metrics: dict[str, Tensor] = {}
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        n = int(self.updates)
+        for i, name in enumerate(self.update_order):
+            every = self.update_every.get(name, 1)
+            if n % every:
+                continue
+            out: LossOut = getattr(self, f"{name}_loss")(batch)
+            self.step_optimizer(opts[self._opt_index[name]], out.loss, counted=(i == 0))
+            metrics[f"{name}_loss"] = out.loss.detach()
+            metrics.update(out.metrics)
+        for target, source, tau in self._targets:
+            soft_update(target, source, tau)
+        self.updates += 1
+        return metrics
+
+    def step_optimizer(self, opt, loss: Tensor, counted: bool = True) -> None:
+        """zero_grad, backward, optional clipping, step. Only a ``counted`` step advances Lightning's global step."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.hp.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=float(self.hp.grad_clip), gradient_clip_algorithm="norm")
+        if counted:
+            opt.step()
+        else:
+            self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["o2o"] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
+                             "updates": int(self.updates)}
+
+
+def load_algorithm(path: str, map_location: Any = "cpu") -> OfflineAlgorithm:
+    """Rebuild an algorithm from a checkpoint without unpickling code (``weights_only=True``)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if "o2o" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"checkpoint {str(path)!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    cls = resolve_algorithm(ckpt["o2o"]["cls"])
+    hp = ckpt["hyper_parameters"]
+    algo = cls(hp["obs_dim"], hp["act_dim"], hp["algo"], hp["normalization"], hp.get("meta"))
+    algo.load_state_dict(ckpt["state_dict"])
+    return algo.eval()

@@ -1,0 +1,77 @@
+"""Conservative Q-Learning for continuous actions, CQL(H) (Kumar et al. 2020).
+
+SAC plus a regulariser on the critics: push down a soft maximum of Q over actions
+(log-sum-exp, importance-sampled from uniform actions and from the policy at s and s')
+and push up Q on dataset actions. ``lagrange: true`` tunes the regulariser's weight so
+that the gap stays near ``target_action_gap`` instead of fixing ``cql_alpha``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from o2o.policies.algos import losses as L
+from o2o.policies.algos.sac import SAC
+from o2o.policies.data import Batch
+
+
+class CQL(SAC):
+    """CQL(H) on top of :class:`SAC` (fixed alpha or Lagrangian)."""
+
+    defaults = {
+        **SAC.defaults,
+        "actor_lr": 1e-4,
+        "alpha_lr": 1e-4,
+        "backup_entropy": False,  # the CQL reference code drops it offline
+        "cql_alpha": 5.0,  # weight of the regulariser (fixed) / its initial value (Lagrangian)
+        "n_actions": 10,  # K samples per proposal (uniform, pi(s), pi(s'))
+        "temperature": 1.0,
+        "lagrange": False,
+        "target_action_gap": 10.0,  # Lagrangian threshold on the per-critic gap
+        "alpha_prime_lr": 3e-4,
+    }
+    update_order = ("critic", "actor", "alpha", "alpha_prime")
+
+    def build(self) -> None:
+        super().build()
+        hp = self.hp
+        self.log_alpha_prime = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(float(hp.cql_alpha))))))
+        if not hp.lagrange:
+            self.update_order = tuple(n for n in self.update_order if n != "alpha_prime")
+
+    def parameters_for(self, name: str):
+        return [self.log_alpha_prime] if name == "alpha_prime" else super().parameters_for(name)
+
+    def cql_penalty_per_member(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(soft max_a Q - Q(s, a_data))`` averaged over the batch, per critic ``[n]``; and Q(s, a_data)."""
+        B, K, A = len(batch), int(self.hp.n_actions), self.act_dim
+        obs = batch.observations.unsqueeze(1).expand(B, K, batch.observations.shape[-1])
+        nobs = batch.next_observations.unsqueeze(1).expand(B, K, batch.next_observations.shape[-1])
+        with torch.no_grad():
+            pi = self.actor(obs)
+            pi_next = self.actor(nobs)
+        uniform = torch.empty(B, K, A, device=obs.device, dtype=obs.dtype).uniform_(-1.0, 1.0)
+        # One critic call for all 3K sampled actions per state.
+        q_all = self.critic(obs.repeat(1, 3, 1), torch.cat([uniform, pi.action, pi_next.action], dim=1))
+        q_uni, q_pi, q_next_pi = q_all.split(K, dim=-1)
+        soft = L.cql_logsumexp(q_uni, q_pi, pi.log_prob, q_next_pi, pi_next.log_prob, A, self.hp.temperature)
+        q_data = self.critic(batch.observations, batch.actions)
+        return (soft - q_data).mean(dim=1), q_data
+
+    def critic_loss(self, batch: Batch) -> L.LossOut:
+        target = self.critic_target_value(batch)
+        gap, q = self.cql_penalty_per_member(batch)
+        td = L.critic_regression(q, target)
+        if self.hp.lagrange:
+            alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)
+            reg = (alpha_prime * (gap - self.hp.target_action_gap)).sum()
+        else:
+            alpha_prime = torch.tensor(float(self.hp.cql_alpha), device=q.device)
+            reg = alpha_prime * gap.sum()
+        self._gap = gap.detach()
+        return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": self._gap.mean(), "q_mean": q.detach().mean(),
+                                    "alpha_prime": alpha_prime})
+
+    def alpha_prime_loss(self, batch: Batch) -> L.LossOut:
+        return L.LossOut(L.cql_lagrange_loss(self.log_alpha_prime, self._gap, self.hp.target_action_gap))

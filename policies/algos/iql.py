@@ -1,0 +1,79 @@
+"""Implicit Q-Learning (Kostrikov, Nair & Levine 2021), entirely in-sample.
+
+Per update, in order: V(s) regresses to an upper expectile of the target critics' Q(s, a)
+on dataset actions; the critics regress to ``r + gamma V(s')``; the actor maximises the
+advantage-weighted likelihood of dataset actions (weights ``exp(beta A)`` clipped).
+Q and V are never queried on actions outside the dataset.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from o2o.policies.algos import losses as L
+from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.data import Batch
+from o2o.policies.networks import QEnsemble, ValueMLP, make_actor
+
+
+class IQL(OfflineAlgorithm):
+    """IQL with twin critics, a V network and a Gaussian actor (paper defaults)."""
+
+    defaults = {
+        "expectile": 0.7,  # tau of the expectile regression (0.5 = mean, -> 1 = max)
+        "beta": 3.0,  # inverse temperature of the advantage weights
+        "max_weight": 100.0,  # clip of exp(beta * A)
+        "tau": 0.005,  # Polyak rate of the target critics
+        "n_critics": 2,
+        "actor_kind": "gaussian",
+        "actor_dropout": 0.0,
+        "critic_lr": 3e-4,
+        "value_lr": 3e-4,
+        "actor_lr": 3e-4,
+        "actor_lr_schedule": "cosine",  # cosine decay over trainer.max_steps (paper) or constant
+    }
+    update_order = ("value", "critic", "actor")
+
+    def build(self) -> None:
+        hp = self.hp
+        self.critic = QEnsemble(self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation)
+        self.critic_target = self.add_target(self.critic, hp.tau)
+        self.value = ValueMLP(self.obs_dim, hp.hidden, hp.activation)
+        kw = {"dropout": hp.actor_dropout} if hp.actor_kind != "tanh_gaussian" else {}
+        self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation, **kw)
+
+    def value_loss(self, batch: Batch) -> L.LossOut:
+        with torch.no_grad():
+            q = self.critic_target(batch.observations, batch.actions).min(dim=0).values
+        v = self.value(batch.observations)
+        diff = q - v
+        return L.LossOut(L.expectile_loss(diff, self.hp.expectile), {"v_mean": v.detach().mean()})
+
+    def critic_loss(self, batch: Batch) -> L.LossOut:
+        with torch.no_grad():
+            target = L.td_target(batch.rewards, self.value(batch.next_observations), batch.terminals, self.hp.gamma)
+        q = self.critic(batch.observations, batch.actions)
+        return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
+
+    def actor_loss(self, batch: Batch) -> L.LossOut:
+        with torch.no_grad():
+            q = self.critic_target(batch.observations, batch.actions).min(dim=0).values
+            adv = q - self.value(batch.observations)
+            w = L.awr_weights(adv, self.hp.beta, self.hp.max_weight)
+        log_prob = self.actor.log_prob(batch.observations, batch.actions)
+        return L.LossOut(L.weighted_nll(log_prob, w), {"adv_mean": adv.mean(), "weight_mean": w.mean()})
+
+    def configure_optimizers(self):
+        opts = super().configure_optimizers()
+        if self.hp.actor_lr_schedule == "cosine" and self.trainer is not None and self.trainer.max_steps > 0:
+            actor = opts[self._opt_index["actor"]]
+            self._actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(actor, T_max=int(self.trainer.max_steps))
+            return opts, [{"scheduler": self._actor_sched, "interval": "step"}]
+        return opts
+
+    def update(self, batch: Batch):
+        metrics = super().update(batch)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        return metrics

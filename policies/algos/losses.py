@@ -1,0 +1,115 @@
+"""The math of every algorithm, as pure functions of tensors.
+
+No function here owns a network, an optimiser or a step counter: each takes the values
+it needs and returns a loss (or a target) so it can be checked against hand-computed
+numbers (tests/policies/test_losses.py). The Lightning modules only decide which
+networks produce those values and in which order the updates run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossOut:
+    """A loss to minimise and the detached metrics worth logging with it."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+
+def td_target(rewards: Tensor, next_value: Tensor, terminals: Tensor, gamma: float) -> Tensor:
+    """``r + gamma * (1 - terminal) * V(s')``; time-limit cuts still bootstrap."""
+    return rewards + gamma * (1.0 - terminals) * next_value
+
+
+def expectile_loss(diff: Tensor, tau: float) -> Tensor:
+    """IQL's asymmetric L2: ``mean(|tau - 1(diff < 0)| * diff^2)`` with ``diff = Q(s,a) - V(s)``.
+
+    ``tau > 0.5`` weighs positive residuals more, so V tracks an upper expectile of Q
+    over dataset actions (Kostrikov et al. 2021; the paper's sign convention, reference
+    004 warns the lecture notes use the complement).
+    """
+    weight = torch.abs(tau - (diff < 0).to(diff.dtype))
+    return (weight * diff.pow(2)).mean()
+
+
+def awr_weights(advantage: Tensor, beta: float, max_weight: float) -> Tensor:
+    """Advantage-weighted regression weights ``min(exp(beta * A), max_weight)``, no gradient."""
+    return torch.exp(beta * advantage.detach()).clamp(max=max_weight)
+
+
+def weighted_nll(log_prob: Tensor, weights: Tensor) -> Tensor:
+    """``-mean(w * log pi(a|s))``: AWR / AWAC / filtered-BC policy extraction."""
+    return -(weights.detach() * log_prob).mean()
+
+
+def critic_regression(q: Tensor, target: Tensor) -> Tensor:
+    """Sum over ensemble members of the MSE to one (detached) target: ``q [n, B]``, ``target [B]``."""
+    return (q - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
+
+
+def cql_logsumexp(q_uniform: Tensor, q_policy: Tensor, logp_policy: Tensor, q_next_policy: Tensor,
+                  logp_next_policy: Tensor, act_dim: int, temperature: float = 1.0) -> Tensor:
+    """CQL(H)'s soft maximum of Q over actions, estimated by importance sampling.
+
+    ``log E_{a~U}[exp(Q/T)]``-style estimate from K uniform actions (density ``0.5^A`` on
+    [-1, 1]^A) and K actions each from the policy at ``s`` and at ``s'`` (evaluated at
+    ``s``), every sample divided by its proposal density. Shapes: ``q_* [n, B, K]``,
+    ``logp_* [B, K]``. Returns ``T * logsumexp(cat / T)`` of shape ``[n, B]`` (Kumar et
+    al. 2020, appendix F; the constant ``log 3K`` is dropped as the reference code does).
+    """
+    log_uniform = act_dim * math.log(0.5)
+    cat = torch.cat([
+        q_uniform - log_uniform,
+        q_policy - logp_policy.detach().unsqueeze(0),
+        q_next_policy - logp_next_policy.detach().unsqueeze(0),
+    ], dim=-1)
+    return temperature * torch.logsumexp(cat / temperature, dim=-1)
+
+
+def cql_penalty(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
+    """``mean(softmax_a Q(s,a) - Q(s, a_data))`` per member, summed over members: ``[n, B] -> []``."""
+    return (soft_max_q - q_data).mean(dim=1).sum()
+
+
+def cql_lagrange_loss(log_alpha_prime: Tensor, penalty_per_member: Tensor, target_gap: float) -> Tensor:
+    """Lagrangian CQL: alpha' rises while the gap exceeds ``target_gap`` and falls below it.
+
+    Minimised over ``log_alpha_prime``: ``-alpha' * (gap - target_gap)`` averaged over members.
+    """
+    alpha_prime = log_alpha_prime.exp().clamp(0.0, 1e6)
+    return -(alpha_prime * (penalty_per_member.detach() - target_gap)).mean()
+
+
+def sac_actor_loss(q_policy: Tensor, log_prob: Tensor, alpha: Tensor | float) -> Tensor:
+    """``mean(alpha * log pi(a|s) - Q(s, a))`` with ``a ~ pi`` (reparameterised)."""
+    return (alpha * log_prob - q_policy).mean()
+
+
+def entropy_alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
+    """SAC's temperature loss: alpha grows when the policy's entropy is below the target."""
+    return -(log_alpha * (log_prob.detach() + target_entropy)).mean()
+
+
+def soft_value(q_next: Tensor, logp_next: Tensor, alpha: Tensor | float) -> Tensor:
+    """Soft state value of a sampled next action: ``min_i Q_i(s', a') - alpha * log pi(a'|s')``."""
+    return q_next.min(dim=0).values - alpha * logp_next
+
+
+def bc_mse(pred: Tensor, actions: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean squared action error (optionally per-sample weighted), for deterministic BC."""
+    err = (pred - actions).pow(2).sum(-1)
+    return (err if weights is None else weights.detach() * err).mean()
+
+
+def gaussian_nll(mean: Tensor, log_std: Tensor, target: Tensor) -> Tensor:
+    """Negative log-likelihood (up to a constant) of ``target`` under diagonal Gaussians,
+    summed over the last dim: the dynamics models' training loss (Chua et al. 2018)."""
+    inv_var = torch.exp(-2.0 * log_std)
+    return ((mean - target).pow(2) * inv_var + 2.0 * log_std).sum(-1)

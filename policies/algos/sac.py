@@ -1,0 +1,82 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018) with twin critics and automatic entropy tuning.
+
+Online, SAC is the workhorse of finetuning. Offline, as is, it is the textbook failure
+(reference 002, exercise 1): its backups query Q at the policy's own actions, which the
+data never covers, and the overestimation feeds on itself. CQL builds on this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from o2o.policies.algos import losses as L
+from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.data import Batch
+from o2o.policies.networks import QEnsemble, make_actor
+
+
+class SAC(OfflineAlgorithm):
+    """SAC: critics on the soft Bellman target, a tanh-Gaussian actor, learned temperature."""
+
+    defaults = {
+        "tau": 0.005,
+        "n_critics": 2,
+        "actor_kind": "tanh_gaussian",
+        "critic_lr": 3e-4,
+        "actor_lr": 3e-4,
+        "alpha_lr": 3e-4,
+        "init_alpha": 1.0,
+        "auto_alpha": True,  # tune alpha towards target_entropy (default -act_dim)
+        "target_entropy": None,
+        "backup_entropy": True,  # subtract alpha * log pi(a'|s') in the critic target
+        "critic_layer_norm": False,
+    }
+    update_order = ("critic", "actor", "alpha")
+
+    def build(self) -> None:
+        hp = self.hp
+        self.critic = QEnsemble(self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation,
+                                layer_norm=hp.critic_layer_norm)
+        self.critic_target = self.add_target(self.critic, hp.tau)
+        self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
+        self.log_alpha = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(float(hp.init_alpha))))))
+        self.target_entropy = float(-self.act_dim if hp.target_entropy is None else hp.target_entropy)
+        self._logp = None
+        if not hp.auto_alpha:
+            self.update_order = tuple(n for n in type(self).update_order if n != "alpha")
+
+    def parameters_for(self, name: str):
+        return [self.log_alpha] if name == "alpha" else super().parameters_for(name)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.detach().exp()
+
+    def critic_target_value(self, batch: Batch) -> torch.Tensor:
+        """The soft Bellman target ``r + gamma (1 - d) (min Q'(s', a') - alpha log pi(a'|s'))``."""
+        with torch.no_grad():
+            nxt = self.actor(batch.next_observations)
+            q_next = self.critic_target(batch.next_observations, nxt.action)
+            alpha = self.alpha if self.hp.backup_entropy else 0.0
+            v_next = L.soft_value(q_next, nxt.log_prob, alpha)
+            return L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
+
+    def critic_loss(self, batch: Batch) -> L.LossOut:
+        target = self.critic_target_value(batch)
+        q = self.critic(batch.observations, batch.actions)
+        return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean(), "target_mean": target.mean()})
+
+    def actor_loss(self, batch: Batch) -> L.LossOut:
+        pi = self.actor(batch.observations)
+        self.critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
+        try:
+            q = self.critic(batch.observations, pi.action).min(dim=0).values
+        finally:
+            self.critic.requires_grad_(True)
+        self._logp = pi.log_prob.detach()
+        loss = L.sac_actor_loss(q, pi.log_prob, self.alpha)
+        return L.LossOut(loss, {"entropy": -self._logp.mean(), "alpha": self.alpha})
+
+    def alpha_loss(self, batch: Batch) -> L.LossOut:
+        return L.LossOut(L.entropy_alpha_loss(self.log_alpha, self._logp, self.target_entropy))

@@ -1,0 +1,106 @@
+"""Lightning callbacks of training: periodic evaluation in simulation and throughput.
+
+The evaluation logs ``eval/return_mean``, ``eval/success_rate``, ``eval/normalized_score``
+and the value diagnostic "how well it thinks it does vs how well it does":
+``eval/q_start_mean`` (the critic's Q of the policy's action on each episode's start
+state) next to ``eval/mc_discounted_return_mean`` (the discounted return it achieved from
+there). A Q far above the achieved return is the signature of offline overestimation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+
+from o2o.policies.evaluation import Evaluator
+
+
+class SimEvaluation(L.Callback):
+    """Every ``every`` updates (and after the last), run the deterministic policy in simulation."""
+
+    def __init__(self, evaluator: Evaluator, every: int, references: Mapping[str, float] | None = None):
+        self.evaluator = evaluator
+        self.every = int(every)
+        self.references = dict(references or {})
+        self.history: list[dict[str, float]] = []
+        self._last_eval_step = -1
+
+    def evaluate(self, module) -> dict[str, float]:
+        was_training = module.training
+        module.eval()
+        try:
+            res = self.evaluator(lambda obs: module.act(obs, deterministic=True))
+            metrics = res.summary(self.references)
+            with torch.no_grad():
+                o = module.normalize_obs(torch.as_tensor(res.start_observations, device=module.device))
+                a = module.actor.act(o)
+                q = module.q_value(o, a)
+            if q is not None:
+                metrics["q_start_mean"] = float(q.mean())
+                metrics["q_minus_mc"] = metrics["q_start_mean"] - metrics["mc_discounted_return_mean"]
+        finally:
+            module.train(was_training)
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = int(pl_module.updates)
+        if self.every > 0 and step % self.every == 0 and step != self._last_eval_step:
+            self._run(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        step = int(pl_module.updates)
+        if step != self._last_eval_step:
+            # Recorded for the summary; too late for Lightning's logging and checkpoint hooks.
+            metrics = self.evaluate(pl_module)
+            self.history.append({"step": step, **metrics})
+            self._last_eval_step = step
+
+    def _run(self, trainer, pl_module, step: int) -> None:
+        metrics = self.evaluate(pl_module)
+        self.history.append({"step": step, **metrics})
+        self._last_eval_step = step
+        pl_module.log_dict({f"eval/{k}": float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                           prog_bar=False, batch_size=1)
+        shown = {k: metrics[k] for k in ("return_mean", "success_rate", "q_start_mean") if k in metrics}
+        pl_module.print(f"[eval @ {step} updates] " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.evaluator.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
+
+class UpdateRate(L.Callback):
+    """Logs ``train/updates_per_s`` (to the progress bar too) every ``every`` updates."""
+
+    def __init__(self, every: int = 50):
+        self.every = int(every)
+        self._t0: float | None = None
+        self._n0 = 0
+        self.rates: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = int(pl_module.updates)
+        if self._t0 is None:
+            self._t0, self._n0 = time.perf_counter(), n
+            return
+        if n % self.every == 0 and n > self._n0:
+            now = time.perf_counter()
+            rate = (n - self._n0) / max(now - self._t0, 1e-9)
+            self.rates.append(rate)
+            pl_module.log("train/updates_per_s", rate, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+            self._t0, self._n0 = now, n
+
+
+def best_from_history(history: list[dict[str, float]], metric: str) -> dict[str, float] | None:
+    """The evaluation with the highest ``metric`` (first one on ties), or None."""
+    rows = [h for h in history if metric in h and np.isfinite(h[metric])]
+    return max(rows, key=lambda h: h[metric]) if rows else None

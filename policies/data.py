@@ -1,0 +1,205 @@
+"""Training data on the training device: batches, normalisation and a tensor replay buffer.
+
+The whole selection is loaded once (``EpisodeStore.load_transitions``), normalised once
+(observations standardised, actions mapped to [-1, 1], rewards scaled) and kept as
+tensors on the device; a batch is one ``randint`` plus one gather per field. No
+DataLoader workers, no per-step host-to-device copies (DESIGN.md: data lives where the
+math runs). The same buffer grows during online finetuning (:meth:`TensorReplay.add`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+REWARD_SCALINGS = ("none", "standardize", "return_range")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch of transitions (normalised observations, actions in [-1, 1], scaled rewards)."""
+
+    observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+    next_observations: Tensor
+    terminals: Tensor  # float 0/1: the episode ended in a terminal state (no bootstrap)
+    timeouts: Tensor  # float 0/1: the episode was cut by a time limit (bootstrap)
+
+    def __len__(self) -> int:
+        return self.actions.shape[0]
+
+    def to(self, device: Any) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw env data maps to what the networks see, saved in every checkpoint.
+
+    ``obs_norm = (obs - obs_mean) / obs_std``; ``a_norm = (a - action_center) / action_scale``
+    (so the env's [low, high] becomes [-1, 1]); ``r_train = reward_scale * r + reward_shift``.
+    """
+
+    obs_mean: np.ndarray
+    obs_std: np.ndarray
+    action_low: np.ndarray
+    action_high: np.ndarray
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0
+
+    @property
+    def action_center(self) -> np.ndarray:
+        return (self.action_high + self.action_low) / 2.0
+
+    @property
+    def action_halfrange(self) -> np.ndarray:
+        return (self.action_high - self.action_low) / 2.0
+
+    def to_dict(self) -> dict:
+        return {f.name: (np.asarray(v).astype(float).tolist() if isinstance(v, np.ndarray) else float(v))
+                for f in fields(self) for v in [getattr(self, f.name)]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Normalization":
+        arr = {"obs_mean", "obs_std", "action_low", "action_high"}
+        return cls(**{k: (np.asarray(d[k], np.float32) if k in arr else float(d[k])) for k in (f.name for f in fields(cls))})
+
+    @classmethod
+    def identity(cls, obs_dim: int, action_low, action_high) -> "Normalization":
+        return cls(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
+                   np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
+
+
+def episode_returns(rewards: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
+    """Undiscounted return of every episode present in ``episode_index`` (in order of first appearance)."""
+    _, inverse = np.unique(episode_index, return_inverse=True)
+    return np.bincount(inverse, weights=rewards.astype(np.float64))
+
+
+def fit_normalization(transitions, action_low, action_high, normalize_obs: bool = True,
+                      reward_scaling: str = "none", max_episode_steps: int | None = None,
+                      eps: float = 1e-3) -> Normalization:
+    """Normalisation statistics from a selection's transitions (NumPy).
+
+    ``reward_scaling``: ``none``; ``standardize`` (reward mean 0, std 1 — shifts change
+    the optimal policy when episodes end early, so it is not the default);
+    ``return_range`` (IQL's locomotion recipe: rewards times ``max_episode_steps / (max
+    episode return - min episode return)``, no shift).
+    """
+    if reward_scaling not in REWARD_SCALINGS:
+        raise ValueError(f"reward_scaling {reward_scaling!r} not one of {REWARD_SCALINGS}")
+    obs = np.asarray(transitions.observations, np.float64)
+    if len(obs) == 0:
+        raise ValueError("no transitions selected: cannot fit normalisation")
+    if normalize_obs:
+        mean, std = obs.mean(0), np.maximum(obs.std(0), eps)
+    else:
+        mean, std = np.zeros(obs.shape[1]), np.ones(obs.shape[1])
+    rewards = np.asarray(transitions.rewards, np.float64)
+    scale, shift = 1.0, 0.0
+    if reward_scaling == "standardize":
+        scale = 1.0 / max(rewards.std(), eps)
+        shift = -rewards.mean() * scale
+    elif reward_scaling == "return_range":
+        rets = episode_returns(rewards, np.asarray(transitions.episode_index))
+        spread = rets.max() - rets.min()
+        horizon = max_episode_steps or 1000
+        scale = horizon / spread if spread > eps else 1.0
+    return Normalization(mean.astype(np.float32), std.astype(np.float32),
+                         np.asarray(action_low, np.float32), np.asarray(action_high, np.float32),
+                         float(scale), float(shift))
+
+
+class TensorReplay:
+    """Transitions as tensors on one device, already normalised; uniform sampling there.
+
+    Preallocated to ``capacity`` rows (>= the offline data) so online steps can be added
+    without reallocating. ``sample`` draws with a dedicated ``torch.Generator`` on the
+    buffer's device, so runs are reproducible and sampling never syncs with the host.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, device: Any = "cpu", seed: int = 0):
+        self.device = torch.device(device)
+        self.capacity = int(capacity)
+        f32 = dict(device=self.device, dtype=torch.float32)
+        self.observations = torch.zeros(self.capacity, obs_dim, **f32)
+        self.next_observations = torch.zeros(self.capacity, obs_dim, **f32)
+        self.actions = torch.zeros(self.capacity, act_dim, **f32)
+        self.rewards = torch.zeros(self.capacity, **f32)
+        self.terminals = torch.zeros(self.capacity, **f32)
+        self.timeouts = torch.zeros(self.capacity, **f32)
+        self.size = 0
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    @classmethod
+    def from_transitions(cls, transitions, norm: Normalization, device: Any = "cpu", capacity: int | None = None,
+                         seed: int = 0) -> "TensorReplay":
+        """A buffer holding ``transitions`` (raw NumPy, from the store) normalised by ``norm``."""
+        n = len(transitions)
+        obs_dim = int(np.asarray(transitions.observations).shape[1])
+        act_dim = int(np.asarray(transitions.actions).shape[1])
+        buf = cls(obs_dim, act_dim, max(n, capacity or 0, 1), device, seed)
+        buf.add_raw(transitions.observations, transitions.actions, transitions.rewards,
+                    transitions.next_observations, transitions.terminals, transitions.timeouts, norm)
+        return buf
+
+    def add_raw(self, obs, actions, rewards, next_obs, terminals, timeouts, norm: Normalization) -> None:
+        """Append raw (env-unit) steps, normalising them on the way in."""
+        n = len(actions)
+        if self.size + n > self.capacity:
+            raise ValueError(f"replay buffer full: {self.size} + {n} rows > capacity {self.capacity}")
+        s = slice(self.size, self.size + n)
+
+        def put(dst: Tensor, value, fn=None):
+            v = np.asarray(value, np.float32)
+            if fn is not None:
+                v = fn(v)
+            dst[s] = torch.from_numpy(np.ascontiguousarray(v, np.float32)).to(self.device)
+
+        obs_fn = lambda o: (o - norm.obs_mean) / norm.obs_std  # noqa: E731
+        put(self.observations, obs, obs_fn)
+        put(self.next_observations, next_obs, obs_fn)
+        put(self.actions, actions, lambda a: np.clip((a - norm.action_center) / norm.action_halfrange, -1.0, 1.0))
+        put(self.rewards, rewards, lambda r: r * norm.reward_scale + norm.reward_shift)
+        put(self.terminals, terminals)
+        put(self.timeouts, timeouts)
+        self.size += n
+
+    def __len__(self) -> int:
+        return self.size
+
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` transitions drawn uniformly with replacement."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device, generator=self.generator)
+        return self.gather(idx)
+
+    def gather(self, idx: Tensor) -> Batch:
+        return Batch(self.observations[idx], self.actions[idx], self.rewards[idx], self.next_observations[idx],
+                     self.terminals[idx], self.timeouts[idx])
+
+    def all(self) -> Batch:
+        """Every stored transition (views, no copy)."""
+        s = slice(0, self.size)
+        return Batch(self.observations[s], self.actions[s], self.rewards[s], self.next_observations[s],
+                     self.terminals[s], self.timeouts[s])
+
+    def to(self, device: Any) -> "TensorReplay":
+        """Move the buffer (and its generator's stream position) to ``device``."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        for name in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
+            setattr(self, name, getattr(self, name).to(device))
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device).item())
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        return self

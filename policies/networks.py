@@ -1,0 +1,239 @@
+"""Networks shared by every algorithm: MLPs, batched ensembles, actors and critics.
+
+Ensembles (twin critics, dynamics models) hold their members' weights stacked in one
+tensor and run as one batched matmul (``torch.baddbmm``), never a Python loop over
+members: N critics cost about as much as one on a GPU, and far less than N on a CPU.
+
+Actors work in the *normalised* action space [-1, 1]; the algorithm module maps actions
+to and from env units, so the same actor serves every env.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU, "elu": nn.ELU}
+
+
+def activation(name: str) -> type[nn.Module]:
+    """The activation class called ``name`` (relu, gelu, tanh, silu, elu)."""
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"activation {name!r} not one of {sorted(_ACTIVATIONS)}") from None
+
+
+def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False,
+        dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers with ``act`` between them (optional LayerNorm and dropout after each hidden layer)."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers.append(nn.Linear(d, h))
+        if layer_norm:
+            layers.append(nn.LayerNorm(h))
+        layers.append(activation(act)())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers applied in one batched matmul.
+
+    Input ``[n, B, in]`` (each member its own batch) or ``[B, in]`` (the same batch for
+    every member); output ``[n, B, out]``. Initialised like ``nn.Linear`` per member.
+    """
+
+    def __init__(self, n: int, in_dim: int, out_dim: int):
+        super().__init__()
+        self.n, self.in_dim, self.out_dim = n, in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            # Same input for every member: one matmul against all members' weights at once.
+            out = x @ self.weight.permute(1, 0, 2).reshape(self.in_dim, self.n * self.out_dim)
+            return out.reshape(x.shape[0], self.n, self.out_dim).transpose(0, 1) + self.bias
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, in={self.in_dim}, out={self.out_dim}"
+
+
+class EnsembleMLP(nn.Module):
+    """An MLP per ensemble member, all evaluated together: ``[B, in] or [n, B, in] -> [n, B, out]``."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu",
+                 layer_norm: bool = False):
+        super().__init__()
+        self.n = n
+        dims = [in_dim, *hidden]
+        self.hidden = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(nn.LayerNorm(h) if layer_norm else nn.Identity() for h in hidden)
+        self.out = EnsembleLinear(n, dims[-1], out_dim)
+        self.act = activation(act)()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer, norm in zip(self.hidden, self.norms):
+            x = self.act(norm(layer(x)))
+        return self.out(x)
+
+
+class QEnsemble(nn.Module):
+    """``n`` critics Q(s, a) in one batched call: ``(obs [B, O], act [B, A]) -> [n, B]``.
+
+    ``obs``/``act`` may carry extra sample dims ``[B, K, ...]`` (K actions per state, as
+    CQL needs), giving ``[n, B, K]``. Every member sees the same input.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), n: int = 2,
+                 act: str = "relu", layer_norm: bool = False):
+        super().__init__()
+        self.n = n
+        self.net = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, act, layer_norm)
+
+    def forward(self, obs: Tensor, action: Tensor) -> Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        if x.dim() > 2:  # [B, K, D]: flatten the samples
+            lead = x.shape[:-1]
+            return self.net(x.reshape(-1, x.shape[-1])).reshape(self.n, *lead)
+        return self.net(x).squeeze(-1)
+
+
+class ValueMLP(nn.Module):
+    """V(s): ``obs [B, O] -> [B]``."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu", layer_norm: bool = False):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden, act, layer_norm)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class ActorOutput:
+    """A sampled action (normalised space), its log-probability and the deterministic action."""
+
+    action: Tensor
+    log_prob: Tensor
+    mode: Tensor
+
+
+def _tanh_log_det(u: Tensor) -> Tensor:
+    # log(1 - tanh(u)^2), written stably: 2 * (log 2 - u - softplus(-2u)).
+    return 2.0 * (math.log(2.0) - u - nn.functional.softplus(-2.0 * u))
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC's actor: a Gaussian in pre-tanh space squashed by tanh into [-1, 1].
+
+    ``log_prob(obs, action)`` evaluates dataset actions (for AWR/AWAC/BC likelihoods):
+    actions are clipped just inside (-1, 1) before ``atanh``.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
+                 layer_norm: bool = False, log_std_min: float = LOG_STD_MIN, log_std_max: float = LOG_STD_MAX):
+        super().__init__()
+        self.trunk = mlp(obs_dim, 2 * act_dim, hidden, act, layer_norm)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def _dist(self, obs: Tensor) -> tuple[Normal, Tensor]:
+        mu, log_std = self.trunk(obs).chunk(2, dim=-1)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        return Normal(mu, log_std.exp()), mu
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> ActorOutput:
+        dist, mu = self._dist(obs)
+        u = mu if deterministic else dist.rsample()
+        log_prob = (dist.log_prob(u) - _tanh_log_det(u)).sum(-1)
+        return ActorOutput(torch.tanh(u), log_prob, torch.tanh(mu))
+
+    def log_prob(self, obs: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
+        dist, _ = self._dist(obs)
+        a = action.clamp(-1 + eps, 1 - eps)
+        u = torch.atanh(a)
+        return (dist.log_prob(u) - _tanh_log_det(u)).sum(-1)
+
+    def act(self, obs: Tensor) -> Tensor:
+        """The deterministic action tanh(mu) (what gets exported)."""
+        return torch.tanh(self.trunk(obs)[..., : self.trunk[-1].out_features // 2])
+
+
+class GaussianActor(nn.Module):
+    """A Gaussian with mean tanh(f(s)) and a state-independent std (IQL's and AWAC's actor).
+
+    Likelihoods of dataset actions need no ``atanh``, so actions at the bounds are fine.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
+                 layer_norm: bool = False, dropout: float = 0.0, init_log_std: float = 0.0):
+        super().__init__()
+        self.mean = mlp(obs_dim, act_dim, hidden, act, layer_norm, dropout)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def _dist(self, obs: Tensor) -> tuple[Normal, Tensor]:
+        mu = torch.tanh(self.mean(obs))
+        return Normal(mu, self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()), mu
+
+    def forward(self, obs: Tensor, deterministic: bool = False) -> ActorOutput:
+        dist, mu = self._dist(obs)
+        a = mu if deterministic else dist.rsample()
+        return ActorOutput(a.clamp(-1.0, 1.0), dist.log_prob(a).sum(-1), mu)
+
+    def log_prob(self, obs: Tensor, action: Tensor) -> Tensor:
+        dist, _ = self._dist(obs)
+        return dist.log_prob(action).sum(-1)
+
+    def act(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.mean(obs))
+
+
+class DeterministicActor(nn.Module):
+    """a = tanh(f(s)) in [-1, 1] (BC with an MSE loss, TD3-style actors)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
+                 layer_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden, act, layer_norm, dropout)
+
+    def forward(self, obs: Tensor, deterministic: bool = True) -> ActorOutput:
+        a = torch.tanh(self.net(obs))
+        return ActorOutput(a, torch.zeros(a.shape[:-1], device=a.device, dtype=a.dtype), a)
+
+    def act(self, obs: Tensor) -> Tensor:
+        return torch.tanh(self.net(obs))
+
+
+ACTORS = {"tanh_gaussian": TanhGaussianActor, "gaussian": GaussianActor, "deterministic": DeterministicActor}
+
+
+def make_actor(kind: str, obs_dim: int, act_dim: int, **kwargs) -> nn.Module:
+    """An actor by kind: ``tanh_gaussian`` (SAC, CQL), ``gaussian`` (IQL, AWAC), ``deterministic`` (BC)."""
+    try:
+        cls = ACTORS[kind]
+    except KeyError:
+        raise ValueError(f"actor kind {kind!r} not one of {sorted(ACTORS)}") from None
+    return cls(obs_dim, act_dim, **kwargs)
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target <- (1 - tau) target + tau source``, in one fused call."""
+    t = [p for p in target.parameters()]
+    s = [p for p in source.parameters()]
+    torch._foreach_lerp_(t, s, tau)

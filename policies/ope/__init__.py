@@ -1,0 +1,1 @@
+"""Off-policy evaluation: estimate a policy's return from the dataset alone (FQE, IS, DR)."""
