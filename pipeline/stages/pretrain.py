@@ -11,7 +11,7 @@ import itertools
 import json
 import logging
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,10 @@ class PretrainResult:
     best_eval: dict | None = None
     evaluations: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    module: Any = field(default=None, repr=False, compare=False)  # the trained module (last state), not saved
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}
 
 
 class _Steps(torch.utils.data.IterableDataset):
@@ -99,6 +100,7 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
                  ) -> tuple[OfflineAlgorithm, TensorReplay]:
     """Load the selection once, fit normalisation, and build the algorithm and its replay buffer."""
     algo_cfg = _plain(cfg.algo)
+    algo_cfg.setdefault("seed", int(cfg.trainer.seed))
     cls = resolve_algorithm(algo_cfg["cls"])
     tr = store.load_transitions(idx)
     mask = cls.transition_mask(algo_cfg, tr)
@@ -121,10 +123,32 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
     return module, replay
 
 
+class _QuietLightning(logging.Filter):
+    """Drops Lightning's advertising tips; its other messages still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.getMessage())
+
+
+def quiet_lightning() -> None:
+    """Silence warnings that do not apply to o2o's design (data sampled on the device, manual optimisation)."""
+    for pattern in (".*does not have many workers.*", ".*is an invalid value for `num_workers`.*",
+                    ".*no pre-optimization state was saved.*", ".*isinstance\\(treespec, LeafSpec\\).*",
+                    ".*`training_step` returned `None`.*"):
+        warnings.filterwarnings("ignore", pattern)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.propagate = False  # Lightning has its own handler; the CLI's root handler would print twice
+        if not any(isinstance(f, _QuietLightning) for f in lg.filters):
+            lg.addFilter(_QuietLightning())
+    rz = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _QuietLightning) for f in rz.filters):
+        rz.addFilter(_QuietLightning())
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     t = cfg.trainer
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*is an invalid value for `num_workers`.*")
+    quiet_lightning()
     loggers = [TensorBoardLogger(str(run_dir), name="tb", version=""), CSVLogger(str(run_dir), name="csv", version="")]
     if t.progress:
         callbacks = callbacks + [TQDMProgressBar(refresh_rate=25)]
@@ -180,7 +204,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     result = PretrainResult(
         run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
         selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
-        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start,
+        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result

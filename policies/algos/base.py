@@ -175,7 +175,7 @@ class OfflineAlgorithm(L.LightningModule):
 
     def policy(self) -> DeterministicPolicy:
         """A standalone deterministic policy module (raw obs -> env-unit action), on CPU, for export."""
-        actor = copy.deepcopy(self.actor).to("cpu").eval()
+        actor = copy.deepcopy(self.actor).to("cpu").eval().requires_grad_(False)
         return DeterministicPolicy(actor, self.obs_mean.cpu(), self.obs_std.cpu(), self.act_center.cpu(),
                                    self.act_half.cpu()).eval()
 
@@ -203,8 +203,10 @@ class OfflineAlgorithm(L.LightningModule):
         metrics = self.update(batch)
         n = int(self.updates)
         if n % int(self.hp.log_every) == 0:
-            self.log_dict({f"train/{k}": v.detach().float() for k, v in metrics.items()},
-                          on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
+            losses = {f"train/{k}": v.detach().float() for k, v in metrics.items() if k.endswith("_loss")}
+            others = {f"train/{k}": v.detach().float() for k, v in metrics.items() if not k.endswith("_loss")}
+            self.log_dict(losses, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
+            self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
         return None
 
     def update(self, batch: Batch) -> dict[str, Tensor]:
