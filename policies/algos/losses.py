@@ -113,3 +113,27 @@ def gaussian_nll(mean: Tensor, log_std: Tensor, target: Tensor) -> Tensor:
     summed over the last dim: the dynamics models' training loss (Chua et al. 2018)."""
     inv_var = torch.exp(-2.0 * log_std)
     return ((mean - target).pow(2) * inv_var + 2.0 * log_std).sum(-1)
+
+
+def dynamics_nll(mean: Tensor, log_std: Tensor, target: Tensor, max_log_std: Tensor, min_log_std: Tensor,
+                 bound_coef: float = 0.01) -> Tensor:
+    """An ensemble's training loss: :func:`gaussian_nll` averaged over rows and output dims
+    per member, summed over members, plus ``bound_coef * (sum max_log_std - sum min_log_std)``.
+
+    ``mean, log_std, target [n, B, D]``. Averaging over dims (not summing) and the bound
+    term keep MBPO's relative weights (Janner et al. 2019; OfflineRL-Kit's
+    ``EnsembleDynamics.learn``, there written with ``logvar = 2 log_std``): the term
+    tightens the learned soft bounds on log-std, which otherwise only ever widen.
+    """
+    per_member = gaussian_nll(mean, log_std, target).mean(dim=1) / target.shape[-1]
+    return per_member.sum() + bound_coef * (max_log_std.sum() - min_log_std.sum())
+
+
+def combo_penalty_per_member(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
+    """COMBO's gap ``E_{s~rho}[softmax_a Q(s, a)] - E_{(s,a)~D}[Q(s, a)]`` per member ``[n]``.
+
+    Unlike :func:`cql_penalty` the two expectations run over different states (``soft_max_q
+    [n, B_model]`` at model-rollout states, ``q_data [n, B_real]`` at dataset pairs), so
+    they are averaged separately (Yu et al. 2021, eq. 2).
+    """
+    return soft_max_q.mean(dim=1) - q_data.mean(dim=1)

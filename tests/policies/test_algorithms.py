@@ -19,11 +19,16 @@ from o2o.policies.algos.base import load_algorithm, resolve_algorithm
 ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
                if p.name.endswith(".yaml"))
 TINY = ["algo.hidden=[32,32]", "algo.batch_size=32", "algo.log_every=5", "trainer.progress=false"]
+# Algorithm-specific keys that make a contract run tiny (only keys the algorithm knows).
+TINY_FOR = {
+    "combo": ["algo.dynamics_hidden=[32,32]", "algo.dynamics_weight_decay=0.0", "algo.dynamics_max_epochs=5",
+              "algo.rollout_batch_size=256"],
+}
 
 
 def tiny_cfg(algo: str, dataset: str, run_dir, *extra: str):
     return load_config("pretrain", [f"algo={algo}", "env=pointmaze", f"dataset.path={dataset}", f"run_dir={run_dir}",
-                                    *TINY, *extra])
+                                    *TINY, *TINY_FOR.get(algo, []), *extra])
 
 
 def test_every_algorithm_config_is_found():
