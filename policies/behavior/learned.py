@@ -208,8 +208,31 @@ class LearnedPolicy(BehaviorPolicy):
         return cls(module, action_space, **kwargs)
 
     @classmethod
+    def from_checkpoint(cls, path: str | Path, action_space: gym.spaces.Box, **kwargs: Any) -> "LearnedPolicy":
+        """Load a ``.ckpt``: an o2o training checkpoint (``o2o pretrain``), else a TorchScript file.
+
+        An o2o checkpoint is read with ``torch.load(weights_only=True)`` (no code is
+        unpickled) and rebuilt as its deterministic policy, which already outputs env units
+        (normalisation and scaling inside), so ``action_scale`` is set to ``env``.
+        """
+        path = _existing(path)
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # TorchScript archives are zip files torch.load refuses: try that format
+            ckpt = None
+        if not (isinstance(ckpt, dict) and "o2o" in ckpt):
+            return cls.from_torchscript(path, action_space, **kwargs)
+        from o2o.policies.algos.base import load_algorithm  # training code only for this format
+
+        module = load_algorithm(str(path)).policy()
+        kwargs["action_scale"] = "env"
+        kwargs.setdefault("policy_id", path.stem)
+        return cls(module, action_space, **kwargs)
+
+    @classmethod
     def from_file(cls, path: str | Path, action_space: gym.spaces.Box, **kwargs: Any) -> "LearnedPolicy":
-        """Load by suffix: ``.onnx`` -> :meth:`from_onnx`; ``.pt``/``.ckpt`` -> :meth:`from_torchscript`."""
+        """Load by suffix: ``.onnx`` -> :meth:`from_onnx`; ``.pt`` -> :meth:`from_torchscript`;
+        ``.ckpt`` -> :meth:`from_checkpoint` (o2o training checkpoints, or TorchScript)."""
         suffix = Path(path).suffix.lower()
         loader = FILE_LOADERS.get(suffix)
         if loader is None:
@@ -280,5 +303,5 @@ def _existing(path: str | Path) -> Path:
 FILE_LOADERS: dict[str, str] = {
     ".onnx": "from_onnx",
     ".pt": "from_torchscript",
-    ".ckpt": "from_torchscript",
+    ".ckpt": "from_checkpoint",
 }
