@@ -2,6 +2,7 @@
 
     o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
     o2o pretrain [key=value ...]         train an offline algorithm on the dataset
+    o2o evaluate [key=value ...]         off-policy estimates of checkpoints (+ simulated returns)
     o2o dataset info PATH [--json]       what a dataset holds
     o2o dataset verify PATH              check every invariant (exit 1 with reasons)
 """
@@ -64,6 +65,72 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
                   f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
                   f"  run folder {result.run_dir} (summary.json, tb/, csv/)", markup=False)
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from o2o.pipeline.config import load_config
+    from o2o.pipeline.stages.evaluate import evaluate
+
+    cfg = load_config("evaluate", args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+        return 0
+
+    def done(row: dict) -> None:
+        console.print(f"evaluated {row['checkpoint']}: FQE {row['ope/fqe_value']:.4g} in {row['ope/seconds']:.0f} s",
+                      markup=False)
+
+    result = evaluate(cfg, progress=done)
+    _print_evaluate_table(result)
+    return 0
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """The shortest path suffixes that tell the checkpoints apart (``last.ckpt`` of two runs differ)."""
+    from pathlib import PurePath
+
+    parts = [PurePath(p).parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return list(paths)
+
+
+def _print_evaluate_table(result) -> None:
+    ds = result.dataset
+    t = Table(title=f"off-policy evaluation on {ds['episodes']} episodes ({ds['transitions']} transitions) of "
+                    f"{ds['path']}, {result.seconds:.0f} s on {result.device}")
+    sim = result.sim is not None
+    cols = ["checkpoint", "FQE", "IS", "WIS", "DR", "ESS"] + (["sim disc. return", "sim return", "success"] if sim else [])
+    for col in cols:
+        t.add_column(col, justify="left" if col == "checkpoint" else "right")
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}"  # noqa: E731
+    for name, r in zip(_short_names([r["checkpoint"] for r in result.rows]), result.rows):
+        cells = [name, fmt(r["ope/fqe_value"]), fmt(r["ope/is_value"]), fmt(r["ope/wis_value"]),
+                 fmt(r["ope/dr_value"]), f"{r['ope/ess']:.1f}"]
+        if sim:
+            cells += [fmt(r.get("eval/mc_discounted_return_mean")), fmt(r.get("eval/return_mean")),
+                      fmt(r.get("eval/success_rate"))]
+        t.add_row(*cells)
+    if result.spearman:
+        rho = result.spearman
+        t.add_section()
+        t.add_row("Spearman vs sim disc. return", *(fmt(rho[m]) for m in
+                                                    ("ope/fqe_value", "ope/is_value", "ope/wis_value", "ope/dr_value")),
+                  *[""] * (len(cols) - 5))
+    # A pipe or a log file has no width; rich would squeeze nine columns into 80 characters.
+    out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 140))
+    out.print(t)
+    console.print(f"note: {result.note} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
+                  "clipped weights. The report holds every other figure (FQE ensemble spread, clipped fractions).",
+                  markup=False)
+    for w in result.warnings:
+        console.print(f"warning: {w}", markup=False)
+    if result.output:
+        console.print(f"report: {result.output}", markup=False)
 
 
 def _print_collect_summary(result) -> None:
@@ -145,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     t.set_defaults(func=_cmd_pretrain)
+    e = sub.add_parser("evaluate", help="off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation",
+                       description="Hydra overrides, e.g. env=pointmaze dataset.path=data/pointmaze.zarr "
+                                   "ckpts=[a.ckpt,b.ckpt] ope.fqe_updates=20000 sim.episodes=20")
+    e.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    e.set_defaults(func=_cmd_evaluate)
     d = sub.add_parser("dataset", help="inspect and check datasets")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")

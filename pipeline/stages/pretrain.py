@@ -46,6 +46,7 @@ class PretrainResult:
     best_eval: dict | None = None
     evaluations: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    ope: list[dict] | None = None  # FQE estimate of each candidate when chosen without a simulator
     module: Any = field(default=None, repr=False, compare=False)  # the trained module (last state), not saved
 
     def to_dict(self) -> dict:
@@ -161,6 +162,23 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     )
 
 
+def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgorithm, idx: np.ndarray
+                             ) -> tuple[str | None, str, list[dict] | None]:
+    """Best checkpoint by FQE over the periodic candidates (``ope`` config), or the last one if there are none."""
+    from o2o.policies.ope.selection import select_by_ope
+
+    last = str(run_dir / "checkpoints" / "last.ckpt")
+    paths = sorted((str(p) for p in (run_dir / "checkpoints").glob("step-*.ckpt")),
+                   key=lambda p: int(Path(p).stem.split("-")[-1]))
+    if not cfg.ope.get("select", True) or not paths:
+        return (last if Path(last).exists() else None), "last checkpoint (no simulator evaluation, no OPE selection)", None
+    ope = {k: v for k, v in _plain(cfg.ope).items() if k != "select"}
+    ope["gamma"] = float(module.hp.gamma)  # judge every candidate by the return it was trained to maximise
+    # The store selection, not the module's replay: filtered BC trains on a subset, OPE needs whole episodes.
+    best, table = select_by_ope(paths, cfg.dataset.path, ope, episodes=idx, device=module.device)
+    return best, f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation)", table
+
+
 def pretrain(cfg: DictConfig) -> PretrainResult:
     """Train ``cfg.algo`` on ``cfg.dataset.path`` for ``cfg.trainer.max_steps`` updates."""
     import time
@@ -197,14 +215,15 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
 
     history = cb_eval.history if cb_eval is not None else []
     best_eval = best_from_history(history, str(cfg.checkpoint.monitor).removeprefix("eval/"))
+    ope_table = None
     if ev.enabled and ckpt.best_model_path:
         best, selection = ckpt.best_model_path, f"simulation: best {cfg.checkpoint.monitor} over {len(history)} evaluations"
     else:
-        best, selection = ckpt.last_model_path or None, "last checkpoint (no simulator evaluation; OPE selection not run)"
+        best, selection, ope_table = select_without_simulator(cfg, run_dir, module, idx)
     result = PretrainResult(
         run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
         selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
-        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, module=module,
+        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result

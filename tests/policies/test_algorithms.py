@@ -112,3 +112,14 @@ def test_filtered_bc_keeps_top_episodes(maze_dataset):
     kept = np.unique(tr.episode_index[mask])
     best = np.argsort(-table["returns"], kind="stable")[: int(np.ceil(0.25 * len(table["returns"])))]
     assert sorted(kept.tolist()) == sorted(best.tolist())
+
+
+def test_without_simulator_the_best_checkpoint_is_chosen_by_fqe(maze_dataset, tmp_path):
+    cfg = tiny_cfg("bc", maze_dataset, tmp_path, "trainer.max_steps=30", "eval.enabled=false", "eval.every=10",
+                   "ope.fqe_updates=200", "ope.fqe_hidden=[32,32]", "ope.behavior_updates=50")
+    res = pretrain(cfg)
+    assert res.selection.startswith("OPE: highest ope/fqe_value over 3 checkpoints")
+    assert [r["checkpoint"].rsplit("-", 1)[-1] for r in res.ope] == ["10.ckpt", "20.ckpt", "30.ckpt"]
+    values = [r["ope/fqe_value"] for r in res.ope]
+    assert all(np.isfinite(values))
+    assert res.best_checkpoint == res.ope[int(np.argmax(values))]["checkpoint"]

@@ -1,0 +1,134 @@
+"""OPE of checkpoints, and choosing among them when no simulator is available.
+
+:func:`evaluate_policy` runs every estimator for one policy (FQE, then IS/WIS/DR with
+FQE's critic as DR's model); :func:`evaluate_checkpoints` does it for checkpoint files,
+sharing one dataset and one behaviour model; :func:`select_by_ope` returns the argmax.
+The data may be given as a store path (+ episode indices), an :class:`OPEData`, or a
+training module's own :class:`~o2o.policies.data.TensorReplay` (+ its normalisation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from o2o.policies.data import Normalization, TensorReplay
+from o2o.policies.ope.config import OPEConfig
+from o2o.policies.ope.data import OPEData, TargetPolicy
+from o2o.policies.ope.fqe import fit_fqe
+from o2o.policies.ope.importance import BehaviorModel, fit_behavior, importance_estimates, target_log_prob
+
+OPE_METRICS = ("ope/fqe_value", "ope/is_value", "ope/wis_value", "ope/dr_value")
+
+
+def as_ope_data(data: OPEData | TensorReplay | str | os.PathLike, episodes: Sequence[int] | np.ndarray | None = None,
+                norm: Normalization | None = None, device: Any = None) -> OPEData:
+    """Whatever names the evaluation data, as :class:`OPEData`.
+
+    A store path (local or URL) loads ``episodes`` (default all) onto ``device`` (default
+    CPU); a :class:`TensorReplay` needs the ``norm`` its rows were normalised with and stays
+    on its device.
+    """
+    if isinstance(data, OPEData):
+        return data
+    if isinstance(data, TensorReplay):
+        if norm is None:
+            raise ValueError("OPE on a TensorReplay needs the Normalization its rows were made with (pass "
+                             "norm=module.norm)")
+        return OPEData.from_replay(data, norm)
+    if isinstance(data, (str, os.PathLike)):
+        return OPEData.from_store(str(data), episodes, device=device or "cpu")
+    raise TypeError(f"OPE data must be a store path, an OPEData or a TensorReplay, not {type(data).__name__}")
+
+
+def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None = None,
+                    behavior: BehaviorModel | torch.Tensor | None = None, importance: bool = True) -> dict[str, Any]:
+    """Every OPE estimate of ``policy`` on ``data`` as ``{"ope/...": value}``.
+
+    ``behavior``: a fitted :class:`BehaviorModel`, a known ``log mu`` per row, or None to fit
+    one here (pass one in to share it between policies). ``importance=False`` runs FQE only.
+    """
+    cfg = cfg or OPEConfig()
+    start = time.perf_counter()
+    fqe = fit_fqe(data, policy, cfg)
+    out: dict[str, Any] = {"ope/fqe_value": fqe.value, "ope/fqe_std": fqe.value_std,
+                           "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None}
+    if importance:
+        if behavior is None:
+            behavior = fit_behavior(data, cfg)
+        log_mu = behavior.log_prob(data, cfg.chunk) if isinstance(behavior, BehaviorModel) else behavior
+        res = importance_estimates(data, target_log_prob(policy, data, cfg), log_mu, cfg, fqe.q_taken, fqe.v, fqe.v_next)
+        out.update(res.metrics())
+    else:
+        out.update({k: None for k in OPE_METRICS[1:]})
+    out["ope/seconds"] = time.perf_counter() - start
+    return out
+
+
+def load_policy(path: str, data: OPEData):
+    """The algorithm in checkpoint ``path``, on the data's device, and its :class:`TargetPolicy`."""
+    from o2o.policies.algos.base import load_algorithm
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    module = load_algorithm(path, map_location=data.device).to(data.device).eval()
+    if int(module.obs_dim) != int(data.observations.shape[1]):
+        raise ValueError(f"checkpoint {path!r} expects observations of dim {module.obs_dim}, the OPE dataset "
+                         f"{data.source!r} has {data.observations.shape[1]}: it was trained on another env")
+    return module, TargetPolicy.from_module(module, data.norm, name=os.path.basename(path))
+
+
+def evaluate_checkpoints(checkpoints: Sequence[str], data: OPEData, cfg: OPEConfig | None = None,
+                         importance: bool = True, log=None) -> list[dict[str, Any]]:
+    """:func:`evaluate_policy` for each checkpoint file, one row per checkpoint (``checkpoint`` = path).
+
+    One behaviour model is fitted and shared: mu is a property of the data, not of the candidate.
+    """
+    cfg = cfg or OPEConfig()
+    if not checkpoints:
+        raise ValueError("OPE: no checkpoints given")
+    behavior = fit_behavior(data, cfg) if importance else None
+    rows = []
+    for path in checkpoints:
+        _, policy = load_policy(str(path), data)
+        row = {"checkpoint": str(path), **evaluate_policy(policy, data, cfg, behavior, importance)}
+        if behavior is not None:
+            row["ope/behavior_nll"] = behavior.nll
+        rows.append(row)
+        if log is not None:
+            log(row)
+    return rows
+
+
+def select_by_ope(checkpoints: Sequence[str], data: OPEData | TensorReplay | str | os.PathLike,
+                  cfg: OPEConfig | Mapping[str, Any] | None = None, *, episodes: Sequence[int] | None = None,
+                  norm: Normalization | None = None, device: Any = None, metric: str = "ope/fqe_value",
+                  importance: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """The checkpoint with the highest OPE estimate (FQE by default) and the table of all of them.
+
+    Called by pretrain when there is no simulator, e.g.
+    ``select_by_ope(paths, cfg.dataset.path, cfg.ope, episodes=idx)`` or
+    ``select_by_ope(paths, module.replay, cfg.ope, norm=module.norm)``. ``metric`` may be
+    any of ``ope/fqe_value, ope/is_value, ope/wis_value, ope/dr_value`` (the last three need
+    ``importance=True``). Rows whose estimate is not finite never win.
+    """
+    if metric not in OPE_METRICS:
+        raise ValueError(f"select_by_ope: metric {metric!r} not one of {OPE_METRICS}")
+    if metric != "ope/fqe_value" and not importance:
+        importance = True
+    cfg = OPEConfig.from_mapping(cfg)
+    ope_data = as_ope_data(data, episodes, norm, device)
+    table = evaluate_checkpoints(list(checkpoints), ope_data, cfg, importance=importance)
+    scores = [r[metric] if r[metric] is not None and math.isfinite(r[metric]) else -math.inf for r in table]
+    if all(s == -math.inf for s in scores):
+        raise ValueError(f"select_by_ope: no checkpoint has a finite {metric} "
+                         f"({[r[metric] for r in table]}); check the dataset and ope settings")
+    best = int(np.argmax(scores))
+    for i, r in enumerate(table):
+        r["selected"] = i == best
+    return table[best]["checkpoint"], table
