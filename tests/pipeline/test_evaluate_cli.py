@@ -40,7 +40,7 @@ def maze_checkpoints(tmp_path_factory):
     try:
         pretrain(load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={data}", f"run_dir={root / 'bc'}",
                                           "algo.hidden=[32,32]", "algo.batch_size=64", "algo.log_every=100",
-                                          "trainer.max_steps=200", "eval.enabled=false", "eval.every=100",
+                                          "trainer.max_steps=200", "eval.enabled=false", "ope.select=false", "eval.every=100",
                                           "trainer.progress=false"]))
     finally:
         torch.set_num_threads(threads)

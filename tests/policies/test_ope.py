@@ -181,7 +181,7 @@ def bc_run(maze_dataset, tmp_path_factory):
     torch.set_num_threads(1)
     cfg = load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}", f"run_dir={run}",
                                    "algo.hidden=[64,64]", "algo.batch_size=64", "algo.log_every=100",
-                                   "trainer.max_steps=300", "eval.enabled=false", "eval.every=100",
+                                   "trainer.max_steps=300", "eval.enabled=false", "ope.select=false", "eval.every=100",
                                    "trainer.progress=false"])
     return cfg, pretrain(cfg)
 
