@@ -1,0 +1,497 @@
+"""Benchmark of training: update throughput of o2o vs d3rlpy, and (``--quality``) policy quality.
+
+Both libraries train on the same transitions (a real o2o dataset collected into a
+scratch folder and handed to d3rlpy as an ``MDPDataset``), with the same network sizes
+(256x256), batch 256, the same hyperparameters as far as they map, in the same process,
+in interleaved rounds (o2o, d3rlpy, then d3rlpy, o2o, ...) so a busy shared machine
+slows both alike. Every figure is the median over ``--rounds`` rounds.
+
+* **o2o** runs as ``o2o pretrain`` runs it: our module in a Lightning ``Trainer`` (TB and
+  CSV loggers, the update-rate callback, eval disabled, progress off) for
+  ``warmup + steps`` updates; the clock covers updates ``warmup+1 .. warmup+steps`` only,
+  so set-up and the first (warm-up) updates are excluded. For information, the bare
+  ``module.update(batch)`` loop on pre-sampled batches is timed right after.
+* **d3rlpy** runs with its own ``fit(dataset, n_steps=warmup + steps)`` (its sampler,
+  its logger; one epoch, so its end-of-epoch save falls outside the clock), timed by
+  its step callback over the same window; then the bare ``algo.update(batch)`` loop on
+  pre-sampled batches.
+
+Each thread setting is measured in turn: torch's default (the number of cores) and
+``torch.set_num_threads(1)``.
+
+    python bench/bench_train.py              # 4 algorithms x 2 thread settings x 3 rounds (~8 min, 2 cores)
+    python bench/bench_train.py --quick      # smoke run, < 1 min
+    python bench/bench_train.py --quality    # policy quality: IQL and CQL, 3 seeds each, vs d3rlpy
+    python bench/bench_train.py --profile cql  # where an o2o update's time goes (torch.profiler)
+
+d3rlpy is a benchmark-only dependency: ``pip install -r bench/requirements-bench.txt``.
+Results: a table on stdout and ``bench/results/bench_train-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_store import print_table, verdict  # noqa: E402  (same folder, same table style)
+
+from o2o.datasets import EpisodeStore  # noqa: E402
+from o2o.pipeline.config import load_config  # noqa: E402
+from o2o.pipeline.stages.collect import collect  # noqa: E402
+from o2o.pipeline.stages.pretrain import _Steps, build_module, make_trainer, select_episodes  # noqa: E402
+from o2o.policies.callbacks import UpdateRate  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Targets of the issue: o2o updates/s over d3rlpy's, on the project's 2-core CPU.
+TARGETS = {"iql": 2.0, "cql": 3.0, "awac": 1.5, "bc": 1.5}
+# Timed updates per round (about 2-4 s each on 2 cores) and untimed warm-up updates.
+STEPS = {"iql": 300, "cql": 30, "awac": 300, "bc": 1000}
+WARMUP = {"iql": 20, "cql": 5, "awac": 20, "bc": 50}
+BATCH = 256
+
+
+def import_d3rlpy():
+    """d3rlpy, imported quietly (gym's deprecation banner, structlog's info lines)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import d3rlpy
+    except ImportError as e:
+        raise SystemExit(f"bench_train: d3rlpy is not installed ({e}); it is the peer of this benchmark: "
+                         f"pip install -r bench/requirements-bench.txt") from None
+    import structlog
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    return d3rlpy
+
+
+# ---------------------------------------------------------------------------- data
+def make_dataset(path: Path, overrides: list[str], parts: list[tuple[str, int]]) -> str:
+    """A real o2o dataset: ``o2o collect`` of each (behaviour, episodes) in ``parts`` into ``path``."""
+    for behavior, episodes in parts:
+        cfg = load_config("collect", [*overrides, f"behavior={behavior}", f"collect.episodes={episodes}",
+                                      f"dataset.path={path}", "collect.progress=false"])
+        with contextlib.redirect_stdout(io.StringIO()):
+            collect(cfg)
+    return str(path)
+
+
+def d3rlpy_dataset(d3rlpy, store_path: str):
+    """The store's transitions as a d3rlpy ``MDPDataset`` (episodes split at terminals | timeouts).
+
+    d3rlpy keeps no final observation, so it drops the last step of each time-limited
+    episode (20 of 20,000 transitions here); everything else is the same rows.
+    """
+    with EpisodeStore.open(store_path, mode="r") as store:
+        tr = store.load_transitions()
+        space = store.schema.action_space
+    ds = d3rlpy.dataset.MDPDataset(
+        observations=np.asarray(tr.observations, np.float32), actions=np.asarray(tr.actions, np.float32),
+        rewards=np.asarray(tr.rewards, np.float32), terminals=np.asarray(tr.terminals, np.float32),
+        timeouts=np.asarray(tr.timeouts, np.float32), action_space=d3rlpy.ActionSpace.CONTINUOUS)
+    return ds, space, len(tr)
+
+
+# ---------------------------------------------------------------------------- the two libraries
+def o2o_overrides(algo: str, quality: bool = False) -> list[str]:
+    """o2o's algorithm config for ``algo`` (its defaults, which the d3rlpy config below mirrors)."""
+    return [f"algo={algo}"]
+
+
+def d3rlpy_config(d3rlpy, algo: str, n_steps: int, space, gamma: float = 0.99, hidden=(256, 256),
+                  extra: dict | None = None):
+    """d3rlpy's config closest to o2o's defaults of ``algo``: same nets, batch, rates and weights.
+
+    Both standardise observations and map actions to [-1, 1]; IQL's actor learning rate
+    follows a cosine over the run in both; CQL keeps its regulariser weight fixed (5) and
+    tunes the entropy temperature; AWAC's V baseline uses one policy sample in both.
+    """
+    A, P = d3rlpy.algos, d3rlpy.preprocessing
+    enc = d3rlpy.models.VectorEncoderFactory(hidden_units=list(hidden))
+    common = dict(batch_size=BATCH, observation_scaler=P.StandardObservationScaler(),
+                  action_scaler=P.MinMaxActionScaler(minimum=np.asarray(space.low, np.float32),
+                                                     maximum=np.asarray(space.high, np.float32)))
+    extra = dict(extra or {})
+    if algo == "iql":
+        cosine = d3rlpy.optimizers.AdamFactory(
+            lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=n_steps))
+        cfg = A.IQLConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, actor_optim_factory=cosine,
+                          actor_encoder_factory=enc, critic_encoder_factory=enc, value_encoder_factory=enc,
+                          gamma=gamma, tau=0.005, n_critics=2, expectile=0.7, weight_temp=3.0, max_weight=100.0,
+                          **common, **extra)
+    elif algo == "cql":
+        kw = dict(actor_learning_rate=1e-4, critic_learning_rate=3e-4, temp_learning_rate=1e-4,
+                  alpha_learning_rate=0.0, initial_alpha=1.0, conservative_weight=5.0, initial_temperature=1.0,
+                  n_action_samples=10, n_critics=2, tau=0.005, soft_q_backup=False, max_q_backup=False)
+        kw.update(extra)
+        cfg = A.CQLConfig(actor_encoder_factory=enc, critic_encoder_factory=enc, gamma=gamma, **common, **kw)
+    elif algo == "awac":
+        cfg = A.AWACConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, lam=1.0, n_action_samples=1,
+                           n_critics=2, tau=0.005, actor_encoder_factory=enc, critic_encoder_factory=enc,
+                           gamma=gamma, **common, **extra)
+    elif algo == "bc":
+        cfg = A.BCConfig(learning_rate=1e-3, policy_type="deterministic", encoder_factory=enc, **common, **extra)
+    else:
+        raise ValueError(f"bench_train: no d3rlpy counterpart for algorithm {algo!r} (one of {sorted(TARGETS)})")
+    return cfg
+
+
+class _Clock(L.Callback):
+    """Wall time between the end of update ``start`` and the end of update ``stop``."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop, self.t0, self.t1 = start, stop, None, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = int(pl_module.updates)
+        if n == self.start:
+            self.t0 = time.perf_counter()
+        elif n == self.stop:
+            self.t1 = time.perf_counter()
+
+
+@dataclass
+class Timing:
+    """Updates per second of one round: the full training loop and the bare update loop."""
+
+    loop: float
+    bare: float
+
+
+def quiet_fit():
+    """Context: silence Lightning's and d3rlpy's banners during a timed fit."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def o2o_train(cfg, store_path: str, run_dir: Path, steps: int, warmup: int, bare_steps: int):
+    """Build the module as ``o2o pretrain`` does, fit ``warmup + steps`` updates in a Trainer, time the window;
+    then time ``bare_steps`` bare ``module.update`` calls. Returns (Timing, module)."""
+    with EpisodeStore.open(store_path, mode="r") as store:
+        module, replay = build_module(cfg, store, select_episodes(store, cfg.data))
+    clock = _Clock(warmup, warmup + steps)
+    with quiet_fit():
+        trainer = make_trainer(cfg, run_dir, [UpdateRate(every=int(cfg.algo.get("log_every", 50))), clock])
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+    loop = steps / (clock.t1 - clock.t0)
+    bare = float("nan")
+    if bare_steps:
+        batches = [replay.sample(BATCH) for _ in range(64)]
+        for i in range(max(2, bare_steps // 10)):  # warm-up
+            module.update(batches[i % 64])
+        t0 = time.perf_counter()
+        for i in range(bare_steps):
+            module.update(batches[i % 64])
+        bare = bare_steps / (time.perf_counter() - t0)
+    return Timing(loop, bare), module
+
+
+def d3rlpy_train(d3rlpy, cfg, ds, log_dir: Path, steps: int, warmup: int, bare_steps: int, seed: int = 0):
+    """d3rlpy's own ``fit`` for ``warmup + steps`` updates, timed by its step callback; then the bare
+    ``algo.update`` loop. Returns (Timing, algo)."""
+    d3rlpy.seed(seed)
+    algo = cfg.create(device=False)
+    t: dict[int, float] = {}
+
+    def clock(_algo, _epoch, step):
+        if step in (warmup, warmup + steps):
+            t[step] = time.perf_counter()
+
+    n = warmup + steps
+    with quiet_fit():
+        algo.fit(ds, n_steps=n, n_steps_per_epoch=n, show_progress=False, save_interval=1, callback=clock,
+                 logger_adapter=d3rlpy.logging.FileAdapterFactory(root_dir=str(log_dir)), with_timestamp=True)
+    loop = steps / (t[warmup + steps] - t[warmup])
+    bare = float("nan")
+    if bare_steps:
+        batches = [ds.sample_transition_batch(BATCH) for _ in range(64)]
+        for i in range(max(2, bare_steps // 10)):
+            algo.update(batches[i % 64])
+        t0 = time.perf_counter()
+        for i in range(bare_steps):
+            algo.update(batches[i % 64])
+        bare = bare_steps / (time.perf_counter() - t0)
+    return Timing(loop, bare), algo
+
+
+# ---------------------------------------------------------------------------- throughput
+def bench_throughput(args, d3rlpy, work: Path, store_path: str) -> dict:
+    ds, space, n_tr = d3rlpy_dataset(d3rlpy, store_path)
+    default_threads = torch.get_num_threads()
+    settings = [("default", default_threads), ("1 thread", 1)] if not args.one_setting else [("default", default_threads)]
+    out: dict = {"transitions": n_tr, "settings": {}}
+    for label, threads in settings:
+        torch.set_num_threads(threads)
+        runs: dict[str, dict[str, list[Timing]]] = {a: {"o2o": [], "d3rlpy": []} for a in args.algos}
+        cfgs = {a: load_config("pretrain", ["env=halfcheetah", *o2o_overrides(a), f"dataset.path={store_path}",
+                                            f"trainer.max_steps={args.warmup[a] + args.steps[a]}",
+                                            "eval.enabled=false", "trainer.progress=false",
+                                            "trainer.accelerator=cpu", f"run_dir={work / 'runs'}"])
+                for a in args.algos}
+        print(f"threads: {label} ({threads})", flush=True)
+        for r in range(args.rounds):
+            for algo in args.algos:
+                order = ["o2o", "d3rlpy"] if r % 2 == 0 else ["d3rlpy", "o2o"]
+                n, w = args.steps[algo], args.warmup[algo]
+                for lib in order:
+                    if lib == "o2o":
+                        tm, _ = o2o_train(cfgs[algo], store_path, work / f"o2o-{algo}-{r}", n, w, n)
+                    else:
+                        tm, _ = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, w + n, space), ds,
+                                             work / "d3rlpy", n, w, n)
+                    runs[algo][lib].append(tm)
+                    shutil.rmtree(work / f"o2o-{algo}-{r}", ignore_errors=True)
+                o, d = runs[algo]["o2o"][-1], runs[algo]["d3rlpy"][-1]
+                print(f"  round {r + 1}/{args.rounds} {algo}: o2o {o.loop:.1f} up/s (bare {o.bare:.1f}), "
+                      f"d3rlpy {d.loop:.1f} up/s (bare {d.bare:.1f})", flush=True)
+        res = {}
+        for algo in args.algos:
+            o, d = runs[algo]["o2o"], runs[algo]["d3rlpy"]
+            med = lambda xs, k: statistics.median(getattr(x, k) for x in xs)  # noqa: E731
+            # Ratio per round (paired: same moment of the machine), then the median of the ratios.
+            ratios = [a.loop / b.loop for a, b in zip(o, d)]
+            bare_ratios = [a.bare / b.bare for a, b in zip(o, d)]
+            res[algo] = {
+                "steps": args.steps[algo], "warmup": args.warmup[algo],
+                "o2o_trainer": med(o, "loop"), "o2o_bare": med(o, "bare"),
+                "d3rlpy_fit": med(d, "loop"), "d3rlpy_bare": med(d, "bare"),
+                "ratio": statistics.median(ratios), "ratio_rounds": ratios,
+                "bare_ratio": statistics.median(bare_ratios), "bare_ratio_rounds": bare_ratios,
+                "rounds": {"o2o": [vars(x) for x in o], "d3rlpy": [vars(x) for x in d]},
+                "target": TARGETS[algo], "passed": statistics.median(ratios) >= TARGETS[algo],
+            }
+        out["settings"][label] = {"threads": threads, "algos": res}
+    torch.set_num_threads(default_threads)
+    return out
+
+
+def throughput_rows(res: dict) -> list[list[str]]:
+    rows = []
+    for label, s in res["settings"].items():
+        for algo, r in s["algos"].items():
+            rows.append([f"{algo.upper()}, {label} ({s['threads']} thr)", f"{r['o2o_trainer']:.1f}",
+                         f"{r['d3rlpy_fit']:.1f}", f"x{r['ratio']:.2f}", f">= x{r['target']:.1f}",
+                         verdict(r["passed"]),
+                         f"{r['o2o_bare']:.1f} / {r['d3rlpy_bare']:.1f} (x{r['bare_ratio']:.2f})",
+                         f"{100 * (1 - r['o2o_trainer'] / r['o2o_bare']):+.0f}%"])
+    return rows
+
+
+# ---------------------------------------------------------------------------- quality
+ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
+        "env.kwargs.goal_cells=[[1,3]]"]
+# The random-heavy room of tests/policies/test_learning.py: gamma 0.95; CQL with the light
+# regulariser and SAC rates that test uses. d3rlpy gets the same values.
+QUALITY = {
+    "iql": {"o2o": ["algo.gamma=0.95"], "d3rlpy": {}},
+    "cql": {"o2o": ["algo.gamma=0.95", "algo.cql_alpha=1.0", "algo.actor_lr=3e-4", "algo.alpha_lr=3e-4"],
+            "d3rlpy": {"conservative_weight": 1.0, "actor_learning_rate": 3e-4, "temp_learning_rate": 3e-4}},
+}
+
+
+def bench_quality(args, d3rlpy, work: Path) -> dict:
+    from o2o.policies.evaluation import Evaluator
+
+    path = make_dataset(work / "room.zarr", ROOM, [("scripted", 10), ("random", 40)])
+    with EpisodeStore.open(path, mode="r") as store:
+        data_mean = float(store.episodes_table()["returns"].mean())
+    ds, space, n_tr = d3rlpy_dataset(d3rlpy, path)
+    hidden = ",".join(str(h) for h in args.quality_hidden)
+    out: dict = {"dataset": {"transitions": n_tr, "return_mean": data_mean, "episodes": "10 scripted + 40 random"},
+                 "updates": args.quality_steps, "hidden": args.quality_hidden, "seeds": args.seeds,
+                 "eval_episodes": args.eval_episodes, "algos": {}}
+    for algo in args.quality_algos:
+        q = QUALITY[algo]
+        rows: dict[str, list[float]] = {"o2o": [], "d3rlpy": []}
+        for seed in range(args.seeds):
+            cfg = load_config("pretrain", [*ROOM, f"algo={algo}", *q["o2o"], f"algo.hidden=[{hidden}]",
+                                           f"dataset.path={path}", f"trainer.max_steps={args.quality_steps}",
+                                           f"trainer.seed={seed}", "eval.enabled=false", "trainer.progress=false",
+                                           "trainer.accelerator=cpu", f"run_dir={work / f'q-{algo}-{seed}'}"])
+            env = OmegaConfPlain(cfg.env)
+            for lib in (["o2o", "d3rlpy"] if seed % 2 == 0 else ["d3rlpy", "o2o"]):
+                if lib == "o2o":
+                    L.seed_everything(seed, verbose=False)
+                    _, module = o2o_train(cfg, path, work / f"q-{algo}-{seed}", args.quality_steps - 1, 1, 0)
+                    module.eval()
+                    policy = lambda obs, m=module: m.act(obs, deterministic=True)  # noqa: E731
+                else:
+                    dcfg = d3rlpy_config(d3rlpy, algo, args.quality_steps, space, gamma=0.95,
+                                         hidden=args.quality_hidden, extra=q["d3rlpy"])
+                    _, agent = d3rlpy_train(d3rlpy, dcfg, ds, work / "d3rlpy", args.quality_steps - 1, 1, 0, seed)
+                    policy = lambda obs, a=agent: a.predict(np.asarray(obs, np.float32))  # noqa: E731
+                ev = Evaluator(env, episodes=args.eval_episodes, num_envs=1, seed=10_000, gamma=0.95)
+                try:
+                    ret = float(ev(policy).summary()["return_mean"])
+                finally:
+                    ev.close()
+                rows[lib].append(ret)
+                print(f"  {algo} seed {seed} {lib}: return {ret:.1f}", flush=True)
+        o, d = float(np.mean(rows["o2o"])), float(np.mean(rows["d3rlpy"]))
+        out["algos"][algo] = {"o2o": rows["o2o"], "d3rlpy": rows["d3rlpy"], "o2o_mean": o, "d3rlpy_mean": d,
+                              "passed": o >= d}
+    return out
+
+
+def OmegaConfPlain(cfg) -> dict:
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def quality_rows(res: dict) -> list[list[str]]:
+    rows = []
+    for algo, r in res["algos"].items():
+        rows.append([algo.upper(), f"{r['o2o_mean']:.1f}", f"{r['d3rlpy_mean']:.1f}", ">= d3rlpy",
+                     verdict(r["passed"]), " ".join(f"{x:.0f}" for x in r["o2o"]) + "  |  "
+                     + " ".join(f"{x:.0f}" for x in r["d3rlpy"])])
+    return rows
+
+
+# ---------------------------------------------------------------------------- profile
+def profile(args, d3rlpy, work: Path, store_path: str, algo: str) -> None:
+    """Where an update's time goes: torch.profiler over bare updates of o2o and d3rlpy, and
+    cProfile of o2o inside the Trainer (Lightning's share)."""
+    import cProfile
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    ds, space, _ = d3rlpy_dataset(d3rlpy, store_path)
+    n = max(10, args.steps[algo] // 3)
+    cfg = load_config("pretrain", ["env=halfcheetah", *o2o_overrides(algo), f"dataset.path={store_path}",
+                                   f"trainer.max_steps={n + 5}", "eval.enabled=false", "trainer.progress=false",
+                                   "trainer.accelerator=cpu", f"run_dir={work / 'prof'}"])
+    _, module = o2o_train(cfg, store_path, work / "prof", n, 5, 0)
+    _, agent = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, n + 5, space), ds, work / "d3rlpy", n, 5, 0)
+    ob = [module.replay.sample(BATCH) for _ in range(8)]
+    db = [ds.sample_transition_batch(BATCH) for _ in range(8)]
+    for name, step in (("o2o module.update", lambda i: module.update(ob[i % 8])),
+                       ("d3rlpy algo.update", lambda i: agent.update(db[i % 8]))):
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(n):
+                step(i)
+        print(f"\n== {name}: {algo}, {n} updates, {torch.get_num_threads()} threads (self CPU time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    pr = cProfile.Profile()
+    cfg.trainer.max_steps = n
+    with EpisodeStore.open(store_path, mode="r") as store:
+        module, _ = build_module(cfg, store, select_episodes(store, cfg.data))
+    with quiet_fit():
+        trainer = make_trainer(cfg, work / "prof2", [UpdateRate(every=50)])
+        pr.enable()
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+        pr.disable()
+    print(f"\n== o2o in the Trainer (cProfile, cumulative): {algo}, {n} updates")
+    pstats.Stats(pr).sort_stats("cumulative").print_stats(25)
+
+
+# ---------------------------------------------------------------------------- main
+def machine_info() -> dict:
+    import d3rlpy
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": platform.node(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "lightning": L.__version__, "d3rlpy": d3rlpy.__version__, "torch_threads_default": torch.get_num_threads(),
+            "loadavg_start": os.getloadavg()}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--algos", type=lambda s: s.split(","), default=list(TARGETS), help="comma-separated")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    ap.add_argument("--steps", type=lambda s: dict(kv.split("=") for kv in s.split(",")), default={},
+                    help="timed updates per round, e.g. iql=300,cql=30 (defaults: %s)" % STEPS)
+    ap.add_argument("--episodes", type=int, default=20, help="HalfCheetah random episodes (1000 steps each)")
+    ap.add_argument("--one-setting", action="store_true", help="only torch's default threads (skip 1 thread)")
+    ap.add_argument("--quality", action="store_true", help="policy quality vs d3rlpy instead of throughput")
+    ap.add_argument("--quality-algos", type=lambda s: s.split(","), default=["iql", "cql"])
+    ap.add_argument("--quality-steps", type=int, default=3000, help="updates per quality run (both libraries)")
+    ap.add_argument("--quality-hidden", type=lambda s: [int(x) for x in s.split(",")], default=[64, 64],
+                    help="hidden sizes of every net in quality runs (64,64 as tests/policies/test_learning.py: "
+                         "CQL at 256x256 costs ~3 min per run on 2 cores)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--eval-episodes", type=int, default=10)
+    ap.add_argument("--profile", default=None, help="profile one algorithm's update (o2o and d3rlpy) instead")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
+    args = ap.parse_args(argv)
+    args.steps = {**STEPS, **{k: int(v) for k, v in args.steps.items()}}
+    args.warmup = dict(WARMUP)
+    if args.quick:
+        args.rounds, args.episodes = 1, 3
+        args.steps = {"iql": 30, "cql": 4, "awac": 30, "bc": 60}
+        args.warmup = {"iql": 5, "cql": 2, "awac": 5, "bc": 5}
+        args.seeds, args.quality_steps, args.eval_episodes, args.quality_algos = 1, 50, 2, ["iql"]
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    d3rlpy = import_d3rlpy()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="scratch-train-", dir=RESULTS))
+    work.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    res: dict[str, Any] = {"bench": "train", "machine": machine_info(),
+                           "args": {k: str(v) for k, v in vars(args).items()}}
+    t_start = time.perf_counter()
+    kind = "quality" if args.quality else "profile" if args.profile else "throughput"
+    try:
+        if kind != "quality":
+            store_path = make_dataset(work / "halfcheetah.zarr", ["env=halfcheetah"], [("random", args.episodes)])
+        if kind == "profile":
+            profile(args, d3rlpy, work, store_path, args.profile)
+            return 0
+        if kind == "throughput":
+            res["throughput"] = tp = bench_throughput(args, d3rlpy, work, store_path)
+            rows = throughput_rows(tp)
+            print_table(f"updates/s, o2o (Lightning Trainer, as `o2o pretrain`) vs d3rlpy (fit), HalfCheetah random "
+                        f"{tp['transitions']:,} transitions, 256x256, batch {BATCH}, median of {args.rounds} "
+                        f"({res['machine']['date']}, {res['machine']['cpus']} cpus{', quick' if args.quick else ''})",
+                        rows, ["measure", "o2o up/s", "d3rlpy up/s", "ratio", "target", "pass",
+                               "bare update o2o / d3rlpy", "Lightning cost"])
+        else:
+            res["quality"] = ql = bench_quality(args, d3rlpy, work)
+            rows = quality_rows(ql)
+            print_table(f"policy quality: mean return over {ql['seeds']} seeds x {ql['eval_episodes']} episodes, "
+                        f"{ql['updates']} updates, {ql['hidden']} nets, point-maze room (data mean "
+                        f"{ql['dataset']['return_mean']:.1f})", rows,
+                        ["measure", "o2o", "d3rlpy", "target", "pass", "per seed o2o | d3rlpy"])
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    res["machine"]["loadavg_end"] = os.getloadavg()
+    res["wall_s"] = time.perf_counter() - t_start
+    res["table"] = rows
+    res["passed"] = all(r[4 if kind == "quality" else 5] != "FAIL" for r in rows)
+    name = f"bench_train{'-' + kind if kind != 'throughput' else ''}{'-quick' if args.quick else ''}-" \
+           f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    (RESULTS / name).write_text(json.dumps(res, indent=1, default=str))
+    print(f"wrote {RESULTS / name} ({res['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
