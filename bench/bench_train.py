@@ -50,6 +50,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_store import print_table, verdict  # noqa: E402  (same folder, same table style)
@@ -112,9 +113,14 @@ def d3rlpy_dataset(d3rlpy, store_path: str):
 
 
 # ---------------------------------------------------------------------------- the two libraries
-def o2o_overrides(algo: str, quality: bool = False) -> list[str]:
-    """o2o's algorithm config for ``algo`` (its defaults, which the d3rlpy config below mirrors)."""
-    return [f"algo={algo}"]
+def o2o_config(algo: str, store_path: str, run_dir: Path, max_steps: int, precision: str = "32-true",
+               extra: tuple[str, ...] = ()):
+    """The ``o2o pretrain`` config of a run: ``algo``'s defaults (which :func:`d3rlpy_config`
+    mirrors), eval disabled, progress off, CPU."""
+    return load_config("pretrain", ["env=halfcheetah", f"algo={algo}", *extra, f"dataset.path={store_path}",
+                                    f"trainer.max_steps={max_steps}", f"trainer.precision={precision}",
+                                    "eval.enabled=false", "trainer.progress=false", "trainer.accelerator=cpu",
+                                    f"run_dir={run_dir}"])
 
 
 def d3rlpy_config(d3rlpy, algo: str, n_steps: int, space, gamma: float = 0.99, hidden=(256, 256),
@@ -199,12 +205,15 @@ def o2o_train(cfg, store_path: str, run_dir: Path, steps: int, warmup: int, bare
     bare = float("nan")
     if bare_steps:
         batches = [replay.sample(BATCH) for _ in range(64)]
-        for i in range(max(2, bare_steps // 10)):  # warm-up
-            module.update(batches[i % 64])
-        t0 = time.perf_counter()
-        for i in range(bare_steps):
-            module.update(batches[i % 64])
-        bare = bare_steps / (time.perf_counter() - t0)
+        # What the Trainer's precision plugin does around training_step, for a like-for-like bare loop.
+        bf16 = str(cfg.trainer.precision).startswith("bf16")
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            for i in range(max(2, bare_steps // 10)):  # warm-up
+                module.update(batches[i % 64])
+            t0 = time.perf_counter()
+            for i in range(bare_steps):
+                module.update(batches[i % 64])
+            bare = bare_steps / (time.perf_counter() - t0)
     return Timing(loop, bare), module
 
 
@@ -240,15 +249,12 @@ def d3rlpy_train(d3rlpy, cfg, ds, log_dir: Path, steps: int, warmup: int, bare_s
 def bench_throughput(args, d3rlpy, work: Path, store_path: str) -> dict:
     ds, space, n_tr = d3rlpy_dataset(d3rlpy, store_path)
     default_threads = torch.get_num_threads()
-    settings = [("default", default_threads), ("1 thread", 1)] if not args.one_setting else [("default", default_threads)]
+    settings = [("default", default_threads)] + ([] if args.one_setting else [("1 thread", 1)])
     out: dict = {"transitions": n_tr, "settings": {}}
     for label, threads in settings:
         torch.set_num_threads(threads)
         runs: dict[str, dict[str, list[Timing]]] = {a: {"o2o": [], "d3rlpy": []} for a in args.algos}
-        cfgs = {a: load_config("pretrain", ["env=halfcheetah", *o2o_overrides(a), f"dataset.path={store_path}",
-                                            f"trainer.max_steps={args.warmup[a] + args.steps[a]}",
-                                            "eval.enabled=false", "trainer.progress=false",
-                                            "trainer.accelerator=cpu", f"run_dir={work / 'runs'}"])
+        cfgs = {a: o2o_config(a, store_path, work / "runs", args.warmup[a] + args.steps[a], args.precision)
                 for a in args.algos}
         print(f"threads: {label} ({threads})", flush=True)
         for r in range(args.rounds):
@@ -295,7 +301,7 @@ def throughput_rows(res: dict) -> list[list[str]]:
                          f"{r['d3rlpy_fit']:.1f}", f"x{r['ratio']:.2f}", f">= x{r['target']:.1f}",
                          verdict(r["passed"]),
                          f"{r['o2o_bare']:.1f} / {r['d3rlpy_bare']:.1f} (x{r['bare_ratio']:.2f})",
-                         f"{100 * (1 - r['o2o_trainer'] / r['o2o_bare']):+.0f}%"])
+                         f"{100 * (r['o2o_trainer'] / r['o2o_bare'] - 1):+.0f}%"])
     return rows
 
 
@@ -330,7 +336,7 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
                                            f"dataset.path={path}", f"trainer.max_steps={args.quality_steps}",
                                            f"trainer.seed={seed}", "eval.enabled=false", "trainer.progress=false",
                                            "trainer.accelerator=cpu", f"run_dir={work / f'q-{algo}-{seed}'}"])
-            env = OmegaConfPlain(cfg.env)
+            env = OmegaConf.to_container(cfg.env, resolve=True)
             for lib in (["o2o", "d3rlpy"] if seed % 2 == 0 else ["d3rlpy", "o2o"]):
                 if lib == "o2o":
                     L.seed_everything(seed, verbose=False)
@@ -355,11 +361,6 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
     return out
 
 
-def OmegaConfPlain(cfg) -> dict:
-    from omegaconf import OmegaConf
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def quality_rows(res: dict) -> list[list[str]]:
     rows = []
     for algo, r in res["algos"].items():
@@ -380,9 +381,7 @@ def profile(args, d3rlpy, work: Path, store_path: str, algo: str) -> None:
 
     ds, space, _ = d3rlpy_dataset(d3rlpy, store_path)
     n = max(10, args.steps[algo] // 3)
-    cfg = load_config("pretrain", ["env=halfcheetah", *o2o_overrides(algo), f"dataset.path={store_path}",
-                                   f"trainer.max_steps={n + 5}", "eval.enabled=false", "trainer.progress=false",
-                                   "trainer.accelerator=cpu", f"run_dir={work / 'prof'}"])
+    cfg = o2o_config(algo, store_path, work / "prof", n + 5, args.precision)
     _, module = o2o_train(cfg, store_path, work / "prof", n, 5, 0)
     _, agent = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, n + 5, space), ds, work / "d3rlpy", n, 5, 0)
     ob = [module.replay.sample(BATCH) for _ in range(8)]
@@ -424,6 +423,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="timed updates per round, e.g. iql=300,cql=30 (defaults: %s)" % STEPS)
     ap.add_argument("--episodes", type=int, default=20, help="HalfCheetah random episodes (1000 steps each)")
     ap.add_argument("--one-setting", action="store_true", help="only torch's default threads (skip 1 thread)")
+    ap.add_argument("--precision", default="32-true",
+                    help="o2o's trainer.precision (e.g. bf16-mixed: autocast on CPU; d3rlpy stays float32)")
     ap.add_argument("--quality", action="store_true", help="policy quality vs d3rlpy instead of throughput")
     ap.add_argument("--quality-algos", type=lambda s: s.split(","), default=["iql", "cql"])
     ap.add_argument("--quality-steps", type=int, default=3000, help="updates per quality run (both libraries)")
@@ -441,7 +442,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.warmup = dict(WARMUP)
     if args.quick:
         args.rounds, args.episodes = 1, 3
-        args.steps = {"iql": 30, "cql": 4, "awac": 30, "bc": 60}
+        args.steps = {"iql": 30, "cql": 4, "awac": 30, "bc": 200}
         args.warmup = {"iql": 5, "cql": 2, "awac": 5, "bc": 5}
         args.seeds, args.quality_steps, args.eval_episodes, args.quality_algos = 1, 50, 2, ["iql"]
     return args
@@ -468,10 +469,11 @@ def main(argv=None) -> int:
             res["throughput"] = tp = bench_throughput(args, d3rlpy, work, store_path)
             rows = throughput_rows(tp)
             print_table(f"updates/s, o2o (Lightning Trainer, as `o2o pretrain`) vs d3rlpy (fit), HalfCheetah random "
-                        f"{tp['transitions']:,} transitions, 256x256, batch {BATCH}, median of {args.rounds} "
+                        f"{tp['transitions']:,} transitions, 256x256, batch {BATCH}, o2o precision {args.precision}, "
+                        f"median of {args.rounds} "
                         f"({res['machine']['date']}, {res['machine']['cpus']} cpus{', quick' if args.quick else ''})",
                         rows, ["measure", "o2o up/s", "d3rlpy up/s", "ratio", "target", "pass",
-                               "bare update o2o / d3rlpy", "Lightning cost"])
+                               "bare update o2o / d3rlpy", "Trainer vs bare"])
         else:
             res["quality"] = ql = bench_quality(args, d3rlpy, work)
             rows = quality_rows(ql)
