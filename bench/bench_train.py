@@ -2,25 +2,28 @@
 
 Both libraries train on the same transitions (a real o2o dataset collected into a
 scratch folder and handed to d3rlpy as an ``MDPDataset``), with the same network sizes
-(256x256), batch 256, the same hyperparameters as far as they map, in the same process,
-in interleaved rounds (o2o, d3rlpy, then d3rlpy, o2o, ...) so a busy shared machine
-slows both alike. Every figure is the median over ``--rounds`` rounds.
+(256x256), batch 256 and the same hyperparameters as far as they map. Every measurement
+runs in a fresh process (allocator settings are process-wide), in rounds whose order
+rotates so a busy shared machine slows every variant alike; figures are medians over
+``--rounds`` rounds, ratios the median of per-round ratios.
 
-* **o2o** runs as ``o2o pretrain`` runs it: our module in a Lightning ``Trainer`` (TB and
-  CSV loggers, the update-rate callback, eval disabled, progress off) for
-  ``warmup + steps`` updates; the clock covers updates ``warmup+1 .. warmup+steps`` only,
-  so set-up and the first (warm-up) updates are excluded. For information, the bare
-  ``module.update(batch)`` loop on pre-sampled batches is timed right after.
-* **d3rlpy** runs with its own ``fit(dataset, n_steps=warmup + steps)`` (its sampler,
-  its logger; one epoch, so its end-of-epoch save falls outside the clock), timed by
-  its step callback over the same window; then the bare ``algo.update(batch)`` loop on
-  pre-sampled batches.
+Variants (``--variants``):
 
-Each thread setting is measured in turn: torch's default (the number of cores) and
-``torch.set_num_threads(1)``.
+* **o2o fp32** / **o2o bf16**: as ``o2o pretrain`` runs (``trainer.precision`` 32-true or
+  bf16-mixed, ``trainer.cpu_allocator=tuned``, its default): our module in a Lightning
+  ``Trainer`` (TB and CSV loggers, the update-rate callback, eval disabled, progress off)
+  for ``warmup + steps`` updates; the clock covers updates ``warmup+1 .. warmup+steps``
+  only. The bare ``module.update(batch)`` loop on pre-sampled batches is timed after.
+* **d3rlpy**: d3rlpy as its users run it, its own ``fit(dataset, n_steps=warmup + steps)``
+  (its sampler, its logger), timed by its step callback over the same window; then its
+  bare ``algo.update(batch)`` loop. d3rlpy has no mixed-precision option; it trains in
+  float32.
+* **d3rlpy +alloc**: the same with o2o's allocator setting applied to the process, to show
+  how much of the gap that setting is. The ratios and the pass/fail use plain d3rlpy.
 
-    python bench/bench_train.py              # 4 algorithms x 2 thread settings x 3 rounds (~8 min, 2 cores)
-    python bench/bench_train.py --quick      # smoke run, < 1 min
+    python bench/bench_train.py              # 4 algorithms x 4 variants x 3 rounds (~15 min, 2 cores)
+    python bench/bench_train.py --threads 2,1 # also with torch.set_num_threads(1)
+    python bench/bench_train.py --quick      # smoke run, ~2 min
     python bench/bench_train.py --quality    # policy quality: IQL and CQL, 3 seeds each, vs d3rlpy
     python bench/bench_train.py --profile cql  # where an o2o update's time goes (torch.profiler)
 
@@ -246,63 +249,95 @@ def d3rlpy_train(d3rlpy, cfg, ds, log_dir: Path, steps: int, warmup: int, bare_s
 
 
 # ---------------------------------------------------------------------------- throughput
+# What is measured, each in its own fresh process (the allocator setting is process-wide):
+# name -> (library, o2o trainer.precision, CPU allocator).
+VARIANTS = {
+    "o2o fp32": ("o2o", "32-true", "tuned"),
+    "o2o bf16": ("o2o", "bf16-mixed", "tuned"),
+    "d3rlpy": ("d3rlpy", None, "default"),
+    "d3rlpy +alloc": ("d3rlpy", None, "tuned"),  # d3rlpy given o2o's allocator setting, for transparency
+}
+PEER = "d3rlpy"  # the ratio's denominator: d3rlpy as its users run it
+
+
+def worker(args) -> int:
+    """One measurement in this (fresh) process: print its Timing as JSON on the last line."""
+    lib, precision, allocator = VARIANTS[args.worker]
+    torch.set_num_threads(args.threads)
+    from o2o.policies.allocator import tune_cpu_allocator
+    tune_cpu_allocator(allocator)
+    algo, n, w = args.worker_algo, args.steps[args.worker_algo], args.warmup[args.worker_algo]
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if lib == "o2o":
+        cfg = o2o_config(algo, args.store, args.workdir / "runs", w + n, precision,
+                         (f"trainer.cpu_allocator={allocator}",))
+        tm, _ = o2o_train(cfg, args.store, args.workdir / "runs", n, w, n)
+    else:
+        d3rlpy = import_d3rlpy()
+        ds, space, _ = d3rlpy_dataset(d3rlpy, args.store)
+        tm, _ = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, w + n, space), ds, args.workdir / "d3rlpy", n, w, n)
+    print(json.dumps(vars(tm)))
+    return 0
+
+
+def run_worker(args, variant: str, algo: str, threads: int, store_path: str, work: Path) -> Timing:
+    import subprocess
+    cmd = [sys.executable, __file__, "--worker", variant, "--worker-algo", algo, "--threads", str(threads),
+           "--store", store_path, "--workdir", str(work), "--steps", ",".join(f"{k}={v}" for k, v in args.steps.items()),
+           "--warmup", ",".join(f"{k}={v}" for k, v in args.warmup.items())]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{variant} {algo} failed:\n{p.stderr[-3000:]}")
+    return Timing(**json.loads(p.stdout.strip().splitlines()[-1]))
+
+
 def bench_throughput(args, d3rlpy, work: Path, store_path: str) -> dict:
-    ds, space, n_tr = d3rlpy_dataset(d3rlpy, store_path)
-    default_threads = torch.get_num_threads()
-    settings = [("default", default_threads)] + ([] if args.one_setting else [("1 thread", 1)])
-    out: dict = {"transitions": n_tr, "settings": {}}
-    for label, threads in settings:
-        torch.set_num_threads(threads)
-        runs: dict[str, dict[str, list[Timing]]] = {a: {"o2o": [], "d3rlpy": []} for a in args.algos}
-        cfgs = {a: o2o_config(a, store_path, work / "runs", args.warmup[a] + args.steps[a], args.precision)
-                for a in args.algos}
-        print(f"threads: {label} ({threads})", flush=True)
+    with EpisodeStore.open(store_path, mode="r") as store:
+        n_tr = store.num_steps
+    out: dict = {"transitions": n_tr, "variants": {k: list(map(str, v)) for k, v in VARIANTS.items()}, "settings": {}}
+    for threads in args.threads_list:
+        runs = {a: {v: [] for v in args.variants} for a in args.algos}
+        print(f"threads: {threads}", flush=True)
         for r in range(args.rounds):
             for algo in args.algos:
-                order = ["o2o", "d3rlpy"] if r % 2 == 0 else ["d3rlpy", "o2o"]
-                n, w = args.steps[algo], args.warmup[algo]
-                for lib in order:
-                    if lib == "o2o":
-                        tm, _ = o2o_train(cfgs[algo], store_path, work / f"o2o-{algo}-{r}", n, w, n)
-                    else:
-                        tm, _ = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, w + n, space), ds,
-                                             work / "d3rlpy", n, w, n)
-                    runs[algo][lib].append(tm)
-                    shutil.rmtree(work / f"o2o-{algo}-{r}", ignore_errors=True)
-                o, d = runs[algo]["o2o"][-1], runs[algo]["d3rlpy"][-1]
-                print(f"  round {r + 1}/{args.rounds} {algo}: o2o {o.loop:.1f} up/s (bare {o.bare:.1f}), "
-                      f"d3rlpy {d.loop:.1f} up/s (bare {d.bare:.1f})", flush=True)
+                k = r % len(args.variants)  # rotate the order each round: drift hits every variant alike
+                order = args.variants[k:] + args.variants[:k]
+                for v in order:
+                    runs[algo][v].append(run_worker(args, v, algo, threads, store_path, work / f"{algo}-{r}"))
+                    shutil.rmtree(work / f"{algo}-{r}", ignore_errors=True)
+                print(f"  round {r + 1}/{args.rounds} {algo}: " + ", ".join(
+                    f"{v} {runs[algo][v][-1].loop:.1f} up/s (bare {runs[algo][v][-1].bare:.1f})" for v in args.variants),
+                    flush=True)
         res = {}
         for algo in args.algos:
-            o, d = runs[algo]["o2o"], runs[algo]["d3rlpy"]
-            med = lambda xs, k: statistics.median(getattr(x, k) for x in xs)  # noqa: E731
+            rr = runs[algo]
+            med = {v: statistics.median(t.loop for t in rr[v]) for v in args.variants}
+            bare = {v: statistics.median(t.bare for t in rr[v]) for v in args.variants}
             # Ratio per round (paired: same moment of the machine), then the median of the ratios.
-            ratios = [a.loop / b.loop for a, b in zip(o, d)]
-            bare_ratios = [a.bare / b.bare for a, b in zip(o, d)]
-            res[algo] = {
-                "steps": args.steps[algo], "warmup": args.warmup[algo],
-                "o2o_trainer": med(o, "loop"), "o2o_bare": med(o, "bare"),
-                "d3rlpy_fit": med(d, "loop"), "d3rlpy_bare": med(d, "bare"),
-                "ratio": statistics.median(ratios), "ratio_rounds": ratios,
-                "bare_ratio": statistics.median(bare_ratios), "bare_ratio_rounds": bare_ratios,
-                "rounds": {"o2o": [vars(x) for x in o], "d3rlpy": [vars(x) for x in d]},
-                "target": TARGETS[algo], "passed": statistics.median(ratios) >= TARGETS[algo],
-            }
-        out["settings"][label] = {"threads": threads, "algos": res}
-    torch.set_num_threads(default_threads)
+            ratio = {v: statistics.median(a.loop / b.loop for a, b in zip(rr[v], rr[PEER]))
+                     for v in args.variants if PEER in rr}
+            o2o = [v for v in args.variants if VARIANTS[v][0] == "o2o"]
+            best = max(o2o, key=lambda v: ratio.get(v, 0.0)) if o2o and ratio else None
+            res[algo] = {"steps": args.steps[algo], "warmup": args.warmup[algo], "updates_per_s": med,
+                         "bare_updates_per_s": bare, "ratio_vs_" + PEER: ratio,
+                         "rounds": {v: [vars(t) for t in rr[v]] for v in args.variants},
+                         "target": TARGETS[algo], "best_o2o": best,
+                         "passed": bool(best and ratio[best] >= TARGETS[algo])}
+        out["settings"][str(threads)] = {"threads": threads, "algos": res}
     return out
 
 
-def throughput_rows(res: dict) -> list[list[str]]:
+def throughput_rows(res: dict, variants: list[str]) -> tuple[list[list[str]], list[str]]:
     rows = []
+    o2o = [v for v in variants if VARIANTS[v][0] == "o2o"]
     for label, s in res["settings"].items():
         for algo, r in s["algos"].items():
-            rows.append([f"{algo.upper()}, {label} ({s['threads']} thr)", f"{r['o2o_trainer']:.1f}",
-                         f"{r['d3rlpy_fit']:.1f}", f"x{r['ratio']:.2f}", f">= x{r['target']:.1f}",
-                         verdict(r["passed"]),
-                         f"{r['o2o_bare']:.1f} / {r['d3rlpy_bare']:.1f} (x{r['bare_ratio']:.2f})",
-                         f"{100 * (r['o2o_trainer'] / r['o2o_bare'] - 1):+.0f}%"])
-    return rows
+            ratio = r["ratio_vs_" + PEER]
+            rows.append([f"{algo.upper()}, {s['threads']} thr", *(f"{r['updates_per_s'][v]:.1f}" for v in variants),
+                         *(f"x{ratio[v]:.2f}" if v in ratio else "-" for v in o2o), f">= x{r['target']:.1f}",
+                         verdict(r["passed"])])
+    header = ["measure", *(f"{v} up/s" for v in variants), *(f"{v} / {PEER}" for v in o2o), "target", "pass"]
+    return rows, header
 
 
 # ---------------------------------------------------------------------------- quality
@@ -422,9 +457,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--steps", type=lambda s: dict(kv.split("=") for kv in s.split(",")), default={},
                     help="timed updates per round, e.g. iql=300,cql=30 (defaults: %s)" % STEPS)
     ap.add_argument("--episodes", type=int, default=20, help="HalfCheetah random episodes (1000 steps each)")
-    ap.add_argument("--one-setting", action="store_true", help="only torch's default threads (skip 1 thread)")
-    ap.add_argument("--precision", default="32-true",
-                    help="o2o's trainer.precision (e.g. bf16-mixed: autocast on CPU; d3rlpy stays float32)")
+    ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="torch thread counts to measure, e.g. 2,1 (default: torch's default, the core count)")
+    ap.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
+                    help="comma-separated subset of: %s" % ", ".join(VARIANTS))
+    ap.add_argument("--precision", default="32-true", help="o2o's trainer.precision for --profile")
+    ap.add_argument("--warmup", type=lambda s: dict(kv.split("=") for kv in s.split(",")), default={},
+                    help="untimed warm-up updates per run (defaults: %s)" % WARMUP)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    ap.add_argument("--worker-algo", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--quality", action="store_true", help="policy quality vs d3rlpy instead of throughput")
     ap.add_argument("--quality-algos", type=lambda s: s.split(","), default=["iql", "cql"])
     ap.add_argument("--quality-steps", type=int, default=3000, help="updates per quality run (both libraries)")
@@ -439,7 +481,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
     args = ap.parse_args(argv)
     args.steps = {**STEPS, **{k: int(v) for k, v in args.steps.items()}}
-    args.warmup = dict(WARMUP)
+    args.warmup = {**WARMUP, **{k: int(v) for k, v in args.warmup.items()}}
+    if args.threads is None:
+        args.threads = [torch.get_num_threads()]
+    args.threads_list = args.threads
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        ap.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if args.worker:
+        args.threads = args.threads[0]
+        return args
     if args.quick:
         args.rounds, args.episodes = 1, 3
         args.steps = {"iql": 30, "cql": 4, "awac": 30, "bc": 200}
@@ -450,6 +501,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.worker:
+        return worker(args)
     d3rlpy = import_d3rlpy()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scratch-train-", dir=RESULTS))
@@ -467,13 +520,12 @@ def main(argv=None) -> int:
             return 0
         if kind == "throughput":
             res["throughput"] = tp = bench_throughput(args, d3rlpy, work, store_path)
-            rows = throughput_rows(tp)
-            print_table(f"updates/s, o2o (Lightning Trainer, as `o2o pretrain`) vs d3rlpy (fit), HalfCheetah random "
-                        f"{tp['transitions']:,} transitions, 256x256, batch {BATCH}, o2o precision {args.precision}, "
-                        f"median of {args.rounds} "
-                        f"({res['machine']['date']}, {res['machine']['cpus']} cpus{', quick' if args.quick else ''})",
-                        rows, ["measure", "o2o up/s", "d3rlpy up/s", "ratio", "target", "pass",
-                               "bare update o2o / d3rlpy", "Trainer vs bare"])
+            rows, header = throughput_rows(tp, args.variants)
+            print_table(f"updates/s in the training loop (o2o: Lightning Trainer as `o2o pretrain`; d3rlpy: fit), "
+                        f"HalfCheetah random {tp['transitions']:,} transitions, 256x256, batch {BATCH}, median of "
+                        f"{args.rounds} ({res['machine']['date']}, {res['machine']['cpus']} cpus"
+                        f"{', quick' if args.quick else ''}); pass: o2o's faster precision vs plain d3rlpy",
+                        rows, header)
         else:
             res["quality"] = ql = bench_quality(args, d3rlpy, work)
             rows = quality_rows(ql)
@@ -487,7 +539,7 @@ def main(argv=None) -> int:
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - t_start
     res["table"] = rows
-    res["passed"] = all(r[4 if kind == "quality" else 5] != "FAIL" for r in rows)
+    res["passed"] = all(r[4 if kind == "quality" else -1] != "FAIL" for r in rows)
     name = f"bench_train{'-' + kind if kind != 'throughput' else ''}{'-quick' if args.quick else ''}-" \
            f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=1, default=str))

@@ -65,9 +65,10 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
-            # Same input for every member: one matmul against all members' weights at once.
-            out = x @ self.weight.permute(1, 0, 2).reshape(self.in_dim, self.n * self.out_dim)
-            return out.reshape(x.shape[0], self.n, self.out_dim).transpose(0, 1) + self.bias
+            # Same input for every member: a broadcast view, still one batched matmul. (Going
+            # through one [B, in] x [in, n*out] matmul instead leaves a transposed output whose
+            # bias add runs outside autocast: 2.5x slower under bf16 on CPU.)
+            x = x.expand(self.n, *x.shape)
         return torch.baddbmm(self.bias, x, self.weight)
 
     def extra_repr(self) -> str:
@@ -163,6 +164,15 @@ class TanhGaussianActor(nn.Module):
         log_prob = (dist.log_prob(u) - _tanh_log_det(u)).sum(-1)
         return ActorOutput(torch.tanh(u), log_prob, torch.tanh(mu))
 
+    def sample_n(self, obs: Tensor, n: int) -> ActorOutput:
+        """``n`` actions per state from one pass of the network: ``obs [B, O] -> action [B, n, A]``,
+        ``log_prob [B, n]`` (CQL's proposals: the same as ``forward`` on ``n`` copies of ``obs``, n times cheaper)."""
+        dist, mu = self._dist(obs)
+        u = dist.rsample((n,))  # [n, B, A]
+        log_prob = (dist.log_prob(u) - _tanh_log_det(u)).sum(-1)
+        return ActorOutput(torch.tanh(u).transpose(0, 1), log_prob.transpose(0, 1),
+                           torch.tanh(mu).unsqueeze(1).expand(-1, n, -1))
+
     def log_prob(self, obs: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
         dist, _ = self._dist(obs)
         a = action.clamp(-1 + eps, 1 - eps)
@@ -194,6 +204,13 @@ class GaussianActor(nn.Module):
         dist, mu = self._dist(obs)
         a = mu if deterministic else dist.rsample()
         return ActorOutput(a.clamp(-1.0, 1.0), dist.log_prob(a).sum(-1), mu)
+
+    def sample_n(self, obs: Tensor, n: int) -> ActorOutput:
+        """``n`` actions per state from one pass: ``obs [B, O] -> action [B, n, A]``, ``log_prob [B, n]``."""
+        dist, mu = self._dist(obs)
+        a = dist.rsample((n,))  # [n, B, A]
+        return ActorOutput(a.clamp(-1.0, 1.0).transpose(0, 1), dist.log_prob(a).sum(-1).transpose(0, 1),
+                           mu.unsqueeze(1).expand(-1, n, -1))
 
     def log_prob(self, obs: Tensor, action: Tensor) -> Tensor:
         dist, _ = self._dist(obs)

@@ -22,8 +22,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from o2o.datasets import DatasetVersion, EpisodeStore
+from o2o.datasets import EpisodeStore
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
+from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
 from o2o.policies.data import TensorReplay, fit_normalization
 from o2o.policies.evaluation import Evaluator
@@ -47,6 +48,7 @@ class PretrainResult:
     evaluations: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     ope: list[dict] | None = None  # FQE estimate of each candidate when chosen without a simulator
+    cpu_allocator: str = ""  # what trainer.cpu_allocator did
     module: Any = field(default=None, repr=False, compare=False)  # the trained module (last state), not saved
 
     def to_dict(self) -> dict:
@@ -184,6 +186,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     import time
 
     start = time.perf_counter()
+    allocator = tune_cpu_allocator(str(cfg.trainer.get("cpu_allocator", "tuned")))
     L.seed_everything(int(cfg.trainer.seed), workers=False, verbose=False)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +226,8 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     result = PretrainResult(
         run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
         selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
-        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, module=module,
+        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, cpu_allocator=allocator,
+        module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result

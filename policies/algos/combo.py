@@ -231,22 +231,6 @@ class COMBO(CQL):
         metrics.update(self._model_metrics)  # the latest model figures ride along with the logged metrics
         return metrics
 
-    def soft_max_q(self, obs: Tensor, next_obs: Tensor) -> Tensor:
-        """CQL(H)'s importance-sampled log-sum-exp of Q over actions at ``obs``: ``[n, B]``.
-
-        The same estimator as :meth:`CQL.cql_penalty_per_member` (uniform actions and policy
-        actions at s and s'), at states of our choosing rather than the batch's.
-        """
-        B, K, A = obs.shape[0], int(self.hp.n_actions), self.act_dim
-        o = obs.unsqueeze(1).expand(B, K, obs.shape[-1])
-        no = next_obs.unsqueeze(1).expand(B, K, next_obs.shape[-1])
-        with torch.no_grad():
-            pi, pi_next = self.actor(o), self.actor(no)
-        uniform = torch.empty(B, K, A, device=obs.device, dtype=obs.dtype).uniform_(-1.0, 1.0)
-        q_all = self.critic(o.repeat(1, 3, 1), torch.cat([uniform, pi.action, pi_next.action], dim=1))
-        q_uni, q_pi, q_next_pi = q_all.split(K, dim=-1)
-        return L.cql_logsumexp(q_uni, q_pi, pi.log_prob, q_next_pi, pi_next.log_prob, A, self.hp.temperature)
-
     def critic_loss(self, batch: Batch) -> L.LossOut:
         target = self.critic_target_value(batch)
         q = self.critic(batch.observations, batch.actions)
@@ -254,7 +238,7 @@ class COMBO(CQL):
         k = self._n_real if self._n_real is not None else len(batch)
         # Without model rows (real_ratio 1) this is CQL: the penalty sits at the dataset's states.
         at = slice(k, None) if self.hp.cql_states == "model" and k < len(batch) else slice(None)
-        soft = self.soft_max_q(batch.observations[at], batch.next_observations[at])
+        soft, _ = self.soft_max_q(batch.observations[at], batch.next_observations[at])
         gap = L.combo_penalty_per_member(soft, q[:, :k])
         if self.hp.lagrange:
             alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)

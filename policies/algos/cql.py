@@ -43,20 +43,26 @@ class CQL(SAC):
     def parameters_for(self, name: str):
         return [self.log_alpha_prime] if name == "alpha_prime" else super().parameters_for(name)
 
+    def soft_max_q(self, obs: torch.Tensor, next_obs: torch.Tensor, data_actions: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """CQL(H)'s importance-sampled log-sum-exp of Q over actions at ``obs``, per critic ``[n, B]``
+        (K uniform actions, K from pi(.|s), K from pi(.|s'), all valued at s); and Q(obs, data_actions)
+        ``[n, B]`` from the same critic call when ``data_actions`` are given."""
+        B, K, A = obs.shape[0], int(self.hp.n_actions), self.act_dim
+        with torch.no_grad():  # K proposals at s and at s' from one actor pass over [s; s']
+            both = self.actor.sample_n(torch.cat([obs, next_obs]), K)
+        (a_pi, a_next), (lp_pi, lp_next) = both.action.split(B), both.log_prob.split(B)
+        uniform = torch.empty(B, K, A, device=obs.device, dtype=obs.dtype).uniform_(-1.0, 1.0)
+        parts = [uniform, a_pi, a_next] + ([data_actions.unsqueeze(1)] if data_actions is not None else [])
+        acts = torch.cat(parts, dim=1)  # [B, 3K(+1), A]: one critic call for everything
+        q_all = self.critic(obs.unsqueeze(1).expand(B, acts.shape[1], obs.shape[-1]), acts)
+        q_uni, q_pi, q_next_pi, *q_data = q_all.split([K, K, K] + [1] * len(parts[3:]), dim=-1)
+        soft = L.cql_logsumexp(q_uni, q_pi, lp_pi, q_next_pi, lp_next, A, self.hp.temperature)
+        return soft, (q_data[0].squeeze(-1) if q_data else None)
+
     def cql_penalty_per_member(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(soft max_a Q - Q(s, a_data))`` averaged over the batch, per critic ``[n]``; and Q(s, a_data)."""
-        B, K, A = len(batch), int(self.hp.n_actions), self.act_dim
-        obs = batch.observations.unsqueeze(1).expand(B, K, batch.observations.shape[-1])
-        nobs = batch.next_observations.unsqueeze(1).expand(B, K, batch.next_observations.shape[-1])
-        with torch.no_grad():
-            pi = self.actor(obs)
-            pi_next = self.actor(nobs)
-        uniform = torch.empty(B, K, A, device=obs.device, dtype=obs.dtype).uniform_(-1.0, 1.0)
-        # One critic call for all 3K sampled actions per state.
-        q_all = self.critic(obs.repeat(1, 3, 1), torch.cat([uniform, pi.action, pi_next.action], dim=1))
-        q_uni, q_pi, q_next_pi = q_all.split(K, dim=-1)
-        soft = L.cql_logsumexp(q_uni, q_pi, pi.log_prob, q_next_pi, pi_next.log_prob, A, self.hp.temperature)
-        q_data = self.critic(batch.observations, batch.actions)
+        soft, q_data = self.soft_max_q(batch.observations, batch.next_observations, batch.actions)
         return (soft - q_data).mean(dim=1), q_data
 
     def critic_loss(self, batch: Batch) -> L.LossOut:

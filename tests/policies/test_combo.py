@@ -150,9 +150,9 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
     seen = {}
     real_soft = module.soft_max_q
 
-    def spy(obs, next_obs):
+    def spy(obs, next_obs, data_actions=None):
         seen["obs"] = obs
-        return real_soft(obs, next_obs)
+        return real_soft(obs, next_obs, data_actions)
 
     module.soft_max_q = spy
     g = torch.Generator().manual_seed(0)
@@ -164,7 +164,7 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
     assert torch.equal(seen["obs"], batch.observations[3:] if states == "model" else batch.observations)
     torch.manual_seed(0)  # same draws in the same order as critic_loss: target first, then the penalty
     target = module.critic_target_value(batch)
-    soft = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
+    soft, _ = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
     q = module.critic(batch.observations, batch.actions)
     gap = L.combo_penalty_per_member(soft, q[:, :3])
     td = L.critic_regression(q, target)

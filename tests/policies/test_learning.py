@@ -8,7 +8,6 @@ horizon short enough for a few thousand updates.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -54,3 +54,20 @@ def test_soft_update_moves_target_by_tau():
     before = a.weight.detach().clone()
     soft_update(a, b, 0.25)
     torch.testing.assert_close(a.weight, 0.75 * before + 0.25 * b.weight)
+
+
+def test_sample_n_draws_from_the_per_state_distribution():
+    """``sample_n`` (one network pass, n draws) gives the density ``log_prob`` computes, per state."""
+    torch.manual_seed(0)
+    for actor in (TanhGaussianActor(4, 3, hidden=[16]), GaussianActor(4, 3, hidden=[16])):
+        obs = torch.randn(5, 4)
+        out = actor.sample_n(obs, 7)
+        assert out.action.shape == (5, 7, 3) and out.log_prob.shape == (5, 7) and out.mode.shape == (5, 7, 3)
+        assert out.action.abs().max() <= 1.0
+        inside = out.action.abs().max(dim=-1).values < 0.999  # away from the clipped tanh edge
+        ref = actor.log_prob(obs.unsqueeze(1).expand(5, 7, 4), out.action)
+        torch.testing.assert_close(out.log_prob[inside], ref[inside], atol=1e-3, rtol=1e-4)
+        # Different draws per sample, same mode for every sample of a state.
+        assert not torch.allclose(out.action[:, 0], out.action[:, 1])
+        torch.testing.assert_close(out.mode[:, 0], out.mode[:, 6])
+        torch.testing.assert_close(out.mode[:, 0], actor(obs, deterministic=True).mode)
