@@ -238,6 +238,9 @@ class OfflineAlgorithm(L.LightningModule):
             opt.step()
         else:
             self.trainer.strategy.optimizer_step(opt.optimizer, closure=lambda: None)
+        # Under mixed precision autocast caches the low-precision copy of each weight for the
+        # whole training_step; the weights just changed, so the next loss must not see the old copy.
+        torch.clear_autocast_cache()
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

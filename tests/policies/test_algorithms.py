@@ -123,3 +123,21 @@ def test_without_simulator_the_best_checkpoint_is_chosen_by_fqe(maze_dataset, tm
     values = [r["ope/fqe_value"] for r in res.ope]
     assert all(np.isfinite(values))
     assert res.best_checkpoint == res.ope[int(np.argmax(values))]["checkpoint"]
+
+
+def test_bf16_mixed_update_sees_weights_stepped_earlier_in_the_same_update(maze_dataset, tmp_path):
+    """Under autocast the cast copy of a weight is cached for the whole training_step; after a
+    network's optimiser step the next loss (SAC's actor through the critic) must see the new weights."""
+    res = pretrain(tiny_cfg("sac", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false",
+                            "trainer.precision=bf16-mixed"))
+    m = res.module
+    batch = m.replay.sample(16)
+    opt = m.optimizers()[m._opt_index["critic"]]
+    with torch.autocast("cpu", torch.bfloat16):
+        m.critic(batch.observations, batch.actions)  # fills the cache with the current weights
+        loss = m.critic_loss(batch).loss * 1e4  # a step big enough to change bf16 values
+        m.step_optimizer(opt, loss)
+        q_in_step = m.critic(batch.observations, batch.actions)
+    with torch.autocast("cpu", torch.bfloat16):
+        q_fresh = m.critic(batch.observations, batch.actions)
+    torch.testing.assert_close(q_in_step, q_fresh, rtol=0, atol=0)
