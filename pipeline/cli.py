@@ -3,6 +3,8 @@
     o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
     o2o pretrain [key=value ...]         train an offline algorithm on the dataset
     o2o evaluate [key=value ...]         off-policy estimates of checkpoints (+ simulated returns)
+    o2o export ckpt=PATH [key=value ...] ONNX + TorchScript + manifest, verified against the torch policy
+    o2o serve export_dir=DIR [key=value] guarded actions for controllers over ZeroMQ on localhost
     o2o dataset info PATH [--json]       what a dataset holds
     o2o dataset verify PATH              check every invariant (exit 1 with reasons)
 """
@@ -85,6 +87,47 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(cfg, progress=done)
     _print_evaluate_table(result)
     return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from o2o.pipeline.config import load_config
+    from o2o.pipeline.stages.export import export
+
+    cfg = load_config("export", args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg), markup=False)
+        return 0
+    r = export(cfg)
+    t = Table(title=f"exported {r.checkpoint} in {r.seconds:.1f} s")
+    for col in ("file", "bytes", "sha256", "max abs diff vs torch"):
+        t.add_column(col, justify="left" if col in ("file", "sha256") else "right")
+    diff = {"policy.onnx": r.parity.get("onnxruntime"), "policy.pt": r.parity.get("torchscript")}
+    for name, entry in r.files.items():
+        d = diff.get(name)
+        t.add_row(name, str(entry["bytes"]), entry["sha256"][:16], "-" if d is None else f"{d:.2g}")
+    console.print(t)
+    console.print(f"parity on {r.observations_source}", markup=False)
+    cl = r.closed_loop
+    if cl:
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        console.print(f"closed loop, {cl['episodes']} episodes: success {fmt(cl['runtime']['success_rate'])} through "
+                      f"the runtime vs {fmt(cl['trained']['success_rate'])} trained (noise +-"
+                      f"{cl['success_noise']:.2f}); return {cl['runtime']['return_mean']:.4g} vs "
+                      f"{cl['trained']['return_mean']:.4g}; guards fired: {cl['guards'] or 'none'}", markup=False)
+    for note in r.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(f"export folder {r.out_dir} (manifest.json); serve it with: o2o serve export_dir={r.out_dir}",
+                  markup=False)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # The runtime side: no Hydra, no torch (the action server runs where the robot is).
+    from o2o.deploy.server import parse_overrides, serve
+
+    return serve(parse_overrides(args.overrides))
 
 
 def _short_names(paths: list[str]) -> list[str]:
@@ -218,6 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
     e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     e.set_defaults(func=_cmd_evaluate)
+    x = sub.add_parser("export", help="export a checkpoint to ONNX + TorchScript + manifest, verified against torch",
+                       description="Hydra overrides, e.g. ckpt=runs/pretrain/<run>/checkpoints/best-3000.ckpt "
+                                   "out=exports/lift-iql runtime.max_delta=0.2 closed_loop.episodes=20")
+    x.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    x.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    x.set_defaults(func=_cmd_export)
+    s = sub.add_parser("serve", help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
+                       description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
+                                   "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "
+                                   "(no Hydra: runtime side)")
+    s.add_argument("overrides", nargs="*", help="key=value")
+    s.set_defaults(func=_cmd_serve)
     d = sub.add_parser("dataset", help="inspect and check datasets")
     dsub = d.add_subparsers(dest="dataset_command", required=True)
     i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")
