@@ -52,6 +52,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
         return 0
     result = pretrain(cfg)
+    if result.selection.startswith("process "):  # a DDP worker other than rank 0: rank 0 reports
+        return 0
     t = Table(title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
                     f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)")
     for col in ("step", "return", "success", "score", "Q(start)", "MC return"):

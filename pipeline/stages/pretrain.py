@@ -155,8 +155,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     loggers = [TensorBoardLogger(str(run_dir), name="tb", version=""), CSVLogger(str(run_dir), name="csv", version="")]
     if t.progress:
         callbacks = callbacks + [TQDMProgressBar(refresh_rate=25)]
+    strategy = t.strategy
+    if strategy == "ddp":
+        # Every update runs one backward pass per network (critic, actor, ...), each touching only
+        # that network's parameters: DDP must treat the others as unused in that pass.
+        strategy = "ddp_find_unused_parameters_true"
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=t.precision,
         max_steps=int(t.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
         log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=bool(t.progress),
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
@@ -216,6 +221,11 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
                 ckpt_path=ckpt_path, weights_only=True)
 
+    if trainer.global_rank != 0:  # DDP: the other processes trained in lockstep; rank 0 selects and reports
+        return PretrainResult(run_dir=str(run_dir), best_checkpoint=None, last_checkpoint=None,
+                              selection=f"process {trainer.global_rank}: rank 0 selects and reports",
+                              dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
+                              seconds=time.perf_counter() - start, cpu_allocator=allocator, module=module)
     history = cb_eval.history if cb_eval is not None else []
     best_eval = best_from_history(history, str(cfg.checkpoint.monitor).removeprefix("eval/"))
     ope_table = None

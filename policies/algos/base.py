@@ -169,6 +169,8 @@ class OfflineAlgorithm(L.LightningModule):
         if self.replay is None:
             raise RuntimeError(f"{type(self).__name__}: no training data attached (call attach_replay first)")
         self.replay.to(self.device)
+        if self.trainer.world_size > 1:  # DDP: each process draws its own batches (same seed -> same batches)
+            self.replay.generator.manual_seed(int(self.hp.seed) * 1_000_003 + self.trainer.global_rank)
 
     def normalize_obs(self, obs: Tensor) -> Tensor:
         return (obs - self.obs_mean) / self.obs_std
