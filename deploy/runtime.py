@@ -39,9 +39,9 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -64,6 +64,9 @@ class Guard(enum.IntFlag):
 
 #: Flags under which the issued action is the safe action.
 SAFE_FLAGS = Guard.NONFINITE_OBS | Guard.NONFINITE_ACTION | Guard.WATCHDOG | Guard.LATCHED
+CLAMPED, RATE_LIMITED = int(Guard.CLAMPED), int(Guard.RATE_LIMITED)
+_BITS = tuple((int(g), g.name) for g in Guard if g is not Guard.NONE)
+_GUARDS = tuple(Guard(i) for i in range((CLAMPED | RATE_LIMITED) + 1))  # Guard(int) is slow; these recur every step
 
 
 class GuardWarning(RuntimeWarning):
@@ -74,14 +77,16 @@ class ObservationError(ValueError):
     """An observation of the wrong shape, type or fields: an integration error, not a transient fault."""
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """One guarded step: the action to send, what the guards did, and how long inference took."""
+class StepResult(NamedTuple):
+    """One guarded step: the action to send, what the guards did, and how long inference took.
+
+    (A named tuple, not a dataclass: it is made on every control step, and that is cheaper.)
+    """
 
     action: np.ndarray
     flags: Guard
     inference_s: float
-    raw_action: np.ndarray | None = field(default=None, repr=False)  # the policy's output (None if not run)
+    raw_action: np.ndarray | None = None  # the policy's output (None if it did not run)
 
     @property
     def safe(self) -> bool:
@@ -155,9 +160,10 @@ class PolicyRuntime:
             raise ManifestError(f"{where}: {onnx_name!r} maps {[i.shape for i in inputs]} -> "
                                 f"{[o.shape for o in outputs]}, the manifest says obs [batch, {self.obs_dim}] -> "
                                 f"action [batch, {self.act_dim}]")
-        self._input = inputs[0].name
-        self._output = outputs[0].name
         self._buf = np.zeros((1, self.obs_dim), np.float32)
+        self._feed = {inputs[0].name: self._buf}
+        self._outputs = [outputs[0].name]
+        self._low32, self._high32 = self.low.astype(np.float32), self.high.astype(np.float32)
 
         sa = defaults.get("safe_action") if safe_action is _FROM_MANIFEST else safe_action
         self.safe_action = self._check_safe_action(sa)
@@ -172,9 +178,11 @@ class PolicyRuntime:
         self.watchdog_latch = bool(watchdog_latch)
         self.counts: dict[str, int] = {g.name: 0 for g in Guard if g is not Guard.NONE}
         self.steps = 0
+        self._md32 = None if self.max_delta is None else self.max_delta.astype(np.float32)
+        self._safe32 = self.safe_action.astype(np.float32)
         self._lock = threading.Lock()
         self._tripped = False
-        self._prev = self.safe_action.copy()
+        self._prev = self._safe32.copy()
         if self_test:
             self._self_test(where)
 
@@ -231,6 +239,8 @@ class PolicyRuntime:
     def _as_vector(self, obs: Any) -> np.ndarray:
         if isinstance(obs, Mapping):
             return self.flatten(obs)
+        if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
+            return obs  # the common case, checked cheaply
         try:
             v = np.asarray(obs, dtype=np.float32)
         except (TypeError, ValueError) as e:
@@ -250,16 +260,16 @@ class PolicyRuntime:
         x = np.ascontiguousarray(obs_batch, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.obs_dim:
             raise ObservationError(f"observation batch has shape {x.shape}, expected [B, {self.obs_dim}]")
-        return self._session.run([self._output], {self._input: x})[0]
+        return self._session.run(self._outputs, {next(iter(self._feed)): x})[0]
 
     def _infer_one(self, obs: np.ndarray) -> np.ndarray:
         self._buf[0] = obs
-        return self._session.run([self._output], {self._input: self._buf})[0][0]
+        return self._session.run(self._outputs, self._feed)[0][0]
 
     def reset(self) -> None:
         """Start of an episode/run: the previous action becomes the safe action and a latched watchdog clears."""
         with self._lock:
-            self._prev = self.safe_action.copy()
+            self._prev = self._safe32.copy()
             self._tripped = False
 
     def act(self, obs: Any) -> np.ndarray:
@@ -273,7 +283,7 @@ class PolicyRuntime:
             self.steps += 1
             if self._tripped:
                 return self._safe(Guard.LATCHED, 0.0, None, None)
-            if not np.all(np.isfinite(v)):
+            if not np.isfinite(v).all():
                 return self._safe(Guard.NONFINITE_OBS, 0.0, None,
                                   f"non-finite observation in fields {self._nonfinite_fields(v)}: safe action issued")
             t0 = time.perf_counter()
@@ -285,34 +295,38 @@ class PolicyRuntime:
                 return self._safe(Guard.WATCHDOG, dt, raw,
                                   f"watchdog: inference took {dt * 1e3:.2f} ms > deadline "
                                   f"{self.deadline_s * 1e3:.2f} ms: safe action issued{latched}")
-            a = np.asarray(raw, np.float64)
-            if not np.all(np.isfinite(a)):
-                return self._safe(Guard.NONFINITE_ACTION, dt, raw, f"policy returned a non-finite action {a.tolist()}: "
-                                  "safe action issued")
-            flags = Guard.NONE
-            clamped = np.clip(a, self.low, self.high)
-            if np.any(clamped != a):
-                flags |= Guard.CLAMPED
-            if self.max_delta is not None:
-                limited = np.clip(clamped, self._prev - self.max_delta, self._prev + self.max_delta)
-                if np.any(limited != clamped):
-                    flags |= Guard.RATE_LIMITED
-                clamped = np.clip(limited, self.low, self.high)
-            self._prev = clamped
-            self._count(flags)
-            return StepResult(clamped.astype(np.float32), flags, dt, raw)
+            if not np.isfinite(raw).all():
+                return self._safe(Guard.NONFINITE_ACTION, dt, raw,
+                                  f"policy returned a non-finite action {raw.tolist()}: safe action issued")
+            # float32 throughout (what the policy returns and the controller receives); plain int
+            # flags until the end: enum arithmetic would cost more than the checks themselves.
+            flags, a = 0, raw
+            lo, hi = self._low32, self._high32
+            if (a < lo).any() or (a > hi).any():
+                a = np.minimum(np.maximum(a, lo), hi)
+                flags = CLAMPED
+            if self._md32 is not None:
+                step_lo, step_hi = self._prev - self._md32, self._prev + self._md32
+                if (a < step_lo).any() or (a > step_hi).any():
+                    a = np.minimum(np.maximum(np.minimum(np.maximum(a, step_lo), step_hi), lo), hi)
+                    flags |= RATE_LIMITED
+            a = a.copy() if a is raw else a  # never hand out a view of onnxruntime's output buffer
+            self._prev = a
+            if flags:
+                self._count(flags)
+            return StepResult(a, _GUARDS[flags], dt, raw)
 
-    def _count(self, flags: Guard) -> None:
-        for g in Guard:
-            if g is not Guard.NONE and flags & g:
-                self.counts[g.name] += 1
+    def _count(self, flags: int) -> None:
+        for bit, name in _BITS:
+            if flags & bit:
+                self.counts[name] += 1
 
     def _safe(self, flag: Guard, dt: float, raw, message: str | None) -> StepResult:
         if message:
             warnings.warn(message, GuardWarning, stacklevel=3)
-        self._prev = self.safe_action.copy()
-        self._count(flag)
-        return StepResult(self.safe_action.astype(np.float32), flag, dt, raw)
+        self._prev = self._safe32.copy()
+        self._count(int(flag))
+        return StepResult(self._safe32.copy(), flag, dt, raw)
 
     @property
     def tripped(self) -> bool:

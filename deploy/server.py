@@ -27,8 +27,8 @@ message]`` and the server keeps serving. Guard flags (bits): 1 clamped, 2 rate-l
 
 Clients must set a receive timeout (``ZMQ_RCVTIMEO``) shorter than their control period
 and send their own safe action when it expires: REQ sockets then need to be closed and
-re-opened (``ZMQ_REQ_RELAXED`` avoids that). Only loopback addresses are served unless
-``allow_remote=True``: the protocol has no authentication.
+re-opened (``ZMQ_REQ_RELAXED`` with ``ZMQ_REQ_CORRELATE`` avoids that). Only loopback
+addresses are served unless ``allow_remote=True``: the protocol has no authentication.
 """
 
 from __future__ import annotations

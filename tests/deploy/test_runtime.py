@@ -74,6 +74,9 @@ def test_actions_are_clamped_to_the_bounds(sqrt_export):
     assert r.flags == Guard.CLAMPED and not r.safe
     np.testing.assert_allclose(r.action, [0.4, 1.0], rtol=1e-6)
     assert rt.step([0.01, 0.01, 5.0]).flags == Guard.NONE
+    both = PolicyRuntime(sqrt_export, max_delta=0.3).step([0.01, 0.25, 0.0])  # clamped to 1, then limited from 0
+    assert both.flags == Guard.CLAMPED | Guard.RATE_LIMITED
+    np.testing.assert_allclose(both.action, [0.3, 0.3], rtol=1e-6)
 
 
 def test_non_finite_action_gives_the_safe_action(sqrt_export):
