@@ -53,6 +53,9 @@ class Stage:
     #: optional: whether recorded outputs are still usable (files exist, hashes match)
     valid: Callable[[Outputs], bool] | None = None
     doc: str = ""
+    #: artifacts used when some selected stage writes them (ordered after it), never required; a
+    #: failed or blocked writer does not block this stage (the report shows what did not run)
+    optional: tuple[str, ...] = ()
 
 
 @dataclass
@@ -120,7 +123,7 @@ def order_stages(stages: Sequence[Stage], available: Sequence[str] = ()) -> list
         if missing:
             raise GraphError(f"stage {s.name!r} reads {missing}, which no selected stage writes "
                              f"(writers: {sorted(writer.items())}); add the stage that writes it or give it")
-    deps = {s.name: {writer[a] for a in s.reads} - {"<given>"} for s in stages}
+    deps = {s.name: {writer[a] for a in (*s.reads, *s.optional) if a in writer} - {"<given>"} for s in stages}
     done: list[str] = []
     pending = list(names)
     while pending:
@@ -218,15 +221,16 @@ class Pipeline:
         self.stages = order_stages(stages, available=list(self.given))
 
     def stage_fingerprint(self, stage: Stage, config: Any, inputs: Mapping[str, Any]) -> str:
+        names = [a for a in (*stage.reads, *stage.optional) if a in inputs]
         return fingerprint({"stage": stage.name, "config": _plain(config),
-                            "inputs": {a: artifact_fingerprint(inputs[a]) for a in stage.reads}})
+                            "inputs": {a: artifact_fingerprint(inputs[a]) for a in names}})
 
     def plan(self, configs: Mapping[str, Any], cache: StageCache) -> list[tuple[str, str]]:
         """``(stage, what happens)`` for each stage, as far as it can be known before running:
         a stage whose inputs come from a stage that will run can only be decided then."""
         artifacts, out, will_run = dict(self.given), [], set()
         for s in self.stages:
-            if set(s.reads) & {a for r in self.stages if r.name in will_run for a in r.writes}:
+            if (set(s.reads) | set(s.optional)) & {a for r in self.stages if r.name in will_run for a in r.writes}:
                 out.append((s.name, "run if its inputs change (decided after upstream stages)"))
                 will_run.add(s.name)
                 continue
@@ -257,7 +261,7 @@ class Pipeline:
                 result.records.append(StageRecord(s.name, "blocked", message="an upstream stage stopped the run"))
                 _call(manifest, result)
                 continue
-            inputs = {a: result.artifacts[a] for a in s.reads}
+            inputs = {a: result.artifacts[a] for a in (*s.reads, *s.optional) if a in result.artifacts}
             fp = self.stage_fingerprint(s, configs.get(s.name), inputs)
             rec = StageRecord(s.name, "ran", fp, {a: artifact_fingerprint(v) for a, v in inputs.items()},
                               started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
+from o2o.pipeline.dag import Stage
 from o2o.policies.behavior.factory import make_behavior
 
 log = logging.getLogger(__name__)
@@ -142,3 +143,41 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episo
         rec.add(action, reward, terminated, truncated, obs, info, intervention=human)
         done = terminated or truncated or (max_steps is not None and len(rec) >= max_steps)
     return rec.finish(behavior.provenance.to_dict(), seed=seed)
+
+
+# ---------------------------------------------------------------------------- as a pipeline stage
+def dataset_artifact(path: str) -> dict:
+    """The dataset as an artifact: its path and *current* version (what downstream stages key on)."""
+    with EpisodeStore.open(path, mode="r") as store:
+        v = store.version
+        return {"path": str(path), "episodes": int(v.episodes), "fingerprint": str(v.fingerprint),
+                "transitions": int(store.num_steps)}
+
+
+def run_stage(ctx) -> dict:
+    """``o2o run``'s collect: each ``collect.behaviors`` entry (a behaviour config name and an
+    episode count) appended in turn to ``dataset.path``."""
+    from o2o.pipeline.config import load_config
+
+    cfg = ctx.config
+    for item in cfg.collect.behaviors:
+        part = OmegaConf.merge(cfg, {"behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
+                                     "collect": {"episodes": int(item.episodes), "progress": False}})
+        res = collect(part)
+        ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
+                + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
+                + f" ({res.seconds:.0f} s)")
+    return {"dataset": dataset_artifact(str(cfg.dataset.path))}
+
+
+def _refresh(ctx, outputs: dict) -> dict:
+    return {"dataset": dataset_artifact(str(ctx.config.dataset.path))}
+
+
+def _valid(outputs: dict) -> bool:
+    return Path(outputs["dataset"]["path"]).exists()
+
+
+STAGE = Stage("collect", reads=(), writes=("dataset",), run=run_stage, refresh=_refresh, valid=_valid,
+              doc="log episodes of the configured behaviours into the growing dataset")
+CONFIG_KEYS = ("env", "dataset", "collect")

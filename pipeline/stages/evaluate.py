@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
+from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages.pretrain import check_env, select_episodes
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData
@@ -182,3 +183,66 @@ def _json_default(v: Any) -> Any:
     if isinstance(v, np.ndarray):
         return v.tolist()
     return str(v)
+
+
+# ---------------------------------------------------------------------------- as a pipeline stage
+def data_behaviour(path: str, episodes: int) -> dict[str, Any]:
+    """The dataset's behaviour, to judge a policy against: mean return and success overall and per
+    source, the largest reward, over the first ``episodes`` episodes (the version trained on)."""
+    with EpisodeStore.open(path, mode="r") as store:
+        t = store.episodes_table(np.arange(episodes))
+        r_max = float(np.max(store.array("data/rewards")[: int(t["start"][-1] + t["length"][-1])])) if episodes else None
+    succ = np.asarray(t["success"], float)
+    out = {"episodes": int(episodes), "return_mean": float(np.mean(t["returns"])), "reward_max": r_max,
+           "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None, "sources": {}}
+    for src in sorted(set(t["source"])):
+        m = t["source"] == src
+        s = succ[m]
+        out["sources"][str(src)] = {"episodes": int(m.sum()), "return_mean": float(np.mean(t["returns"][m])),
+                                    "success_rate": float(np.nanmean(s)) if np.isfinite(s).any() else None}
+    return out
+
+
+def run_stage(ctx) -> dict:
+    """``o2o run``'s evaluate: the chosen checkpoint in simulation on fresh seeds (not the ones that
+    chose it), its value estimate on start states, optionally FQE; and the data's behaviour."""
+    from o2o.policies.algos.base import load_algorithm
+    from o2o.policies.callbacks import SimEvaluation
+    from o2o.policies.evaluation import Evaluator
+
+    cfg, ckpt, data = ctx.config, ctx.inputs["checkpoint"], ctx.inputs["dataset"]
+    e = cfg.evaluation
+    module = load_algorithm(ckpt["path"])
+    out: dict[str, Any] = {"checkpoint": ckpt["path"], "gamma": float(module.hp.gamma),
+                           "horizon": int(cfg.env.max_episode_steps), "data": data_behaviour(data["path"],
+                                                                                              data["episodes"])}
+    if e.sim:
+        ev = Evaluator(_plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
+                       gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))
+        try:
+            out["sim"] = SimEvaluation(ev, 0, references=_plain(cfg.env.get("reference_returns"))).evaluate(module)
+        finally:
+            ev.close()
+        s = out["sim"]
+        ctx.log(f"  simulation ({int(e.episodes)} episodes): return {s['return_mean']:.1f}"
+                + (f", success {s['success_rate']:.2f}" if "success_rate" in s else "")
+                + (f", Q(start) {s['q_start_mean']:.1f} vs achieved {s['mc_discounted_return_mean']:.1f}"
+                   if "q_start_mean" in s else ""))
+    if e.ope:
+        ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in _plain(cfg.ope).items() if k != "select"},
+                                          "gamma": float(module.hp.gamma)})
+        with EpisodeStore.open(data["path"], mode="r") as store:
+            tr = store.load_transitions(np.arange(data["episodes"]))
+            space = store.schema.action_space
+        od = OPEData.from_transitions(tr, space.low, space.high, source=data["path"])
+        _, policy = load_policy(ckpt["path"], od)
+        est = evaluate_policy(policy, od, ope_cfg, fit_behavior(od, ope_cfg))
+        out["ope"] = {k: v for k, v in est.items() if isinstance(v, (int, float))}
+        ctx.log(f"  OPE: FQE {out['ope'].get('ope/fqe_value', float('nan')):.1f}")
+    (ctx.out_dir / "evaluation.json").write_text(json.dumps(out, indent=2, default=_json_default))
+    return {"evaluation": out}
+
+
+STAGE = Stage("evaluate", reads=("checkpoint", "dataset"), writes=("evaluation",), run=run_stage,
+              doc="simulate the chosen checkpoint on fresh seeds, value diagnostic, optional FQE")
+CONFIG_KEYS = ("env", "evaluation", "ope")

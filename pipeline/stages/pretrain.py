@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
+from o2o.pipeline.dag import Stage
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
@@ -241,3 +242,43 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result
+
+
+# ---------------------------------------------------------------------------- as a pipeline stage
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_stage(ctx) -> dict:
+    """``o2o run``'s pretrain: train on exactly the dataset version the collect stage reported."""
+    data = ctx.inputs["dataset"]
+    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data["path"]},
+                                       "data": {"version": f"{data['episodes']}@{data['fingerprint']}"},
+                                       "run_dir": str(ctx.out_dir)})
+    res = pretrain(cfg)
+    if res.best_checkpoint is None:
+        raise RuntimeError(f"pretrain produced no checkpoint in {ctx.out_dir}")
+    best = res.best_eval or {}
+    ctx.log(f"  {cfg.algo.name}: {res.updates} updates in {res.seconds:.0f} s; best checkpoint by {res.selection}"
+            + (f": return {best['return_mean']:.1f}" if "return_mean" in best else "")
+            + (f", success {best['success_rate']:.2f}" if best.get("success_rate") is not None else ""))
+    return {"checkpoint": {"path": res.best_checkpoint, "fingerprint": file_sha256(res.best_checkpoint),
+                           "last": res.last_checkpoint, "algo": str(cfg.algo.name), "updates": res.updates,
+                           "selection": res.selection, "dataset": res.dataset, "best_eval": res.best_eval,
+                           "evaluations": res.evaluations, "summary": str(Path(res.run_dir) / "summary.json")}}
+
+
+def _valid(outputs: dict) -> bool:
+    c = outputs["checkpoint"]
+    return Path(c["path"]).exists() and file_sha256(c["path"]) == c["fingerprint"]
+
+
+STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,
+              doc="offline RL on the dataset version collect reported; best checkpoint by simulation or OPE")
+CONFIG_KEYS = ("env", "algo", "trainer", "ope", "data", "eval", "checkpoint")

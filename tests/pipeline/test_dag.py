@@ -199,3 +199,21 @@ def test_a_killed_run_resumes_after_its_last_finished_stage(tmp_path):
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['skipped', 'ran', 'ran']"
     assert (tmp_path / "calls.txt").read_text().split() == ["a", "b", "b", "c"]
+
+
+def test_optional_inputs_order_the_stage_but_never_block_it(tmp_path):
+    def gate(ctx):
+        raise StageFailed("diverged", outputs={"decision": {"passed": False}})
+
+    seen = {}
+    stages = [S("report", ["ckpt"], ["report"], lambda ctx: seen.update(ctx.inputs) or {"report": 1},
+                optional=("decision", "tuned")),
+              S("train", [], ["ckpt"], lambda ctx: {"ckpt": 1}),
+              S("gate", ["ckpt"], ["decision"], gate),
+              S("finetune", ["decision"], ["tuned"], lambda ctx: {"tuned": 1})]
+    p = Pipeline(stages)
+    assert [s.name for s in p.stages] == ["train", "gate", "finetune", "report"]
+    r = p.run({}, StageCache(tmp_path / "s"), tmp_path / "run", log=lambda m: None)
+    assert {x.name: x.status for x in r.records} == {"train": "ran", "gate": "failed", "finetune": "blocked",
+                                                      "report": "ran"}
+    assert seen == {"ckpt": 1, "decision": {"passed": False}}  # the failed gate's decision, no finetune

@@ -1,0 +1,142 @@
+"""The report stage: one Markdown page with PNG plots, for a person rather than a log reader.
+
+Sections: the dataset (composition and growth per source, returns per source), offline
+training (losses, periodic evaluation, the value diagnostic "estimated Q vs achieved
+return"), the evaluation (simulation, OPE next to it), the gate decision with every
+criterion, online finetuning (curve and any rollback) and the exported policy (files,
+parity) — each section says so when its stage did not run.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from o2o.datasets import EpisodeStore
+from o2o.pipeline.dag import Stage
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def dataset_section(out: Path, data: dict) -> list[str]:
+    plt = _plt()
+    with EpisodeStore.open(data["path"], mode="r") as store:
+        t = store.episodes_table(np.arange(data["episodes"]))
+    sources = sorted(set(t["source"]))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    for src in sources:  # growth: cumulative episodes per source over the dataset's history
+        m = (t["source"] == src).astype(int)
+        ax[0].plot(np.arange(1, len(m) + 1), np.cumsum(m), label=str(src))
+    ax[0].set(xlabel="episodes in the dataset", ylabel="episodes of this source", title="growth per source")
+    ax[0].legend(fontsize=8)
+    ax[1].boxplot([t["returns"][t["source"] == s] for s in sources], tick_labels=[str(s) for s in sources])
+    ax[1].set(ylabel="episode return", title="returns per source")
+    fig.tight_layout()
+    fig.savefig(out / "dataset.png", dpi=90)
+    plt.close(fig)
+    rows = ["| source | episodes | steps | return mean | success |", "|---|---:|---:|---:|---:|"]
+    for s in sources:
+        m = t["source"] == s
+        succ = np.asarray(t["success"][m], float)
+        rows.append(f"| {s} | {int(m.sum())} | {int(t['length'][m].sum())} | {np.mean(t['returns'][m]):.1f} | "
+                    f"{_fmt(float(np.nanmean(succ)) if np.isfinite(succ).any() else None, '.2f')} |")
+    return [f"## Dataset\n\n`{data['path']}`, version {data['episodes']}@{data['fingerprint'][:12]} "
+            f"({data['transitions']} transitions).\n", *rows, "", "![dataset](dataset.png)", ""]
+
+
+def training_section(out: Path, ckpt: dict) -> list[str]:
+    plt = _plt()
+    lines = [f"## Offline training\n\n{ckpt['algo']}, {ckpt['updates']} updates; checkpoint `{ckpt['path']}` "
+             f"chosen by {ckpt['selection']}.\n"]
+    metrics = Path(ckpt["summary"]).parent / "csv" / "metrics.csv"
+    hist = ckpt.get("evaluations") or []
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
+    if metrics.exists():
+        rows = list(csv.DictReader(open(metrics)))
+        for key in sorted({k for r in rows for k in r if k.startswith("train/") and k.endswith("_loss")}):
+            pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+            if pts:
+                ax[0].plot(*zip(*pts), label=key.removeprefix("train/"))
+        ax[0].set(xlabel="update", title="training losses", yscale="symlog")
+        ax[0].legend(fontsize=8)
+    if hist:
+        steps = [h["step"] for h in hist]
+        ax[1].plot(steps, [h["return_mean"] for h in hist], "o-", label="return (simulated)")
+        if all("q_start_mean" in h for h in hist):
+            ax[1].plot(steps, [h["q_start_mean"] for h in hist], "s--", label="Q(start), estimated")
+            ax[1].plot(steps, [h["mc_discounted_return_mean"] for h in hist], "^:", label="discounted return, achieved")
+        ax[1].set(xlabel="update", title="periodic evaluation")
+        ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=90)
+    plt.close(fig)
+    return [*lines, "![training](training.png)", ""]
+
+
+def evaluation_section(ev: dict | None) -> list[str]:
+    if ev is None:
+        return ["## Evaluation\n\nThe evaluate stage did not run.\n"]
+    s, ope, d = ev.get("sim") or {}, ev.get("ope") or {}, ev["data"]
+    rows = ["| | return | success | discounted return | Q(start) estimated | FQE |", "|---|---:|---:|---:|---:|---:|",
+            f"| dataset behaviour | {d['return_mean']:.1f} | {_fmt(d['success_rate'], '.2f')} | - | - | - |",
+            f"| offline policy | {_fmt(s.get('return_mean'), '.1f')} | {_fmt(s.get('success_rate'), '.2f')} | "
+            f"{_fmt(s.get('mc_discounted_return_mean'), '.1f')} | {_fmt(s.get('q_start_mean'), '.1f')} | "
+            f"{_fmt(ope.get('ope/fqe_value'), '.1f')} |"]
+    return [f"## Evaluation\n\n{_fmt(s.get('episodes'), '.0f')} simulated episodes on seeds not used to choose the "
+            "checkpoint; Q(start) is the critic's own estimate on the start states, FQE the off-policy estimate "
+            "from the dataset alone.\n", *rows, ""]
+
+
+def gate_section(gate: dict | None) -> list[str]:
+    if gate is None:
+        return ["## Gate\n\nThe gate did not run.\n"]
+    rows = ["| criterion | value | threshold | passed | margin |", "|---|---:|---:|:-:|---:|"]
+    for c in gate["criteria"]:
+        rows.append(f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
+                    f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |")
+    verdict = "**passed**" if gate["passed"] else "**failed**: the online stages did not run"
+    return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
+
+
+def optional_section(title: str, art: dict | None, keys: list[str]) -> list[str]:
+    if art is None:
+        return [f"## {title}\n\nThis stage did not run in this pipeline.\n"]
+    return [f"## {title}\n", *(f"- {k}: {_fmt(art.get(k))}" for k in keys if k in art), ""]
+
+
+def run_stage(ctx) -> dict:
+    out = ctx.out_dir
+    i = ctx.inputs
+    lines = [f"# o2o run report\n\nRun folder `{ctx.run_dir}`.\n"]
+    lines += dataset_section(out, i["dataset"])
+    if "checkpoint" in i:
+        lines += training_section(out, i["checkpoint"])
+    lines += evaluation_section(i.get("evaluation"))
+    lines += gate_section(i.get("gate"))
+    lines += optional_section("Online finetuning", i.get("finetune"), ["steps", "episodes", "rolled_back", "summary"])
+    lines += optional_section("Export", i.get("exported"), ["dir", "manifest", "onnx", "torchscript", "parity"])
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    ctx.log(f"  report: {path}")
+    return {"report": {"path": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}}
+
+
+STAGE = Stage("report", reads=("dataset",), writes=("report",), run=run_stage,
+              optional=("checkpoint", "evaluation", "gate", "finetune", "exported"),
+              doc="a Markdown page with plots: data, training, evaluation, gate, finetuning, export")
+CONFIG_KEYS = ("report",)
+
