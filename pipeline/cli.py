@@ -243,9 +243,53 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from o2o.pipeline import run as R
+    from o2o.pipeline.config import load_config
+
+    cfg = load_config("run", args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+        return 0
+    if args.dry_run:
+        t = Table(title=f"plan: {len(cfg.pipeline.stages)} stages, state in {cfg.state_dir}")
+        t.add_column("stage")
+        t.add_column("what happens")
+        for name, what in R.plan(cfg):
+            t.add_row(name, what)
+        console.print(t)
+        return 0
+    force = tuple(s for s in (args.force or "").split(",") if s)
+    res = R.run(cfg, log=lambda m: console.print(m, markup=False, highlight=False), force=force)
+    t = Table(title=f"o2o run: {cfg.run_dir}")
+    for col in ("stage", "status", "seconds", "note"):
+        t.add_column(col, justify="right" if col == "seconds" else "left")
+    for r in res.records:
+        t.add_row(r.name, r.status, f"{r.seconds:.1f}", r.message[:100])
+    console.print(t)
+    console.print(f"manifest: {cfg.run_dir}/manifest.json", markup=False)
+    if "report" in res.artifacts:
+        console.print(f"report:   {res.artifacts['report']['path']}", markup=False)
+    failed = [r for r in res.records if r.status == "failed"]
+    if failed:
+        for r in failed:
+            err_console.print(f"o2o run: stage {r.name} failed: {r.message}", markup=False)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="o2o", description="Offline-to-online robot learning pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)",
+                       description="Hydra overrides, e.g. env=pointmaze algo=cql pipeline.stages=[collect,pretrain]")
+    r.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    r.add_argument("--dry-run", action="store_true", help="print the plan (what runs, what is unchanged) and exit")
+    r.add_argument("--force", default=None, help="comma-separated stages to rerun even if unchanged")
+    r.set_defaults(func=_cmd_run)
     c = sub.add_parser("collect", help="log episodes of a behaviour policy into the dataset",
                        description="Hydra overrides, e.g. env=lift behavior=noisy collect.episodes=50 "
                                    "dataset.path=data/lift.zarr")

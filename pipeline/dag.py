@@ -240,7 +240,7 @@ class Pipeline:
                 artifacts.update(hit["outputs"])
                 out.append((s.name, f"skip (unchanged, fingerprint {fp[:12]})"))
             else:
-                out.append((s.name, "run" + (" (resume: not finished before)" if hit is None else " (outputs gone)")))
+                out.append((s.name, "run" + (" (no finished record: new, changed, interrupted or failed)" if hit is None else " (recorded outputs gone)")))
                 will_run.add(s.name)
         return out
 
