@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
 from o2o.deploy.manifest import MANIFEST_NAME, sha256_file
+from o2o.pipeline.dag import Stage
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class ExportResult:
     files: dict[str, dict]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-able form (a pipeline stage's output; ``o2o.deploy.manifest.load_manifest(out_dir)``
+        tells later whether the folder is still intact)."""
+        return asdict(self)
 
 
 def _plain(cfg: Any) -> Any:
@@ -241,3 +247,35 @@ def export(cfg: DictConfig) -> ExportResult:
                         parity=report.parity, observations_source=source,
                         closed_loop=m["evaluation"].get("closed_loop"), files=m["files"], notes=notes,
                         seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------- as a pipeline stage
+def run_stage(ctx) -> dict:
+    """``o2o run``'s export: the promoted policy, with the run's export settings."""
+    from o2o.pipeline.stages.pretrain import file_sha256
+
+    policy = ctx.inputs["policy"]
+    cfg = OmegaConf.merge(ctx.config.export, {"ckpt": policy["path"], "out": str(ctx.out_dir)})
+    res = export(cfg)
+    cl = res.closed_loop or {}
+    ctx.log(f"  exported {policy['origin']} policy to {res.out_dir}: parity "
+            + ", ".join(f"{k} {v:.1e}" for k, v in res.parity.items())
+            + (f"; closed loop through the runtime: success {cl['runtime'].get('success_rate')}, return "
+               f"{cl['runtime']['return_mean']:.1f} (trained policy: {cl['trained'].get('success_rate')}, "
+               f"{cl['trained']['return_mean']:.1f})" if cl.get("runtime") else ""))
+    files = {name: info for name, info in res.files.items()}
+    return {"exported": {"dir": res.out_dir, "manifest": res.manifest_path, "parity": res.parity,
+                         "closed_loop": res.closed_loop, "files": files, "origin": policy["origin"],
+                         "fingerprint": file_sha256(res.manifest_path)}}
+
+
+def _valid(outputs: dict) -> bool:
+    from o2o.pipeline.stages.pretrain import file_sha256
+
+    m = outputs["exported"]["manifest"]
+    return Path(m).exists() and file_sha256(m) == outputs["exported"]["fingerprint"]
+
+
+STAGE = Stage("export", reads=("policy",), writes=("exported",), run=run_stage, valid=_valid,
+              doc="ONNX + TorchScript + manifest of the promoted policy, refused unless they match it")
+CONFIG_KEYS = ("export",)

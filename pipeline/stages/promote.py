@@ -1,0 +1,39 @@
+"""The promote stage: which policy becomes the one that is exported.
+
+The offline checkpoint that passed the gate is the incumbent. When online finetuning ran,
+its policy replaces the incumbent only if it evaluates better (same evaluation seeds,
+``promote.metric``, by at least ``promote.min_improvement``); otherwise the incumbent stays
+and the record says why.
+"""
+
+from __future__ import annotations
+
+from o2o.pipeline.dag import Stage
+
+
+def run_stage(ctx) -> dict:
+    cfg = ctx.config.promote
+    ckpt, ev, gate = ctx.inputs["checkpoint"], ctx.inputs["evaluation"], ctx.inputs["gate"]
+    if not gate.get("passed"):  # the dag blocks promote after a failed gate; this guards direct use
+        raise RuntimeError("promote: the gate did not pass")
+    metric = str(cfg.metric)
+    offline = (ev.get("sim") or {}).get(metric)
+    policy = {"path": ckpt["path"], "fingerprint": ckpt["fingerprint"], "origin": "offline", metric: offline,
+              "reason": "offline policy passed the gate"}
+    tuned = ctx.inputs.get("finetune")
+    if tuned is not None:
+        online = tuned.get("evaluation", {}).get(metric)
+        if online is not None and offline is not None and online >= offline + float(cfg.min_improvement):
+            policy = {"path": tuned["checkpoint"], "fingerprint": tuned["fingerprint"], "origin": "finetuned",
+                      metric: online, "reason": f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
+                                                f"{float(cfg.min_improvement):.4g}"}
+        else:
+            policy["reason"] = (f"finetuned {metric} {online} not better than offline {offline} by "
+                                f"{float(cfg.min_improvement):.4g}: the offline policy stays")
+    ctx.log(f"  promoted: {policy['origin']} ({policy['reason']})")
+    return {"policy": policy}
+
+
+STAGE = Stage("promote", reads=("checkpoint", "evaluation", "gate"), writes=("policy",), run=run_stage,
+              optional=("finetune",), doc="the finetuned policy replaces the incumbent only if it evaluates better")
+CONFIG_KEYS = ("promote",)
