@@ -16,7 +16,7 @@ import torch
 from o2o.datasets import EpisodeStore
 from o2o.deploy import export as deploy_export
 from o2o.deploy.export import ExportRefused, ExportSpec, export_policy
-from o2o.deploy.manifest import REQUIRED_SECTIONS
+from o2o.deploy.manifest import REQUIRED_SECTIONS, load_manifest
 from o2o.deploy.runtime import PolicyRuntime
 from o2o.envs import make_env
 from o2o.pipeline.cli import main
@@ -157,6 +157,10 @@ def test_manifest_is_complete_and_hashes_match(maze_export, maze_data):
     proto = onnx.load(str(out / "policy.onnx"))
     assert {o.domain: o.version for o in proto.opset_import}[""] == 18
     assert [i.name for i in proto.graph.input] == ["obs"] and [o.name for o in proto.graph.output] == ["action"]
+    # What a pipeline stage records (JSON) and how it re-checks the folder later.
+    recorded = json.loads(json.dumps(maze_export.to_dict()))
+    assert recorded["files"] == m["files"] and recorded["out_dir"] == str(out)
+    assert load_manifest(out, verify=True) == m
 
 
 def test_observation_layout_rebuilds_the_env_observation(maze_export):
