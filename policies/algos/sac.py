@@ -31,6 +31,7 @@ class SAC(OfflineAlgorithm):
         "target_entropy": None,
         "backup_entropy": True,  # subtract alpha * log pi(a'|s') in the critic target
         "critic_layer_norm": False,
+        "target_action": "sample",  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
     }
     update_order = ("critic", "actor", "alpha")
 
@@ -56,7 +57,7 @@ class SAC(OfflineAlgorithm):
     def critic_target_value(self, batch: Batch) -> torch.Tensor:
         """The soft Bellman target ``r + gamma (1 - d) (min Q'(s', a') - alpha log pi(a'|s'))``."""
         with torch.no_grad():
-            nxt = self.actor(batch.next_observations)
+            nxt = self.actor(batch.next_observations, deterministic=self.hp.target_action == "mode")
             q_next = self.critic_target(batch.next_observations, nxt.action)
             alpha = self.alpha if self.hp.backup_entropy else 0.0
             v_next = L.soft_value(q_next, nxt.log_prob, alpha)
