@@ -34,7 +34,28 @@ class Batch:
         return self.actions.shape[0]
 
     def to(self, device: Any) -> "Batch":
-        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class MCBatch(Batch):
+    """A :class:`Batch` that also carries each row's Monte-Carlo discounted return-to-go
+    (scaled rewards, the critic's units): the reference values Cal-QL bounds its critic with.
+
+    A subclass rather than an optional field, so code that rebuilds a plain ``Batch`` from
+    ``fields(Batch)`` (COMBO's mixing, DDP tests) keeps working unchanged.
+    """
+
+    mc_returns: Tensor
+
+
+def cat_batches(parts: list[Batch]) -> Batch:
+    """Rows of ``parts`` stacked in order; every part must be of the same batch type."""
+    kinds = {type(p) for p in parts}
+    if len(kinds) != 1:
+        raise ValueError(f"cannot concatenate batches of different kinds: {sorted(k.__name__ for k in kinds)}")
+    cls = kinds.pop()
+    return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,43 @@ def episode_returns(rewards: np.ndarray, episode_index: np.ndarray) -> np.ndarra
     """Undiscounted return of every episode present in ``episode_index`` (in order of first appearance)."""
     _, inverse = np.unique(episode_index, return_inverse=True)
     return np.bincount(inverse, weights=rewards.astype(np.float64))
+
+
+def return_to_go(rewards: np.ndarray, episode_index: np.ndarray, terminals: np.ndarray, gamma: float,
+                 tail: str = "repeat_last") -> np.ndarray:
+    """Discounted return-to-go ``G_t = r_t + gamma G_{t+1}`` of every row, per episode.
+
+    Rows of one episode must be contiguous and in time order (as ``load_transitions``
+    returns them). An episode ending in a terminal state has nothing after its last step.
+    One that ends otherwise (time limit, or cut) is continued by ``tail``: ``zero`` (the
+    plain truncated sum) or ``repeat_last`` (its last reward forever, so the last step's
+    return is ``r_{T-1} / (1 - gamma)``): critics trained with bootstrapping at time limits estimate an unbounded
+    horizon, and for an episode of constant reward (a failed sparse-reward episode) this
+    gives ``r / (1 - gamma)`` at every step — the rule of Cal-QL's reference code.
+    """
+    if tail not in ("zero", "repeat_last"):
+        raise ValueError(f"return_to_go: tail must be 'zero' or 'repeat_last', got {tail!r}")
+    r = np.asarray(rewards, np.float64)
+    ep = np.asarray(episode_index)
+    term = np.asarray(terminals).astype(bool)
+    if not (len(r) == len(ep) == len(term)):
+        raise ValueError(f"return_to_go: rewards ({len(r)}), episode_index ({len(ep)}) and terminals ({len(term)}) "
+                         "must have one entry per row")
+    if len(r) == 0:
+        return np.zeros(0, np.float32)
+    change = np.flatnonzero(ep[1:] != ep[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    if len(np.unique(ep[starts])) != len(starts):
+        raise ValueError("return_to_go: the rows of an episode are not contiguous (an episode index reappears "
+                         "after another one); load whole episodes in order")
+    out = np.empty_like(r)
+    for s, e in zip(starts, np.concatenate([change, [len(r)]])):
+        # The value after the last step: nothing, or the last reward forever (r / (1 - gamma)).
+        g = 0.0 if term[e - 1] or tail == "zero" else r[e - 1] / (1.0 - gamma)
+        for t in range(e - 1, s - 1, -1):  # one reverse pass; episodes are short next to the data
+            g = r[t] + gamma * g
+            out[t] = g
+    return out.astype(np.float32)
 
 
 def fit_normalization(transitions, action_low, action_high, normalize_obs: bool = True,
@@ -136,6 +194,10 @@ class TensorReplay:
         self.size = 0
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed))
+        #: per-row Monte-Carlo return-to-go (see :meth:`enable_mc_returns`), or None
+        self.mc_returns: Tensor | None = None
+        #: each row's episode in the store (NumPy, host side) when built from transitions, else None
+        self.episode_index: np.ndarray | None = None
 
     @classmethod
     def from_transitions(cls, transitions, norm: Normalization, device: Any = "cpu", capacity: int | None = None,
@@ -147,7 +209,29 @@ class TensorReplay:
         buf = cls(obs_dim, act_dim, max(n, capacity or 0, 1), device, seed)
         buf.add_raw(transitions.observations, transitions.actions, transitions.rewards,
                     transitions.next_observations, transitions.terminals, transitions.timeouts, norm)
+        if getattr(transitions, "episode_index", None) is not None:
+            buf.episode_index = np.asarray(transitions.episode_index)
         return buf
+
+    @property
+    def has_mc_returns(self) -> bool:
+        return self.mc_returns is not None
+
+    def enable_mc_returns(self, values=None) -> None:
+        """Carry a Monte-Carlo return per row from now on: ``values`` for the rows held (in the
+        buffer's reward units), ``-inf`` ("no bound") for rows whose episode has not ended yet."""
+        self.mc_returns = torch.full((self.capacity,), float("-inf"), device=self.device, dtype=torch.float32)
+        if values is not None:
+            self.set_mc_returns(0, values)
+
+    def set_mc_returns(self, start: int, values) -> None:
+        """Write MC returns for rows ``start .. start + len(values)`` (rows already added)."""
+        if self.mc_returns is None:
+            raise ValueError("this replay buffer carries no MC returns (call enable_mc_returns first)")
+        v = torch.as_tensor(np.asarray(values, np.float32), device=self.device)
+        if start < 0 or start + len(v) > self.size:
+            raise ValueError(f"MC returns for rows {start}..{start + len(v)} but the buffer holds {self.size} rows")
+        self.mc_returns[start:start + len(v)] = v
 
     def add_raw(self, obs, actions, rewards, next_obs, terminals, timeouts, norm: Normalization) -> None:
         """Append raw (env-unit) steps, normalising them on the way in."""
@@ -185,14 +269,16 @@ class TensorReplay:
         """The rows ``idx``. ``index_select``, not ``x[idx]``: on CPU it is ~20x faster
         (bench/bench_store.py: 23k vs 1.1k batches of 256 per second on 2 threads)."""
         take = lambda t: t.index_select(0, idx)  # noqa: E731
-        return Batch(take(self.observations), take(self.actions), take(self.rewards), take(self.next_observations),
-                     take(self.terminals), take(self.timeouts))
+        parts = (take(self.observations), take(self.actions), take(self.rewards), take(self.next_observations),
+                 take(self.terminals), take(self.timeouts))
+        return Batch(*parts) if self.mc_returns is None else MCBatch(*parts, take(self.mc_returns))
 
     def all(self) -> Batch:
         """Every stored transition (views, no copy)."""
         s = slice(0, self.size)
-        return Batch(self.observations[s], self.actions[s], self.rewards[s], self.next_observations[s],
-                     self.terminals[s], self.timeouts[s])
+        parts = (self.observations[s], self.actions[s], self.rewards[s], self.next_observations[s],
+                 self.terminals[s], self.timeouts[s])
+        return Batch(*parts) if self.mc_returns is None else MCBatch(*parts, self.mc_returns[s])
 
     def to(self, device: Any) -> "TensorReplay":
         """Move the buffer (and its generator's stream position) to ``device``."""
@@ -201,6 +287,8 @@ class TensorReplay:
             return self
         for name in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts"):
             setattr(self, name, getattr(self, name).to(device))
+        if self.mc_returns is not None:
+            self.mc_returns = self.mc_returns.to(device)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator, device=self.device).item())
         self.device = device
         self.generator = torch.Generator(device=device)

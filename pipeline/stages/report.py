@@ -112,6 +112,48 @@ def gate_section(gate: dict | None) -> list[str]:
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
 
 
+def finetune_section(out: Path, ft: dict | None) -> list[str]:
+    """The finetuning curve (periodic evaluations by env step) with the pre-finetune level, the
+    rollback threshold and any rollback marked; the final evaluation next to the starting level."""
+    if ft is None:
+        return ["## Online finetuning\n\nThis stage did not run in this pipeline.\n"]
+    plt = _plt()
+    curve, rb = ft.get("curve") or [], ft.get("rollback")
+    metric = (rb or {}).get("metric", "return_mean")
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    if curve:
+        steps = [c["step"] for c in curve]
+        ax.plot(steps, [c.get(metric) for c in curve], "o-", label=f"{metric} (periodic evaluation)")
+        ax.axhline(curve[0][metric], color="gray", ls="--", lw=1, label="pre-finetune level")
+        if any("success_rate" in c for c in curve) and metric != "success_rate":
+            ax2 = ax.twinx()
+            ax2.plot(steps, [c.get("success_rate") for c in curve], "s:", color="tab:green", label="success rate")
+            ax2.set(ylabel="success rate", ylim=(-0.05, 1.05))
+            ax2.legend(fontsize=8, loc="upper right")
+            ax.set_zorder(ax2.get_zorder() + 1)  # the metric and the rollback marks above the success curve
+            ax.patch.set_visible(False)
+    if rb:
+        ax.axhline(rb["threshold"], color="tab:red", ls=":", lw=1, label="rollback threshold")
+        ax.axvline(rb["step"], color="tab:red", lw=1.5)
+        ax.plot([rb["step"]], [rb["value"]], "X", color="tab:red", ms=11, label=f"rollback (step {rb['step']})")
+        ax.plot([rb["restored_step"]], [rb["restored_value"]], "*", color="tab:orange", ms=14,
+                label=f"restored weights (step {rb['restored_step']})")
+    ax.set(xlabel="online env steps", ylabel=metric, title="online finetuning" + (" — ROLLED BACK" if rb else ""))
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(out / "finetune.png", dpi=90)
+    plt.close(fig)
+    ev, pre, online = ft.get("evaluation") or {}, ft.get("pre_finetune") or {}, ft.get("online") or {}
+    rows = ["| | return | success |", "|---|---:|---:|",
+            f"| before finetuning (periodic seeds) | {_fmt(pre.get('return_mean'), '.1f')} | "
+            f"{_fmt(pre.get('success_rate'), '.2f')} |",
+            f"| online episodes (exploring) | {_fmt(online.get('return_mean'), '.1f')} | "
+            f"{_fmt(online.get('success_rate'), '.2f')} |",
+            f"| finetuned policy (evaluation seeds) | {_fmt(ev.get('return_mean'), '.1f')} | "
+            f"{_fmt(ev.get('success_rate'), '.2f')} |"]
+    return [f"## Online finetuning\n\n{ft.get('summary', '')}\n", *rows, "", "![finetuning](finetune.png)", ""]
+
+
 def optional_section(title: str, art: dict | None, keys: list[str]) -> list[str]:
     if art is None:
         return [f"## {title}\n\nThis stage did not run in this pipeline.\n"]
@@ -127,7 +169,7 @@ def run_stage(ctx) -> dict:
         lines += training_section(out, i["checkpoint"])
     lines += evaluation_section(i.get("evaluation"))
     lines += gate_section(i.get("gate"))
-    lines += optional_section("Online finetuning", i.get("finetune"), ["steps", "episodes", "rolled_back", "summary"])
+    lines += finetune_section(out, i.get("finetune"))
     lines += optional_section("Export", i.get("exported"), ["dir", "manifest", "onnx", "torchscript", "parity"])
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -73,6 +73,18 @@ def cql_logsumexp(q_uniform: Tensor, q_policy: Tensor, logp_policy: Tensor, q_ne
     return temperature * torch.logsumexp(cat / temperature, dim=-1)
 
 
+def calql_lower_bound(q_policy: Tensor, mc_returns: Tensor) -> Tensor:
+    """Cal-QL's calibration: ``max(Q(s, a_pi), V_ref(s))`` for the policy proposals ``q_policy
+    [n, B, K]``, with ``mc_returns [B]`` the reference (data) policy's Monte-Carlo return from s.
+
+    CQL pushes Q down on policy actions without limit; bounding the pushed-down values by
+    the reference policy's value keeps the learned Q from falling below what the data
+    already achieves, so online finetuning starts from calibrated values instead of
+    "unlearning" first (Nakamoto et al. 2023, eq. 5.1). A ``-inf`` bound leaves Q as is.
+    """
+    return torch.maximum(q_policy, mc_returns.to(q_policy.dtype).view(1, -1, 1))
+
+
 def cql_penalty(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
     """``mean(softmax_a Q(s,a) - Q(s, a_data))`` per member, summed over members: ``[n, B] -> []``."""
     return (soft_max_q - q_data).mean(dim=1).sum()

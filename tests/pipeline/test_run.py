@@ -11,7 +11,7 @@ from o2o.pipeline import run as R
 from o2o.pipeline.config import load_config
 from o2o.pipeline.dag import GraphError
 
-STAGES = ["collect", "pretrain", "evaluate", "gate", "promote", "export", "report"]
+STAGES = ["collect", "pretrain", "evaluate", "gate", "finetune", "promote", "export", "report"]
 ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
         "env.kwargs.goal_cells=[[1,3]]"]
 
@@ -22,15 +22,19 @@ def cfg_for(tmp_path, run: str, *extra: str):
                                "collect.behaviors=[{behavior: scripted, episodes: 6},{behavior: random, episodes: 6}]",
                                "algo.hidden=[32,32]", "algo.gamma=0.95", "trainer.max_steps=200", "eval.every=100",
                                "eval.episodes=2", "evaluation.episodes=3", "export.closed_loop.episodes=2",
-                               "export.parity.observations=64", *PASSABLE_GATE, *extra])
+                               "export.parity.observations=64", *TINY_FINETUNE, *PASSABLE_GATE, *extra])
 
+
+# 180 online steps: 3 episodes of 60 steps appended to the dataset per run.
+TINY_FINETUNE = ["finetune.steps=180", "finetune.warmup_steps=60", "finetune.eval.every=60", "finetune.eval.episodes=2"]
+ONLINE = 3
 
 # A 200-update policy is judged on evidence that says little; these tests check the plumbing,
 # tests/pipeline/test_gate.py the criteria.
 PASSABLE_GATE = ["gate.min_success_vs_data=null", "gate.min_return_vs_data=null", "gate.max_q_overestimation=null"]
 
 
-def test_run_twice_skips_everything_and_new_data_retrains(tmp_path):
+def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
     logs: list[str] = []
     r1 = R.run(cfg_for(tmp_path, "one"), log=logs.append)
     assert {x.name: x.status for x in r1.records} == dict.fromkeys(STAGES, "ran")
@@ -40,30 +44,55 @@ def test_run_twice_skips_everything_and_new_data_retrains(tmp_path):
     assert m["versions"]["torch"] and m["versions"]["python"]
     gate = json.loads((tmp_path / "runs" / "one" / "gate" / "decision.json").read_text())
     assert gate["criteria"] and gate["passed"]
+    tuned = r1.artifacts["finetune"]
+    assert tuned["episodes"] == ONLINE and tuned["dataset_after"]["episodes"] == 12 + ONLINE
+    assert tuned["steps"] == 180 and [c["step"] for c in tuned["curve"]] == [0, 120, 180]
+    # Promote keeps whichever evaluates better on the evaluate stage's seeds.
+    offline_return = r1.artifacts["evaluation"]["sim"]["return_mean"]
+    better = tuned["evaluation"]["return_mean"] >= offline_return
+    policy = r1.artifacts["policy"]
+    assert policy["origin"] == ("finetuned" if better else "offline")
+    assert policy["path"] == (tuned["checkpoint"] if better else r1.artifacts["checkpoint"]["path"])
     exported = r1.artifacts["exported"]
-    assert exported["origin"] == "offline" and max(exported["parity"].values()) <= 1e-5
-    assert r1.artifacts["policy"]["path"] == r1.artifacts["checkpoint"]["path"]
-    assert (tmp_path / "runs" / "one" / "report" / "report.md").read_text().startswith("# o2o run report")
+    assert exported["origin"] == policy["origin"] and max(exported["parity"].values()) <= 1e-5
+    report = (tmp_path / "runs" / "one" / "report" / "report.md").read_text()
+    assert report.startswith("# o2o run report") and "![finetuning](finetune.png)" in report
+    assert (tmp_path / "runs" / "one" / "report" / "finetune.png").stat().st_size > 0
 
+    # The same config again: nothing new was collected, but finetuning grew the dataset with online
+    # episodes, so everything that depends on the data reruns on the grown version (the keep-the-dataset loop).
     r2 = R.run(cfg_for(tmp_path, "two"))
-    assert {x.name: x.status for x in r2.records} == dict.fromkeys(STAGES, "skipped")
+    assert {x.name: x.status for x in r2.records} == {**dict.fromkeys(STAGES, "ran"), "collect": "skipped"}
+    assert r2.artifacts["checkpoint"]["dataset"]["version"]["episodes"] == 12 + ONLINE
     with EpisodeStore.open(tmp_path / "data" / "room.zarr") as store:
-        assert store.num_episodes == 12  # the skipped collect appended nothing
+        assert store.num_episodes == 12 + 2 * ONLINE  # the skipped collect appended nothing
+        assert list(store.episodes_table()["source"][12:]) == ["online"] * (2 * ONLINE)
 
     # More data (a different behaviour mix): collect appends, everything downstream reruns.
     r3 = R.run(cfg_for(tmp_path, "three", "collect.behaviors=[{behavior: noisy, episodes: 4}]"))
     assert {x.name: x.status for x in r3.records} == dict.fromkeys(STAGES, "ran")
-    assert r3.artifacts["dataset"]["episodes"] == 16
-    assert r3.artifacts["checkpoint"]["dataset"]["version"]["episodes"] == 16
+    assert r3.artifacts["dataset"]["episodes"] == 12 + 2 * ONLINE + 4
+    assert r3.artifacts["checkpoint"]["dataset"]["version"]["episodes"] == 12 + 2 * ONLINE + 4
+
+
+def test_unchanged_inputs_skip_every_stage_without_finetuning(tmp_path):
+    """Without online data growing it, an unchanged dataset and config skip everything."""
+    stages = "pipeline.stages=[collect,pretrain,evaluate,gate,promote,export,report]"
+    R.run(cfg_for(tmp_path, "one", stages))
+    r2 = R.run(cfg_for(tmp_path, "two", stages))
+    assert all(x.status == "skipped" for x in r2.records)
 
 
 def test_a_failed_gate_stops_promotion_and_export_but_not_the_report(tmp_path):
     r = R.run(cfg_for(tmp_path, "strict", "gate.min_success=1.01"))  # no policy can pass
     status = {x.name: x.status for x in r.records}
-    assert status == {"collect": "ran", "pretrain": "ran", "evaluate": "ran", "gate": "failed", "promote": "blocked",
-                      "export": "blocked", "report": "ran"}
+    assert status == {"collect": "ran", "pretrain": "ran", "evaluate": "ran", "gate": "failed", "finetune": "blocked",
+                      "promote": "blocked", "export": "blocked", "report": "ran"}
     assert "success_rate: FAILED" in r.record("gate").message and "required, by" in r.record("gate").message
     assert not (tmp_path / "runs" / "strict" / "export").exists()
+    assert not (tmp_path / "runs" / "strict" / "finetune").exists()
+    with EpisodeStore.open(tmp_path / "data" / "room.zarr") as store:
+        assert "online" not in set(store.episodes_table()["source"])  # nothing went online
     assert "The gate **failed**" in (tmp_path / "runs" / "strict" / "report" / "report.md").read_text()
 
 

@@ -1,0 +1,238 @@
+"""The finetune stage: the offline policy that passed the gate keeps learning online.
+
+The checkpoint's algorithm (IQL, AWAC, CQL, Cal-QL; ``finetune.algo`` and the per-algorithm
+``finetune.algo_overrides`` adjust its config for the online phase) continues from its
+weights with the same Lightning machinery as offline training. Its replay becomes a mix
+of the offline rows it was trained on (that exact dataset version) and a growing online
+buffer (:mod:`o2o.policies.online`); a callback steps the simulator between updates; every
+finished episode is appended to the *same* dataset with source ``online`` and the policy
+version that collected it, committed in batches (an interrupted run keeps what it
+committed). Periodic evaluation guards the run: a policy that falls too far below its
+pre-finetune level is rolled back to its best weights and the stage says so. The final
+(or restored) policy is evaluated on the evaluate stage's episodes and seeds, so promote
+compares like with like, and saved as a normal o2o checkpoint recording where it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from o2o.datasets import Episode, EpisodeStore
+from o2o.pipeline.dag import Stage
+from o2o.pipeline.stages.pretrain import _Steps, check_env, file_sha256, make_trainer, select_episodes
+from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
+from o2o.policies.callbacks import SimEvaluation
+from o2o.policies.data import TensorReplay
+from o2o.policies.evaluation import Evaluator
+from o2o.policies.online import FinetuneMonitor, MixedReplay, OnlineInteraction, RatioSchedule, RollbackRule
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
+
+
+class EpisodeSink:
+    """Appends finished episodes to an open store, committing every ``every_episodes`` episodes or
+    ``every_s`` seconds (one commit per batch: the index is rewritten once, not per episode)."""
+
+    def __init__(self, store: EpisodeStore, every_episodes: int = 10, every_s: float = 10.0):
+        self.store, self.every_episodes, self.every_s = store, max(1, int(every_episodes)), float(every_s)
+        self.pending: list[Episode] = []
+        self.indices: list[int] = []
+        self._last = time.perf_counter()
+
+    def __call__(self, episode: Episode) -> None:
+        self.pending.append(episode)
+        if len(self.pending) >= self.every_episodes or time.perf_counter() - self._last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.indices += self.store.append_many(self.pending)
+            self.pending.clear()
+        self._last = time.perf_counter()
+
+
+def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore) -> OfflineAlgorithm:
+    """The checkpoint's algorithm with its weights, its config adjusted for the online phase and its
+    offline replay (the dataset version it was trained on, from ``store``) attached."""
+    f = cfg.finetune
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "o2o" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"finetune: {checkpoint!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    cls = resolve_algorithm(ckpt["o2o"]["cls"])
+    hp = ckpt["hyper_parameters"]
+    name = str(hp["algo"].get("name") or cls.__name__.lower())
+    algo = {**hp["algo"], **(_plain(f.algo_overrides).get(name) or {}), **(_plain(f.algo) or {})}
+    if f.batch_size is not None:
+        algo["batch_size"] = int(f.batch_size)
+    offline_meta = hp.get("meta") or {}
+    ds = offline_meta.get("dataset")
+    if not ds or "version" not in ds:
+        raise ValueError(f"finetune: checkpoint {checkpoint!r} records no dataset version (meta.dataset.version); "
+                         "finetuning mixes in the offline data it was trained on")
+    v = ds["version"]
+    selection = {**(ds.get("selection") or {}), "version": f"{v['episodes']}@{v['fingerprint']}"}
+    idx = select_episodes(store, selection)
+    tr = store.load_transitions(idx)
+    mask = cls.transition_mask(algo, tr)
+    if mask is not None:
+        tr = type(tr)(**{k: np.asarray(val)[mask] for k, val in tr.__dict__.items()})
+    meta = copy.deepcopy(offline_meta)
+    meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": file_sha256(checkpoint),
+                        "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
+                        "dataset_path": str(store.path), "config": _plain(f)}
+    module = cls(int(hp["obs_dim"]), int(hp["act_dim"]), algo, hp["normalization"], meta)
+    module.load_state_dict(ckpt["state_dict"])
+    if getattr(module, "critic", None) is None:
+        raise ValueError(f"finetune: {name!r} ({checkpoint}) learns no value function, so online data cannot improve "
+                         "it; finetune an IQL, AWAC, CQL, Cal-QL or SAC checkpoint")
+    # Normalised with the checkpoint's statistics: the networks were trained on those.
+    module.attach_replay(TensorReplay.from_transitions(tr, module.norm, seed=int(cfg.trainer.seed)))
+    return module
+
+
+def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str | Path,
+             log: Callable[[str], None] = print) -> dict:
+    """Finetune ``checkpoint`` online in ``cfg.env``, appending episodes to ``dataset_path``.
+
+    Returns the stage's artifact (see the module docstring); the checkpoint is written to
+    ``<out_dir>/finetuned.ckpt`` and the artifact to ``<out_dir>/finetune.json``.
+    """
+    start = time.perf_counter()
+    f, out_dir = cfg.finetune, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps, warmup, per_update = int(f.steps), int(f.warmup_steps), int(f.env_steps_per_update)
+    if not 0 <= warmup < steps:
+        raise ValueError(f"finetune.steps ({steps}) must exceed finetune.warmup_steps ({warmup})")
+    n_updates = OnlineInteraction.updates_for(steps, warmup, per_update)
+    with EpisodeStore.open(dataset_path, mode="r") as store:
+        check_env(store, cfg.env)
+        module = build_finetune_module(checkpoint, cfg, store)
+    offline = module.replay
+    online = TensorReplay(module.obs_dim, module.act_dim, steps, seed=int(cfg.trainer.seed) + 1)
+    if offline.has_mc_returns:  # Cal-QL: online rows get theirs when their episode ends
+        online.enable_mc_returns()
+    r = f.ratio
+    mixed = MixedReplay(offline, online, RatioSchedule(float(r.start), float(r.end),
+                                                       n_updates if r.anneal_updates is None else int(r.anneal_updates)))
+    module.attach_replay(mixed)
+
+    env_cfg = _plain(cfg.env)
+    gamma = float(module.hp.gamma)
+    references = _plain(cfg.env.get("reference_returns"))
+    e = f.eval
+    periodic = Evaluator(env_cfg, episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed), gamma=gamma,
+                         asynchronous=bool(e.asynchronous))
+    rb = f.rollback
+    rule = RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative)) if rb.enabled else None
+    fp = module.hparams["meta"]["finetune"]["from_fingerprint"]
+    store = EpisodeStore.open(dataset_path, mode="a")
+    before = store.version
+    sink = EpisodeSink(store, int(f.commit_every_episodes), float(f.commit_every_s))
+    seed = int(f.seed) if f.seed is not None else store.num_episodes
+    interaction = OnlineInteraction(env_cfg, online, module.norm, sink, total_steps=steps, warmup_steps=warmup,
+                                    env_steps_per_update=per_update, explore=bool(f.explore), seed=seed,
+                                    policy_id=f"{module.hp.name}-finetune-{fp[:12]}", gamma=gamma,
+                                    mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")))
+    monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
+                              env_steps=lambda: interaction.steps, log=log)
+    tcfg = OmegaConf.create({"trainer": {**_plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
+                                         "strategy": "auto", "progress": bool(f.progress)},
+                             "algo": {"log_every": int(module.hp.log_every)}})
+    trainer = make_trainer(tcfg, out_dir, [monitor, interaction])  # pre-finetune evaluation before the warm-up
+    log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
+        f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: {bool(f.explore)}")
+    try:
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+    finally:
+        try:  # an interrupted run keeps every finished episode
+            sink.flush()
+        finally:
+            after = store.version
+            store.close()
+            interaction.close()
+            periodic.close()
+
+    final_ev = Evaluator(env_cfg, episodes=int(cfg.evaluation.episodes), num_envs=int(cfg.evaluation.num_envs),
+                         seed=int(cfg.evaluation.seed), gamma=gamma, asynchronous=bool(cfg.evaluation.asynchronous))
+    try:
+        evaluation = SimEvaluation(final_ev, 0, references).evaluate(module)
+    finally:
+        final_ev.close()
+    rolled_back = monitor.rollback is not None
+    eps = interaction.episodes
+    outcome = {"env_steps": interaction.steps, "updates_run": int(trainer.global_step),
+               "online_episodes": [sink.indices[0], sink.indices[-1] + 1] if sink.indices else None,
+               "dataset_version_after": after.to_dict(), "rolled_back": rolled_back}
+    module.hparams["meta"]["finetune"].update(outcome)
+    path = out_dir / "finetuned.ckpt"
+    trainer.save_checkpoint(str(path), weights_only=False)
+    result = {
+        "checkpoint": str(path), "fingerprint": file_sha256(path), "algo": str(module.hp.name),
+        "from_checkpoint": str(checkpoint), "evaluation": evaluation, "steps": interaction.steps,
+        "updates": int(trainer.global_step), "episodes": len(sink.indices),
+        "episode_range": outcome["online_episodes"],
+        "online": {"return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
+                   "success_rate": _rate([x["success"] for x in eps])},
+        "dataset_before": before.to_dict(), "dataset_after": after.to_dict(),
+        "batch_rows": dict(mixed.rows), "rolled_back": rolled_back, "rollback": monitor.rollback,
+        "pre_finetune": monitor.curve[0] if monitor.curve else None, "curve": monitor.curve,
+        "seconds": time.perf_counter() - start,
+    }
+    result["summary"] = summarize(result, str(rb.metric))
+    (out_dir / "finetune.json").write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+def _rate(values: list) -> float | None:
+    known = [bool(v) for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def summarize(res: dict, metric: str) -> str:
+    """One or two sentences: what ran, what was appended, before vs after, and any rollback."""
+    pre, ev = res["pre_finetune"] or {}, res["evaluation"]
+    text = (f"{res['algo']}: {res['steps']} online steps, {res['updates']} updates, {res['episodes']} online episodes "
+            f"appended (dataset {res['dataset_before']['episodes']} -> {res['dataset_after']['episodes']} episodes). "
+            f"Final evaluation: return {ev['return_mean']:.4g}"
+            + (f", success {ev['success_rate']:.2f}" if "success_rate" in ev else "")
+            + f" (periodic {metric} before finetuning {pre.get(metric, float('nan')):.4g}).")
+    rb = res["rollback"]
+    if rb:
+        text += (f" ROLLED BACK at step {rb['step']}: {metric} {rb['value']:.4g}, {rb['drop']:.4g} below the "
+                 f"pre-finetune {rb['level']:.4g} for {rb['evaluations_below']} evaluations; restored the weights of "
+                 f"step {rb['restored_step']} ({metric} {rb['restored_value']:.4g}).")
+    return text
+
+
+# ---------------------------------------------------------------------------- as a pipeline stage
+def run_stage(ctx) -> dict:
+    """``o2o run``'s finetune: the gated offline checkpoint, online, into the run's dataset."""
+    ckpt, gate, data = ctx.inputs["checkpoint"], ctx.inputs["gate"], ctx.inputs["dataset"]
+    if not gate.get("passed"):  # the dag blocks finetune after a failed gate; this guards direct use
+        raise RuntimeError("finetune: the gate did not pass; the offline policy may not go online")
+    res = finetune(ctx.config, ckpt["path"], data["path"], ctx.out_dir, log=ctx.log)
+    offline = (ctx.inputs["evaluation"].get("sim") or {})
+    ctx.log(f"  {res['summary']}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
+                                      if "return_mean" in offline else ""))
+    return {"finetune": res}
+
+
+def _valid(outputs: dict) -> bool:
+    c = outputs["finetune"]
+    return Path(c["checkpoint"]).exists() and file_sha256(c["checkpoint"]) == c["fingerprint"]
+
+
+STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,
+              valid=_valid, doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; "
+                                "rollback when performance drops")
+CONFIG_KEYS = ("env", "finetune", "evaluation", "trainer")

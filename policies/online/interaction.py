@@ -1,0 +1,122 @@
+"""The callback that steps the simulator between updates during online finetuning.
+
+Before the first update it collects ``warmup_steps``; then, before every update, it takes
+``env_steps_per_update`` steps. Each step acts with the module's policy (its stochastic
+action when exploring), normalises the transition and adds it to the online replay at
+once; every finished episode goes to ``on_episode`` with provenance ``source: online``,
+the policy id and the policy version (the update count when the episode began). The
+pipeline's sink appends those episodes to the dataset: this package never writes to the
+store itself (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import lightning as L
+import numpy as np
+
+from o2o.datasets import Episode, EpisodeRecorder
+from o2o.envs import make_env
+from o2o.policies.data import Normalization, TensorReplay, return_to_go
+
+
+class OnlineInteraction(L.Callback):
+    """Acts in one env with the module being trained and records what happens.
+
+    ``total_steps`` env steps in all (warm-up included); the trainer's ``max_steps`` should
+    be ``ceil((total_steps - warmup_steps) / env_steps_per_update)`` updates. The episode
+    running when training stops is not finished, so it is not handed on (its rows stay in
+    the online replay, which is discarded with the run). ``gamma``/``mc_tail``: how MC
+    returns are written for the online rows when the replay carries them (Cal-QL).
+    """
+
+    def __init__(self, env_cfg: Mapping[str, Any], online: TensorReplay, norm: Normalization,
+                 on_episode: Callable[[Episode], None], *, total_steps: int, warmup_steps: int = 0,
+                 env_steps_per_update: int = 1, explore: bool = True, seed: int = 0, policy_id: str = "online",
+                 gamma: float = 0.99, mc_tail: str = "repeat_last"):
+        if int(env_steps_per_update) < 1:
+            raise ValueError(f"finetune.env_steps_per_update must be >= 1, got {env_steps_per_update!r}")
+        if not 0 <= int(warmup_steps) < int(total_steps):
+            raise ValueError(f"finetune.warmup_steps ({warmup_steps}) must be >= 0 and below finetune.steps "
+                             f"({total_steps}): updates only start after the warm-up")
+        if online.capacity - len(online) < int(total_steps):
+            raise ValueError(f"online replay has room for {online.capacity - len(online)} rows, finetuning takes "
+                             f"{total_steps} steps")
+        self.env_cfg, self.online, self.norm, self.on_episode = env_cfg, online, norm, on_episode
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.env_steps_per_update, self.explore = int(env_steps_per_update), bool(explore)
+        self.seed, self.policy_id, self.gamma, self.mc_tail = int(seed), str(policy_id), float(gamma), str(mc_tail)
+        self.steps = 0  # env steps taken
+        self.episodes: list[dict[str, Any]] = []  # one summary per finished episode
+        self.env = None
+        self._rec = EpisodeRecorder()
+        self._obs = None
+        self._started = 0  # episodes begun (their seeds are seed + i)
+
+    @staticmethod
+    def updates_for(total_steps: int, warmup_steps: int, env_steps_per_update: int) -> int:
+        """The number of updates that interleave with ``total_steps - warmup_steps`` env steps."""
+        return -(-(int(total_steps) - int(warmup_steps)) // int(env_steps_per_update))
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.env is None:
+            self.env = make_env(self.env_cfg)
+            self._begin(pl_module)
+        self.collect(pl_module, self.warmup_steps - self.steps)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.collect(pl_module, self.env_steps_per_update)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ acting
+    def collect(self, module, n: int) -> None:
+        """Take up to ``n`` env steps (never beyond ``total_steps``)."""
+        for _ in range(max(0, min(int(n), self.total_steps - self.steps))):
+            self._step(module)
+
+    def _begin(self, module) -> None:
+        seed = self.seed + self._started
+        self._started += 1
+        obs, info = self.env.reset(seed=seed)
+        self._rec.start(obs)
+        if "is_success" in info:
+            self._rec.success = bool(info["is_success"])
+        self._obs, self._seed, self._row0, self._version = obs, seed, len(self.online), int(module.updates)
+
+    def _step(self, module) -> None:
+        obs = np.asarray(self._obs)
+        action = module.act(obs[None], deterministic=not self.explore)[0].astype(self.env.action_space.dtype)
+        nxt, reward, terminated, truncated, info = self.env.step(action)
+        terminated, truncated = bool(terminated), bool(truncated)
+        self.online.add_raw(obs[None], action[None], [reward], np.asarray(nxt)[None], [terminated],
+                            [truncated and not terminated], self.norm)
+        self._rec.add(action, reward, terminated, truncated, nxt, info)
+        self.steps += 1
+        if terminated or truncated:
+            self._finish(module, terminated)
+            self._begin(module)
+        else:
+            self._obs = nxt
+
+    def _finish(self, module, terminated: bool) -> None:
+        if self.online.has_mc_returns:  # the episode is complete: its rows get their MC return now
+            r = self.online.rewards[self._row0:len(self.online)].cpu().numpy()
+            term = np.zeros(len(r), bool)
+            term[-1] = terminated
+            self.online.set_mc_returns(self._row0, return_to_go(r, np.zeros(len(r), np.int64), term, self.gamma,
+                                                                self.mc_tail))
+        prov = {"source": "online", "policy_id": self.policy_id, "policy_version": str(self._version),
+                "params": {"explore": self.explore, "updates_end": int(module.updates)}}
+        ep = self._rec.finish(prov, seed=self._seed)
+        self.episodes.append({"return": ep.episode_return, "success": ep.success, "length": len(ep),
+                              "policy_version": self._version, "step": self.steps})
+        self.on_episode(ep)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None

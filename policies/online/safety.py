@@ -1,0 +1,120 @@
+"""Safety during online finetuning: periodic evaluation and rollback to the best weights.
+
+The policy is evaluated before the first update (the pre-finetune level) and every
+``every`` updates on the same seeds. When the monitored metric stays more than the
+rule's margin below the pre-finetune level for ``patience`` evaluations in a row, the
+weights of the best evaluation so far (the starting weights included) are restored,
+training stops, and the record says when, by how much and what was restored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import lightning as L
+
+from o2o.policies.callbacks import SimEvaluation
+
+
+@dataclass(frozen=True)
+class RollbackRule:
+    """Roll back after ``patience`` consecutive evaluations with ``metric`` below the threshold:
+    ``level - margin * |level|`` (``relative``) or ``level - margin``, ``level`` the pre-finetune value."""
+
+    metric: str = "return_mean"
+    margin: float = 0.1
+    patience: int = 2
+    relative: bool = True
+
+    def __post_init__(self):
+        if float(self.margin) < 0:
+            raise ValueError(f"finetune.rollback.margin must be >= 0, got {self.margin!r}")
+        if int(self.patience) < 1:
+            raise ValueError(f"finetune.rollback.patience must be >= 1 evaluation, got {self.patience!r}")
+
+    def threshold(self, level: float) -> float:
+        return level - float(self.margin) * (abs(level) if self.relative else 1.0)
+
+
+class FinetuneMonitor(L.Callback):
+    """Evaluates the module before finetuning and every ``every`` updates; applies ``rule`` (None: never
+    rolls back). ``curve`` holds every evaluation with ``step`` (env steps, from ``env_steps()``) and
+    ``updates`` (finetuning updates); ``rollback`` describes a rollback, or is None."""
+
+    def __init__(self, evaluation: SimEvaluation, every: int, rule: RollbackRule | None, metric: str = "return_mean",
+                 env_steps: Callable[[], int] = lambda: 0, log: Callable[[str], None] = print):
+        self.evaluation, self.every, self.rule = evaluation, int(every), rule
+        self.metric = rule.metric if rule is not None else str(metric)
+        self.env_steps, self.say = env_steps, log  # not `log`: Lightning sets callback.log
+        self.curve: list[dict[str, Any]] = []
+        self.rollback: dict[str, Any] | None = None
+        self.level: float | None = None  # the pre-finetune value of the metric
+        self.best: dict[str, Any] | None = None  # the best evaluation so far
+        self._best_state: dict | None = None
+        self._start = 0
+        self._below = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.curve:  # already evaluated (a second fit on the same monitor)
+            return
+        self._start = int(pl_module.updates)
+        entry = self._evaluate(pl_module, "before finetuning")
+        self.level = entry[self.metric]
+        self.best, self._best_state = entry, _copy_state(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        k = int(pl_module.updates) - self._start
+        if self.every <= 0 or k % self.every or self.rollback is not None:
+            return
+        entry = self._evaluate(pl_module, f"after {k} updates")
+        pl_module.log_dict({f"eval/{m}": float(v) for m, v in entry.items()
+                            if isinstance(v, (int, float)) and m not in ("step", "updates")},
+                           on_step=True, on_epoch=False, batch_size=1)
+        value = entry[self.metric]
+        if _better(value, self.best[self.metric]):
+            self.best, self._best_state = entry, _copy_state(pl_module)
+        if self.rule is None:
+            return
+        threshold = self.rule.threshold(self.level)
+        self._below = self._below + 1 if not value >= threshold else 0  # NaN counts as below
+        if self._below >= self.rule.patience:
+            pl_module.load_state_dict(self._best_state)
+            self.rollback = {
+                "step": entry["step"], "updates": k, "value": value, "level": self.level, "threshold": threshold,
+                "drop": self.level - value, "evaluations_below": self._below, "metric": self.metric,
+                "restored_step": self.best["step"], "restored_updates": self.best["updates"],
+                "restored_value": self.best[self.metric], "rule": asdict(self.rule),
+            }
+            trainer.should_stop = True
+            self.say(f"  ROLLBACK at env step {entry['step']} ({k} updates): {self.metric} {value:.4g} is "
+                     f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) "
+                     f"for {self._below} evaluations; restored the weights of step {self.best['step']} "
+                     f"({self.metric} {self.best[self.metric]:.4g}) and stopped")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        k = int(pl_module.updates) - self._start
+        if self.rollback is None and self.curve and self.curve[-1]["updates"] != k:
+            self._evaluate(pl_module, f"after {k} updates (end)")  # the curve ends where training ended
+
+    def _evaluate(self, module, when: str) -> dict[str, Any]:
+        metrics = self.evaluation.evaluate(module)
+        if self.metric not in metrics:
+            raise ValueError(f"finetune: the monitored metric {self.metric!r} is not in the evaluation "
+                             f"(it has {sorted(metrics)}); set finetune.rollback.metric to one of those")
+        entry = {"step": int(self.env_steps()), "updates": int(module.updates) - self._start, **metrics}
+        self.curve.append(entry)
+        shown = {m: metrics[m] for m in ("return_mean", "success_rate") if m in metrics}
+        self.say(f"  [finetune eval {when}, env step {entry['step']}] "
+                 + ", ".join(f"{m} {v:.3f}" for m, v in shown.items()))
+        return entry
+
+
+def _better(a: float, b: float) -> bool:
+    return not math.isnan(a) and (math.isnan(b) or a > b)
+
+
+def _copy_state(module) -> dict:
+    """A detached copy of every weight and buffer (targets and the update counter included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

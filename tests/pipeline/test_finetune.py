@@ -1,0 +1,160 @@
+"""Online finetuning on the fast point-maze room: real env, real store, tiny networks.
+
+Online episodes land in the same dataset with source ``online`` and the policy version
+that collected them; batches mix the two data sources at the configured ratio; a policy
+forced downhill is rolled back to its best weights; an interrupted run keeps its episodes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from o2o.datasets import EpisodeStore
+from o2o.pipeline.config import load_config
+from o2o.pipeline.stages.collect import collect
+from o2o.pipeline.stages.finetune import finetune
+from o2o.pipeline.stages.pretrain import file_sha256, pretrain
+from o2o.policies.algos.base import load_algorithm
+from o2o.policies.callbacks import SimEvaluation
+from o2o.policies.evaluation import Evaluator
+
+ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
+        "env.kwargs.goal_cells=[[1,3]]"]
+OFFLINE_UPDATES = 300
+
+
+def run_cfg(dataset, *extra: str):
+    return load_config("run", [*ROOM, f"dataset.path={dataset}", "algo.hidden=[32,32]", "algo.gamma=0.95",
+                               "algo.batch_size=32", "finetune.steps=300", "finetune.warmup_steps=60",
+                               "finetune.eval.every=120", "finetune.eval.episodes=2", "evaluation.episodes=2",
+                               "finetune.seed=500", *extra])
+
+
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """12 room episodes (6 scripted, 6 random) and an IQL checkpoint trained on them."""
+    root = tmp_path_factory.mktemp("offline")
+    data = root / "room.zarr"
+    for behavior in ("scripted", "random"):
+        collect(load_config("collect", [*ROOM, f"behavior={behavior}", "collect.episodes=6", f"dataset.path={data}",
+                                        "collect.progress=false"]))
+    cfg = OmegaConf.merge(run_cfg(data), {"run_dir": str(root / "pre")})
+    cfg.trainer.max_steps, cfg.eval.enabled, cfg.ope.select, cfg.trainer.progress = OFFLINE_UPDATES, False, False, False
+    return {"data": data, "checkpoint": pretrain(cfg).last_checkpoint}
+
+
+def fresh_copy(offline, tmp_path):
+    """Each test grows its own copy of the dataset (same version, same fingerprint)."""
+    path = tmp_path / "room.zarr"
+    shutil.copytree(offline["data"], path)
+    return path
+
+
+def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow_the_ratio(offline, tmp_path):
+    data = fresh_copy(offline, tmp_path)
+    res = finetune(run_cfg(data, "finetune.ratio.start=0.25", "finetune.ratio.end=0.25"), offline["checkpoint"],
+                   str(data), tmp_path / "ft")
+    # 300 env steps of 60-step episodes: 5 finished episodes, committed as dataset episodes 12..16.
+    assert res["steps"] == 300 and res["episodes"] == 5 and res["episode_range"] == [12, 17]
+    with EpisodeStore.open(data) as store:
+        assert store.num_episodes == 17
+        t = store.episodes_table(np.arange(12, 17))
+        src_fp = file_sha256(offline["checkpoint"])
+        assert set(t["source"]) == {"online"} and set(t["policy_id"]) == {f"iql-finetune-{src_fp[:12]}"}
+        # The version is the update count when the episode began: two during the 60-step warm-up
+        # (no update yet), then one every 60 steps, each step collected just before its update.
+        assert [int(v) for v in t["policy_version"]] == [300, 300, 359, 419, 479]
+        assert t["seed"].tolist() == [500, 501, 502, 503, 504] and t["length"].tolist() == [60] * 5
+        ep = store.episode(14)
+        assert np.isfinite(ep.rewards).all() and ep.episode_return == pytest.approx(float(t["returns"][2]))
+    # 240 updates of 32 rows; the online buffer held rows from the first update on: 8 of 32 each time.
+    assert res["updates"] == 240 and res["batch_rows"] == {"online": 240 * 8, "offline": 240 * 24}
+
+    assert [c["step"] for c in res["curve"]] == [0, 180, 300] and not res["rolled_back"]
+    assert res["fingerprint"] == file_sha256(res["checkpoint"]) and "return_mean" in res["evaluation"]
+    tuned, before = load_algorithm(res["checkpoint"]), load_algorithm(offline["checkpoint"])
+    meta = tuned.hparams["meta"]["finetune"]
+    assert meta["from_checkpoint"] == offline["checkpoint"] and meta["from_fingerprint"] == src_fp
+    assert meta["offline_dataset_version"]["episodes"] == 12 and meta["online_episodes"] == [12, 17]
+    assert meta["dataset_version_after"]["episodes"] == 17 and int(tuned.updates) == OFFLINE_UPDATES + 240
+    assert tuned.hparams["algo"]["actor_lr_schedule"] == "constant"  # finetune.algo_overrides.iql
+    obs = np.zeros((4, 6), np.float32)
+    assert not np.allclose(tuned.act(obs), before.act(obs))  # it did learn something
+
+
+def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offline, tmp_path):
+    """The reward sign flipped in the checkpoint's normalisation (a sabotaged reward scale): finetuning
+    then learns to move away from the goal, the return falls and the monitor rolls back."""
+    data = fresh_copy(offline, tmp_path)
+    ckpt = torch.load(offline["checkpoint"], weights_only=True)
+    ckpt["hyper_parameters"]["normalization"]["reward_scale"] = -1.0
+    sabotaged = tmp_path / "sabotaged.ckpt"
+    torch.save(ckpt, sabotaged)
+    cfg = run_cfg(data, "finetune.steps=900", "finetune.eval.every=100", "finetune.eval.episodes=3",
+                  "finetune.rollback.patience=2", "finetune.rollback.margin=0.05")
+    res = finetune(cfg, str(sabotaged), str(data), tmp_path / "ft")
+    rb = res["rollback"]
+    assert res["rolled_back"] and rb is not None and "ROLLED BACK at step" in res["summary"]
+    assert rb["evaluations_below"] == 2 and rb["value"] < rb["threshold"] == pytest.approx(
+        rb["level"] - 0.05 * abs(rb["level"]))
+    assert rb["drop"] == pytest.approx(rb["level"] - rb["value"]) and rb["drop"] > 0.05 * abs(rb["level"])
+    assert res["steps"] < 900 and res["curve"][-1]["step"] == rb["step"]  # it stopped there
+    # The saved policy is the best one seen: re-evaluated on the monitor's seeds it scores exactly that.
+    saved = load_algorithm(res["checkpoint"])
+    ev = Evaluator(OmegaConf.to_container(cfg.env, resolve=True), episodes=3, seed=int(cfg.finetune.eval.seed),
+                   gamma=float(saved.hp.gamma))
+    try:
+        again = SimEvaluation(ev, 0).evaluate(saved)["return_mean"]
+    finally:
+        ev.close()
+    assert again == pytest.approx(rb["restored_value"], abs=1e-6)
+    if rb["restored_step"] == 0:  # nothing beat the starting point: the offline weights are back, exactly
+        original = load_algorithm(str(sabotaged)).state_dict()
+        assert all(torch.equal(v, original[k]) for k, v in saved.state_dict().items())
+
+
+def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_path):
+    """Ctrl-C in the middle of finetuning: the episodes finished so far are committed on the way out
+    (batches of 1000 episodes: none would be committed in the loop)."""
+    data = fresh_copy(offline, tmp_path)
+    script = textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(1)
+        from o2o.pipeline.config import load_config
+        from o2o.pipeline.stages.finetune import finetune
+        cfg = load_config("run", {ROOM!r} + ["dataset.path={data}", "finetune.steps=100000",
+              "finetune.warmup_steps=60", "finetune.eval.every=60", "finetune.eval.episodes=1",
+              "finetune.commit_every_episodes=1000", "finetune.commit_every_s=1000", "finetune.rollback.enabled=false"])
+        finetune(cfg, {offline['checkpoint']!r}, "{data}", "{tmp_path / 'ft'}", log=lambda s: print(s, flush=True))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "env step 300]" in line:  # 5 episodes finished (300 steps of 60)
+                proc.send_signal(signal.SIGINT)
+                break
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert any("env step 300]" in x for x in lines), "".join(lines[-20:])
+    with EpisodeStore.open(data, mode="a") as store:  # the writer lock was released too
+        t = store.episodes_table()
+        online = t["source"] == "online"
+        assert online.sum() >= 5 and t["length"][online].tolist() == [60] * int(online.sum())
+
+
+def test_finetune_refuses_a_warmup_as_long_as_the_run(offline, tmp_path):
+    with pytest.raises(ValueError, match=r"finetune.steps \(60\) must exceed finetune.warmup_steps \(60\)"):
+        finetune(run_cfg(offline["data"], "finetune.steps=60"), offline["checkpoint"], str(offline["data"]),
+                 tmp_path / "ft")

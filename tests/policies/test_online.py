@@ -1,0 +1,66 @@
+"""The offline/online batch mix: rows drawn from each part follow the configured ratio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from o2o.policies.data import MCBatch, Normalization, TensorReplay
+from o2o.policies.online import MixedReplay, RatioSchedule
+
+NORM = Normalization.identity(3, -np.ones(2), np.ones(2))
+
+
+def buffer(rows: int, reward: float, capacity: int | None = None, seed: int = 0) -> TensorReplay:
+    """A real replay buffer whose rows all carry ``reward`` (so a batch's rows can be told apart)."""
+    buf = TensorReplay(3, 2, capacity or rows, seed=seed)
+    if rows:
+        buf.add_raw(np.random.default_rng(seed).normal(size=(rows, 3)), np.zeros((rows, 2)), np.full(rows, reward),
+                    np.zeros((rows, 3)), np.zeros(rows), np.zeros(rows), NORM)
+    return buf
+
+
+def online_rows(batch) -> int:
+    return int(batch.rewards.sum().item())  # online rows have reward 1, offline rows 0
+
+
+def test_fixed_ratio_draws_that_share_of_every_batch_from_the_online_rows():
+    mixed = MixedReplay(buffer(500, 0.0), buffer(40, 1.0, seed=1), RatioSchedule(0.25, 0.25))
+    for _ in range(5):
+        batch = mixed.sample(64)
+        assert len(batch) == 64 and online_rows(batch) == 16
+    assert mixed.rows == {"offline": 5 * 48, "online": 5 * 16}
+
+
+def test_annealed_ratio_goes_linearly_from_start_to_end_then_stays():
+    mixed = MixedReplay(buffer(500, 0.0), buffer(40, 1.0, seed=1), RatioSchedule(1.0, 0.0, anneal=4))
+    counts = [online_rows(mixed.sample(40)) for _ in range(6)]
+    assert counts == [40, 30, 20, 10, 0, 0]
+
+
+def test_all_offline_until_the_online_buffer_holds_a_row():
+    online = buffer(0, 1.0, capacity=10)
+    mixed = MixedReplay(buffer(100, 0.0), online, RatioSchedule(0.5, 0.5))
+    assert online_rows(mixed.sample(32)) == 0 and mixed.rows["online"] == 0
+    online.add_raw(np.zeros((1, 3)), np.zeros((1, 2)), [1.0], np.zeros((1, 3)), [0], [0], NORM)
+    assert online_rows(mixed.sample(32)) == 16  # the one online row, drawn 16 times
+
+
+def test_mc_returns_travel_with_both_parts():
+    offline, online = buffer(50, 0.0), buffer(5, 1.0, capacity=10, seed=1)
+    offline.enable_mc_returns(np.full(50, -3.0))
+    with pytest.raises(ValueError, match="both parts must carry MC returns"):
+        MixedReplay(offline, online, RatioSchedule(0.5, 0.5))
+    online.enable_mc_returns()
+    online.set_mc_returns(0, np.full(5, 7.0))
+    batch = MixedReplay(offline, online, RatioSchedule(0.5, 0.5)).sample(20)
+    assert isinstance(batch, MCBatch)
+    assert torch.equal(batch.mc_returns, torch.where(batch.rewards > 0, 7.0, -3.0))
+
+
+def test_bad_ratios_and_mismatched_buffers_are_refused():
+    with pytest.raises(ValueError, match=r"ratio.start must be a fraction in \[0, 1\], got 1.5"):
+        RatioSchedule(1.5, 0.5)
+    with pytest.raises(ValueError, match="differ"):
+        MixedReplay(buffer(10, 0.0), TensorReplay(4, 2, 10), RatioSchedule(0.5, 0.5))
