@@ -370,7 +370,8 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
             cfg = load_config("pretrain", [*ROOM, f"algo={algo}", *q["o2o"], f"algo.hidden=[{hidden}]",
                                            f"dataset.path={path}", f"trainer.max_steps={args.quality_steps}",
                                            f"trainer.seed={seed}", "eval.enabled=false", "trainer.progress=false",
-                                           "trainer.accelerator=cpu", f"run_dir={work / f'q-{algo}-{seed}'}"])
+                                           f"trainer.precision={args.precision}", "trainer.accelerator=cpu",
+                                           f"run_dir={work / f'q-{algo}-{seed}'}"])
             env = OmegaConf.to_container(cfg.env, resolve=True)
             for lib in (["o2o", "d3rlpy"] if seed % 2 == 0 else ["d3rlpy", "o2o"]):
                 if lib == "o2o":
@@ -461,7 +462,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="torch thread counts to measure, e.g. 2,1 (default: torch's default, the core count)")
     ap.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
                     help="comma-separated subset of: %s" % ", ".join(VARIANTS))
-    ap.add_argument("--precision", default="32-true", help="o2o's trainer.precision for --profile")
+    ap.add_argument("--precision", default="32-true", help="o2o's trainer.precision for --profile and --quality")
     ap.add_argument("--warmup", type=lambda s: dict(kv.split("=") for kv in s.split(",")), default={},
                     help="untimed warm-up updates per run (defaults: %s)" % WARMUP)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one measurement
@@ -530,7 +531,7 @@ def main(argv=None) -> int:
             res["quality"] = ql = bench_quality(args, d3rlpy, work)
             rows = quality_rows(ql)
             print_table(f"policy quality: mean return over {ql['seeds']} seeds x {ql['eval_episodes']} episodes, "
-                        f"{ql['updates']} updates, {ql['hidden']} nets, point-maze room (data mean "
+                        f"{ql['updates']} updates, {ql['hidden']} nets, o2o {args.precision}, point-maze room (data mean "
                         f"{ql['dataset']['return_mean']:.1f})", rows,
                         ["measure", "o2o", "d3rlpy", "target", "pass", "per seed o2o | d3rlpy"])
     finally:

@@ -270,10 +270,19 @@ def run_stage(ctx) -> dict:
 
 
 def _valid(outputs: dict) -> bool:
+    """The recorded export is reusable only if its manifest is unchanged and every file still
+    matches the manifest's SHA-256 (a tampered policy.onnx means export again)."""
+    from o2o.deploy.manifest import load_manifest
     from o2o.pipeline.stages.pretrain import file_sha256
 
-    m = outputs["exported"]["manifest"]
-    return Path(m).exists() and file_sha256(m) == outputs["exported"]["fingerprint"]
+    e = outputs["exported"]
+    if not Path(e["manifest"]).exists() or file_sha256(e["manifest"]) != e["fingerprint"]:
+        return False
+    try:
+        load_manifest(e["dir"], verify=True)
+    except Exception:  # any mismatch or damage: not valid, the stage reruns
+        return False
+    return True
 
 
 STAGE = Stage("export", reads=("policy",), writes=("exported",), run=run_stage, valid=_valid,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,21 @@ def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(GraphError, match=r"unknown stage 'finetuen' in pipeline.stages; known stages: \[.*'pretrain'"):
         R.run(cfg)
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow  # 1000 SAC updates: ~1-3 min on 2 cores
+def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_path):
+    """Reference 002, exercise 1: SAC trained offline on scripted-only data believes in actions the
+    data never shows; its Q(start) sits far above the return it achieves, and the gate says so."""
+    cfg = load_config("run", [*ROOM, f"dataset.path={tmp_path / 'narrow.zarr'}", f"run_dir={tmp_path / 'run'}",
+                              f"state_dir={tmp_path / '.state'}", "collect.behaviors=[{behavior: scripted, episodes: 20}]",
+                              "algo=sac", "algo.hidden=[64,64]", "algo.gamma=0.95", "trainer.max_steps=1000",
+                              "eval.every=1000", "eval.episodes=3", "evaluation.episodes=5"])
+    r = R.run(cfg)
+    assert {x.name: x.status for x in r.records} == {"collect": "ran", "pretrain": "ran", "evaluate": "ran",
+                                                      "gate": "failed", "promote": "blocked", "export": "blocked",
+                                                      "report": "ran"}
+    crit = {c["name"]: c for c in r.artifacts["gate"]["criteria"]}
+    over = crit["Q(start) vs achieved"]
+    assert not over["passed"] and over["value"] > over["threshold"], over
+    assert "Q(start) vs achieved: FAILED" in r.record("gate").message
