@@ -113,9 +113,9 @@ def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_pat
                               "algo=sac", "algo.hidden=[64,64]", "algo.gamma=0.95", "trainer.max_steps=1000",
                               "eval.every=1000", "eval.episodes=3", "evaluation.episodes=5"])
     r = R.run(cfg)
-    assert {x.name: x.status for x in r.records} == {"collect": "ran", "pretrain": "ran", "evaluate": "ran",
-                                                      "gate": "failed", "promote": "blocked", "export": "blocked",
-                                                      "report": "ran"}
+    status = {x.name: x.status for x in r.records}
+    assert status["gate"] == "failed" and status["report"] == "ran"
+    assert status["promote"] == status["export"] == status.get("finetune", "blocked") == "blocked"
     crit = {c["name"]: c for c in r.artifacts["gate"]["criteria"]}
     over = crit["Q(start) vs achieved"]
     assert not over["passed"] and over["value"] > over["threshold"], over
