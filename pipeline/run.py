@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from o2o.pipeline import lineage
 from o2o.pipeline.dag import GraphError, Pipeline, RunResult, StageCache
 
 STAGE_PACKAGE = "o2o.pipeline.stages."
@@ -95,7 +96,12 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
                   dataset_version=None if data is None else f"{data['episodes']}@{data['fingerprint']}",
                   lineage=_lineage(res))
 
-    return pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
+    res = pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
+    entry = _lineage(res)
+    if entry is not None and any(r.name == "pretrain" and r.status == "ran" for r in res.records):
+        lineage.append(cfg.state_dir, {**entry, "run_dir": str(run_dir),
+                                       "policy": (res.artifacts.get("policy") or {}).get("path")})
+    return res
 
 
 def _lineage(res: RunResult) -> dict | None:

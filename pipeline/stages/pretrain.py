@@ -27,7 +27,7 @@ from o2o.pipeline.dag import Stage
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
-from o2o.policies.data import TensorReplay, fit_normalization
+from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 from o2o.policies.evaluation import Evaluator
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,13 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
     if mask is not None:
         tr = type(tr)(**{k: np.asarray(v)[mask] for k, v in tr.__dict__.items()})
     space = store.schema.action_space
-    norm = fit_normalization(tr, space.low, space.high, bool(cfg.data.normalize_obs), str(cfg.data.reward_scaling),
-                             int(cfg.env.max_episode_steps))
+    init = cfg.get("init_from")
+    warm = _warm_start_checkpoint(str(init), cls, tr) if init else None
+    if warm is not None:  # keep the weights' input scaling: the previous run's normalisation
+        norm = Normalization.from_dict(warm["hyper_parameters"]["normalization"])
+    else:
+        norm = fit_normalization(tr, space.low, space.high, bool(cfg.data.normalize_obs),
+                                 str(cfg.data.reward_scaling), int(cfg.env.max_episode_steps))
     replay = TensorReplay.from_transitions(tr, norm, device=device, seed=int(cfg.trainer.seed))
     # The version that contains every selected episode: a later run can reload exactly this data.
     version = store.version_at(int(idx.max()) + 1)
@@ -122,9 +127,34 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
         "env": store.env,
         "config": _plain(cfg),
     }
+    if warm is not None:
+        meta["init_from"] = {"path": str(init), "sha256": file_sha256(str(init)),
+                             "dataset": warm["hyper_parameters"].get("meta", {}).get("dataset")}
     module = cls(int(tr.observations.shape[1]), int(tr.actions.shape[1]), algo_cfg, norm.to_dict(), meta)
+    if warm is not None:
+        state = dict(warm["state_dict"])
+        state["updates"] = torch.zeros((), dtype=torch.long)  # a new run: its step count starts at 0
+        module.load_state_dict(state)
     module.attach_replay(replay)
     return module, replay
+
+
+def _warm_start_checkpoint(path: str, cls: type, tr) -> dict:
+    """The checkpoint to initialise the weights from (``init_from``), checked against this run."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_from {path!r}: no such checkpoint file")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "o2o" not in ckpt:
+        raise ValueError(f"init_from {path!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    want = f"{cls.__module__}.{cls.__qualname__}"
+    if ckpt["o2o"]["cls"] != want:
+        raise ValueError(f"init_from {path!r} holds a {ckpt['o2o']['cls']}, this run trains a {want}")
+    hp = ckpt["hyper_parameters"]
+    dims = (int(np.asarray(tr.observations).shape[1]), int(np.asarray(tr.actions).shape[1]))
+    if (int(hp["obs_dim"]), int(hp["act_dim"])) != dims:
+        raise ValueError(f"init_from {path!r}: obs/action dims {(hp['obs_dim'], hp['act_dim'])} != this "
+                         f"dataset's {dims}")
+    return ckpt
 
 
 class _QuietLightning(logging.Filter):
@@ -257,10 +287,20 @@ def file_sha256(path: str | Path) -> str:
 
 def run_stage(ctx) -> dict:
     """``o2o run``'s pretrain: train on exactly the dataset version the collect stage reported."""
+    from o2o.pipeline import lineage
+
     data = ctx.inputs["dataset"]
+    init_from = None
+    if str(ctx.config.get("pretrain", {}).get("init", "fresh")) == "previous":
+        prev = lineage.latest_checkpoint(str(ctx.config.state_dir), str(ctx.config.algo.name))
+        if prev is not None:
+            init_from = prev["checkpoint"]
+            ctx.log(f"  warm start from {init_from} (trained on dataset version {prev.get('dataset_version')})")
+        else:
+            ctx.log("  pretrain.init=previous: no earlier checkpoint of this algorithm; training from scratch")
     cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data["path"]},
                                        "data": {"version": f"{data['episodes']}@{data['fingerprint']}"},
-                                       "run_dir": str(ctx.out_dir)})
+                                       "run_dir": str(ctx.out_dir), "init_from": init_from})
     res = pretrain(cfg)
     if res.best_checkpoint is None:
         raise RuntimeError(f"pretrain produced no checkpoint in {ctx.out_dir}")
@@ -281,4 +321,4 @@ def _valid(outputs: dict) -> bool:
 
 STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,
               doc="offline RL on the dataset version collect reported; best checkpoint by simulation or OPE")
-CONFIG_KEYS = ("env", "algo", "trainer", "ope", "data", "eval", "checkpoint")
+CONFIG_KEYS = ("env", "algo", "trainer", "ope", "data", "eval", "checkpoint", "pretrain", "state_dir")

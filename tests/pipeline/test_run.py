@@ -120,3 +120,40 @@ def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_pat
     over = crit["Q(start) vs achieved"]
     assert not over["passed"] and over["value"] > over["threshold"], over
     assert "Q(start) vs achieved: FAILED" in r.record("gate").message
+
+
+def test_warm_start_from_the_previous_checkpoint_when_the_dataset_grew(tmp_path):
+    import torch
+
+    from o2o.pipeline import lineage
+
+    stages = "pipeline.stages=[collect,pretrain,report]"
+    r1 = R.run(cfg_for(tmp_path, "one", stages))
+    first = r1.artifacts["checkpoint"]["path"]
+    assert [e["checkpoint"] for e in lineage.read(tmp_path / "runs" / ".state")] == [first]
+    r2 = R.run(cfg_for(tmp_path, "two", stages, "pretrain.init=previous",
+                       "collect.behaviors=[{behavior: noisy, episodes: 3}]"))
+    assert r2.record("pretrain").status == "ran"
+    ckpt = torch.load(r2.artifacts["checkpoint"]["path"], weights_only=True)
+    init = ckpt["hyper_parameters"]["meta"]["init_from"]
+    assert init["path"] == first and init["dataset"]["episodes"] == 12
+    assert ckpt["hyper_parameters"]["meta"]["dataset"]["episodes"] == 15
+    # The warm start keeps the first run's normalisation (the weights' input scaling).
+    ck1 = torch.load(first, weights_only=True)
+    assert ckpt["hyper_parameters"]["normalization"] == ck1["hyper_parameters"]["normalization"]
+    assert len(lineage.read(tmp_path / "runs" / ".state")) == 2
+    # Unchanged data: skipped, even with init=previous (the new lineage entry does not count as a change).
+    r3 = R.run(cfg_for(tmp_path, "three", stages, "pretrain.init=previous",
+                       "collect.behaviors=[{behavior: noisy, episodes: 3}]"))
+    assert r3.record("pretrain").status == "skipped"
+
+
+def test_warm_start_from_another_algorithm_is_refused(tmp_path):
+    r1 = R.run(cfg_for(tmp_path, "one", "pipeline.stages=[collect,pretrain]"))
+    from o2o.pipeline.stages.pretrain import pretrain
+
+    cfg = load_config("pretrain", [*ROOM, "algo=awac", "algo.hidden=[32,32]", f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
+                                   f"init_from={r1.artifacts['checkpoint']['path']}", "trainer.max_steps=2",
+                                   "eval.enabled=false", f"run_dir={tmp_path / 'awac'}"])
+    with pytest.raises(ValueError, match=r"holds a o2o.policies.algos.iql.IQL, this run trains a o2o.policies.algos.awac.AWAC"):
+        pretrain(cfg)
