@@ -157,3 +157,15 @@ def test_warm_start_from_another_algorithm_is_refused(tmp_path):
                                    "eval.enabled=false", f"run_dir={tmp_path / 'awac'}"])
     with pytest.raises(ValueError, match=r"holds a o2o.policies.algos.iql.IQL, this run trains a o2o.policies.algos.awac.AWAC"):
         pretrain(cfg)
+
+
+def test_a_tampered_export_is_not_reused(tmp_path):
+    stages = "pipeline.stages=[collect,pretrain,evaluate,gate,promote,export]"
+    r1 = R.run(cfg_for(tmp_path, "one", stages))
+    assert R.run(cfg_for(tmp_path, "two", stages)).record("export").status == "skipped"
+    onnx = next(Path(r1.artifacts["exported"]["dir"]).glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    r3 = R.run(cfg_for(tmp_path, "three", stages))
+    assert {x.name: x.status for x in r3.records} == {"collect": "skipped", "pretrain": "skipped",
+                                                      "evaluate": "skipped", "gate": "skipped",
+                                                      "promote": "skipped", "export": "ran"}
