@@ -17,7 +17,7 @@ import gymnasium as gym
 from o2o.envs.spaces import ObsLayout, space_to_dict
 from o2o.envs.wrappers import SeedOnFirstReset
 
-__all__ = ["make_env", "make_vector_env", "env_metadata", "resolve_factory", "ObsLayout"]
+__all__ = ["make_env", "make_from_spec", "make_vector_env", "env_metadata", "resolve_factory", "ObsLayout"]
 
 FACTORY_PREFIX = "o2o.envs."
 
@@ -63,6 +63,15 @@ def make_env(cfg: Mapping[str, Any], seed: int | None = None) -> gym.Env:
     factory = resolve_factory(cfg["factory"])
     env = factory(cfg["id"], int(cfg["max_episode_steps"]), **(cfg.get("kwargs") or {}))
     return SeedOnFirstReset(env, seed)
+
+
+def make_from_spec(config: Mapping[str, Any]) -> gym.Env:
+    """Entry point of the Gymnasium specs that o2o writes into exported datasets.
+
+    ``gym.make(spec)`` (and Minari's ``recover_environment``) calls it with the env config
+    stored in the spec's kwargs; the same factory check as :func:`make_env` applies.
+    """
+    return make_env(config)
 
 
 def make_vector_env(

@@ -179,6 +179,40 @@ class RobosuiteEnv(gym.Env):
         info["is_success"] = self._success()
         return self.obs_layout.flatten(obs), float(reward), False, False, info
 
+    # -- replaying recorded demonstrations (robosuite's demo.hdf5: model XML + MuJoCo states) --
+    def load_model_xml(self, xml: str) -> None:
+        """Rebuild the simulation from a model XML recorded with a demonstration.
+
+        The XML holds absolute mesh paths of the machine that recorded it; robosuite's own
+        ``edit_model_xml`` re-roots them into this installation, as its playback script does.
+        """
+        self._env.reset_from_xml_string(self._env.edit_model_xml(xml))
+        self._env.sim.reset()
+
+    def set_sim_state(self, state: np.ndarray) -> np.ndarray:
+        """Set the flattened MuJoCo state (time, qpos, qvel...); returns the observation there."""
+        state = np.asarray(state, dtype=np.float64)
+        size = self.sim_state().shape[0]
+        if state.shape != (size,):
+            raise ValueError(f"robosuite {self.env_id}: state of shape {state.shape}, this model's is ({size},)")
+        self._env.sim.set_state_from_flattened(state)
+        self._env.sim.forward()
+        return self.obs_layout.flatten(self._env._get_observations(force_update=True))
+
+    def sim_state(self) -> np.ndarray:
+        """The flattened MuJoCo state, as robosuite's DataCollectionWrapper records it."""
+        return np.asarray(self._env.sim.get_state().flatten())
+
+    @property
+    def controller_config(self) -> dict:
+        """The composite controller config of the (first) robot: what an action means."""
+        return self._env.robots[0].composite_controller_config
+
+    @property
+    def robot_names(self) -> list[str]:
+        """Robot model names (``Panda``...)."""
+        return [type(r.robot_model).__name__ for r in self._env.robots]
+
     def close(self):
         self._env.close()
 

@@ -7,6 +7,8 @@
     o2o serve export_dir=DIR [key=value] guarded actions for controllers over ZeroMQ on localhost
     o2o dataset info PATH [--json]       what a dataset holds
     o2o dataset verify PATH              check every invariant (exit 1 with reasons)
+    o2o dataset import FORMAT SRC --to PATH   append a Minari/D4RL/robosuite/robomimic file's episodes
+    o2o dataset export FORMAT PATH OUT   write episodes as a Minari dataset or D4RL-style HDF5
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     if args.cfg:
         console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
         return 0
-    with CollectProgress(total=int(cfg.collect.episodes), enabled=bool(cfg.collect.progress)) as bar:
+    # A teleoperation draws its own status line on the terminal: no progress bar over it.
+    bar_on = bool(cfg.collect.progress) and cfg.behavior.get("kind") != "human"
+    with CollectProgress(total=int(cfg.collect.episodes), enabled=bar_on) as bar:
         result = collect(cfg, progress=bar.update)
     _print_collect_summary(result)
     return 0
@@ -328,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = dsub.add_parser("verify", help="check every invariant; exit 1 with the reasons when one fails")
     v.add_argument("path")
     v.set_defaults(func=_cmd_verify)
+    from o2o.pipeline.cli_dataset import add_dataset_io_parsers  # import / export: their own module
+
+    add_dataset_io_parsers(dsub)
     return p
 
 
