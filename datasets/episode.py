@@ -101,6 +101,12 @@ class EpisodeRecorder:
     def __len__(self) -> int:
         return len(self._actions)
 
+    def mark_truncated(self) -> None:
+        """End the episode at the last recorded step as cut short (a person kept it before the env ended it)."""
+        if not self._actions:
+            raise ValueError("no step recorded: nothing to mark truncated")
+        self._timeouts[-1] = not self._terminals[-1]
+
     def finish(self, provenance: Mapping[str, Any], seed: int | None = None) -> Episode:
         if not self._actions:
             raise ValueError("cannot finish an episode with no steps")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
 from o2o.pipeline.dag import Stage
+from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
 from o2o.policies.behavior.factory import make_behavior
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,19 @@ def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
             last_commit = time.perf_counter()
 
         try:
-            for i in range(int(c.episodes)):
-                seed = base_seed + i
-                ep = run_episode(env, behavior, seed)
+            attempt = 0  # a discarded episode (a person's choice) still uses up its seed
+            while len(result.returns) < int(c.episodes):
+                seed = base_seed + attempt
+                try:
+                    ep = run_episode(env, behavior, seed)
+                except RestartEpisode:
+                    continue
+                except DiscardEpisode:
+                    attempt += 1
+                    continue
+                except StopCollection:
+                    break
+                attempt += 1
                 pending.append(ep)
                 result.steps += len(ep)
                 result.returns.append(ep.episode_return)
@@ -114,10 +125,11 @@ def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
                         or len(pending) >= int(c.commit_every_episodes)):
                     commit()
                 if progress is not None:
-                    progress(result, i + 1)
+                    progress(result, len(result.returns))
         finally:
             # Keep what was collected even when interrupted (Ctrl-C) or an episode failed.
             commit()
+            behavior.close()  # a teleoperation gives its terminal back
         result.seconds = time.perf_counter() - start
         result.version = store.version.to_dict()
         return result
@@ -137,10 +149,17 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episo
         rec.success = bool(info["is_success"])
     done = False
     while not done:
-        action = np.asarray(behavior.act(obs), dtype=env.action_space.dtype)
+        try:
+            action = np.asarray(behavior.act(obs), dtype=env.action_space.dtype)
+        except KeepEpisode:  # a person ended the episode here and keeps it
+            if not len(rec):
+                raise DiscardEpisode() from None
+            rec.mark_truncated()
+            break
         human = bool(behavior.human_in_control)
         obs, reward, terminated, truncated, info = env.step(action)
         rec.add(action, reward, terminated, truncated, obs, info, intervention=human)
+        behavior.observe(obs, reward, terminated, truncated, info)
         done = terminated or truncated or (max_steps is not None and len(rec) >= max_steps)
     return rec.finish(behavior.provenance.to_dict(), seed=seed)
 

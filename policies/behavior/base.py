@@ -38,13 +38,38 @@ class Provenance:
         return asdict(self)
 
 
+class EpisodeControl(Exception):
+    """Raised by :meth:`BehaviorPolicy.act` when the one acting (a person) ends the episode early.
+
+    The collector handles each kind: it is a signal, not an error.
+    """
+
+
+class KeepEpisode(EpisodeControl):
+    """Finish the episode now and keep it; its last recorded step is marked truncated."""
+
+
+class DiscardEpisode(EpisodeControl):
+    """Drop the episode and go on with the next one."""
+
+
+class RestartEpisode(EpisodeControl):
+    """Drop the episode and run it again from the same seed."""
+
+
+class StopCollection(EpisodeControl):
+    """Drop the running episode and stop collecting (episodes already kept are committed)."""
+
+
 class BehaviorPolicy(ABC):
     """A policy that acts in an env for data collection.
 
     Call :meth:`reset` at the start of every episode (it may pick a new mode, e.g. a
     mixture component), then :meth:`act` once per step. :attr:`provenance` describes the
     behaviour of the *current* episode. :attr:`human_in_control` is True on steps a human
-    drove (interventions); the collector stores it per step.
+    drove (interventions); the collector stores it per step. A policy driven by a person
+    may raise an :class:`EpisodeControl` from :meth:`act` to keep, discard or restart the
+    episode, or to stop collecting.
     """
 
     human_in_control: bool = False
@@ -61,6 +86,9 @@ class BehaviorPolicy(ABC):
     @abstractmethod
     def provenance(self) -> Provenance:
         """Provenance of the current episode."""
+
+    def observe(self, obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict) -> None:
+        """The outcome of the last action (a teleoperation status line shows it); ignored by default."""
 
     def close(self) -> None:
         """Release devices or processes the policy holds."""

@@ -8,6 +8,7 @@ The node's ``kind`` picks a builder from :data:`BEHAVIOR_BUILDERS`; a new kind (
     {kind: learned, checkpoint: runs/x/policy.onnx, action_scale: unit, exploration: gaussian}
     {kind: mixture, components: [{weight: 0.8, behavior: {kind: scripted}},
                                  {weight: 0.2, behavior: {kind: random}}]}
+    {kind: human, operator: alice, driver: {kind: scripted}}   # teleoperation / interventions
 """
 
 from __future__ import annotations
@@ -135,6 +136,37 @@ def _build_mixture(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, se
     return MixturePolicy(components, weights, seed=seed)
 
 
+def _build_human(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, seed: int | None) -> BehaviorPolicy:
+    # Imported here: a terminal and device drivers are needed only when a person drives.
+    from o2o.policies.behavior.devices import DEVICES, RobosuiteDevice
+    from o2o.policies.behavior.human import HumanPolicy
+    from o2o.policies.behavior.terminal import Terminal
+
+    device = str(cfg.get("device") or "terminal")
+    if device not in DEVICES:
+        raise ValueError(f"behavior 'human': device {device!r} not one of {DEVICES}")
+    driver = None
+    if cfg.get("driver"):
+        if cfg.driver.get("kind") in ("human", "mixture"):
+            raise ValueError("behavior 'human': the driver must be one policy (scripted, learned, random)")
+        driver = make_behavior(cfg.driver, env, env_cfg, seed=seed)
+    rate = cfg.get("rate_hz")
+    if rate is None:
+        freq = getattr(env.unwrapped, "control_freq", None) or (1.0 / env.unwrapped.dt if getattr(
+            env.unwrapped, "dt", None) else 20.0)
+        rate = float(freq)
+    moves = RobosuiteDevice(env, device) if device != "terminal" else None
+    terminal = Terminal()
+    try:
+        return HumanPolicy(env, terminal, operator=cfg.get("operator"), driver=driver,
+                           realtime=bool(cfg.get("realtime", True)), rate_hz=float(rate),
+                           hold_s=float(cfg.get("hold_s", 0.15)), step=float(cfg.get("step", 0.5)),
+                           policy_id=cfg.get("policy_id"), device=moves, device_name=device)
+    except BaseException:
+        terminal.close()
+        raise
+
+
 #: kind -> builder and allowed keys. No if/elif chain: a new kind is one entry.
 BEHAVIOR_BUILDERS: dict[str, BehaviorKind] = {
     "scripted": BehaviorKind(_build_scripted, frozenset({"noise_std", "policy_id"})),
@@ -143,6 +175,8 @@ BEHAVIOR_BUILDERS: dict[str, BehaviorKind] = {
         _build_learned, frozenset({"checkpoint", "action_scale", "exploration", "noise_std", "epsilon", "policy_id"})
     ),
     "mixture": BehaviorKind(_build_mixture, frozenset({"components"})),
+    "human": BehaviorKind(_build_human, frozenset({"operator", "device", "realtime", "rate_hz", "hold_s", "step",
+                                                   "driver", "policy_id"})),
 }
 
 

@@ -72,6 +72,10 @@ class MixturePolicy(BehaviorPolicy):
         """Whether a human drives the current component at this step (False before reset)."""
         return self._index is not None and self.current.human_in_control
 
+    def observe(self, obs: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict) -> None:
+        """Pass the step's outcome to the current component."""
+        self.current.observe(obs, reward, terminated, truncated, info)
+
     def close(self) -> None:
         """Close every component."""
         for c in self.components:
