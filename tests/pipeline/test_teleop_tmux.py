@@ -150,3 +150,21 @@ def test_teleop_moves_a_robosuite_arm(tmux, tmp_path):
         assert eef[8, 0] - eef[4, 0] > 0.01, eef[4:9]  # four steps forward
         assert ep.actions[8:, 6].tolist() == [1, 1, 1] and ep.actions[:8, 6].tolist() == [-1] * 8
         assert np.abs(fingers[-1]).sum() < np.abs(fingers[7]).sum(), "the fingers close"
+
+
+def test_realtime_teleop_holds_a_key_then_stops(tmux, tmp_path):
+    """Real-time mode: the env steps at rate_hz on its own; a key press moves its axis for hold_s."""
+    path = tmp_path / "maze.zarr"
+    t = tmux(f"{O2O} collect env=pointmaze behavior=human behavior.operator=dan behavior.rate_hz=20 "
+             f"behavior.hold_s=0.3 collect.episodes=1 dataset.path={path}")
+    t.wait_for(r"ep 1 step [1-9]\d* YOU drives", timeout=60)  # steps advance with no key pressed
+    t.keys("w")
+    time.sleep(1.0)
+    t.keys("Enter")
+    assert t.wait_for(r"EXIT=(\d+)").group(1) == "0", t.screen()
+    with EpisodeStore.open(path) as store:
+        a = store.episode(0).actions
+        pushed = np.flatnonzero(a[:, 0] == 0.5)
+        # One press held ~0.3 s at 20 Hz: a contiguous run of about 6 steps, idle before and after.
+        assert 3 <= len(pushed) <= 9 and np.all(np.diff(pushed) == 1), a[:, 0]
+        assert pushed[0] > 0 and pushed[-1] < len(a) - 3 and not a[:, 1].any()
