@@ -90,7 +90,10 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": file_sha256(checkpoint),
                         "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
                         "dataset_path": str(store.path), "config": _plain(f)}
-    module = cls(int(hp["obs_dim"]), int(hp["act_dim"]), algo, hp["normalization"], meta)
+    try:
+        module = cls(int(hp["obs_dim"]), int(hp["act_dim"]), algo, hp["normalization"], meta)
+    except ValueError as e:  # an override the algorithm does not know: say which config it came from
+        raise ValueError(f"finetune.algo / finetune.algo_overrides.{name} for checkpoint {checkpoint!r}: {e}") from e
     module.load_state_dict(ckpt["state_dict"])
     if getattr(module, "critic", None) is None:
         raise ValueError(f"finetune: {name!r} ({checkpoint}) learns no value function, so online data cannot improve "

@@ -72,31 +72,38 @@ class FinetuneMonitor(L.Callback):
         pl_module.log_dict({f"eval/{m}": float(v) for m, v in entry.items()
                             if isinstance(v, (int, float)) and m not in ("step", "updates")},
                            on_step=True, on_epoch=False, batch_size=1)
-        value = entry[self.metric]
-        if _better(value, self.best[self.metric]):
-            self.best, self._best_state = entry, _copy_state(pl_module)
-        if self.rule is None:
-            return
-        threshold = self.rule.threshold(self.level)
-        self._below = self._below + 1 if not value >= threshold else 0  # NaN counts as below
-        if self._below >= self.rule.patience:
-            pl_module.load_state_dict(self._best_state)
-            self.rollback = {
-                "step": entry["step"], "updates": k, "value": value, "level": self.level, "threshold": threshold,
-                "drop": self.level - value, "evaluations_below": self._below, "metric": self.metric,
-                "restored_step": self.best["step"], "restored_updates": self.best["updates"],
-                "restored_value": self.best[self.metric], "rule": asdict(self.rule),
-            }
+        if self._judge(pl_module, entry):
             trainer.should_stop = True
-            self.say(f"  ROLLBACK at env step {entry['step']} ({k} updates): {self.metric} {value:.4g} is "
-                     f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) "
-                     f"for {self._below} evaluations; restored the weights of step {self.best['step']} "
-                     f"({self.metric} {self.best[self.metric]:.4g}) and stopped")
 
     def on_train_end(self, trainer, pl_module) -> None:
         k = int(pl_module.updates) - self._start
         if self.rollback is None and self.curve and self.curve[-1]["updates"] != k:
-            self._evaluate(pl_module, f"after {k} updates (end)")  # the curve ends where training ended
+            # The curve ends where training ended, and the weights that will be saved are judged too.
+            self._judge(pl_module, self._evaluate(pl_module, f"after {k} updates (end)"))
+
+    def _judge(self, module, entry: dict[str, Any]) -> bool:
+        """Track the best weights; roll back to them when the rule says so. True when it rolled back."""
+        value = entry[self.metric]
+        if _better(value, self.best[self.metric]):
+            self.best, self._best_state = entry, _copy_state(module)
+        if self.rule is None:
+            return False
+        threshold = self.rule.threshold(self.level)
+        self._below = self._below + 1 if not value >= threshold else 0  # NaN counts as below
+        if self._below < self.rule.patience:
+            return False
+        module.load_state_dict(self._best_state)
+        self.rollback = {
+            "step": entry["step"], "updates": entry["updates"], "value": value, "level": self.level,
+            "threshold": threshold, "drop": self.level - value, "evaluations_below": self._below,
+            "metric": self.metric, "restored_step": self.best["step"], "restored_updates": self.best["updates"],
+            "restored_value": self.best[self.metric], "rule": asdict(self.rule),
+        }
+        self.say(f"  ROLLBACK at env step {entry['step']} ({entry['updates']} updates): {self.metric} {value:.4g} is "
+                 f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) for "
+                 f"{self._below} evaluations; restored the weights of step {self.best['step']} "
+                 f"({self.metric} {self.best[self.metric]:.4g}) and stopped")
+        return True
 
     def _evaluate(self, module, when: str) -> dict[str, Any]:
         metrics = self.evaluation.evaluate(module)

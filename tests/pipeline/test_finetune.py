@@ -91,23 +91,27 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert not np.allclose(tuned.act(obs), before.act(obs))  # it did learn something
 
 
-def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offline, tmp_path):
+@pytest.mark.parametrize("steps, patience, stop_updates", [(900, 2, 200), (300, 3, 240)],
+                         ids=["stops-early", "judged-at-the-end"])
+def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offline, tmp_path, steps, patience,
+                                                                            stop_updates):
     """The reward sign flipped in the checkpoint's normalisation (a sabotaged reward scale): finetuning
-    then learns to move away from the goal, the return falls and the monitor rolls back."""
+    then learns to move away from the goal, the return falls and the monitor rolls back — after two
+    bad periodic evaluations (stopping early), or at the evaluation that ends training."""
     data = fresh_copy(offline, tmp_path)
     ckpt = torch.load(offline["checkpoint"], weights_only=True)
     ckpt["hyper_parameters"]["normalization"]["reward_scale"] = -1.0
     sabotaged = tmp_path / "sabotaged.ckpt"
     torch.save(ckpt, sabotaged)
-    cfg = run_cfg(data, "finetune.steps=900", "finetune.eval.every=100", "finetune.eval.episodes=3",
-                  "finetune.rollback.patience=2", "finetune.rollback.margin=0.05")
+    cfg = run_cfg(data, f"finetune.steps={steps}", "finetune.eval.every=100", "finetune.eval.episodes=3",
+                  f"finetune.rollback.patience={patience}", "finetune.rollback.margin=0.05")
     res = finetune(cfg, str(sabotaged), str(data), tmp_path / "ft")
     rb = res["rollback"]
     assert res["rolled_back"] and rb is not None and "ROLLED BACK at step" in res["summary"]
-    assert rb["evaluations_below"] == 2 and rb["value"] < rb["threshold"] == pytest.approx(
+    assert rb["evaluations_below"] == patience and rb["value"] < rb["threshold"] == pytest.approx(
         rb["level"] - 0.05 * abs(rb["level"]))
     assert rb["drop"] == pytest.approx(rb["level"] - rb["value"]) and rb["drop"] > 0.05 * abs(rb["level"])
-    assert res["steps"] < 900 and res["curve"][-1]["step"] == rb["step"]  # it stopped there
+    assert rb["updates"] == stop_updates and res["curve"][-1]["step"] == rb["step"]  # it stopped there
     # The saved policy is the best one seen: re-evaluated on the monitor's seeds it scores exactly that.
     saved = load_algorithm(res["checkpoint"])
     ev = Evaluator(OmegaConf.to_container(cfg.env, resolve=True), episodes=3, seed=int(cfg.finetune.eval.seed),
@@ -158,3 +162,9 @@ def test_finetune_refuses_a_warmup_as_long_as_the_run(offline, tmp_path):
     with pytest.raises(ValueError, match=r"finetune.steps \(60\) must exceed finetune.warmup_steps \(60\)"):
         finetune(run_cfg(offline["data"], "finetune.steps=60"), offline["checkpoint"], str(offline["data"]),
                  tmp_path / "ft")
+
+
+def test_an_online_override_the_algorithm_does_not_know_is_refused_by_name(offline, tmp_path):
+    with pytest.raises(ValueError, match=r"finetune.algo_overrides.iql .*unknown config keys \['cql_alpha'\]"):
+        finetune(run_cfg(offline["data"], "+finetune.algo.cql_alpha=1.0"), offline["checkpoint"],
+                 str(offline["data"]), tmp_path / "ft")
