@@ -2,8 +2,9 @@
 
 The offline checkpoint that passed the gate is the incumbent. When online finetuning ran,
 its policy replaces the incumbent only if it evaluates better (same evaluation seeds,
-``promote.metric``, by at least ``promote.min_improvement``); otherwise the incumbent stays
-and the record says why.
+``promote.metric``, by at least ``promote.min_improvement``) and its success rate did not
+drop by more than ``promote.max_success_drop``; otherwise the incumbent stays and the
+record says why.
 """
 
 from __future__ import annotations
@@ -23,11 +24,20 @@ def run_stage(ctx) -> dict:
     tuned = ctx.inputs.get("finetune")
     if tuned is not None:
         online = tuned.get("evaluation", {}).get(metric)
+        # A better return bought with fewer successes is a regression (measured on the point-maze
+        # room: return -85.1 -> -80.7 while success fell 1.00 -> 0.15): success may not drop.
+        s_off = (ev.get("sim") or {}).get("success_rate")
+        s_on = tuned.get("evaluation", {}).get("success_rate")
+        max_drop = float(cfg.get("max_success_drop", 0.0))
+        if s_off is not None and s_on is not None and s_on < s_off - max_drop:
+            policy["reason"] = (f"finetuned success_rate {s_on:.2f} < offline {s_off:.2f} - {max_drop:.2f}: "
+                                "the offline policy stays")
+            online = None
         if online is not None and offline is not None and online >= offline + float(cfg.min_improvement):
             policy = {"path": tuned["checkpoint"], "fingerprint": tuned["fingerprint"], "origin": "finetuned",
                       metric: online, "reason": f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
                                                 f"{float(cfg.min_improvement):.4g}"}
-        else:
+        elif online is not None:
             policy["reason"] = (f"finetuned {metric} {online} not better than offline {offline} by "
                                 f"{float(cfg.min_improvement):.4g}: the offline policy stays")
     ctx.log(f"  promoted: {policy['origin']} ({policy['reason']})")
