@@ -138,23 +138,26 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     rb = f.rollback
     rule = RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative)) if rb.enabled else None
     fp = module.hparams["meta"]["finetune"]["from_fingerprint"]
-    store = EpisodeStore.open(dataset_path, mode="a")
-    before = store.version
+    store = EpisodeStore.open(dataset_path, mode="a")  # the writer lock for the whole online phase
+    before = after = store.version
     sink = EpisodeSink(store, int(f.commit_every_episodes), float(f.commit_every_s))
-    seed = int(f.seed) if f.seed is not None else store.num_episodes
-    interaction = OnlineInteraction(env_cfg, online, module.norm, sink, total_steps=steps, warmup_steps=warmup,
-                                    env_steps_per_update=per_update, explore=bool(f.explore), seed=seed,
-                                    policy_id=f"{module.hp.name}-finetune-{fp[:12]}", gamma=gamma,
-                                    mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")))
-    monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
-                              env_steps=lambda: interaction.steps, log=log)
-    tcfg = OmegaConf.create({"trainer": {**_plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
-                                         "strategy": "auto", "progress": bool(f.progress)},
-                             "algo": {"log_every": int(module.hp.log_every)}})
-    trainer = make_trainer(tcfg, out_dir, [monitor, interaction])  # pre-finetune evaluation before the warm-up
-    log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
-        f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: {bool(f.explore)}")
+    interaction = None
     try:
+        seed = int(f.seed) if f.seed is not None else store.num_episodes
+        interaction = OnlineInteraction(env_cfg, online, module.norm, sink, total_steps=steps, warmup_steps=warmup,
+                                        env_steps_per_update=per_update, explore=bool(f.explore),
+                                        temperature=float(f.explore_temperature), seed=seed,
+                                        policy_id=f"{module.hp.name}-finetune-{fp[:12]}", gamma=gamma,
+                                        mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")))
+        monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
+                                  env_steps=lambda: interaction.steps, log=log)
+        tcfg = OmegaConf.create({"trainer": {**_plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
+                                             "strategy": "auto", "progress": bool(f.progress)},
+                                 "algo": {"log_every": int(module.hp.log_every)}})
+        trainer = make_trainer(tcfg, out_dir, [monitor, interaction])  # pre-finetune evaluation before the warm-up
+        log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
+            f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
+            + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
     finally:
         try:  # an interrupted run keeps every finished episode
@@ -162,7 +165,8 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         finally:
             after = store.version
             store.close()
-            interaction.close()
+            if interaction is not None:
+                interaction.close()
             periodic.close()
 
     final_ev = Evaluator(env_cfg, episodes=int(cfg.evaluation.episodes), num_envs=int(cfg.evaluation.num_envs),

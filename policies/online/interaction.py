@@ -33,19 +33,23 @@ class OnlineInteraction(L.Callback):
 
     def __init__(self, env_cfg: Mapping[str, Any], online: TensorReplay, norm: Normalization,
                  on_episode: Callable[[Episode], None], *, total_steps: int, warmup_steps: int = 0,
-                 env_steps_per_update: int = 1, explore: bool = True, seed: int = 0, policy_id: str = "online",
-                 gamma: float = 0.99, mc_tail: str = "repeat_last"):
+                 env_steps_per_update: int = 1, explore: bool = True, temperature: float = 1.0, seed: int = 0,
+                 policy_id: str = "online", gamma: float = 0.99, mc_tail: str = "repeat_last"):
         if int(env_steps_per_update) < 1:
             raise ValueError(f"finetune.env_steps_per_update must be >= 1, got {env_steps_per_update!r}")
         if not 0 <= int(warmup_steps) < int(total_steps):
             raise ValueError(f"finetune.warmup_steps ({warmup_steps}) must be >= 0 and below finetune.steps "
                              f"({total_steps}): updates only start after the warm-up")
+        if not 0.0 <= float(temperature) <= 1.0:
+            raise ValueError(f"finetune.explore_temperature must be in [0, 1] (a share of the policy's own noise), "
+                             f"got {temperature!r}")
         if online.capacity - len(online) < int(total_steps):
             raise ValueError(f"online replay has room for {online.capacity - len(online)} rows, finetuning takes "
                              f"{total_steps} steps")
         self.env_cfg, self.online, self.norm, self.on_episode = env_cfg, online, norm, on_episode
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
         self.env_steps_per_update, self.explore = int(env_steps_per_update), bool(explore)
+        self.temperature = float(temperature)
         self.seed, self.policy_id, self.gamma, self.mc_tail = int(seed), str(policy_id), float(gamma), str(mc_tail)
         self.steps = 0  # env steps taken
         self.episodes: list[dict[str, Any]] = []  # one summary per finished episode
@@ -89,7 +93,7 @@ class OnlineInteraction(L.Callback):
 
     def _step(self, module) -> None:
         obs = np.asarray(self._obs)
-        action = module.act(obs[None], deterministic=not self.explore)[0].astype(self.env.action_space.dtype)
+        action = self.action(module, obs[None])[0].astype(self.env.action_space.dtype)
         nxt, reward, terminated, truncated, info = self.env.step(action)
         terminated, truncated = bool(terminated), bool(truncated)
         self.online.add_raw(obs[None], action[None], [reward], np.asarray(nxt)[None], [terminated],
@@ -102,6 +106,17 @@ class OnlineInteraction(L.Callback):
         else:
             self._obs = nxt
 
+    def action(self, module, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action, plus ``temperature`` times the policy's own sampled deviation
+        from it when exploring (IQL's sampling temperature): 1 samples the policy, 0 is deterministic.
+        A convex mix of two in-bounds actions stays within the bounds."""
+        if not self.explore or self.temperature == 0.0:
+            return module.act(obs, deterministic=True)
+        if self.temperature == 1.0:
+            return module.act(obs, deterministic=False)
+        mode = module.act(obs, deterministic=True)
+        return mode + self.temperature * (module.act(obs, deterministic=False) - mode)
+
     def _finish(self, module, terminated: bool) -> None:
         if self.online.has_mc_returns:  # the episode is complete: its rows get their MC return now
             r = self.online.rewards[self._row0:len(self.online)].cpu().numpy()
@@ -110,7 +125,8 @@ class OnlineInteraction(L.Callback):
             self.online.set_mc_returns(self._row0, return_to_go(r, np.zeros(len(r), np.int64), term, self.gamma,
                                                                 self.mc_tail))
         prov = {"source": "online", "policy_id": self.policy_id, "policy_version": str(self._version),
-                "params": {"explore": self.explore, "updates_end": int(module.updates)}}
+                "params": {"explore": self.explore, "temperature": self.temperature,
+                           "updates_end": int(module.updates)}}
         ep = self._rec.finish(prov, seed=self._seed)
         self.episodes.append({"return": ep.episode_return, "success": ep.success, "length": len(ep),
                               "policy_version": self._version, "step": self.steps})

@@ -168,3 +168,11 @@ def test_an_online_override_the_algorithm_does_not_know_is_refused_by_name(offli
     with pytest.raises(ValueError, match=r"finetune.algo_overrides.iql .*unknown config keys \['cql_alpha'\]"):
         finetune(run_cfg(offline["data"], "+finetune.algo.cql_alpha=1.0"), offline["checkpoint"],
                  str(offline["data"]), tmp_path / "ft")
+
+
+def test_a_bad_exploration_setting_is_refused_and_leaves_the_dataset_unlocked(offline, tmp_path):
+    data = fresh_copy(offline, tmp_path)
+    with pytest.raises(ValueError, match=r"finetune.explore_temperature must be in \[0, 1\].*got 1.5"):
+        finetune(run_cfg(data, "finetune.explore_temperature=1.5"), offline["checkpoint"], str(data), tmp_path / "ft")
+    with EpisodeStore.open(data, mode="a") as store:  # the writer lock was released
+        assert store.num_episodes == 12

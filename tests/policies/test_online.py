@@ -64,3 +64,28 @@ def test_bad_ratios_and_mismatched_buffers_are_refused():
         RatioSchedule(1.5, 0.5)
     with pytest.raises(ValueError, match="differ"):
         MixedReplay(buffer(10, 0.0), TensorReplay(4, 2, 10), RatioSchedule(0.5, 0.5))
+
+
+def test_exploration_temperature_scales_the_policys_own_deviation():
+    from o2o.policies.algos.iql import IQL
+    from o2o.policies.online import OnlineInteraction
+
+    module = IQL(3, 2, {"hidden": [16, 16]}, Normalization.identity(3, -2 * np.ones(2), 2 * np.ones(2)).to_dict())
+    obs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+
+    def acting(explore: bool, temperature: float) -> np.ndarray:
+        cb = OnlineInteraction({}, TensorReplay(3, 2, 10), NORM, print, total_steps=10, explore=explore,
+                               temperature=temperature)
+        torch.manual_seed(1)
+        return cb.action(module, obs)
+
+    mode = module.act(obs, deterministic=True)
+    torch.manual_seed(1)
+    sample = module.act(obs, deterministic=False)
+    assert np.abs(sample - mode).mean() > 0.1  # the policy's own noise is not negligible here
+    np.testing.assert_allclose(acting(True, 1.0), sample)
+    np.testing.assert_allclose(acting(True, 0.25), mode + 0.25 * (sample - mode), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(acting(True, 0.0), mode)
+    np.testing.assert_allclose(acting(False, 1.0), mode)
+    with pytest.raises(ValueError, match=r"explore_temperature must be in \[0, 1\]"):
+        OnlineInteraction({}, TensorReplay(3, 2, 10), NORM, print, total_steps=10, temperature=1.5)
