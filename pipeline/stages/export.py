@@ -252,8 +252,6 @@ def export(cfg: DictConfig) -> ExportResult:
 # ---------------------------------------------------------------------------- as a pipeline stage
 def run_stage(ctx) -> dict:
     """``o2o run``'s export: the promoted policy, with the run's export settings."""
-    from o2o.pipeline.stages.pretrain import file_sha256
-
     policy = ctx.inputs["policy"]
     cfg = OmegaConf.merge(ctx.config.export, {"ckpt": policy["path"], "out": str(ctx.out_dir)})
     res = export(cfg)
@@ -266,17 +264,15 @@ def run_stage(ctx) -> dict:
     files = {name: info for name, info in res.files.items()}
     return {"exported": {"dir": res.out_dir, "manifest": res.manifest_path, "parity": res.parity,
                          "closed_loop": res.closed_loop, "files": files, "origin": policy["origin"],
-                         "fingerprint": file_sha256(res.manifest_path)}}
+                         "fingerprint": sha256_file(res.manifest_path)}}
 
 
 def _valid(outputs: dict) -> bool:
     """The recorded export is reusable only if its manifest is unchanged and every file still
     matches the manifest's SHA-256 (a tampered policy.onnx means export again)."""
     from o2o.deploy.manifest import load_manifest
-    from o2o.pipeline.stages.pretrain import file_sha256
-
     e = outputs["exported"]
-    if not Path(e["manifest"]).exists() or file_sha256(e["manifest"]) != e["fingerprint"]:
+    if not Path(e["manifest"]).exists() or sha256_file(e["manifest"]) != e["fingerprint"]:
         return False
     try:
         load_manifest(e["dir"], verify=True)

@@ -26,8 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeStore
+from o2o.deploy.manifest import sha256_file
 from o2o.pipeline.dag import Stage
-from o2o.pipeline.stages.pretrain import _Steps, check_env, file_sha256, make_trainer, select_episodes
+from o2o.pipeline.stages.pretrain import _Steps, check_env, make_trainer, select_episodes
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
@@ -87,7 +88,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     if mask is not None:
         tr = type(tr)(**{k: np.asarray(val)[mask] for k, val in tr.__dict__.items()})
     meta = copy.deepcopy(offline_meta)
-    meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": file_sha256(checkpoint),
+    meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": sha256_file(checkpoint),
                         "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
                         "dataset_path": str(store.path), "config": _plain(f)}
     try:
@@ -184,7 +185,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     path = out_dir / "finetuned.ckpt"
     trainer.save_checkpoint(str(path), weights_only=False)
     result = {
-        "checkpoint": str(path), "fingerprint": file_sha256(path), "algo": str(module.hp.name),
+        "checkpoint": str(path), "fingerprint": sha256_file(path), "algo": str(module.hp.name),
         "from_checkpoint": str(checkpoint), "evaluation": evaluation, "steps": interaction.steps,
         "updates": int(trainer.global_step), "episodes": len(sink.indices),
         "episode_range": outcome["online_episodes"],
@@ -236,7 +237,7 @@ def run_stage(ctx) -> dict:
 
 def _valid(outputs: dict) -> bool:
     c = outputs["finetune"]
-    return Path(c["checkpoint"]).exists() and file_sha256(c["checkpoint"]) == c["fingerprint"]
+    return Path(c["checkpoint"]).exists() and sha256_file(c["checkpoint"]) == c["fingerprint"]
 
 
 STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
+from o2o.deploy.manifest import sha256_file
 from o2o.pipeline.dag import Stage
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
@@ -128,7 +129,7 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
         "config": _plain(cfg),
     }
     if warm is not None:
-        meta["init_from"] = {"path": str(init), "sha256": file_sha256(str(init)),
+        meta["init_from"] = {"path": str(init), "sha256": sha256_file(str(init)),
                              "dataset": warm["hyper_parameters"].get("meta", {}).get("dataset")}
     module = cls(int(tr.observations.shape[1]), int(tr.actions.shape[1]), algo_cfg, norm.to_dict(), meta)
     if warm is not None:
@@ -275,16 +276,6 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_stage(ctx) -> dict:
     """``o2o run``'s pretrain: train on exactly the dataset version the collect stage reported."""
     from o2o.pipeline import lineage
@@ -308,7 +299,7 @@ def run_stage(ctx) -> dict:
     ctx.log(f"  {cfg.algo.name}: {res.updates} updates in {res.seconds:.0f} s; best checkpoint by {res.selection}"
             + (f": return {best['return_mean']:.1f}" if "return_mean" in best else "")
             + (f", success {best['success_rate']:.2f}" if best.get("success_rate") is not None else ""))
-    return {"checkpoint": {"path": res.best_checkpoint, "fingerprint": file_sha256(res.best_checkpoint),
+    return {"checkpoint": {"path": res.best_checkpoint, "fingerprint": sha256_file(res.best_checkpoint),
                            "last": res.last_checkpoint, "algo": str(cfg.algo.name), "updates": res.updates,
                            "selection": res.selection, "dataset": res.dataset, "best_eval": res.best_eval,
                            "evaluations": res.evaluations, "summary": str(Path(res.run_dir) / "summary.json")}}
@@ -316,7 +307,7 @@ def run_stage(ctx) -> dict:
 
 def _valid(outputs: dict) -> bool:
     c = outputs["checkpoint"]
-    return Path(c["path"]).exists() and file_sha256(c["path"]) == c["fingerprint"]
+    return Path(c["path"]).exists() and sha256_file(c["path"]) == c["fingerprint"]
 
 
 STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,

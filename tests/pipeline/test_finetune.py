@@ -19,10 +19,11 @@ import torch
 from omegaconf import OmegaConf
 
 from o2o.datasets import EpisodeStore
+from o2o.deploy.manifest import sha256_file
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.finetune import finetune
-from o2o.pipeline.stages.pretrain import file_sha256, pretrain
+from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.evaluation import Evaluator
@@ -68,7 +69,7 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     with EpisodeStore.open(data) as store:
         assert store.num_episodes == 17
         t = store.episodes_table(np.arange(12, 17))
-        src_fp = file_sha256(offline["checkpoint"])
+        src_fp = sha256_file(offline["checkpoint"])
         assert set(t["source"]) == {"online"} and set(t["policy_id"]) == {f"iql-finetune-{src_fp[:12]}"}
         # The version is the update count when the episode began: two during the 60-step warm-up
         # (no update yet), then one every 60 steps, each step collected just before its update.
@@ -80,7 +81,7 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert res["updates"] == 240 and res["batch_rows"] == {"online": 240 * 8, "offline": 240 * 24}
 
     assert [c["step"] for c in res["curve"]] == [0, 180, 300] and not res["rolled_back"]
-    assert res["fingerprint"] == file_sha256(res["checkpoint"]) and "return_mean" in res["evaluation"]
+    assert res["fingerprint"] == sha256_file(res["checkpoint"]) and "return_mean" in res["evaluation"]
     tuned, before = load_algorithm(res["checkpoint"]), load_algorithm(offline["checkpoint"])
     meta = tuned.hparams["meta"]["finetune"]
     assert meta["from_checkpoint"] == offline["checkpoint"] and meta["from_fingerprint"] == src_fp
