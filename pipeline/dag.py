@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from o2o.pipeline.config import plain
+
 # What a stage's function returns: artifact name -> JSON-able value. A value may carry its
 # own "fingerprint"; otherwise the fingerprint is the hash of the value.
 Outputs = dict[str, Any]
@@ -222,7 +224,7 @@ class Pipeline:
 
     def stage_fingerprint(self, stage: Stage, config: Any, inputs: Mapping[str, Any]) -> str:
         names = [a for a in (*stage.reads, *stage.optional) if a in inputs]
-        return fingerprint({"stage": stage.name, "config": _plain(config),
+        return fingerprint({"stage": stage.name, "config": plain(config),
                             "inputs": {a: artifact_fingerprint(inputs[a]) for a in names}})
 
     def plan(self, configs: Mapping[str, Any], cache: StageCache) -> list[tuple[str, str]]:
@@ -307,15 +309,3 @@ class Pipeline:
 def _call(fn, *args) -> None:
     if fn is not None:
         fn(*args)
-
-
-def _plain(config: Any) -> Any:
-    """A JSON-able copy of ``config`` (OmegaConf resolved, or as is)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(config, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(config, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return config

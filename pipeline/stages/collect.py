@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
 from o2o.policies.behavior.factory import make_behavior
@@ -63,7 +64,7 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
         problems = existing.schema.compatible_with(schema)
         have = existing.env or {}
     for key in ENV_IDENTITY_KEYS:
-        if key in have and _canon(have.get(key)) != _canon(meta.get(key)):
+        if key in have and plain(have.get(key)) != plain(meta.get(key)):
             problems.append(f"env {key} {meta.get(key)!r} != dataset's {have.get(key)!r}")
     if problems:
         raise DatasetMismatchError(
@@ -71,10 +72,6 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
             + " (nothing collected; use another dataset.path)"
         )
     return EpisodeStore.open(path, mode="a")
-
-
-def _canon(v: Any) -> Any:
-    return OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
 
 
 def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:

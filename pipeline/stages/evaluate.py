@@ -24,9 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from o2o.datasets import EpisodeStore
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages.pretrain import check_env, select_episodes
 from o2o.policies.ope.config import OPEConfig
@@ -52,10 +53,6 @@ class EvaluateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -118,9 +115,9 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
     ``progress(row)`` is called after each checkpoint is done.
     """
     start = time.perf_counter()
-    paths = checkpoint_paths(_plain(cfg.ckpts))
+    paths = checkpoint_paths(plain(cfg.ckpts))
     device = resolve_device(cfg.get("device"))
-    ope_cfg = OPEConfig.from_mapping({k: v for k, v in _plain(cfg.ope).items() if k != "select"})  # select: pretrain only
+    ope_cfg = OPEConfig.from_mapping({k: v for k, v in plain(cfg.ope).items() if k != "select"})  # select: pretrain only
     with EpisodeStore.open(cfg.dataset.path, mode="r") as store:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
@@ -128,7 +125,7 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
         space = store.schema.action_space
         version = store.version_at(int(idx.max()) + 1)
         dataset = {"path": str(cfg.dataset.path), "version": version.to_dict(), "episodes": int(len(idx)),
-                   "transitions": int(len(tr)), "selection": _plain(cfg.data)}
+                   "transitions": int(len(tr)), "selection": plain(cfg.data)}
     data = OPEData.from_transitions(tr, space.low, space.high, device=device, source=str(cfg.dataset.path))
     notes: list[str] = []
     max_steps = int(cfg.env.max_episode_steps)
@@ -141,7 +138,7 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
     if sim.enabled:
         from o2o.policies.evaluation import Evaluator
 
-        evaluator = Evaluator(_plain(cfg.env), episodes=int(sim.episodes), num_envs=int(sim.num_envs),
+        evaluator = Evaluator(plain(cfg.env), episodes=int(sim.episodes), num_envs=int(sim.num_envs),
                               seed=int(sim.seed), gamma=ope_cfg.gamma, asynchronous=bool(sim.asynchronous))
     rows: list[dict[str, Any]] = []
     try:
@@ -167,7 +164,7 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
         truth = [r.get("eval/mc_discounted_return_mean") for r in rows]
         rho = {m: spearman([r.get(m) for r in rows], truth) for m in OPE_METRICS}
     result = EvaluateResult(rows=rows, spearman=rho, note=describe(ope_cfg), dataset=dataset,
-                            ope=ope_cfg.to_dict(), sim=_plain(sim) if sim.enabled else None, device=str(device),
+                            ope=ope_cfg.to_dict(), sim=plain(sim) if sim.enabled else None, device=str(device),
                             seconds=time.perf_counter() - start, warnings=notes)
     if cfg.get("output"):
         out = Path(str(cfg.output))
@@ -217,10 +214,10 @@ def run_stage(ctx) -> dict:
                            "horizon": int(cfg.env.max_episode_steps), "data": data_behaviour(data["path"],
                                                                                               data["episodes"])}
     if e.sim:
-        ev = Evaluator(_plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
+        ev = Evaluator(plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
                        gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))
         try:
-            out["sim"] = SimEvaluation(ev, 0, references=_plain(cfg.env.get("reference_returns"))).evaluate(module)
+            out["sim"] = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(module)
         finally:
             ev.close()
         s = out["sim"]
@@ -229,7 +226,7 @@ def run_stage(ctx) -> dict:
                 + (f", Q(start) {s['q_start_mean']:.1f} vs achieved {s['mc_discounted_return_mean']:.1f}"
                    if "q_start_mean" in s else ""))
     if e.ope:
-        ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in _plain(cfg.ope).items() if k != "select"},
+        ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in plain(cfg.ope).items() if k != "select"},
                                           "gamma": float(module.hp.gamma)})
         with EpisodeStore.open(data["path"], mode="r") as store:
             tr = store.load_transitions(np.arange(data["episodes"]))

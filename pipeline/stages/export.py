@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
 from o2o.deploy.manifest import MANIFEST_NAME, sha256_file
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,6 @@ class ExportResult:
         """JSON-able form (a pipeline stage's output; ``o2o.deploy.manifest.load_manifest(out_dir)``
         tells later whether the folder is still intact)."""
         return asdict(self)
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -223,7 +220,7 @@ def export(cfg: DictConfig) -> ExportResult:
         dataset=None if ds is None else {k: ds.get(k) for k in DATASET_KEYS},
         evaluation={"training": training_evaluation(ckpt, int(raw["o2o"]["updates"]))},
         observation_space=env_meta.get("observation_space"), observations_source=source,
-        runtime={k: _plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")}, notes=notes,
+        runtime={k: plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")}, notes=notes,
     )
 
     check = None

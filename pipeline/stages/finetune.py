@@ -19,7 +19,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeStore
 from o2o.deploy.manifest import sha256_file
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages.pretrain import _Steps, check_env, make_trainer, select_episodes
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
@@ -34,10 +35,6 @@ from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
 from o2o.policies.online import FinetuneMonitor, MixedReplay, OnlineInteraction, RatioSchedule, RollbackRule
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
 
 
 class EpisodeSink:
@@ -72,7 +69,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     cls = resolve_algorithm(ckpt["o2o"]["cls"])
     hp = ckpt["hyper_parameters"]
     name = str(hp["algo"].get("name") or cls.__name__.lower())
-    algo = {**hp["algo"], **(_plain(f.algo_overrides).get(name) or {}), **(_plain(f.algo) or {})}
+    algo = {**hp["algo"], **(plain(f.algo_overrides).get(name) or {}), **(plain(f.algo) or {})}
     if f.batch_size is not None:
         algo["batch_size"] = int(f.batch_size)
     offline_meta = hp.get("meta") or {}
@@ -90,7 +87,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     meta = copy.deepcopy(offline_meta)
     meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": sha256_file(checkpoint),
                         "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
-                        "dataset_path": str(store.path), "config": _plain(f)}
+                        "dataset_path": str(store.path), "config": plain(f)}
     try:
         module = cls(int(hp["obs_dim"]), int(hp["act_dim"]), algo, hp["normalization"], meta)
     except ValueError as e:  # an override the algorithm does not know: say which config it came from
@@ -130,9 +127,9 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
                                                        n_updates if r.anneal_updates is None else int(r.anneal_updates)))
     module.attach_replay(mixed)
 
-    env_cfg = _plain(cfg.env)
+    env_cfg = plain(cfg.env)
     gamma = float(module.hp.gamma)
-    references = _plain(cfg.env.get("reference_returns"))
+    references = plain(cfg.env.get("reference_returns"))
     e = f.eval
     periodic = Evaluator(env_cfg, episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed), gamma=gamma,
                          asynchronous=bool(e.asynchronous))
@@ -152,7 +149,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
                                         mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")))
         monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
                                   env_steps=lambda: interaction.steps, log=log)
-        tcfg = OmegaConf.create({"trainer": {**_plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
+        tcfg = OmegaConf.create({"trainer": {**plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
                                              "strategy": "auto", "progress": bool(f.progress)},
                                  "algo": {"log_every": int(module.hp.log_every)}})
         trainer = make_trainer(tcfg, out_dir, [monitor, interaction])  # pre-finetune evaluation before the warm-up

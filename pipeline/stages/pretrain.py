@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.deploy.manifest import sha256_file
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
@@ -64,10 +65,6 @@ class _Steps(torch.utils.data.IterableDataset):
         return itertools.repeat(0)
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 def _parse_version(v: Any) -> Any:
     if v is None or isinstance(v, int):
         return v
@@ -82,10 +79,10 @@ def select_episodes(store: EpisodeStore, data_cfg: Any) -> np.ndarray:
     """Episode indices chosen by ``data.{sources, episodes, version, success}``."""
     ep = data_cfg.get("episodes")
     episodes = None if ep is None else range(int(ep[0]), int(ep[1]))
-    idx = store.select(sources=_plain(data_cfg.get("sources")), episodes=episodes,
+    idx = store.select(sources=plain(data_cfg.get("sources")), episodes=episodes,
                        version=_parse_version(data_cfg.get("version")), success=data_cfg.get("success"))
     if len(idx) == 0:
-        raise ValueError(f"dataset {store.path!r}: the selection {_plain(data_cfg)} holds no episodes "
+        raise ValueError(f"dataset {store.path!r}: the selection {plain(data_cfg)} holds no episodes "
                          f"(the dataset has {store.num_episodes}); collect data first or widen the selection")
     return idx
 
@@ -93,7 +90,7 @@ def select_episodes(store: EpisodeStore, data_cfg: Any) -> np.ndarray:
 def check_env(store: EpisodeStore, env_cfg: Any) -> None:
     """The dataset must come from the env the config names (it is rebuilt for evaluation)."""
     have = store.env or {}
-    want = _plain(env_cfg)
+    want = plain(env_cfg)
     diff = [f"{k} {want.get(k)!r} != dataset's {have.get(k)!r}" for k in ENV_IDENTITY_KEYS
             if k in have and have.get(k) != want.get(k)]
     if diff:
@@ -104,7 +101,7 @@ def check_env(store: EpisodeStore, env_cfg: Any) -> None:
 def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: str = "cpu"
                  ) -> tuple[OfflineAlgorithm, TensorReplay]:
     """Load the selection once, fit normalisation, and build the algorithm and its replay buffer."""
-    algo_cfg = _plain(cfg.algo)
+    algo_cfg = plain(cfg.algo)
     algo_cfg.setdefault("seed", int(cfg.trainer.seed))
     cls = resolve_algorithm(algo_cfg["cls"])
     tr = store.load_transitions(idx)
@@ -124,9 +121,9 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
     version = store.version_at(int(idx.max()) + 1)
     meta = {
         "dataset": {"path": str(store.path), "version": version.to_dict(), "episodes": int(len(idx)),
-                    "transitions": int(len(tr)), "selection": _plain(cfg.data)},
+                    "transitions": int(len(tr)), "selection": plain(cfg.data)},
         "env": store.env,
-        "config": _plain(cfg),
+        "config": plain(cfg),
     }
     if warm is not None:
         meta["init_from"] = {"path": str(init), "sha256": sha256_file(str(init)),
@@ -211,7 +208,7 @@ def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgo
                    key=lambda p: int(Path(p).stem.split("-")[-1]))
     if not cfg.ope.get("select", True) or not paths:
         return (last if Path(last).exists() else None), "last checkpoint (no simulator evaluation, no OPE selection)", None
-    ope = {k: v for k, v in _plain(cfg.ope).items() if k != "select"}
+    ope = {k: v for k, v in plain(cfg.ope).items() if k != "select"}
     ope["gamma"] = float(module.hp.gamma)  # judge every candidate by the return it was trained to maximise
     # The store selection, not the module's replay: filtered BC trains on a subset, OPE needs whole episodes.
     best, table = select_by_ope(paths, cfg.dataset.path, ope, episodes=idx, device=module.device)
@@ -237,9 +234,9 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     callbacks: list = [UpdateRate(every=int(cfg.algo.get("log_every", 50)))]
     every = int(ev.every)
     if ev.enabled:
-        evaluator = Evaluator(_plain(cfg.env), episodes=int(ev.episodes), num_envs=int(ev.num_envs),
+        evaluator = Evaluator(plain(cfg.env), episodes=int(ev.episodes), num_envs=int(ev.num_envs),
                               seed=int(ev.seed), gamma=float(module.hp.gamma), asynchronous=bool(ev.asynchronous))
-        cb_eval = SimEvaluation(evaluator, every, references=_plain(cfg.env.get("reference_returns")))
+        cb_eval = SimEvaluation(evaluator, every, references=plain(cfg.env.get("reference_returns")))
         callbacks.append(cb_eval)
         ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{step}", monitor=cfg.checkpoint.monitor,
                                mode=cfg.checkpoint.mode, save_top_k=1, every_n_train_steps=every, save_last=True,
