@@ -105,6 +105,16 @@ def make_selection(sources: Sequence[str] | None = None, episodes: str | None = 
     return Selection(tuple(sources) if sources else None, parse_episodes(episodes), parse_version(version))
 
 
+def open_hdf5(path: str | Path):
+    """``path`` opened read-only with h5py; a file that is not HDF5 is a :class:`ForeignFormatError`."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ForeignFormatError(f"{Path(path).name}: not a readable HDF5 file ({e})") from None
+
+
 def path_sha256(path: str | Path) -> str:
     """SHA-256 of a file, or of a directory (every file's relative path and bytes, sorted)."""
     path = Path(path)

@@ -23,7 +23,7 @@ import numpy as np
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
     O2O_FORMAT, ForeignData, ForeignFormatError, Selection, dataset_record, env_schema, episode_record,
-    imported_provenance,
+    imported_provenance, open_hdf5,
     path_sha256, restore_episode, select_plain, select_records,
 )
 from o2o.datasets.schema import FLAT_OBS_KEY, Schema
@@ -83,16 +83,11 @@ def read_d4rl(path: str | Path, selection: Selection = Selection(), source: str 
     file not exported by o2o; ``env_cfg`` (an o2o env config) names the env the data
     comes from, so a new store gets that env's spaces, bounds and observation fields.
     """
-    import h5py
 
     path = Path(path)
     name = path.name
     origin = {"format": "d4rl", "file": name, "sha256": path_sha256(path)}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ForeignFormatError(f"{name}: not a readable HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path) as f:
         arr = {k: _read(f, k, name) for k in REQUIRED}
         nxt = _read(f, "next_observations", name) if "next_observations" in f else None
         infos = {k: f["infos"][k][()] for k in f["infos"]} if "infos" in f and hasattr(f["infos"], "keys") else {}

@@ -29,7 +29,8 @@ import numpy as np
 
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, path_sha256, select_plain,
+    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, path_sha256,
+    select_plain,
 )
 from o2o.datasets.schema import Schema
 from o2o.envs.spaces import ObsLayout
@@ -39,7 +40,6 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
                    policy_id: str | None = None, obs_keys: Sequence[str] | None = None, filter_key: str | None = None,
                    env_cfg: Mapping[str, Any] | None = None) -> ForeignData:
     """Read a robomimic low-dim HDF5 file; ``env_cfg`` (an o2o env config) fixes keys, bounds and env."""
-    import h5py
 
     path = Path(path)
     name = path.name
@@ -47,11 +47,7 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
     schema_env = env_schema(env_cfg) if env_cfg is not None else None
     if obs_keys is None and schema_env is not None and schema_env[0].obs_layout is not None:
         obs_keys = schema_env[0].obs_layout.keys
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ForeignFormatError(f"{name}: not a readable HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path) as f:
         if "data" not in f:
             raise ForeignFormatError(f"{name}: group 'data' is missing (not a robomimic dataset)")
         data = f["data"]

@@ -39,7 +39,8 @@ import numpy as np
 
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, path_sha256, select_plain,
+    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, path_sha256,
+    select_plain,
 )
 
 REPLAY_MODES = ("actions", "states")
@@ -74,7 +75,6 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
                         source: str | None = None, policy_id: str | None = None, replay: str = "actions",
                         max_state_error: float = 1e-4) -> ForeignData:
     """Replay every selected demo of a robosuite ``demo.hdf5`` in the o2o env ``env_cfg``."""
-    import h5py
 
     from o2o.envs import make_env
 
@@ -83,11 +83,7 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
     path = Path(path)
     name = path.name
     origin = {"format": "robosuite", "file": name, "sha256": path_sha256(path)}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ForeignFormatError(f"{name}: not a readable HDF5 file ({e})") from None
-    with f:
+    with open_hdf5(path) as f:
         if "data" not in f:
             raise ForeignFormatError(f"{name}: group 'data' is missing (not a robosuite demo file)")
         data = f["data"]
