@@ -26,16 +26,35 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def _cmd_collect(args: argparse.Namespace) -> int:
+def _compose(name: str, args: argparse.Namespace, resolve: bool = True):
+    """The ``configs/<name>.yaml`` config with the command's overrides; with ``--cfg`` print it and
+    return None (the command then exits 0)."""
     from omegaconf import OmegaConf
 
     from o2o.pipeline.config import load_config
+
+    cfg = load_config(name, args.overrides)
+    if args.cfg:
+        console.print(OmegaConf.to_yaml(cfg, resolve=resolve), markup=False)
+        return None
+    return cfg
+
+
+def _hydra_command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
+    """A subcommand taking Hydra overrides and ``--cfg``, e.g. ``o2o <name> key=value ...``."""
+    c = sub.add_parser(name, help=help, description=f"Hydra overrides, e.g. {example}")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    c.set_defaults(func=func)
+    return c
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
     from o2o.pipeline.progress import CollectProgress
     from o2o.pipeline.stages.collect import collect
 
-    cfg = load_config("collect", args.overrides)
-    if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+    cfg = _compose("collect", args)
+    if cfg is None:
         return 0
     # A teleoperation draws its own status line on the terminal: no progress bar over it.
     bar_on = bool(cfg.collect.progress) and cfg.behavior.get("kind") != "human"
@@ -46,14 +65,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from o2o.pipeline.config import load_config
     from o2o.pipeline.stages.pretrain import pretrain
 
-    cfg = load_config("pretrain", args.overrides)
-    if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+    cfg = _compose("pretrain", args)
+    if cfg is None:
         return 0
     result = pretrain(cfg)
     if result.selection.startswith("process "):  # a DDP worker other than rank 0: rank 0 reports
@@ -76,14 +91,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from o2o.pipeline.config import load_config
     from o2o.pipeline.stages.evaluate import evaluate
 
-    cfg = load_config("evaluate", args.overrides)
-    if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+    cfg = _compose("evaluate", args)
+    if cfg is None:
         return 0
 
     def done(row: dict) -> None:
@@ -96,14 +107,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from o2o.pipeline.config import load_config
     from o2o.pipeline.stages.export import export
 
-    cfg = load_config("export", args.overrides)
-    if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg), markup=False)
+    cfg = _compose("export", args, resolve=False)
+    if cfg is None:
         return 0
     r = export(cfg)
     t = Table(title=f"exported {r.checkpoint} in {r.seconds:.1f} s")
@@ -271,14 +278,10 @@ def _run_summary(art: dict) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
     from o2o.pipeline import run as R
-    from o2o.pipeline.config import load_config
 
-    cfg = load_config("run", args.overrides)
-    if args.cfg:
-        console.print(OmegaConf.to_yaml(cfg, resolve=True), markup=False)
+    cfg = _compose("run", args)
+    if cfg is None:
         return 0
     if args.dry_run:
         t = Table(title=f"plan: {len(cfg.pipeline.stages)} stages, state in {cfg.state_dir}")
@@ -311,36 +314,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="o2o", description="Offline-to-online robot learning pipelines.")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)",
-                       description="Hydra overrides, e.g. env=pointmaze algo=cql pipeline.stages=[collect,pretrain]")
-    r.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    r.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    r = _hydra_command(sub, "run", _cmd_run,
+                       "the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)",
+                       "env=pointmaze algo=cql pipeline.stages=[collect,pretrain]")
     r.add_argument("--dry-run", action="store_true", help="print the plan (what runs, what is unchanged) and exit")
     r.add_argument("--force", default=None, help="comma-separated stages to rerun even if unchanged")
-    r.set_defaults(func=_cmd_run)
-    c = sub.add_parser("collect", help="log episodes of a behaviour policy into the dataset",
-                       description="Hydra overrides, e.g. env=lift behavior=noisy collect.episodes=50 "
-                                   "dataset.path=data/lift.zarr")
-    c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    c.set_defaults(func=_cmd_collect)
-    t = sub.add_parser("pretrain", help="train an offline algorithm (BC, IQL, CQL, AWAC, COMBO, SAC) on the dataset",
-                       description="Hydra overrides, e.g. env=pointmaze algo=cql trainer.max_steps=20000")
-    t.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    t.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    t.set_defaults(func=_cmd_pretrain)
-    e = sub.add_parser("evaluate", help="off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation",
-                       description="Hydra overrides, e.g. env=pointmaze dataset.path=data/pointmaze.zarr "
-                                   "ckpts=[a.ckpt,b.ckpt] ope.fqe_updates=20000 sim.episodes=20")
-    e.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    e.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    e.set_defaults(func=_cmd_evaluate)
-    x = sub.add_parser("export", help="export a checkpoint to ONNX + TorchScript + manifest, verified against torch",
-                       description="Hydra overrides, e.g. ckpt=runs/pretrain/<run>/checkpoints/best-3000.ckpt "
-                                   "out=exports/lift-iql runtime.max_delta=0.2 closed_loop.episodes=20")
-    x.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
-    x.add_argument("--cfg", action="store_true", help="print the composed config and exit")
-    x.set_defaults(func=_cmd_export)
+    _hydra_command(sub, "collect", _cmd_collect, "log episodes of a behaviour policy into the dataset",
+                   "env=lift behavior=noisy collect.episodes=50 dataset.path=data/lift.zarr")
+    _hydra_command(sub, "pretrain", _cmd_pretrain,
+                   "train an offline algorithm (BC, IQL, CQL, AWAC, COMBO, SAC) on the dataset",
+                   "env=pointmaze algo=cql trainer.max_steps=20000")
+    _hydra_command(sub, "evaluate", _cmd_evaluate,
+                   "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation",
+                   "env=pointmaze dataset.path=data/pointmaze.zarr ckpts=[a.ckpt,b.ckpt] ope.fqe_updates=20000 "
+                   "sim.episodes=20")
+    _hydra_command(sub, "export", _cmd_export,
+                   "export a checkpoint to ONNX + TorchScript + manifest, verified against torch",
+                   "ckpt=runs/pretrain/<run>/checkpoints/best-3000.ckpt out=exports/lift-iql runtime.max_delta=0.2 "
+                   "closed_loop.episodes=20")
     s = sub.add_parser("serve", help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
                        description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
                                    "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "
