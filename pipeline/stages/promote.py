@@ -12,6 +12,10 @@ from __future__ import annotations
 from o2o.pipeline.dag import Stage
 
 
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
 def run_stage(ctx) -> dict:
     cfg = ctx.config.promote
     ckpt, ev, gate = ctx.inputs["checkpoint"], ctx.inputs["evaluation"], ctx.inputs["gate"]
@@ -38,7 +42,7 @@ def run_stage(ctx) -> dict:
                       metric: online, "reason": f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
                                                 f"{float(cfg.min_improvement):.4g}"}
         elif online is not None:
-            policy["reason"] = (f"finetuned {metric} {online} not better than offline {offline} by "
+            policy["reason"] = (f"finetuned {metric} {online:.4g} not better than offline {_num(offline)} by "
                                 f"{float(cfg.min_improvement):.4g}: the offline policy stays")
     ctx.log(f"  promoted: {policy['origin']} ({policy['reason']})")
     return {"policy": policy}

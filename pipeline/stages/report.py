@@ -33,14 +33,20 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def dataset_section(out: Path, data: dict) -> list[str]:
+    """The dataset as it stands now (online episodes appended by finetuning included), with the
+    version the offline policy was trained on marked: growth and returns per source, and a
+    table per source and behaviour policy."""
     plt = _plt()
     with EpisodeStore.open(data["path"], mode="r") as store:
-        t = store.episodes_table(np.arange(data["episodes"]))
+        t = store.episodes_table()
+    trained = int(data["episodes"])
     sources = sorted(set(t["source"]))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
     for src in sources:  # growth: cumulative episodes per source over the dataset's history
         m = (t["source"] == src).astype(int)
         ax[0].plot(np.arange(1, len(m) + 1), np.cumsum(m), label=str(src))
+    if len(t["index"]) > trained:
+        ax[0].axvline(trained, color="gray", ls="--", lw=1, label=f"trained on ({trained})")
     ax[0].set(xlabel="episodes in the dataset", ylabel="episodes of this source", title="growth per source")
     ax[0].legend(fontsize=8)
     ax[1].boxplot([t["returns"][t["source"] == s] for s in sources], tick_labels=[str(s) for s in sources])
@@ -48,14 +54,18 @@ def dataset_section(out: Path, data: dict) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "dataset.png", dpi=90)
     plt.close(fig)
-    rows = ["| source | episodes | steps | return mean | success |", "|---|---:|---:|---:|---:|"]
-    for s in sources:
-        m = t["source"] == s
+    rows = ["| source | policy | episodes | steps | return mean | success |", "|---|---|---:|---:|---:|---:|"]
+    for s, pid in sorted(set(zip(t["source"], t["policy_id"])), key=lambda k: (str(k[0]), str(k[1]))):
+        m = (t["source"] == s) & (t["policy_id"] == pid)
         succ = np.asarray(t["success"][m], float)
-        rows.append(f"| {s} | {int(m.sum())} | {int(t['length'][m].sum())} | {np.mean(t['returns'][m]):.1f} | "
+        rows.append(f"| {s} | {pid} | {int(m.sum())} | {int(t['length'][m].sum())} | {np.mean(t['returns'][m]):.1f} | "
                     f"{_fmt(float(np.nanmean(succ)) if np.isfinite(succ).any() else None, '.2f')} |")
-    return [f"## Dataset\n\n`{data['path']}`, version {data['episodes']}@{data['fingerprint'][:12]} "
-            f"({data['transitions']} transitions).\n", *rows, "", "![dataset](dataset.png)", ""]
+    now = len(t["index"])
+    grown = (f" It now holds {now} episodes ({int(t['length'].sum())} steps): {now - trained} appended since."
+             if now > trained else "")
+    return [f"## Dataset\n\n`{data['path']}`: the offline policy was trained on version "
+            f"{trained}@{data['fingerprint'][:12]} ({data['transitions']} transitions).{grown}\n", *rows, "",
+            "![dataset](dataset.png)", ""]
 
 
 def training_section(out: Path, ckpt: dict) -> list[str]:
@@ -96,9 +106,10 @@ def evaluation_section(ev: dict | None) -> list[str]:
             f"| offline policy | {_fmt(s.get('return_mean'), '.1f')} | {_fmt(s.get('success_rate'), '.2f')} | "
             f"{_fmt(s.get('mc_discounted_return_mean'), '.1f')} | {_fmt(s.get('q_start_mean'), '.1f')} | "
             f"{_fmt(ope.get('ope/fqe_value'), '.1f')} |"]
+    fqe = ("FQE the off-policy estimate from the dataset alone" if ope else
+           "no off-policy estimate was asked for (`evaluation.ope=true` adds FQE, IS and DR next to simulation)")
     return [f"## Evaluation\n\n{_fmt(s.get('episodes'), '.0f')} simulated episodes on seeds not used to choose the "
-            "checkpoint; Q(start) is the critic's own estimate on the start states, FQE the off-policy estimate "
-            "from the dataset alone.\n", *rows, ""]
+            f"checkpoint; Q(start) is the critic's own estimate on the start states, {fqe}.\n", *rows, ""]
 
 
 def gate_section(gate: dict | None) -> list[str]:
@@ -154,10 +165,23 @@ def finetune_section(out: Path, ft: dict | None) -> list[str]:
     return [f"## Online finetuning\n\n{ft.get('summary', '')}\n", *rows, "", "![finetuning](finetune.png)", ""]
 
 
-def optional_section(title: str, art: dict | None, keys: list[str]) -> list[str]:
-    if art is None:
-        return [f"## {title}\n\nThis stage did not run in this pipeline.\n"]
-    return [f"## {title}\n", *(f"- {k}: {_fmt(art.get(k))}" for k in keys if k in art), ""]
+def export_section(ex: dict | None) -> list[str]:
+    """Where the exported policy is, and how closely each backend matches the trained policy:
+    the largest action difference on recorded observations, and the closed loop in simulation."""
+    if ex is None:
+        return ["## Export\n\nThis stage did not run in this pipeline.\n"]
+    lines = [f"## Export\n\nThe {ex.get('origin', 'promoted')} policy, in `{ex['dir']}` (manifest "
+             f"`{ex['manifest']}`).\n", "| file | bytes |", "|---|---:|"]
+    lines += [f"| {name} | {_fmt((info or {}).get('bytes'), 'd')} |" for name, info in (ex.get("files") or {}).items()]
+    lines += ["", "| backend | largest action difference vs torch |", "|---|---:|"]
+    lines += [f"| {k} | {_fmt(v, '.1e')} |" for k, v in (ex.get("parity") or {}).items()]
+    cl = ex.get("closed_loop") or {}
+    if cl.get("runtime"):
+        lines += ["", "| closed loop in simulation | return | success |", "|---|---:|---:|"]
+        for name, label in (("trained", "trained policy (torch)"), ("runtime", "exported policy (o2o runtime)")):
+            r = cl.get(name) or {}
+            lines.append(f"| {label} | {_fmt(r.get('return_mean'), '.1f')} | {_fmt(r.get('success_rate'), '.2f')} |")
+    return [*lines, ""]
 
 
 def run_stage(ctx) -> dict:
@@ -170,7 +194,7 @@ def run_stage(ctx) -> dict:
     lines += evaluation_section(i.get("evaluation"))
     lines += gate_section(i.get("gate"))
     lines += finetune_section(out, i.get("finetune"))
-    lines += optional_section("Export", i.get("exported"), ["dir", "manifest", "onnx", "torchscript", "parity"])
+    lines += export_section(i.get("exported"))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     ctx.log(f"  report: {path}")

@@ -149,7 +149,7 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
             if "env step 300]" in line:  # 5 episodes finished (300 steps of 60)
                 proc.send_signal(signal.SIGINT)
                 break
-        proc.wait(timeout=60)
+        proc.wait(timeout=300)  # a hang guard, not a timing check (CI machines are shared and slow)
     finally:
         proc.kill()
     assert any("env step 300]" in x for x in lines), "".join(lines[-20:])

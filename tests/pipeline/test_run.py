@@ -59,6 +59,10 @@ def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
     report = (tmp_path / "runs" / "one" / "report" / "report.md").read_text()
     assert report.startswith("# o2o run report") and "![finetuning](finetune.png)" in report
     assert (tmp_path / "runs" / "one" / "report" / "finetune.png").stat().st_size > 0
+    # The dataset as it stands after finetuning, per source and behaviour policy; the export's parity.
+    assert f"It now holds {12 + ONLINE} episodes" in report and f"{ONLINE} appended since" in report
+    assert "| online | iql-finetune-" in report and "| scripted | " in report and "| random | " in report
+    assert "| onnxruntime | " in report and "| exported policy (o2o runtime) | " in report
 
     # The same config again: nothing new was collected, but finetuning grew the dataset with online
     # episodes, so everything that depends on the data reruns on the grown version (the keep-the-dataset loop).
