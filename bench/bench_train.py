@@ -14,6 +14,8 @@ Variants (``--variants``):
   ``Trainer`` (TB and CSV loggers, the update-rate callback, eval disabled, progress off)
   for ``warmup + steps`` updates; the clock covers updates ``warmup+1 .. warmup+steps``
   only. The bare ``module.update(batch)`` loop on pre-sampled batches is timed after.
+* **o2o bf16+compile** / **o2o fp32+compile**: the same with ``trainer.compile=true`` (the
+  networks' MLPs through ``torch.compile``; the compiling happens in the untimed warm-up).
 * **d3rlpy**: d3rlpy as its users run it, its own ``fit(dataset, n_steps=warmup + steps)``
   (its sampler, its logger), timed by its step callback over the same window; then its
   bare ``algo.update(batch)`` loop. d3rlpy has no mixed-precision option; it trains in
@@ -200,6 +202,8 @@ def o2o_train(cfg, store_path: str, run_dir: Path, steps: int, warmup: int, bare
     then time ``bare_steps`` bare ``module.update`` calls. Returns (Timing, module)."""
     with EpisodeStore.open(store_path, mode="r") as store:
         module, replay = build_module(cfg, store, select_episodes(store, cfg.data))
+    if cfg.trainer.get("compile"):  # as o2o pretrain does; compiling happens in the untimed warm-up updates
+        module.compile_networks()
     clock = _Clock(warmup, warmup + steps)
     with quiet_fit():
         trainer = make_trainer(cfg, run_dir, [UpdateRate(every=int(cfg.algo.get("log_every", 50))), clock])
@@ -254,6 +258,8 @@ def d3rlpy_train(d3rlpy, cfg, ds, log_dir: Path, steps: int, warmup: int, bare_s
 VARIANTS = {
     "o2o fp32": ("o2o", "32-true", "tuned"),
     "o2o bf16": ("o2o", "bf16-mixed", "tuned"),
+    "o2o bf16+compile": ("o2o", "bf16-mixed", "tuned", True),  # trainer.compile=true: torch.compile'd MLPs
+    "o2o fp32+compile": ("o2o", "32-true", "tuned", True),
     "d3rlpy": ("d3rlpy", None, "default"),
     "d3rlpy +alloc": ("d3rlpy", None, "tuned"),  # d3rlpy given o2o's allocator setting, for transparency
 }
@@ -262,7 +268,8 @@ PEER = "d3rlpy"  # the ratio's denominator: d3rlpy as its users run it
 
 def worker(args) -> int:
     """One measurement in this (fresh) process: print its Timing as JSON on the last line."""
-    lib, precision, allocator = VARIANTS[args.worker]
+    lib, precision, allocator, *rest = VARIANTS[args.worker]
+    compiled = bool(rest and rest[0])
     torch.set_num_threads(args.threads)
     from o2o.policies.allocator import tune_cpu_allocator
     tune_cpu_allocator(allocator)
@@ -270,7 +277,7 @@ def worker(args) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if lib == "o2o":
         cfg = o2o_config(algo, args.store, args.workdir / "runs", w + n, precision,
-                         (f"trainer.cpu_allocator={allocator}",))
+                         (f"trainer.cpu_allocator={allocator}", f"trainer.compile={str(compiled).lower()}"))
         tm, _ = o2o_train(cfg, args.store, args.workdir / "runs", n, w, n)
     else:
         d3rlpy = import_d3rlpy()

@@ -260,3 +260,25 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     t = [p for p in target.parameters()]
     s = [p for p in source.parameters()]
     torch._foreach_lerp_(t, s, tau)
+
+
+def compile_mlps(root: nn.Module, **kwargs) -> list[str]:
+    """``torch.compile`` every outermost MLP under ``root`` (each :class:`EnsembleMLP` and
+    ``nn.Sequential``) in place, through ``nn.Module.compile``: parameters and state-dict keys
+    stay as they are, and every caller (``forward``, ``sample_n``, ``log_prob``...) gets the
+    compiled trunk. Fusing bias, activation and dtype casts makes CQL's update ~1.15x (fp32)
+    to ~1.2x (bf16) faster on the 2-core CPU (bench/README.md). Returns the compiled names."""
+    done: list[str] = []
+    for name, m in root.named_modules():
+        if isinstance(m, (EnsembleMLP, nn.Sequential)) and not any(name.startswith(d + ".") for d in done):
+            m.compile(**kwargs)
+            done.append(name)
+    return done
+
+
+def strip_compiled(root: nn.Module) -> nn.Module:
+    """Undo :func:`compile_mlps` on ``root`` and its submodules: eager calls again. (A deepcopy
+    is eager already: ``nn.Module`` does not copy the compiled wrapper.)"""
+    for m in root.modules():
+        m._compiled_call_impl = None
+    return root

@@ -156,8 +156,11 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
+        if cfg.trainer.get("compile"):
+            module.compile_networks()
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
     finally:
+        module.compile_networks(False)
         try:  # an interrupted run keeps every finished episode
             sink.flush()
         finally:

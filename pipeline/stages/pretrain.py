@@ -228,6 +228,8 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
         module, replay = build_module(cfg, store, idx)
+    if cfg.trainer.get("compile"):
+        module.compile_networks()
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     ev, cb_eval = cfg.eval, None
@@ -249,6 +251,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     ckpt_path = cfg.trainer.ckpt_path
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
                 ckpt_path=ckpt_path, weights_only=True)
+    module.compile_networks(False)  # the returned module runs eagerly (export traces it)
 
     if trainer.global_rank != 0:  # DDP: the other processes trained in lockstep; rank 0 selects and reports
         return PretrainResult(run_dir=str(run_dir), best_checkpoint=None, last_checkpoint=None,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from o2o.policies.algos.losses import LossOut
 from o2o.policies.data import Batch, Normalization, TensorReplay
-from o2o.policies.networks import soft_update
+from o2o.policies.networks import compile_mlps, soft_update, strip_compiled
 
 ALGO_PREFIX = "o2o.policies.algos."
 
@@ -171,6 +171,14 @@ class OfflineAlgorithm(L.LightningModule):
         self.replay.to(self.device)
         if self.trainer.world_size > 1:  # DDP: each process draws its own batches (same seed -> same batches)
             self.replay.generator.manual_seed(int(self.hp.seed) * 1_000_003 + self.trainer.global_rank)
+
+    def compile_networks(self, enabled: bool = True) -> list[str]:
+        """``trainer.compile``: compile every network's MLPs for the updates to come (or, with
+        ``enabled=False``, return them to eager mode). Weights and checkpoints are unaffected."""
+        if not enabled:
+            strip_compiled(self)
+            return []
+        return compile_mlps(self)
 
     def normalize_obs(self, obs: Tensor) -> Tensor:
         return (obs - self.obs_mean) / self.obs_std
