@@ -350,31 +350,42 @@ def throughput_rows(res: dict, variants: list[str]) -> tuple[list[list[str]], li
 # ---------------------------------------------------------------------------- quality
 ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
         "env.kwargs.goal_cells=[[1,3]]"]
-# The random-heavy room of tests/policies/test_learning.py: gamma 0.95; CQL with the light
-# regulariser and SAC rates that test uses. d3rlpy gets the same values.
-QUALITY = {
-    "iql": {"o2o": ["algo.gamma=0.95"], "d3rlpy": {}},
-    "cql": {"o2o": ["algo.gamma=0.95", "algo.cql_alpha=1.0", "algo.actor_lr=3e-4", "algo.alpha_lr=3e-4"],
-            "d3rlpy": {"conservative_weight": 1.0, "actor_learning_rate": 3e-4, "temp_learning_rate": 3e-4}},
+# Quality tasks: the env overrides, the data, the discount and per-algorithm settings (the same
+# values given to both libraries).
+# room: the random-heavy room of tests/policies/test_learning.py: gamma 0.95; CQL with the light
+# regulariser and SAC rates that test uses.
+# reacher: Gymnasium Reacher-v5, 20 scripted + 60 random episodes (random-heavy), every
+# algorithm at its defaults (gamma 0.99).
+QUALITY_TASKS = {
+    "room": {"env": ROOM, "data": [("scripted", 10), ("random", 40)], "gamma": 0.95,
+             "algos": {"iql": {"o2o": [], "d3rlpy": {}},
+                       "cql": {"o2o": ["algo.cql_alpha=1.0", "algo.actor_lr=3e-4", "algo.alpha_lr=3e-4"],
+                               "d3rlpy": {"conservative_weight": 1.0, "actor_learning_rate": 3e-4,
+                                          "temp_learning_rate": 3e-4}}}},
+    "reacher": {"env": ["env=reacher"], "data": [("scripted", 20), ("random", 60)], "gamma": 0.99,
+                "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}}}},
 }
 
 
 def bench_quality(args, d3rlpy, work: Path) -> dict:
     from o2o.policies.evaluation import Evaluator
 
-    path = make_dataset(work / "room.zarr", ROOM, [("scripted", 10), ("random", 40)])
+    task = QUALITY_TASKS[args.quality_task]
+    path = make_dataset(work / f"{args.quality_task}.zarr", task["env"], task["data"])
     with EpisodeStore.open(path, mode="r") as store:
         data_mean = float(store.episodes_table()["returns"].mean())
     ds, space, n_tr = d3rlpy_dataset(d3rlpy, path)
     hidden = ",".join(str(h) for h in args.quality_hidden)
-    out: dict = {"dataset": {"transitions": n_tr, "return_mean": data_mean, "episodes": "10 scripted + 40 random"},
+    out: dict = {"task": args.quality_task, "dataset": {"transitions": n_tr, "return_mean": data_mean,
+                                                        "episodes": " + ".join(f"{n} {b}" for b, n in task["data"])},
                  "updates": args.quality_steps, "hidden": args.quality_hidden, "seeds": args.seeds,
                  "eval_episodes": args.eval_episodes, "algos": {}}
     for algo in args.quality_algos:
-        q = QUALITY[algo]
+        q = task["algos"][algo]
         rows: dict[str, list[float]] = {"o2o": [], "d3rlpy": []}
         for seed in range(args.seeds):
-            cfg = load_config("pretrain", [*ROOM, f"algo={algo}", *q["o2o"], f"algo.hidden=[{hidden}]",
+            cfg = load_config("pretrain", [*task["env"], f"algo={algo}", f"algo.gamma={task['gamma']}", *q["o2o"],
+                                           f"algo.hidden=[{hidden}]",
                                            f"dataset.path={path}", f"trainer.max_steps={args.quality_steps}",
                                            f"trainer.seed={seed}", "eval.enabled=false", "trainer.progress=false",
                                            f"trainer.precision={args.precision}", "trainer.accelerator=cpu",
@@ -387,11 +398,11 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
                     module.eval()
                     policy = lambda obs, m=module: m.act(obs, deterministic=True)  # noqa: E731
                 else:
-                    dcfg = d3rlpy_config(d3rlpy, algo, args.quality_steps, space, gamma=0.95,
+                    dcfg = d3rlpy_config(d3rlpy, algo, args.quality_steps, space, gamma=task["gamma"],
                                          hidden=args.quality_hidden, extra=q["d3rlpy"])
                     _, agent = d3rlpy_train(d3rlpy, dcfg, ds, work / "d3rlpy", args.quality_steps - 1, 1, 0, seed)
                     policy = lambda obs, a=agent: a.predict(np.asarray(obs, np.float32))  # noqa: E731
-                ev = Evaluator(env, episodes=args.eval_episodes, num_envs=1, seed=10_000, gamma=0.95)
+                ev = Evaluator(env, episodes=args.eval_episodes, num_envs=1, seed=10_000, gamma=task["gamma"])
                 try:
                     ret = float(ev(policy).summary()["return_mean"])
                 finally:
@@ -477,6 +488,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--quality", action="store_true", help="policy quality vs d3rlpy instead of throughput")
     ap.add_argument("--quality-algos", type=lambda s: s.split(","), default=["iql", "cql"])
+    ap.add_argument("--quality-task", choices=sorted(QUALITY_TASKS), default="room",
+                    help="room: point-maze room, 10 scripted + 40 random; reacher: Reacher-v5, 20 scripted + 60 random")
     ap.add_argument("--quality-steps", type=int, default=3000, help="updates per quality run (both libraries)")
     ap.add_argument("--quality-hidden", type=lambda s: [int(x) for x in s.split(",")], default=[64, 64],
                     help="hidden sizes of every net in quality runs (64,64 as tests/policies/test_learning.py: "
@@ -538,7 +551,8 @@ def main(argv=None) -> int:
             res["quality"] = ql = bench_quality(args, d3rlpy, work)
             rows = quality_rows(ql)
             print_table(f"policy quality: mean return over {ql['seeds']} seeds x {ql['eval_episodes']} episodes, "
-                        f"{ql['updates']} updates, {ql['hidden']} nets, o2o {args.precision}, point-maze room (data mean "
+                        f"{ql['updates']} updates, {ql['hidden']} nets, o2o {args.precision}, {ql['task']}: "
+                        f"{ql['dataset']['episodes']} episodes (data mean "
                         f"{ql['dataset']['return_mean']:.1f})", rows,
                         ["measure", "o2o", "d3rlpy", "target", "pass", "per seed o2o | d3rlpy"])
     finally:

@@ -45,23 +45,34 @@ class IQL(OfflineAlgorithm):
     def value_loss(self, batch: Batch) -> L.LossOut:
         with torch.no_grad():
             q = self.critic_target(batch.observations, batch.actions).min(dim=0).values
+        self._q_data = (batch, q)  # the actor's advantage reuses it: the target critics move only after the update
         v = self.value(batch.observations)
         diff = q - v
         return L.LossOut(L.expectile_loss(diff, self.hp.expectile), {"v_mean": v.detach().mean()})
 
     def critic_loss(self, batch: Batch) -> L.LossOut:
-        with torch.no_grad():
-            target = L.td_target(batch.rewards, self.value(batch.next_observations), batch.terminals, self.hp.gamma)
+        with torch.no_grad():  # V(s') for the target and V(s) for the actor's advantage, in one pass
+            v_next, v = self.value(torch.cat([batch.next_observations, batch.observations])).split(len(batch))
+            target = L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
+        self._v_data = (batch, v)
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
     def actor_loss(self, batch: Batch) -> L.LossOut:
+        """AWR on dataset actions with ``A = min Q_target(s, a) - V(s)``, V after this update's value
+        step (as the reference implementation); values computed earlier in the update are reused."""
         with torch.no_grad():
-            q = self.critic_target(batch.observations, batch.actions).min(dim=0).values
-            adv = q - self.value(batch.observations)
+            q = self._cached("_q_data", batch, lambda: self.critic_target(batch.observations, batch.actions).min(0).values)
+            adv = q - self._cached("_v_data", batch, lambda: self.value(batch.observations))
             w = L.awr_weights(adv, self.hp.beta, self.hp.max_weight)
         log_prob = self.actor.log_prob(batch.observations, batch.actions)
         return L.LossOut(L.weighted_nll(log_prob, w), {"adv_mean": adv.mean(), "weight_mean": w.mean()})
+
+    def _cached(self, name: str, batch: Batch, compute):
+        """The value stored under ``name`` for this very batch by an earlier step of the update, else computed."""
+        hit = getattr(self, name, None)
+        setattr(self, name, None)
+        return hit[1] if hit is not None and hit[0] is batch else compute()
 
     def configure_optimizers(self):
         opts = super().configure_optimizers()

@@ -165,3 +165,22 @@ def test_compiled_training_matches_eager_and_hands_back_an_eager_module(maze_dat
     assert not torch.allclose(m.policy()(obs), before)
     torch.testing.assert_close(policy(obs), before, rtol=0, atol=0)
     m.compile_networks(False)
+
+
+def test_iql_actor_reuses_the_update_s_values_and_gets_what_it_would_compute(maze_dataset, tmp_path):
+    """IQL's actor step reuses Q_target(s, a) from the value step and V(s) from the critic step's
+    pass (after the value step, as the reference): the same advantage as computing them afresh."""
+    m = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=5", "eval.enabled=false")).module
+    batch = m.replay.sample(32)
+    opts = m.optimizers()
+    for name in ("value", "critic"):
+        m.step_optimizer(opts[m._opt_index[name]], getattr(m, f"{name}_loss")(batch).loss)
+    assert m._q_data[0] is batch and m._v_data[0] is batch
+    reused = m.actor_loss(batch)
+    assert m._q_data is None and m._v_data is None  # consumed
+    fresh = m.actor_loss(batch)
+    torch.testing.assert_close(reused.loss, fresh.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(reused.metrics["adv_mean"], fresh.metrics["adv_mean"], rtol=1e-6, atol=1e-6)
+    other = m.replay.sample(32)  # a cache from another batch is never used
+    m.value_loss(other)
+    torch.testing.assert_close(m.actor_loss(batch).loss, fresh.loss, rtol=1e-6, atol=1e-6)
