@@ -440,9 +440,11 @@ def profile(args, d3rlpy, work: Path, store_path: str, algo: str) -> None:
     _, agent = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, n + 5, space), ds, work / "d3rlpy", n, 5, 0)
     ob = [module.replay.sample(BATCH) for _ in range(8)]
     db = [ds.sample_transition_batch(BATCH) for _ in range(8)]
+    bf16 = str(args.precision).startswith("bf16")  # what the Trainer's precision plugin does around an update
     for name, step in (("o2o module.update", lambda i: module.update(ob[i % 8])),
                        ("d3rlpy algo.update", lambda i: agent.update(db[i % 8]))):
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof, \
+                torch.autocast("cpu", torch.bfloat16, enabled=bf16 and name.startswith("o2o")):
             for i in range(n):
                 step(i)
         print(f"\n== {name}: {algo}, {n} updates, {torch.get_num_threads()} threads (self CPU time)")
