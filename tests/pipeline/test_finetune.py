@@ -132,6 +132,10 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
     (batches of 1000 episodes: none would be committed in the loop)."""
     data = fresh_copy(offline, tmp_path)
     script = textwrap.dedent(f"""
+        import signal
+        # Ctrl-C as at a terminal: a shell that starts jobs in the background (CI) hands them SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import torch
         torch.set_num_threads(1)
         from o2o.pipeline.config import load_config
@@ -149,7 +153,10 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
             if "env step 300]" in line:  # 5 episodes finished (300 steps of 60)
                 proc.send_signal(signal.SIGINT)
                 break
-        proc.wait(timeout=300)  # a hang guard, not a timing check (CI machines are shared and slow)
+        # Keep reading what it prints while it shuts down (a full pipe would block it); a hang
+        # guard, not a timing check.
+        rest, _ = proc.communicate(timeout=300)
+        lines.append(rest)
     finally:
         proc.kill()
     assert any("env step 300]" in x for x in lines), "".join(lines[-20:])
