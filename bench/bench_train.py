@@ -379,11 +379,12 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
     out: dict = {"task": args.quality_task, "dataset": {"transitions": n_tr, "return_mean": data_mean,
                                                         "episodes": " + ".join(f"{n} {b}" for b, n in task["data"])},
                  "updates": args.quality_steps, "hidden": args.quality_hidden, "seeds": args.seeds,
+                 "first_seed": args.first_seed,
                  "eval_episodes": args.eval_episodes, "algos": {}}
     for algo in args.quality_algos:
         q = task["algos"][algo]
         rows: dict[str, list[float]] = {"o2o": [], "d3rlpy": []}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             cfg = load_config("pretrain", [*task["env"], f"algo={algo}", f"algo.gamma={task['gamma']}", *q["o2o"],
                                            f"algo.hidden=[{hidden}]",
                                            f"dataset.path={path}", f"trainer.max_steps={args.quality_steps}",
@@ -497,6 +498,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="hidden sizes of every net in quality runs (64,64 as tests/policies/test_learning.py: "
                          "CQL at 256x256 costs ~3 min per run on 2 cores)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="quality seeds first_seed .. first_seed + seeds - 1")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--profile", default=None, help="profile one algorithm's update (o2o and d3rlpy) instead")
     ap.add_argument("--workdir", type=Path, default=None)
