@@ -131,6 +131,18 @@ class DatasetVersion:
         return cls(int(d["episodes"]), int(d["steps"]), str(d["fingerprint"]))
 
 
+def parse_version(text: Any) -> dict | None:
+    """A version as users write it (config, command line): ``120`` or ``"120@3f2a9c0d1e2f"`` ->
+    ``{"episodes": 120, "fingerprint": "3f2a9c0d1e2f" or None}``; None or empty -> None."""
+    if text is None or str(text).strip() == "":
+        return None
+    n, _, fp = str(text).strip().partition("@")
+    try:
+        return {"episodes": int(n), "fingerprint": fp or None}
+    except ValueError:
+        raise ValueError(f"dataset version {text!r}: expected COUNT or COUNT@FINGERPRINT") from None
+
+
 @dataclass(frozen=True)
 class Transitions:
     """All selected steps, time-major: NumPy arrays or torch tensors (see :meth:`to_torch`).

@@ -50,6 +50,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_unchanged(path: str | os.PathLike, sha256: str) -> bool:
+    """True when ``path`` exists and still has the SHA-256 recorded for it."""
+    return Path(path).exists() and sha256_file(path) == sha256
+
+
 def file_entry(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest's record of one file: ``{"sha256": ..., "bytes": ...}``."""
     return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}

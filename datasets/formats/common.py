@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from o2o.datasets.episode import Episode
+from o2o.datasets.reading import parse_version
 from o2o.datasets.schema import SOURCES, EpisodeValidationError, Schema, validate_episode
 from o2o.datasets.store import EpisodeStore
 
@@ -83,17 +84,6 @@ def parse_episodes(text: str | None) -> slice | tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise ValueError(f"episode range {text!r}: expected START:STOP, N or N,M,... (integers)") from None
-
-
-def parse_version(text: str | None) -> dict | None:
-    """``"120@3f2a9c0d1e2f"`` or ``"120"`` -> ``{"episodes": 120, "fingerprint": ...}``."""
-    if text is None or str(text).strip() == "":
-        return None
-    n, _, fp = str(text).partition("@")
-    try:
-        return {"episodes": int(n), "fingerprint": fp or None}
-    except ValueError:
-        raise ValueError(f"dataset version {text!r}: expected COUNT or COUNT@FINGERPRINT") from None
 
 
 def make_selection(sources: Sequence[str] | None = None, episodes: str | None = None,

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
-from o2o.deploy.manifest import MANIFEST_NAME, sha256_file
+from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 
@@ -269,7 +269,7 @@ def _valid(outputs: dict) -> bool:
     matches the manifest's SHA-256 (a tampered policy.onnx means export again)."""
     from o2o.deploy.manifest import load_manifest
     e = outputs["exported"]
-    if not Path(e["manifest"]).exists() or sha256_file(e["manifest"]) != e["fingerprint"]:
+    if not file_unchanged(e["manifest"], e["fingerprint"]):
         return False
     try:
         load_manifest(e["dir"], verify=True)

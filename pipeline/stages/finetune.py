@@ -26,11 +26,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeStore
-from o2o.deploy.manifest import sha256_file
+from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages.pretrain import _Steps, check_env, make_trainer, select_episodes
-from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
+from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
@@ -63,9 +63,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     """The checkpoint's algorithm with its weights, its config adjusted for the online phase and its
     offline replay (the dataset version it was trained on, from ``store``) attached."""
     f = cfg.finetune
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if "o2o" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"finetune: {checkpoint!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    ckpt = read_checkpoint(checkpoint, "finetune:")
     cls = resolve_algorithm(ckpt["o2o"]["cls"])
     hp = ckpt["hyper_parameters"]
     name = str(hp["algo"].get("name") or cls.__name__.lower())
@@ -237,7 +235,7 @@ def run_stage(ctx) -> dict:
 
 def _valid(outputs: dict) -> bool:
     c = outputs["finetune"]
-    return Path(c["checkpoint"]).exists() and sha256_file(c["checkpoint"]) == c["fingerprint"]
+    return file_unchanged(c["checkpoint"], c["fingerprint"])
 
 
 STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,

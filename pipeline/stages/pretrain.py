@@ -23,10 +23,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
-from o2o.deploy.manifest import sha256_file
+from o2o.datasets.reading import parse_version
+from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
-from o2o.policies.algos.base import OfflineAlgorithm, resolve_algorithm
+from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
@@ -65,22 +66,12 @@ class _Steps(torch.utils.data.IterableDataset):
         return itertools.repeat(0)
 
 
-def _parse_version(v: Any) -> Any:
-    if v is None or isinstance(v, int):
-        return v
-    s = str(v)
-    if "@" in s:
-        n, fp = s.split("@", 1)
-        return {"episodes": int(n), "fingerprint": fp}
-    return int(s)
-
-
 def select_episodes(store: EpisodeStore, data_cfg: Any) -> np.ndarray:
     """Episode indices chosen by ``data.{sources, episodes, version, success}``."""
     ep = data_cfg.get("episodes")
     episodes = None if ep is None else range(int(ep[0]), int(ep[1]))
     idx = store.select(sources=plain(data_cfg.get("sources")), episodes=episodes,
-                       version=_parse_version(data_cfg.get("version")), success=data_cfg.get("success"))
+                       version=parse_version(data_cfg.get("version")), success=data_cfg.get("success"))
     if len(idx) == 0:
         raise ValueError(f"dataset {store.path!r}: the selection {plain(data_cfg)} holds no episodes "
                          f"(the dataset has {store.num_episodes}); collect data first or widen the selection")
@@ -141,9 +132,7 @@ def _warm_start_checkpoint(path: str, cls: type, tr) -> dict:
     """The checkpoint to initialise the weights from (``init_from``), checked against this run."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"init_from {path!r}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "o2o" not in ckpt:
-        raise ValueError(f"init_from {path!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    ckpt = read_checkpoint(path, "init_from")
     want = f"{cls.__module__}.{cls.__qualname__}"
     if ckpt["o2o"]["cls"] != want:
         raise ValueError(f"init_from {path!r} holds a {ckpt['o2o']['cls']}, this run trains a {want}")
@@ -307,7 +296,7 @@ def run_stage(ctx) -> dict:
 
 def _valid(outputs: dict) -> bool:
     c = outputs["checkpoint"]
-    return Path(c["path"]).exists() and sha256_file(c["path"]) == c["fingerprint"]
+    return file_unchanged(c["path"], c["fingerprint"])
 
 
 STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,

@@ -258,11 +258,18 @@ class OfflineAlgorithm(L.LightningModule):
                              "updates": int(self.updates)}
 
 
-def load_algorithm(path: str, map_location: Any = "cpu") -> OfflineAlgorithm:
-    """Rebuild an algorithm from a checkpoint without unpickling code (``weights_only=True``)."""
+def read_checkpoint(path: str, what: str = "checkpoint", map_location: Any = "cpu") -> dict:
+    """An o2o algorithm checkpoint's contents, loaded without unpickling code (``weights_only=True``);
+    anything else is refused as ``"<what> '<path>' is not an o2o algorithm checkpoint"``."""
     ckpt = torch.load(path, map_location=map_location, weights_only=True)
     if "o2o" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"checkpoint {str(path)!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+        raise ValueError(f"{what} {str(path)!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    return ckpt
+
+
+def load_algorithm(path: str, map_location: Any = "cpu") -> OfflineAlgorithm:
+    """Rebuild an algorithm from a checkpoint without unpickling code (``weights_only=True``)."""
+    ckpt = read_checkpoint(path, map_location=map_location)
     cls = resolve_algorithm(ckpt["o2o"]["cls"])
     hp = ckpt["hyper_parameters"]
     algo = cls(hp["obs_dim"], hp["act_dim"], hp["algo"], hp["normalization"], hp.get("meta"))
