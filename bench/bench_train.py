@@ -355,7 +355,7 @@ ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.
 # room: the random-heavy room of tests/policies/test_learning.py: gamma 0.95; CQL with the light
 # regulariser and SAC rates that test uses.
 # reacher: Gymnasium Reacher-v5, 20 scripted + 60 random episodes (random-heavy), every
-# algorithm at its defaults (gamma 0.99).
+# algorithm at its defaults (gamma 0.99). reacher-large: the same mix, four times the episodes.
 QUALITY_TASKS = {
     "room": {"env": ROOM, "data": [("scripted", 10), ("random", 40)], "gamma": 0.95,
              "algos": {"iql": {"o2o": [], "d3rlpy": {}},
@@ -364,6 +364,8 @@ QUALITY_TASKS = {
                                           "temp_learning_rate": 3e-4}}}},
     "reacher": {"env": ["env=reacher"], "data": [("scripted", 20), ("random", 60)], "gamma": 0.99,
                 "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}}}},
+    "reacher-large": {"env": ["env=reacher"], "data": [("scripted", 80), ("random", 240)], "gamma": 0.99,
+                      "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}}}},
 }
 
 

@@ -74,7 +74,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if result.selection.startswith("process "):  # a DDP worker other than rank 0: rank 0 reports
         return 0
     t = Table(title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
-                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)")
+                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions), "
+                    f"{result.precision or 'default'} precision")
     for col in ("step", "return", "success", "score", "Q(start)", "MC return"):
         t.add_column(col, justify="right")
     fmt = lambda d, k: "-" if d.get(k) is None else f"{d[k]:.3g}"  # noqa: E731

@@ -36,6 +36,28 @@ def make_activation(name: str) -> nn.Module:
     return nn.ReLU(inplace=True) if name == "relu" else activation(name)()
 
 
+def _float32(x: Tensor) -> bool:
+    """Whether a network head must leave autocast to compute in float32 (only under autocast)."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
+class HeadLinear(nn.Linear):
+    """A network's output layer, computed in float32 even under mixed precision.
+
+    Under bf16 autocast a plain Linear returns bfloat16, which holds ~3 significant digits:
+    a Q-value of -130 would move in steps of 0.5-1, coarser than the TD errors it learns
+    from. The head is one thin matmul, so running it in float32 costs next to nothing and
+    every Q, V, action mean and log-std keeps float32 resolution. Same parameters and state
+    dict as ``nn.Linear``; without autocast (export, float32 training) it is ``nn.Linear``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _float32(x):
+            with torch.autocast(x.device.type, enabled=False):
+                return nn.functional.linear(x.float(), self.weight, self.bias)
+        return super().forward(x)
+
+
 def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False,
         dropout: float = 0.0) -> nn.Sequential:
     """Linear layers with ``act`` between them (optional LayerNorm and dropout after each hidden layer)."""
@@ -49,7 +71,7 @@ def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", lay
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = h
-    layers.append(nn.Linear(d, out_dim))
+    layers.append(HeadLinear(d, out_dim))
     return nn.Sequential(*layers)
 
 
@@ -81,6 +103,16 @@ class EnsembleLinear(nn.Module):
         return f"n={self.n}, in={self.in_dim}, out={self.out_dim}"
 
 
+class EnsembleHead(EnsembleLinear):
+    """:class:`EnsembleLinear` as an output layer: float32 even under autocast (see :class:`HeadLinear`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _float32(x):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class EnsembleMLP(nn.Module):
     """An MLP per ensemble member, all evaluated together: ``[B, in] or [n, B, in] -> [n, B, out]``."""
 
@@ -91,7 +123,7 @@ class EnsembleMLP(nn.Module):
         dims = [in_dim, *hidden]
         self.hidden = nn.ModuleList(EnsembleLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.norms = nn.ModuleList(nn.LayerNorm(h) if layer_norm else nn.Identity() for h in hidden)
-        self.out = EnsembleLinear(n, dims[-1], out_dim)
+        self.out = EnsembleHead(n, dims[-1], out_dim)
         self.act = make_activation(act)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -53,6 +53,7 @@ class PretrainResult:
     seconds: float = 0.0
     ope: list[dict] | None = None  # FQE estimate of each candidate when chosen without a simulator
     cpu_allocator: str = ""  # what trainer.cpu_allocator did
+    precision: str = ""  # the precision trained in (trainer.precision, auto resolved)
     module: Any = field(default=None, repr=False, compare=False)  # the trained module (last state), not saved
 
     def to_dict(self) -> dict:
@@ -167,6 +168,28 @@ def quiet_lightning() -> None:
         rz.addFilter(_QuietLightning())
 
 
+def native_bf16(accelerator: str = "auto") -> bool:
+    """Whether ``accelerator`` computes bfloat16 natively: a CUDA GPU with bf16 (Ampere and later),
+    or a CPU with AVX512-BF16 or AMX (where bf16 matmuls run ~2x float32; bench/README.md)."""
+    acc = str(accelerator).lower()
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if acc not in ("cpu", "auto"):
+        return False
+    cpu = torch.cpu  # private probes (torch >= 2.1); absent means unknown, i.e. no
+    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported"))
+
+
+def resolve_precision(precision: Any, accelerator: str = "auto") -> str:
+    """``trainer.precision`` as Lightning takes it: ``auto`` is ``bf16-mixed`` where the hardware
+    computes bf16 natively (:func:`native_bf16`), else ``32-true``; other values pass through
+    (Lightning checks them)."""
+    if str(precision) == "auto":
+        return "bf16-mixed" if native_bf16(accelerator) else "32-true"
+    return precision
+
+
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
     t = cfg.trainer
     quiet_lightning()
@@ -179,7 +202,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         # that network's parameters: DDP must treat the others as unused in that pass.
         strategy = "ddp_find_unused_parameters_true"
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=strategy, precision=t.precision,
+        accelerator=t.accelerator, devices=t.devices, strategy=strategy,
+        precision=resolve_precision(t.precision, t.accelerator),
         max_steps=int(t.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
         log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=bool(t.progress),
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
@@ -246,7 +270,8 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         return PretrainResult(run_dir=str(run_dir), best_checkpoint=None, last_checkpoint=None,
                               selection=f"process {trainer.global_rank}: rank 0 selects and reports",
                               dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
-                              seconds=time.perf_counter() - start, cpu_allocator=allocator, module=module)
+                              seconds=time.perf_counter() - start, cpu_allocator=allocator,
+                              precision=str(trainer.precision), module=module)
     history = cb_eval.history if cb_eval is not None else []
     best_eval = best_from_history(history, str(cfg.checkpoint.monitor).removeprefix("eval/"))
     ope_table = None
@@ -258,7 +283,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
         selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
         best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, cpu_allocator=allocator,
-        module=module,
+        precision=str(trainer.precision), module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result

@@ -5,6 +5,7 @@ Parametrised over ``configs/algo/*.yaml``, so a new algorithm is checked by addi
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
-from o2o.pipeline.stages.pretrain import pretrain
+from o2o.pipeline.stages.pretrain import native_bf16, pretrain, resolve_precision
 from o2o.policies.algos.base import load_algorithm, resolve_algorithm
 
 ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
@@ -141,6 +142,27 @@ def test_bf16_mixed_update_sees_weights_stepped_earlier_in_the_same_update(maze_
     with torch.autocast("cpu", torch.bfloat16):
         q_fresh = m.critic(batch.observations, batch.actions)
     torch.testing.assert_close(q_in_step, q_fresh, rtol=0, atol=0)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_bf16(maze_dataset, tmp_path):
+    """``trainer.precision=auto``: bf16-mixed on a CPU with AVX512-BF16 or AMX (read here from
+    /proc/cpuinfo, independently of torch's probes), float32 elsewhere; the run records which."""
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert native_bf16("cpu") is native
+    assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
+    assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    res = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=3", "eval.enabled=false",
+                            "trainer.precision=auto"))
+    assert res.precision == resolve_precision("auto", "cpu")
+    assert json.loads((tmp_path / "summary.json").read_text())["precision"] == res.precision
 
 
 def test_compiled_training_matches_eager_and_hands_back_an_eager_module(maze_dataset, tmp_path):

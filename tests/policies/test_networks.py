@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from o2o.policies.networks import EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, soft_update
+from o2o.policies.networks import EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, ValueMLP, soft_update
 
 
 def test_ensemble_matches_members_run_separately():
@@ -71,3 +71,26 @@ def test_sample_n_draws_from_the_per_state_distribution():
         assert not torch.allclose(out.action[:, 0], out.action[:, 1])
         torch.testing.assert_close(out.mode[:, 0], out.mode[:, 6])
         torch.testing.assert_close(out.mode[:, 0], actor(obs, deterministic=True).mode)
+
+
+def test_heads_compute_in_float32_under_bf16_autocast():
+    """Q, V and actor outputs stay float32 under bf16 autocast: the hidden layers run in bf16, the
+    output layer in float32 on them (bf16 would round a Q of -130 to a multiple of 0.5 or 1)."""
+    torch.manual_seed(0)
+    obs, act = torch.randn(64, 5), torch.rand(64, 2) * 2 - 1
+    q, v, pi = QEnsemble(5, 2, (32, 32)), ValueMLP(5, (32, 32)), TanhGaussianActor(5, 2, (32, 32))
+    with torch.no_grad():  # outputs of a few hundred, where bf16's steps are coarse
+        q.net.out.bias.fill_(-130.0)
+        v.net[-1].bias.fill_(-130.0)
+    with torch.autocast("cpu", torch.bfloat16):
+        qa, va, mode = q(obs, act), v(obs), pi(obs, deterministic=True).mode
+        hidden_q = q.net.act(q.net.hidden[1](q.net.act(q.net.hidden[0](torch.cat([obs, act], -1)))))
+        hidden_v = v.net[:-1](obs)
+    assert qa.dtype == va.dtype == mode.dtype == torch.float32
+    assert hidden_q.dtype == hidden_v.dtype == torch.bfloat16  # the body did run in bf16
+    expect_q = torch.baddbmm(q.net.out.bias, hidden_q.float().expand(2, -1, -1), q.net.out.weight).squeeze(-1)
+    torch.testing.assert_close(qa, expect_q, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(va, torch.nn.functional.linear(hidden_v.float(), v.net[-1].weight, v.net[-1].bias).squeeze(-1))
+    assert len(torch.unique(qa)) > 100 and (qa - qa.round()).abs().max() > 0.05  # not on bf16's grid of 1 (or 0.5)
+    # Without autocast nothing changes: the plain float32 network.
+    torch.testing.assert_close(q(obs, act), q.net(torch.cat([obs, act], -1)).squeeze(-1))
