@@ -74,8 +74,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if result.selection.startswith("process "):  # a DDP worker other than rank 0: rank 0 reports
         return 0
     t = Table(title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
-                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions), "
-                    f"{result.precision or 'default'} precision")
+                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)")
     for col in ("step", "return", "success", "score", "Q(start)", "MC return"):
         t.add_column(col, justify="right")
     fmt = lambda d, k: "-" if d.get(k) is None else f"{d[k]:.3g}"  # noqa: E731
@@ -87,6 +86,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     v = result.dataset["version"]
     console.print(f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
                   f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
+                  f"  trained in {result.precision} precision ({cfg.trainer.precision})\n"
                   f"  run folder {result.run_dir} (summary.json, tb/, csv/)", markup=False)
     return 0
 
