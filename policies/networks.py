@@ -103,13 +103,37 @@ class EnsembleLinear(nn.Module):
         return f"n={self.n}, in={self.in_dim}, out={self.out_dim}"
 
 
+class _Float32Out(torch.autograd.Function):
+    """``bias + x @ weight`` batched over members: float32 result from low-precision ``x``, and
+    the backward in ``x``'s precision like the layers below it. (Autograd through a float32
+    matmul would build ``x``'s gradient in float32 and cast it down: for CQL's critic heads,
+    2 x 7,936 rows, 4.2 ms per forward+backward against 2 ms this way on the 2-core CPU.)"""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias, x.float(), weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.to(x.dtype)
+        gx = torch.bmm(g, weight.to(x.dtype).transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(x.transpose(1, 2), g).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
 class EnsembleHead(EnsembleLinear):
-    """:class:`EnsembleLinear` as an output layer: float32 even under autocast (see :class:`HeadLinear`)."""
+    """:class:`EnsembleLinear` as an output layer: float32 output even under autocast (see
+    :class:`HeadLinear`), its backward in the autocast precision."""
 
     def forward(self, x: Tensor) -> Tensor:
         if _float32(x):
+            if x.dim() == 2:
+                x = x.expand(self.n, *x.shape)
             with torch.autocast(x.device.type, enabled=False):
-                return super().forward(x.float())
+                return _Float32Out.apply(x, self.weight, self.bias)
         return super().forward(x)
 
 

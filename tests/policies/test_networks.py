@@ -94,3 +94,27 @@ def test_heads_compute_in_float32_under_bf16_autocast():
     assert len(torch.unique(qa)) > 100 and (qa - qa.round()).abs().max() > 0.05  # not on bf16's grid of 1 (or 0.5)
     # Without autocast nothing changes: the plain float32 network.
     torch.testing.assert_close(q(obs, act), q.net(torch.cat([obs, act], -1)).squeeze(-1))
+
+
+def test_ensemble_head_gradients_under_bf16_match_autograd_through_the_float32_head():
+    """The ensemble head's own backward (in bf16, like the layers below it) gives the gradients
+    autograd gives through the float32 head, up to bf16 rounding of the input gradient."""
+    torch.manual_seed(1)
+    q = QEnsemble(5, 2, (32, 32))
+    obs, act = torch.randn(64, 5), torch.rand(64, 2) * 2 - 1
+    with torch.autocast("cpu", torch.bfloat16):
+        h = q.net.act(q.net.hidden[1](q.net.act(q.net.hidden[0](torch.cat([obs, act], -1))))).detach()
+    ref_h, h = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+    target = torch.randn(2, 64, 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = q.net.out(h)
+    ((out - target) ** 2).mean().backward()
+    got = (h.grad.clone(), q.net.out.weight.grad.clone(), q.net.out.bias.grad.clone())
+    q.zero_grad()
+    ref = torch.baddbmm(q.net.out.bias, ref_h.float(), q.net.out.weight)
+    torch.testing.assert_close(out, ref)  # the same float32 values forward
+    ((ref - target) ** 2).mean().backward()
+    assert got[0].dtype == torch.bfloat16
+    torch.testing.assert_close(got[0].float(), ref_h.grad.float(), rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(got[1], q.net.out.weight.grad, rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(got[2], q.net.out.bias.grad)
