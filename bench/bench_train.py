@@ -494,7 +494,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quality", action="store_true", help="policy quality vs d3rlpy instead of throughput")
     ap.add_argument("--quality-algos", type=lambda s: s.split(","), default=["iql", "cql"])
     ap.add_argument("--quality-task", choices=sorted(QUALITY_TASKS), default="room",
-                    help="room: point-maze room, 10 scripted + 40 random; reacher: Reacher-v5, 20 scripted + 60 random")
+                    help="room: point-maze room, 10 scripted + 40 random; reacher: Reacher-v5, 20 scripted + 60 random; "
+                         "reacher-large: Reacher-v5, 80 scripted + 240 random")
     ap.add_argument("--quality-steps", type=int, default=3000, help="updates per quality run (both libraries)")
     ap.add_argument("--quality-hidden", type=lambda s: [int(x) for x in s.split(",")], default=[64, 64],
                     help="hidden sizes of every net in quality runs (64,64 as tests/policies/test_learning.py: "

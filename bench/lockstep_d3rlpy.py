@@ -82,53 +82,46 @@ def as_d3rlpy(module) -> None:
     module.value_loss, module.critic_loss = value_loss_first_v, critic_loss_old_v
 
 
-def copy_weights(module, impl, d3rlpy_log_std: bool) -> None:
-    """o2o's initial weights into d3rlpy's IQL modules (ensembles stored [n, in, out] vs Linear [out, in])."""
-    M = impl.modules
-
-    def lin(dst, w, b):
-        dst.weight.copy_(w)
-        dst.bias.copy_(b)
-
-    with torch.no_grad():
-        for qfs, ens in ((M.q_funcs, module.critic), (M.targ_q_funcs, module.critic_target)):
-            for i, q in enumerate(qfs):
-                for j, k in ((0, 0), (1, 2)):
-                    lin(q._encoder._layers[k], ens.net.hidden[j].weight[i].T, ens.net.hidden[j].bias[i, 0])
-                lin(q._fc, ens.net.out.weight[i].T, ens.net.out.bias[i, 0])
-        for enc, head, seq in ((M.value_func._encoder, M.value_func._fc, module.value.net),
-                               (M.policy._encoder, M.policy._mu, module.actor.mean)):
-            lin(enc._layers[0], seq[0].weight, seq[0].bias)
-            lin(enc._layers[2], seq[2].weight, seq[2].bias)
-            lin(head, seq[4].weight, seq[4].bias)
-        if d3rlpy_log_std:  # same parameter, same map
-            M.policy._logstd.copy_(module.actor.log_std.view(1, -1))
-        else:  # the sigmoid parameter giving o2o's initial log-std
-            ls = module.actor.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
-            M.policy._logstd.copy_(torch.logit((ls - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)).view(1, -1))
-
-
-def rel_diff(pairs) -> float:
-    """max over tensor pairs of max|a - b| / max|b|."""
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in pairs)
-
-
-def param_pairs(module, impl) -> dict[str, list]:
+def layer_pairs(module, impl) -> dict[str, list]:
+    """Per network, every d3rlpy ``nn.Linear`` with the o2o (weight, bias) it corresponds to, as
+    live views in d3rlpy's layout (o2o's ensembles store weights [n, in, out], Linear [out, in])."""
     M = impl.modules
 
     def ens(qfs, e):
         out = []
         for i, q in enumerate(qfs):
-            for j, k in ((0, 0), (1, 2)):
-                out.append((q._encoder._layers[k].weight, e.net.hidden[j].weight[i].T))
-            out.append((q._fc.weight, e.net.out.weight[i].T))
+            out += [(q._encoder._layers[k], e.net.hidden[j].weight[i].T, e.net.hidden[j].bias[i, 0])
+                    for j, k in ((0, 0), (1, 2))]
+            out.append((q._fc, e.net.out.weight[i].T, e.net.out.bias[i, 0]))
         return out
 
-    seq = lambda enc, head, s: [(enc._layers[0].weight, s[0].weight), (enc._layers[2].weight, s[2].weight),  # noqa: E731
-                                (head.weight, s[4].weight)]
+    def seq(enc, head, s):
+        return [(d, s[k].weight, s[k].bias) for d, k in ((enc._layers[0], 0), (enc._layers[2], 2), (head, 4))]
+
     return {"critic": ens(M.q_funcs, module.critic), "target": ens(M.targ_q_funcs, module.critic_target),
             "value": seq(M.value_func._encoder, M.value_func._fc, module.value.net),
             "actor": seq(M.policy._encoder, M.policy._mu, module.actor.mean)}
+
+
+def copy_weights(module, impl, pairs: dict[str, list], d3rlpy_log_std: bool) -> None:
+    """o2o's initial weights into d3rlpy's IQL modules."""
+    with torch.no_grad():
+        for layers in pairs.values():
+            for d, w, b in layers:
+                d.weight.copy_(w)
+                d.bias.copy_(b)
+        log_std = impl.modules.policy._logstd
+        if d3rlpy_log_std:  # same parameter, same map
+            log_std.copy_(module.actor.log_std.view(1, -1))
+        else:  # the sigmoid parameter giving o2o's initial log-std
+            ls = module.actor.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+            log_std.copy_(torch.logit((ls - LOG_STD_MIN) / (LOG_STD_MAX - LOG_STD_MIN)).view(1, -1))
+
+
+def rel_diff(layers: list) -> float:
+    """max over the layers' weights and biases of max|d3rlpy - o2o| / max|o2o|."""
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+               for d, w, bias in layers for a, b in ((d.weight, w), (d.bias, bias)))
 
 
 def main(argv=None) -> int:
@@ -157,8 +150,8 @@ def main(argv=None) -> int:
         dcfg.observation_scaler = dcfg.action_scaler = None  # o2o's batches come normalised
         agent = dcfg.create(device=False)
         agent.create_impl((module.obs_dim,), module.act_dim)
-        copy_weights(module, agent.impl, d3rlpy_log_std=not args.as_is)
-        pairs = param_pairs(module, agent.impl)
+        pairs = layer_pairs(module, agent.impl)
+        copy_weights(module, agent.impl, pairs, d3rlpy_log_std=not args.as_is)
         from d3rlpy.torch_utility import TorchMiniBatch
 
         rows, worst_early = [], 0.0

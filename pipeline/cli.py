@@ -86,7 +86,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     v = result.dataset["version"]
     console.print(f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
                   f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
-                  f"  trained in {result.precision} precision ({cfg.trainer.precision})\n"
+                  f"  trained in {result.precision} precision"
+                  f"{' (trainer.precision=auto)' if str(cfg.trainer.precision) == 'auto' else ''}\n"
                   f"  run folder {result.run_dir} (summary.json, tb/, csv/)", markup=False)
     return 0
 
