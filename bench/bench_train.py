@@ -186,6 +186,7 @@ class Timing:
 
     loop: float
     bare: float
+    flops: float = float("nan")  # floating-point operations of one update (FlopCounterMode)
 
 
 def quiet_fit():
@@ -278,13 +279,46 @@ def worker(args) -> int:
     if lib == "o2o":
         cfg = o2o_config(algo, args.store, args.workdir / "runs", w + n, precision,
                          (f"trainer.cpu_allocator={allocator}", f"trainer.compile={str(compiled).lower()}"))
-        tm, _ = o2o_train(cfg, args.store, args.workdir / "runs", n, w, n)
+        tm, module = o2o_train(cfg, args.store, args.workdir / "runs", n, w, n)
+        tm.flops = update_flops(module.update, module.replay.sample(BATCH))  # after the timing: untimed
     else:
         d3rlpy = import_d3rlpy()
         ds, space, _ = d3rlpy_dataset(d3rlpy, args.store)
-        tm, _ = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, w + n, space), ds, args.workdir / "d3rlpy", n, w, n)
+        tm, agent = d3rlpy_train(d3rlpy, d3rlpy_config(d3rlpy, algo, w + n, space), ds, args.workdir / "d3rlpy", n, w, n)
+        tm.flops = update_flops(agent.update, ds.sample_transition_batch(BATCH))
     print(json.dumps(vars(tm)))
     return 0
+
+
+def update_flops(update, batch) -> float:
+    """Floating-point operations of one ``update(batch)``, forward and backward, as torch's
+    ``FlopCounterMode`` counts them (matmuls and the like, 2 per multiply-add; elementwise ops
+    are not counted). The same for every precision: it counts operations, not their width."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        update(batch)
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(threads: int, rows: int, dtype: torch.dtype, width: int = 256, seconds: float = 1.0) -> float:
+    """GFLOP/s of this CPU on a 256-wide layer's matmuls over ``rows`` rows, forward and both
+    backward products (y = x W, dx = dy W^T, dW = x^T dy), in ``dtype``: the ceiling an update
+    made of such layers can reach."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x, w, dy = (torch.randn(*s, generator=g).to(dtype) for s in ((rows, width), (width, width), (rows, width)))
+
+    def once():
+        x @ w, dy @ w.T, x.T @ dy
+
+    for _ in range(5):
+        once()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        once()
+        n += 1
+    return 6 * rows * width * width * n / (time.perf_counter() - t0) / 1e9
 
 
 def run_worker(args, variant: str, algo: str, threads: int, store_path: str, work: Path) -> Timing:
@@ -325,13 +359,41 @@ def bench_throughput(args, d3rlpy, work: Path, store_path: str) -> dict:
                      for v in args.variants if PEER in rr}
             o2o = [v for v in args.variants if VARIANTS[v][0] == "o2o"]
             best = max(o2o, key=lambda v: ratio.get(v, 0.0)) if o2o and ratio else None
+            flops = {v: statistics.median(t.flops for t in rr[v]) for v in args.variants}
             res[algo] = {"steps": args.steps[algo], "warmup": args.warmup[algo], "updates_per_s": med,
+                         "gflop_per_update": {v: f / 1e9 for v, f in flops.items()},
                          "bare_updates_per_s": bare, "ratio_vs_" + PEER: ratio,
                          "rounds": {v: [vars(t) for t in rr[v]] for v in args.variants},
                          "target": TARGETS[algo], "best_o2o": best,
                          "passed": bool(best and ratio[best] >= TARGETS[algo])}
-        out["settings"][str(threads)] = {"threads": threads, "algos": res}
+        # The CPU's matmul ceiling, measured right after (same process, same thread count).
+        peak = {f"{name} {rows} rows": matmul_peak(threads, rows, dtype)
+                for name, dtype in (("float32", torch.float32), ("bf16", torch.bfloat16)) for rows in (BATCH, 8192)}
+        out["settings"][str(threads)] = {"threads": threads, "algos": res, "matmul_gflops": peak}
     return out
+
+
+def roofline_rows(res: dict, variants: list[str]) -> tuple[list[list[str]], list[str]]:
+    """Each variant's GFLOP/s (its FLOPs per update x its updates/s) against the CPU's float32
+    matmul peak, and the most o2o float32 could reach over d3rlpy if it ran at that peak."""
+    rows = []
+    for s in res["settings"].values():
+        peak = s.get("matmul_gflops")
+        if not peak:
+            continue
+        p32 = max(v for k, v in peak.items() if k.startswith("float32"))
+        for algo, r in s["algos"].items():
+            gf = r.get("gflop_per_update", {})
+            if PEER not in gf or gf[PEER] != gf[PEER]:  # nan: an old result without FLOP counts
+                continue
+            ups = r["updates_per_s"]
+            mine = next((gf[v] for v in variants if VARIANTS[v][0] == "o2o"), float("nan"))
+            rows.append([f"{algo.upper()}, {s['threads']} thr", f"{mine:.3f} / {gf[PEER]:.3f}",
+                         *(f"{gf[v] * ups[v]:.0f}" for v in variants),
+                         f"{p32:.0f}", f"x{p32 / mine / ups[PEER]:.2f}", f"x{r['target']:.1f}"])
+    header = ["measure", "GFLOP/update o2o / d3rlpy", *(f"{v} GFLOP/s" for v in variants),
+              "fp32 matmul peak GFLOP/s", "fp32 ceiling / d3rlpy", "target"]
+    return rows, header
 
 
 def throughput_rows(res: dict, variants: list[str]) -> tuple[list[list[str]], list[str]]:
@@ -412,19 +474,81 @@ def bench_quality(args, d3rlpy, work: Path) -> dict:
                     ev.close()
                 rows[lib].append(ret)
                 print(f"  {algo} seed {seed} {lib}: return {ret:.1f}", flush=True)
-        o, d = float(np.mean(rows["o2o"])), float(np.mean(rows["d3rlpy"]))
-        out["algos"][algo] = {"o2o": rows["o2o"], "d3rlpy": rows["d3rlpy"], "o2o_mean": o, "d3rlpy_mean": d,
-                              "passed": o >= d}
+        out["algos"][algo] = compare_returns(rows["o2o"], rows["d3rlpy"])
     return out
+
+
+def compare_returns(o2o: list[float], d3: list[float]) -> dict:
+    """Mean returns, their difference and its noise; ``passed`` is the target as written (o2o >= d3rlpy).
+
+    ``se`` is the standard error of the difference of the means (Welch: each library's
+    per-seed sample variance over its seed count). ``verdict``: PASS when o2o's mean is not
+    below d3rlpy's; TIE when it is below by at most 2 SE (the seeds cannot tell them apart);
+    FAIL when below by more.
+    """
+    o, d = np.asarray(o2o, float), np.asarray(d3, float)
+    var = lambda x: float(x.var(ddof=1)) / len(x) if len(x) > 1 else float("nan")  # noqa: E731
+    diff, se = float(o.mean() - d.mean()), float(np.sqrt(var(o) + var(d)))
+    call = "PASS" if diff >= 0 else "TIE" if (np.isfinite(se) and -diff <= 2 * se) else "FAIL"
+    return {"o2o": o.tolist(), "d3rlpy": d.tolist(), "o2o_mean": float(o.mean()), "d3rlpy_mean": float(d.mean()),
+            "diff": diff, "se": se, "verdict": call, "passed": diff >= 0}
+
+
+def print_quality(ql: dict, what: str) -> list[list[str]]:
+    rows = quality_rows(ql)
+    print_table(f"policy quality: mean return over {ql['seeds']} seeds x {ql['eval_episodes']} episodes, "
+                f"{ql['updates']} updates, {ql['hidden']} nets, {what}, {ql['task']}: "
+                f"{ql['dataset']['episodes']} episodes (data mean {ql['dataset']['return_mean']:.1f})", rows,
+                ["measure", "o2o", "d3rlpy", "o2o - d3rlpy (+- 2 SE)", "target", "verdict", "per seed o2o | d3rlpy"])
+    print("verdict: PASS o2o's mean >= d3rlpy's (the target); TIE below it by <= 2 standard errors of the "
+          "difference (the seeds cannot separate them; not a pass); FAIL below by more")
+    return rows
 
 
 def quality_rows(res: dict) -> list[list[str]]:
     rows = []
     for algo, r in res["algos"].items():
-        rows.append([algo.upper(), f"{r['o2o_mean']:.1f}", f"{r['d3rlpy_mean']:.1f}", ">= d3rlpy",
-                     verdict(r["passed"]), " ".join(f"{x:.0f}" for x in r["o2o"]) + "  |  "
-                     + " ".join(f"{x:.0f}" for x in r["d3rlpy"])])
+        rows.append([algo.upper(), f"{r['o2o_mean']:.2f}", f"{r['d3rlpy_mean']:.2f}",
+                     f"{r['diff']:+.2f} +- {2 * r['se']:.2f}", ">= d3rlpy", r["verdict"],
+                     " ".join(f"{x:.1f}" for x in r["o2o"]) + "  |  " + " ".join(f"{x:.1f}" for x in r["d3rlpy"])])
     return rows
+
+
+def combine_quality(paths: list[Path]) -> dict:
+    """Quality results of several runs of the same comparison (task, updates, nets, evaluation,
+    precision) as one, seeds pooled; a seed found in two files is refused rather than counted twice."""
+    same = ("task", "updates", "hidden", "eval_episodes")
+    runs = []
+    for p in paths:
+        r = json.loads(Path(p).read_text())
+        if "quality" not in r:
+            raise SystemExit(f"bench_train --combine: {p} holds no quality result (kind: {r.get('bench')})")
+        q, a = dict(r["quality"]), r["args"]  # results older than these fields keep them in the arguments
+        q.setdefault("task", a.get("quality_task", "room"))
+        q.setdefault("first_seed", int(a.get("first_seed", 0)))
+        runs.append((p, q, a.get("precision", "32-true")))
+    p0, q0, prec0 = runs[0]
+    out = {k: q0[k] for k in (*same, "dataset")}
+    out.update(seeds=0, first_seed=None, eval_episodes=q0["eval_episodes"], files=[str(p) for p in paths], algos={})
+    pooled: dict[str, dict[str, list[float]]] = {}
+    seen: dict[str, set[int]] = {}
+    for p, q, prec in runs:
+        diff = [k for k in same if q[k] != q0[k]] + (["precision"] if prec != prec0 else [])
+        if diff:
+            raise SystemExit(f"bench_train --combine: {p} differs from {p0} in {diff}: not the same comparison")
+        seeds = list(range(q["first_seed"], q["first_seed"] + q["seeds"]))
+        for algo, a in q["algos"].items():
+            dup = seen.setdefault(algo, set()) & set(seeds)
+            if dup:
+                raise SystemExit(f"bench_train --combine: {p} repeats {algo} seeds {sorted(dup)}")
+            seen[algo] |= set(seeds)
+            rows = pooled.setdefault(algo, {"o2o": [], "d3rlpy": []})
+            rows["o2o"] += a["o2o"]
+            rows["d3rlpy"] += a["d3rlpy"]
+    for algo, rows in pooled.items():
+        out["algos"][algo] = {**compare_returns(rows["o2o"], rows["d3rlpy"]), "seeds": sorted(seen[algo])}
+    out["seeds"] = max(len(v) for v in seen.values())
+    return out
 
 
 # ---------------------------------------------------------------------------- profile
@@ -504,6 +628,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--first-seed", type=int, default=0, help="quality seeds first_seed .. first_seed + seeds - 1")
     ap.add_argument("--eval-episodes", type=int, default=10)
     ap.add_argument("--profile", default=None, help="profile one algorithm's update (o2o and d3rlpy) instead")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="pool the seeds of earlier --quality results of one comparison and print its table")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--quick", action="store_true", help="smoke run (< 1 min)")
@@ -531,6 +657,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
+    if args.combine:
+        ql = combine_quality(args.combine)
+        print_quality(ql, "pooled from " + ", ".join(p.name for p in args.combine))
+        return 0 if all(a["passed"] for a in ql["algos"].values()) else 1
     d3rlpy = import_d3rlpy()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scratch-train-", dir=RESULTS))
@@ -554,21 +684,23 @@ def main(argv=None) -> int:
                         f"{args.rounds} ({res['machine']['date']}, {res['machine']['cpus']} cpus"
                         f"{', quick' if args.quick else ''}); pass: o2o's faster precision vs plain d3rlpy",
                         rows, header)
+            rl, rh = roofline_rows(tp, args.variants)
+            if rl:
+                peaks = ", ".join(f"{k} {v:.0f}" for k, v in next(iter(tp["settings"].values()))["matmul_gflops"].items())
+                print_table("compute: GFLOP per update (torch FlopCounterMode: matmuls, forward + backward) x "
+                            "updates/s, against this CPU's float32 matmul peak (256-wide layer, forward + backward); "
+                            "'fp32 ceiling / d3rlpy': the ratio o2o would reach if its float32 update ran entirely at "
+                            f"that peak (matmul GFLOP/s: {peaks})", rl, rh)
         else:
             res["quality"] = ql = bench_quality(args, d3rlpy, work)
-            rows = quality_rows(ql)
-            print_table(f"policy quality: mean return over {ql['seeds']} seeds x {ql['eval_episodes']} episodes, "
-                        f"{ql['updates']} updates, {ql['hidden']} nets, o2o {args.precision}, {ql['task']}: "
-                        f"{ql['dataset']['episodes']} episodes (data mean "
-                        f"{ql['dataset']['return_mean']:.1f})", rows,
-                        ["measure", "o2o", "d3rlpy", "target", "pass", "per seed o2o | d3rlpy"])
+            rows = print_quality(ql, f"o2o {args.precision}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - t_start
     res["table"] = rows
-    res["passed"] = all(r[4 if kind == "quality" else -1] != "FAIL" for r in rows)
+    res["passed"] = all((r[5] == "PASS") if kind == "quality" else (r[-1] != "FAIL") for r in rows)
     name = f"bench_train{'-' + kind if kind != 'throughput' else ''}{'-quick' if args.quick else ''}-" \
            f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=1, default=str))
