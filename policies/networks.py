@@ -322,8 +322,8 @@ def compile_mlps(root: nn.Module, **kwargs) -> list[str]:
     """``torch.compile`` every outermost MLP under ``root`` (each :class:`EnsembleMLP` and
     ``nn.Sequential``) in place, through ``nn.Module.compile``: parameters and state-dict keys
     stay as they are, and every caller (``forward``, ``sample_n``, ``log_prob``...) gets the
-    compiled trunk. Fusing bias, activation and dtype casts makes CQL's update ~1.15x (fp32)
-    to ~1.2x (bf16) faster on the 2-core CPU (bench/README.md). Returns the compiled names."""
+    compiled trunk. Meant for GPUs (fewer kernel launches); on the 2-core CPU it does not pay
+    (CQL float32 within noise, bf16 ~1.5x slower; bench/README.md). Returns the compiled names."""
     done: list[str] = []
     for name, m in root.named_modules():
         if isinstance(m, (EnsembleMLP, nn.Sequential)) and not any(name.startswith(d + ".") for d in done):
