@@ -92,7 +92,13 @@ def import_d3rlpy():
 
 # ---------------------------------------------------------------------------- data
 def make_dataset(path: Path, overrides: list[str], parts: list[tuple[str, int]]) -> str:
-    """A real o2o dataset: ``o2o collect`` of each (behaviour, episodes) in ``parts`` into ``path``."""
+    """A real o2o dataset: ``o2o collect`` of each (behaviour, episodes) in ``parts`` into a new ``path``.
+
+    An existing ``path`` is refused: collecting appends, so a reused path would silently
+    measure a bigger dataset than the one named."""
+    if Path(path).exists():
+        raise FileExistsError(f"bench_train: dataset path {path} exists; collecting would append to it "
+                              f"(use a fresh path or remove it)")
     for behavior, episodes in parts:
         cfg = load_config("collect", [*overrides, f"behavior={behavior}", f"collect.episodes={episodes}",
                                       f"dataset.path={path}", "collect.progress=false"])
