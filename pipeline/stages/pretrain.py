@@ -228,6 +228,14 @@ def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgo
     return best, f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation)", table
 
 
+def warn_compile_on_cpu(cfg: DictConfig, trainer: L.Trainer) -> None:
+    """``trainer.compile`` is for GPUs: on a CPU the compiled networks measured slower than eager."""
+    if cfg.trainer.get("compile") and trainer.strategy.root_device.type == "cpu":
+        warnings.warn("trainer.compile=true on a CPU: torch.compile'd networks measured slower than eager "
+                      "there (bf16 CQL ~1.5x slower, IQL/AWAC slower, float32 CQL level; bench/README.md); "
+                      "it is meant for GPUs", UserWarning, stacklevel=3)
+
+
 def pretrain(cfg: DictConfig) -> PretrainResult:
     """Train ``cfg.algo`` on ``cfg.dataset.path`` for ``cfg.trainer.max_steps`` updates."""
     import time
@@ -261,6 +269,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
                                every_n_train_steps=every, save_last=True, auto_insert_metric_name=False)
     callbacks.append(ckpt)
     trainer = make_trainer(cfg, run_dir, callbacks)
+    warn_compile_on_cpu(cfg, trainer)
     ckpt_path = cfg.trainer.ckpt_path
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
                 ckpt_path=ckpt_path, weights_only=True)
