@@ -63,7 +63,7 @@ from bench_store import print_table, verdict  # noqa: E402  (same folder, same t
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
 from o2o.pipeline.stages.collect import collect  # noqa: E402
-from o2o.pipeline.stages.pretrain import _Steps, build_module, make_trainer, select_episodes  # noqa: E402
+from o2o.pipeline.stages.pretrain import _Steps, build_module, compile_if_asked, make_trainer, select_episodes  # noqa: E402,E501
 from o2o.policies.callbacks import UpdateRate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -209,11 +209,10 @@ def o2o_train(cfg, store_path: str, run_dir: Path, steps: int, warmup: int, bare
     then time ``bare_steps`` bare ``module.update`` calls. Returns (Timing, module)."""
     with EpisodeStore.open(store_path, mode="r") as store:
         module, replay = build_module(cfg, store, select_episodes(store, cfg.data))
-    if cfg.trainer.get("compile"):  # as o2o pretrain does; compiling happens in the untimed warm-up updates
-        module.compile_networks()
     clock = _Clock(warmup, warmup + steps)
     with quiet_fit():
         trainer = make_trainer(cfg, run_dir, [UpdateRate(every=int(cfg.algo.get("log_every", 50))), clock])
+        compile_if_asked(cfg, trainer, module)  # as o2o pretrain does; compiling happens in the untimed warm-up
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
     loop = steps / (clock.t1 - clock.t0)
     bare = float("nan")
@@ -535,7 +534,7 @@ def combine_quality(paths: list[Path]) -> dict:
         runs.append((p, q, a.get("precision", "32-true")))
     p0, q0, prec0 = runs[0]
     out = {k: q0[k] for k in (*same, "dataset")}
-    out.update(seeds=0, first_seed=None, eval_episodes=q0["eval_episodes"], files=[str(p) for p in paths], algos={})
+    out.update(first_seed=None, files=[str(p) for p in paths], algos={})
     pooled: dict[str, dict[str, list[float]]] = {}
     seen: dict[str, set[int]] = {}
     for p, q, prec in runs:

@@ -29,7 +29,7 @@ from o2o.datasets import Episode, EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
-from o2o.pipeline.stages.pretrain import _Steps, check_env, make_trainer, select_episodes, warn_compile_on_cpu
+from o2o.pipeline.stages.pretrain import _Steps, check_env, compile_if_asked, make_trainer, select_episodes
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
@@ -154,9 +154,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
-        if cfg.trainer.get("compile"):
-            warn_compile_on_cpu(cfg, trainer)
-            module.compile_networks()
+        compile_if_asked(cfg, trainer, module)
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
     finally:
         module.compile_networks(False)

@@ -228,12 +228,16 @@ def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgo
     return best, f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation)", table
 
 
-def warn_compile_on_cpu(cfg: DictConfig, trainer: L.Trainer) -> None:
-    """``trainer.compile`` is for GPUs: on a CPU the compiled networks measured slower than eager."""
-    if cfg.trainer.get("compile") and trainer.strategy.root_device.type == "cpu":
+def compile_if_asked(cfg: DictConfig, trainer: L.Trainer, module: OfflineAlgorithm) -> None:
+    """``trainer.compile``: compile ``module``'s networks for ``trainer``'s run. It is meant for
+    GPUs: on a CPU the compiled networks measured slower than eager, which a warning says."""
+    if not cfg.trainer.get("compile"):
+        return
+    if trainer.strategy.root_device.type == "cpu":
         warnings.warn("trainer.compile=true on a CPU: torch.compile'd networks measured slower than eager "
                       "there (bf16 CQL ~1.5x slower, IQL/AWAC slower, float32 CQL level; bench/README.md); "
                       "it is meant for GPUs", UserWarning, stacklevel=3)
+    module.compile_networks()
 
 
 def pretrain(cfg: DictConfig) -> PretrainResult:
@@ -249,8 +253,6 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
         module, replay = build_module(cfg, store, idx)
-    if cfg.trainer.get("compile"):
-        module.compile_networks()
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     ev, cb_eval = cfg.eval, None
@@ -269,7 +271,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
                                every_n_train_steps=every, save_last=True, auto_insert_metric_name=False)
     callbacks.append(ckpt)
     trainer = make_trainer(cfg, run_dir, callbacks)
-    warn_compile_on_cpu(cfg, trainer)
+    compile_if_asked(cfg, trainer, module)
     ckpt_path = cfg.trainer.ckpt_path
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
                 ckpt_path=ckpt_path, weights_only=True)
