@@ -310,6 +310,21 @@ def make_actor(kind: str, obs_dim: int, act_dim: int, **kwargs) -> nn.Module:
     return cls(obs_dim, act_dim, **kwargs)
 
 
+#: devices whose fused Adam kernel o2o uses (tested on CPU; the CUDA kernel is torch's reference one)
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def adam(params, lr: float, **kwargs) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with torch's fused kernel when every parameter is a floating-point tensor on
+    a CPU or CUDA device (one kernel per step instead of ~7 passes over the parameters: 0.50 -> 0.18 ms
+    for IQL's three optimisers on the 2-core CPU, bench/README.md); the default implementation otherwise.
+    Same update rule either way (within float rounding)."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in _FUSED_ADAM_DEVICES for p in tensors)
+    return torch.optim.Adam(params, lr=lr, **({"fused": True} if fused else {}), **kwargs)
+
+
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging ``target <- (1 - tau) target + tau source``, in one fused call."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from o2o.policies.algos.losses import LossOut
 from o2o.policies.data import Batch, Normalization, TensorReplay
-from o2o.policies.networks import compile_mlps, soft_update, strip_compiled
+from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
 ALGO_PREFIX = "o2o.policies.algos."
 
@@ -157,7 +157,7 @@ class OfflineAlgorithm(L.LightningModule):
         opts = []
         for i, name in enumerate(self.update_order):
             self._opt_index[name] = i
-            opts.append(torch.optim.Adam(self.parameters_for(name), lr=self.lr_for(name)))
+            opts.append(adam(self.parameters_for(name), lr=self.lr_for(name)))
         return opts
 
     # ------------------------------------------------------------------ data and acting

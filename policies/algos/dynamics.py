@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from o2o.policies.algos import losses as L
-from o2o.policies.networks import EnsembleMLP
+from o2o.policies.networks import EnsembleMLP, adam
 
 # MBPO's per-layer L2 weights for its 4x200 model (4 hidden layers + output).
 MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
@@ -175,7 +175,7 @@ class EnsembleDynamics(nn.Module):
         # Bootstrap (sampling with replacement) per member: the members disagree where data is thin.
         boot = torch.randint(n_tr, (n, n_tr), device=device, generator=gen)
         params = [*self.net.parameters(), self.max_log_std, self.min_log_std]
-        opt = torch.optim.Adam(params, lr=float(lr))
+        opt = adam(params, lr=float(lr))
         best = torch.full((n,), math.inf, device=device)
         snapshot = [p.detach().clone() for p in self.net.parameters()]
         epochs, since, train_loss = 0, 0, math.nan

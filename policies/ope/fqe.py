@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from o2o.policies.networks import QEnsemble, soft_update
+from o2o.policies.networks import QEnsemble, adam, soft_update
 from o2o.policies.ope import estimators as E
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData, TargetPolicy, policy_actions
@@ -116,7 +116,7 @@ def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, k
         critic = QEnsemble(obs_dim, data.actions.shape[1], cfg.fqe_hidden, n=cfg.fqe_critics,
                            layer_norm=cfg.fqe_layer_norm).to(device)
     target = copy.deepcopy(critic).requires_grad_(False)
-    opt = torch.optim.Adam(critic.parameters(), lr=cfg.fqe_lr)
+    opt = adam(critic.parameters(), lr=cfg.fqe_lr)
 
     scale = reward_scale_for(data, cfg)
     s_in = _with_time(data.observations, data.step, H)

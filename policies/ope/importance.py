@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from o2o.policies.networks import make_actor
+from o2o.policies.networks import adam, make_actor
 from o2o.policies.ope import estimators as E
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData, TargetPolicy
@@ -61,7 +61,7 @@ def fit_behavior(data: OPEData, cfg: OPEConfig | None = None) -> BehaviorModel:
         torch.manual_seed(int(cfg.seed) + 1)
         actor = make_actor("gaussian", data.observations.shape[1], data.actions.shape[1],
                            hidden=cfg.behavior_hidden).to(device)
-    opt = torch.optim.Adam(actor.parameters(), lr=cfg.behavior_lr)
+    opt = adam(actor.parameters(), lr=cfg.behavior_lr)
     for _ in range(int(cfg.behavior_updates)):
         idx = torch.randint(0, len(data), (cfg.behavior_batch_size,), device=device, generator=gen)
         loss = -actor.log_prob(data.observations.index_select(0, idx), data.actions.index_select(0, idx)).mean()

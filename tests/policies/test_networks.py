@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from o2o.policies.networks import EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, ValueMLP, soft_update
+from o2o.policies.networks import (EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, ValueMLP, adam,
+                                   soft_update)
 
 
 def test_ensemble_matches_members_run_separately():
@@ -118,3 +119,26 @@ def test_ensemble_head_gradients_under_bf16_match_autograd_through_the_float32_h
     torch.testing.assert_close(got[0].float(), ref_h.grad.float(), rtol=2e-2, atol=1e-4)
     torch.testing.assert_close(got[1], q.net.out.weight.grad, rtol=2e-2, atol=1e-4)
     torch.testing.assert_close(got[2], q.net.out.bias.grad)
+
+
+def test_adam_is_fused_on_cpu_and_steps_like_the_default_adam():
+    torch.manual_seed(0)
+    nets = [QEnsemble(5, 2, (16, 16), 2) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    start = [p.detach().clone() for p in nets[0].parameters()]
+    fused, plain = adam(nets[0].parameters(), lr=1e-2), torch.optim.Adam(nets[1].parameters(), lr=1e-2)
+    assert fused.param_groups[0]["fused"] is True and not plain.param_groups[0]["fused"]
+    for _ in range(20):
+        obs, act = torch.randn(32, 5), torch.randn(32, 2)
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(obs, act).pow(2).mean().backward()
+            opt.step()
+    for a, b, a0 in zip(nets[0].parameters(), nets[1].parameters(), start):
+        assert (a - a0).abs().max() > 1e-3  # 20 steps of lr 1e-2 moved every tensor
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_falls_back_where_no_fused_kernel_is_used():
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3, device="meta"))]}]
+    assert not adam(groups, lr=1e-3).param_groups[0]["fused"]
