@@ -165,10 +165,16 @@ def d3rlpy_config(d3rlpy, algo: str, n_steps: int, space, gamma: float = 0.99, h
         cfg = A.AWACConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, lam=1.0, n_action_samples=1,
                            n_critics=2, tau=0.005, actor_encoder_factory=enc, critic_encoder_factory=enc,
                            gamma=gamma, **common, **extra)
+    elif algo == "td3bc":  # not in the throughput targets; the lockstep and --quality compare it
+        cfg = A.TD3PlusBCConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, tau=0.005, n_critics=2,
+                                target_smoothing_sigma=0.2, target_smoothing_clip=0.5, alpha=2.5,
+                                update_actor_interval=2, actor_encoder_factory=enc, critic_encoder_factory=enc,
+                                gamma=gamma, **common, **extra)
     elif algo == "bc":
         cfg = A.BCConfig(learning_rate=1e-3, policy_type="deterministic", encoder_factory=enc, **common, **extra)
     else:
-        raise ValueError(f"bench_train: no d3rlpy counterpart for algorithm {algo!r} (one of {sorted(TARGETS)})")
+        raise ValueError(f"bench_train: no d3rlpy counterpart for algorithm {algo!r} (one of "
+                         f"{sorted([*TARGETS, 'td3bc'])})")
     return cfg
 
 
@@ -428,9 +434,11 @@ QUALITY_TASKS = {
              "algos": {"iql": {"o2o": [], "d3rlpy": {}},
                        "cql": {"o2o": ["algo.cql_alpha=1.0", "algo.actor_lr=3e-4", "algo.alpha_lr=3e-4"],
                                "d3rlpy": {"conservative_weight": 1.0, "actor_learning_rate": 3e-4,
-                                          "temp_learning_rate": 3e-4}}}},
+                                          "temp_learning_rate": 3e-4}},
+                       "td3bc": {"o2o": [], "d3rlpy": {}}}},
     "reacher": {"env": ["env=reacher"], "data": [("scripted", 20), ("random", 60)], "gamma": 0.99,
-                "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}}}},
+                "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}},
+                          "td3bc": {"o2o": [], "d3rlpy": {}}}},
     "reacher-large": {"env": ["env=reacher"], "data": [("scripted", 80), ("random", 240)], "gamma": 0.99,
                       "algos": {"iql": {"o2o": [], "d3rlpy": {}}, "cql": {"o2o": [], "d3rlpy": {}}}},
 }

@@ -189,6 +189,20 @@ def cql_losses(o: dict, d: dict, module) -> list[str]:
             f"{float(module.alpha):.6f} / {float(d['temp']):.6f}"]
 
 
+# ---------------------------------------------------------------------------------- TD3+BC
+def td3bc_pairs(module, impl) -> dict[str, list]:
+    M, A = impl.modules, module.act_dim
+    return {"critic": critic_pairs(M.q_funcs, module.critic), "target": critic_pairs(M.targ_q_funcs, module.critic_target),
+            "actor": mlp_pairs(M.policy._encoder, [(M.policy._fc, (0, A))], module.actor.net),
+            "actor target": mlp_pairs(M.targ_policy._encoder, [(M.targ_policy._fc, (0, A))], module.actor_target.net)}
+
+
+def td3bc_losses(o: dict, d: dict, module) -> list[str]:
+    actor = (f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}" if "actor_loss" in d
+             else "(not this update)")
+    return [f"{float(o['critic_loss']):.5f} / {float(d['critic_loss']):.5f}", actor]
+
+
 class SharedNoise:
     """One source for the random draws of both libraries' CQL updates.
 
@@ -206,12 +220,26 @@ class SharedNoise:
         self.uniform: list[torch.Tensor] | None = None
         self._std_normal = torch.distributions.normal._standard_normal
         self._uniform_ = torch.Tensor.uniform_
+        self._randn, self._randn_like = torch.randn, torch.randn_like
         noise = self
 
         def std_normal(shape, dtype=None, device=None):
             if noise.normal is None:
                 return noise._std_normal(shape, dtype=dtype, device=device)
             return noise._pop(noise.normal, tuple(shape), "Gaussian").to(dtype=dtype, device=device)
+
+        def randn(*size, **kw):
+            if noise.normal is None or kw.get("generator") is not None:
+                return noise._randn(*size, **kw)
+            shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+            return noise._pop(noise.normal, shape, "Gaussian").to(dtype=kw.get("dtype") or torch.float32,
+                                                                   device=kw.get("device"))
+
+        def randn_like(t, **kw):
+            if noise.normal is None:
+                return noise._randn_like(t, **kw)
+            return noise._pop(noise.normal, tuple(t.shape), "Gaussian").to(dtype=kw.get("dtype") or t.dtype,
+                                                                            device=t.device)
 
         def uniform_(t, a=0.0, b=1.0, *, generator=None):
             if noise.uniform is None:
@@ -224,7 +252,7 @@ class SharedNoise:
             with torch.no_grad():
                 return t.copy_(src.reshape(t.shape))
 
-        self._patches = (std_normal, uniform_)
+        self._patches = (std_normal, uniform_, randn, randn_like)
 
     @staticmethod
     def _pop(queue: list, shape, kind: str) -> torch.Tensor:
@@ -239,11 +267,12 @@ class SharedNoise:
         g = self.gen
         return {"s": torch.randn(k, batch, act_dim, generator=g), "next": torch.randn(k, batch, act_dim, generator=g),
                 "uniform": torch.rand(batch, k, act_dim, generator=g) * 2.0 - 1.0,
-                "actor": torch.randn(batch, act_dim, generator=g)}
+                "actor": torch.randn(batch, act_dim, generator=g), "target": torch.randn(batch, act_dim, generator=g)}
 
     @contextmanager
     def serving(self, normal: list[torch.Tensor], uniform: list[torch.Tensor]):
-        torch.distributions.normal._standard_normal, torch.Tensor.uniform_ = self._patches
+        (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn,
+         torch.randn_like) = self._patches
         self.normal, self.uniform = list(normal), list(uniform)
         try:
             yield
@@ -252,15 +281,33 @@ class SharedNoise:
                                    "served but never taken: the update draws less than expected")
         finally:
             self.normal = self.uniform = None
-            torch.distributions.normal._standard_normal, torch.Tensor.uniform_ = self._std_normal, self._uniform_
+            (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn,
+             torch.randn_like) = self._std_normal, self._uniform_, self._randn, self._randn_like
 
 
 # ---------------------------------------------------------------------------------- both
+def cql_draws(e: dict) -> tuple[tuple[list, list], tuple[list, list]]:
+    """(Gaussian, uniform) queues for d3rlpy's CQL update (pi(s), pi(s'), actor) and o2o's ([s; s'], actor)."""
+    return ([e["s"], e["next"], e["actor"]], [e["uniform"]]), ([torch.cat([e["s"], e["next"]], dim=1), e["actor"]],
+                                                               [e["uniform"]])
+
+
+def td3bc_draws(e: dict) -> tuple[tuple[list, list], tuple[list, list]]:
+    """Both libraries draw one Gaussian per update: the target policy's smoothing noise."""
+    return ([e["target"]], []), ([e["target"]], [])
+
+
+def no_switch(module) -> None:
+    """TD3+BC: o2o and d3rlpy make the same choices (nothing to switch)."""
+
+
 SPECS = {
     "iql": {"switch": as_d3rlpy_iql, "pairs": iql_pairs, "extras": copy_iql_extras, "losses": iql_losses,
-            "loss_names": ["critic loss", "value loss", "actor loss"], "noise": False},
+            "loss_names": ["critic loss", "value loss", "actor loss"], "draws": None},
     "cql": {"switch": as_d3rlpy_cql, "pairs": cql_pairs, "extras": copy_cql_extras, "losses": cql_losses,
-            "loss_names": ["critic loss (incl. regulariser)", "actor loss", "temperature"], "noise": True},
+            "loss_names": ["critic loss (incl. regulariser)", "actor loss", "temperature"], "draws": cql_draws},
+    "td3bc": {"switch": no_switch, "pairs": td3bc_pairs, "extras": lambda *a: None, "losses": td3bc_losses,
+              "loss_names": ["critic loss", "actor loss"], "draws": td3bc_draws},
 }
 
 
@@ -312,7 +359,7 @@ def main(argv=None) -> int:
         spec["extras"](module, agent.impl, args.as_is)
         from d3rlpy.torch_utility import TorchMiniBatch
 
-        noise = SharedNoise(args.seed) if spec["noise"] else None
+        noise = SharedNoise(args.seed) if spec["draws"] else None
         rows, worst_early = [], 0.0
         update = module.update
 
@@ -327,10 +374,11 @@ def main(argv=None) -> int:
                 d = agent.impl.update(tb, int(module.updates))
                 o = update(batch)
             else:
-                e = noise.draw(n, int(module.hp.n_actions), module.act_dim)
-                with noise.serving([e["s"], e["next"], e["actor"]], [e["uniform"]]):  # d3rlpy: pi(s), pi(s'), actor
+                e = noise.draw(n, int(getattr(module.hp, "n_actions", 1)), module.act_dim)
+                for_d3rlpy, for_o2o = spec["draws"](e)
+                with noise.serving(*for_d3rlpy):
                     d = agent.impl.update(tb, int(module.updates))
-                with noise.serving([torch.cat([e["s"], e["next"]], dim=1), e["actor"]], [e["uniform"]]):  # o2o: [s; s']
+                with noise.serving(*for_o2o):
                     o = update(batch)
             k = int(module.updates)
             if k in REPORT_AT or k == args.steps:
@@ -346,7 +394,7 @@ def main(argv=None) -> int:
             trainer = make_trainer(cfg, work / "run", [])
             trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
     mode = "o2o as is" if args.as_is else "o2o switched to d3rlpy's documented choices"
-    same = "same initial weights, same batches" + (", same sampled actions" if spec["noise"] else "")
+    same = "same initial weights, same batches" + (", same sampled noise" if spec["draws"] else "")
     print_table(f"{args.algo.upper()} lockstep, o2o vs d3rlpy {d3rlpy.__version__} ({mode}): {same}; "
                 "relative parameter difference per network, losses o2o / d3rlpy",
                 rows, ["update", *pairs, *spec["loss_names"]])

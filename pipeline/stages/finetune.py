@@ -1,6 +1,6 @@
 """The finetune stage: the offline policy that passed the gate keeps learning online.
 
-The checkpoint's algorithm (IQL, AWAC, CQL, Cal-QL; ``finetune.algo`` and the per-algorithm
+The checkpoint's algorithm (IQL, AWAC, CQL, Cal-QL, TD3+BC; ``finetune.algo`` and the per-algorithm
 ``finetune.algo_overrides`` adjust its config for the online phase) continues from its
 weights with the same Lightning machinery as offline training. Its replay becomes a mix
 of the offline rows it was trained on (that exact dataset version) and a growing online
@@ -93,7 +93,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     module.load_state_dict(ckpt["state_dict"])
     if getattr(module, "critic", None) is None:
         raise ValueError(f"finetune: {name!r} ({checkpoint}) learns no value function, so online data cannot improve "
-                         "it; finetune an IQL, AWAC, CQL, Cal-QL or SAC checkpoint")
+                         "it; finetune an IQL, AWAC, CQL, Cal-QL, TD3+BC or SAC checkpoint")
     # Normalised with the checkpoint's statistics: the networks were trained on those.
     module.attach_replay(TensorReplay.from_transitions(tr, module.norm, seed=int(cfg.trainer.seed)))
     return module

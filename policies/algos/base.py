@@ -116,6 +116,7 @@ class OfflineAlgorithm(L.LightningModule):
         self.replay: TensorReplay | None = None
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
+        self._recent_metrics: dict[str, Tensor] = {}
         torch.manual_seed(int(self.hp.seed))
         self.build()
 
@@ -194,8 +195,13 @@ class OfflineAlgorithm(L.LightningModule):
         """Actions in env units for raw observations ``[B, O]`` (NumPy in, NumPy out)."""
         o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
         o = self.normalize_obs(o)
-        a = self.actor.act(o) if deterministic else self.actor(o).action
+        a = self.actor.act(o) if deterministic else self.explore_action(o)
         return (a.clamp(-1, 1) * self.act_half + self.act_center).cpu().numpy()
+
+    def explore_action(self, obs_norm: Tensor) -> Tensor:
+        """A non-deterministic action (normalised space) for online exploration: a sample of the policy
+        (algorithms with a deterministic actor add their own noise)."""
+        return self.actor(obs_norm).action
 
     @torch.no_grad()
     def q_value(self, obs: Tensor, action_norm: Tensor) -> Tensor | None:
@@ -210,7 +216,8 @@ class OfflineAlgorithm(L.LightningModule):
     # ------------------------------------------------------------------ the update
     def training_step(self, _unused, batch_idx: int = 0):
         batch = self.replay.sample(int(self.hp.batch_size))
-        metrics = self.update(batch)
+        self._recent_metrics.update(self.update(batch))  # an entry skipped this update keeps its last values
+        metrics = self._recent_metrics
         n = int(self.updates)
         if n % int(self.hp.log_every) == 0:
             losses = {f"train/{k}": v.detach().float() for k, v in metrics.items() if k.endswith("_loss")}
@@ -233,10 +240,16 @@ class OfflineAlgorithm(L.LightningModule):
             self.step_optimizer(opts[self._opt_index[name]], out.loss, counted=(i == 0))
             metrics[f"{name}_loss"] = out.loss.detach()
             metrics.update(out.metrics)
-        for target, source, tau in self._targets:
-            soft_update(target, source, tau)
+        if self.targets_due(n):
+            for target, source, tau in self._targets:
+                soft_update(target, source, tau)
         self.updates += 1
         return metrics
+
+    def targets_due(self, n: int) -> bool:
+        """Whether the target networks move after update ``n`` (counted from 0): after every update
+        unless an algorithm delays them (TD3+BC moves them with its delayed actor)."""
+        return True
 
     def step_optimizer(self, opt, loss: Tensor, counted: bool = True) -> None:
         """zero_grad, backward, optional clipping, step. Only a ``counted`` step advances Lightning's global step."""

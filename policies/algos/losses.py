@@ -104,6 +104,17 @@ def sac_actor_loss(q_policy: Tensor, log_prob: Tensor, alpha: Tensor | float) ->
     return (alpha * log_prob - q_policy).mean()
 
 
+def td3_bc_actor_loss(q1: Tensor, pi_actions: Tensor, data_actions: Tensor, alpha: float
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """TD3+BC's actor loss ``-lambda mean Q1(s, pi(s)) + mean (pi(s) - a)^2`` (Fujimoto & Gu 2021), the
+    squared error averaged over batch and action dimensions as the reference code's ``mse_loss``;
+    ``lambda = alpha / mean|Q1|`` (not differentiated) keeps the balance independent of the reward
+    scale. Returns ``(loss, lambda, bc_mse)``."""
+    lam = alpha / q1.abs().mean().detach()
+    bc = (pi_actions - data_actions).pow(2).mean()
+    return -lam * q1.mean() + bc, lam, bc.detach()
+
+
 def entropy_alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:
     """SAC's temperature loss: alpha grows when the policy's entropy is below the target."""
     return -(log_alpha * (log_prob.detach() + target_entropy)).mean()

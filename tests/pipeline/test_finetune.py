@@ -184,3 +184,24 @@ def test_a_bad_exploration_setting_is_refused_and_leaves_the_dataset_unlocked(of
         finetune(run_cfg(data, "finetune.explore_temperature=1.5"), offline["checkpoint"], str(data), tmp_path / "ft")
     with EpisodeStore.open(data, mode="a") as store:  # the writer lock was released
         assert store.num_episodes == 12
+
+
+def test_a_td3bc_checkpoint_finetunes_online_with_exploration_noise(offline, tmp_path):
+    """TD3+BC's actor is deterministic: online it explores with TD3's Gaussian noise, so its online
+    episodes differ from the deterministic policy's, and its delayed actor still learns."""
+    data = fresh_copy(offline, tmp_path)
+    cfg = OmegaConf.merge(run_cfg(data, "algo=td3bc"), {"run_dir": str(tmp_path / "pre")})
+    cfg.trainer.max_steps, cfg.eval.enabled, cfg.ope.select, cfg.trainer.progress = 100, False, False, False
+    ckpt = pretrain(cfg).last_checkpoint
+    res = finetune(run_cfg(data, "algo=td3bc"), ckpt, str(data), tmp_path / "ft")
+    assert res["episodes"] == 5 and res["updates"] == 240
+    before, tuned = load_algorithm(ckpt), load_algorithm(res["checkpoint"])
+    assert int(tuned.updates) == 100 + 240 and tuned.hparams["algo"]["explore_noise"] == 0.1
+    with EpisodeStore.open(data) as store:
+        first = store.episode(12)  # collected during the warm-up by the offline policy, exploring
+    assert first.observations.shape[0] == 60
+    greedy = before.act(first.observations[:60])
+    assert not np.allclose(first.actions, greedy, atol=1e-3)  # the noise was there
+    assert np.abs(first.actions - greedy).max() < 1.0  # and it is small (std 0.1 of the half-range)
+    obs = np.zeros((4, 6), np.float32)
+    assert not np.allclose(tuned.act(obs), before.act(obs))

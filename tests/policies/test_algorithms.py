@@ -207,3 +207,47 @@ def test_iql_actor_reuses_the_update_s_values_and_gets_what_it_would_compute(maz
     other = m.replay.sample(32)  # a cache from another batch is never used
     m.value_loss(other)
     torch.testing.assert_close(m.actor_loss(batch).loss, fresh.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_td3bc_moves_its_actor_and_targets_only_every_policy_freq_updates(maze_dataset, tmp_path):
+    """TD3's delayed updates: the critic steps every update; the actor and both targets after
+    updates 0, k, 2k... (counted from 0), as the paper's code and d3rlpy."""
+    import lightning as L
+
+    from o2o.pipeline.stages.pretrain import _Steps, build_module, make_trainer, select_episodes
+
+    cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, "trainer.max_steps=7", "eval.enabled=false", "algo.policy_freq=3")
+    with EpisodeStore.open(maze_dataset, mode="r") as store:
+        module, _ = build_module(cfg, store, select_episodes(store, cfg.data))
+    flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).clone()  # noqa: E731
+    nets = ("critic", "actor", "actor_target", "critic_target")
+    seen = [{n: flat(getattr(module, n)) for n in nets}]
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, m, *args) -> None:
+            seen.append({n: flat(getattr(m, n)) for n in nets})
+
+    trainer = make_trainer(cfg, tmp_path, [Watch()])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+    assert len(seen) == 8
+    for k in range(7):  # update k (from 0) turned seen[k] into seen[k + 1]
+        moved = {n: not torch.equal(seen[k][n], seen[k + 1][n]) for n in nets}
+        due = k % 3 == 0
+        assert moved == {"critic": True, "actor": due, "actor_target": due, "critic_target": due}, (k, moved)
+
+
+def test_td3bc_explores_with_gaussian_noise_around_its_action(maze_dataset, tmp_path):
+    from o2o.pipeline.stages.pretrain import build_module, select_episodes
+
+    cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, "algo.explore_noise=0.3")
+    with EpisodeStore.open(maze_dataset, mode="r") as store:
+        module, replay = build_module(cfg, store, select_episodes(store, cfg.data))
+    obs = np.repeat(replay.observations[:1].numpy() * module.obs_std.numpy() + module.obs_mean.numpy(), 4000, 0)
+    torch.manual_seed(0)
+    mode, explored = module.act(obs, deterministic=True), module.act(obs, deterministic=False)
+    assert np.allclose(mode, mode[:1])  # the deterministic action does not move
+    dev = (explored - mode) / module.act_half.numpy()  # back to normalised units
+    inside = np.abs(mode[0] / module.act_half.numpy()) < 0.5  # dimensions the [-1, 1] clip leaves alone
+    assert inside.any()
+    assert np.allclose(dev[:, inside].std(0), 0.3, rtol=0.1), dev.std(0)
+    assert np.allclose(dev[:, inside].mean(0), 0.0, atol=0.03)

@@ -95,3 +95,15 @@ def test_gaussian_nll_and_bc_mse():
     # (1^2 * 1 + 0) + (0 + 2 log 2)
     assert L.gaussian_nll(mean, log_std, target).item() == pytest.approx(1 + 2 * math.log(2.0))
     assert L.bc_mse(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])).item() == pytest.approx(1.0)
+
+
+def test_td3_bc_actor_loss_balances_q_and_bc_by_alpha_over_mean_abs_q():
+    q1 = torch.tensor([2.0, -4.0], requires_grad=True)  # mean|Q1| = 3 -> lambda = 2.5 / 3
+    pi = torch.tensor([[0.5, 0.0], [1.0, -1.0]])
+    a = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # squared errors 0.25, 0, 0, 4: mean over all 4 = 1.0625
+    loss, lam, bc = L.td3_bc_actor_loss(q1, pi, a, alpha=2.5)
+    assert lam.item() == pytest.approx(2.5 / 3)
+    assert bc.item() == pytest.approx(1.0625)
+    assert loss.item() == pytest.approx(-(2.5 / 3) * (-1.0) + 1.0625)  # mean Q1 = -1
+    loss.backward()  # lambda is a constant: dL/dQ1 = -lambda / B per sample
+    assert q1.grad.tolist() == pytest.approx([-(2.5 / 3) / 2] * 2)
