@@ -216,7 +216,8 @@ class OfflineAlgorithm(L.LightningModule):
     # ------------------------------------------------------------------ the update
     def training_step(self, _unused, batch_idx: int = 0):
         batch = self.replay.sample(int(self.hp.batch_size))
-        self._recent_metrics.update(self.update(batch))  # an entry skipped this update keeps its last values
+        # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
+        self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
         metrics = self._recent_metrics
         n = int(self.updates)
         if n % int(self.hp.log_every) == 0:
