@@ -39,7 +39,7 @@ class TD3BC(OfflineAlgorithm):
         hp = self.hp
         if int(hp.policy_freq) < 1 or int(hp.policy_freq) != hp.policy_freq:
             raise ValueError(f"td3bc: policy_freq must be a whole number >= 1, got {hp.policy_freq!r}")
-        for key in ("policy_noise", "noise_clip", "explore_noise"):
+        for key in ("alpha", "policy_noise", "noise_clip", "explore_noise"):
             if float(getattr(hp, key)) < 0:
                 raise ValueError(f"td3bc: {key} must be >= 0, got {getattr(hp, key)!r}")
         self.update_every = {"actor": int(hp.policy_freq)}

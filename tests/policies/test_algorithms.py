@@ -251,3 +251,11 @@ def test_td3bc_explores_with_gaussian_noise_around_its_action(maze_dataset, tmp_
     assert inside.any()
     assert np.allclose(dev[:, inside].std(0), 0.3, rtol=0.1), dev.std(0)
     assert np.allclose(dev[:, inside].mean(0), 0.0, atol=0.03)
+
+
+@pytest.mark.parametrize("key, value", [("policy_freq", 0), ("policy_freq", 1.5), ("alpha", -1.0),
+                                        ("policy_noise", -0.1), ("explore_noise", -0.2)])
+def test_td3bc_refuses_bad_settings_by_name(maze_dataset, tmp_path, key, value):
+    cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, f"algo.{key}={value}", "trainer.max_steps=1")
+    with pytest.raises(ValueError, match=f"td3bc: {key}"):
+        pretrain(cfg)
