@@ -185,7 +185,7 @@ class _Clock(L.Callback):
         self.start, self.stop, self.t0, self.t1 = start, stop, None, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = int(pl_module.updates)
+        n = pl_module.update_count
         if n == self.start:
             self.t0 = time.perf_counter()
         elif n == self.stop:

@@ -371,16 +371,16 @@ def main(argv=None) -> int:
                                 next_actions=torch.zeros_like(batch.actions), returns_to_go=torch.zeros(n, 1),
                                 terminals=col(batch.terminals), intervals=torch.ones(n, 1), device="cpu:0")
             if noise is None:
-                d = agent.impl.update(tb, int(module.updates))
+                d = agent.impl.update(tb, module.update_count)
                 o = update(batch)
             else:
                 e = noise.draw(n, int(getattr(module.hp, "n_actions", 1)), module.act_dim)
                 for_d3rlpy, for_o2o = spec["draws"](e)
                 with noise.serving(*for_d3rlpy):
-                    d = agent.impl.update(tb, int(module.updates))
+                    d = agent.impl.update(tb, module.update_count)
                 with noise.serving(*for_o2o):
                     o = update(batch)
-            k = int(module.updates)
+            k = module.update_count
             if k in REPORT_AT or k == args.steps:
                 diffs = {name: rel_diff(p) for name, p in pairs.items()}
                 nonlocal worst_early

@@ -47,12 +47,12 @@ class SimEvaluation(L.Callback):
         return metrics
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = int(pl_module.updates)
+        step = pl_module.update_count
         if self.every > 0 and step % self.every == 0 and step != self._last_eval_step:
             self._run(trainer, pl_module, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        step = int(pl_module.updates)
+        step = pl_module.update_count
         if step != self._last_eval_step:
             # Recorded for the summary; too late for Lightning's logging and checkpoint hooks.
             metrics = self.evaluate(pl_module)
@@ -88,7 +88,7 @@ class UpdateRate(L.Callback):
         self.rates: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        n = int(pl_module.updates)
+        n = pl_module.update_count
         if self._t0 is None:
             self._t0, self._n0 = time.perf_counter(), n
             return

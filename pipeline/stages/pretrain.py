@@ -280,7 +280,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     if trainer.global_rank != 0:  # DDP: the other processes trained in lockstep; rank 0 selects and reports
         return PretrainResult(run_dir=str(run_dir), best_checkpoint=None, last_checkpoint=None,
                               selection=f"process {trainer.global_rank}: rank 0 selects and reports",
-                              dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
+                              dataset=module.hparams["meta"]["dataset"], updates=module.update_count,
                               seconds=time.perf_counter() - start, cpu_allocator=allocator,
                               precision=str(trainer.precision), module=module)
     history = cb_eval.history if cb_eval is not None else []
@@ -292,7 +292,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         best, selection, ope_table = select_without_simulator(cfg, run_dir, module, idx)
     result = PretrainResult(
         run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
-        selection=selection, dataset=module.hparams["meta"]["dataset"], updates=int(module.updates),
+        selection=selection, dataset=module.hparams["meta"]["dataset"], updates=module.update_count,
         best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, cpu_allocator=allocator,
         precision=str(trainer.precision), module=module,
     )

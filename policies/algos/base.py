@@ -113,12 +113,21 @@ class OfflineAlgorithm(L.LightningModule):
         self.register_buffer("act_center", f32(norm.action_center))
         self.register_buffer("act_half", f32(norm.action_halfrange))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        # The update count as a Python int beside the buffer (which checkpoints carry): reading a
+        # GPU buffer each update would stall the device queue. Loading a state dict re-reads it.
+        self._update_count = 0
+        self.register_load_state_dict_post_hook(_mirror_update_count)
         self.replay: TensorReplay | None = None
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
         torch.manual_seed(int(self.hp.seed))
         self.build()
+
+    @property
+    def update_count(self) -> int:
+        """Gradient updates done so far (the ``updates`` buffer, read without a device sync)."""
+        return self._update_count
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -219,7 +228,7 @@ class OfflineAlgorithm(L.LightningModule):
         # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
         self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
         metrics = self._recent_metrics
-        n = int(self.updates)
+        n = self._update_count
         if n % int(self.hp.log_every) == 0:
             losses = {f"train/{k}": v.detach().float() for k, v in metrics.items() if k.endswith("_loss")}
             others = {f"train/{k}": v.detach().float() for k, v in metrics.items() if not k.endswith("_loss")}
@@ -232,7 +241,7 @@ class OfflineAlgorithm(L.LightningModule):
         metrics: dict[str, Tensor] = {}
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        n = int(self.updates)
+        n = self._update_count
         for i, name in enumerate(self.update_order):
             every = self.update_every.get(name, 1)
             if n % every:
@@ -245,6 +254,7 @@ class OfflineAlgorithm(L.LightningModule):
             for target, source, tau in self._targets:
                 soft_update(target, source, tau)
         self.updates += 1
+        self._update_count += 1
         return metrics
 
     def targets_due(self, n: int) -> bool:
@@ -270,6 +280,11 @@ class OfflineAlgorithm(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["o2o"] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
                              "updates": int(self.updates)}
+
+
+def _mirror_update_count(module: OfflineAlgorithm, _incompatible) -> None:
+    """After ``load_state_dict`` (resume, rollback, ``load_algorithm``): the count is the loaded buffer's."""
+    module._update_count = int(module.updates)
 
 
 def read_checkpoint(path: str, what: str = "checkpoint", map_location: Any = "cpu") -> dict:

@@ -221,7 +221,7 @@ class COMBO(CQL):
         if "dynamics_val_mse" not in self._model_metrics:  # also after a resume, from the checkpointed buffers
             self._model_metrics["dynamics_val_mse"] = self.dynamics.val_mse[self.dynamics.elites].mean()
         if (self.model_replay is None or len(self.model_replay) == 0
-                or int(self.updates) % int(self.hp.rollout_every) == 0):
+                or self.update_count % int(self.hp.rollout_every) == 0):
             self._model_metrics.update(self.rollout())
         n_real = max(1, int(len(batch) * float(self.hp.real_ratio)))
         if n_real < len(batch):
@@ -244,7 +244,7 @@ class COMBO(CQL):
             alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)
             reg = (alpha_prime * (gap - self.hp.target_action_gap)).sum()
         else:
-            alpha_prime = torch.tensor(float(self.hp.cql_alpha), device=q.device)
+            alpha_prime = torch.full((), float(self.hp.cql_alpha), device=q.device)  # no host copy
             reg = alpha_prime * gap.sum()
         self._gap = gap.detach()
         return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": self._gap.mean(),

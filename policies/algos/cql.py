@@ -76,7 +76,7 @@ class CQL(SAC):
             alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)
             reg = (alpha_prime * (gap - self.hp.target_action_gap)).sum()
         else:
-            alpha_prime = torch.tensor(float(self.hp.cql_alpha), device=q.device)
+            alpha_prime = torch.full((), float(self.hp.cql_alpha), device=q.device)  # no host copy
             reg = alpha_prime * gap.sum()
         self._gap = gap.detach()
         return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": self._gap.mean(), "q_mean": q.detach().mean(),

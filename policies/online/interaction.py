@@ -89,7 +89,7 @@ class OnlineInteraction(L.Callback):
         self._rec.start(obs)
         if "is_success" in info:
             self._rec.success = bool(info["is_success"])
-        self._obs, self._seed, self._row0, self._version = obs, seed, len(self.online), int(module.updates)
+        self._obs, self._seed, self._row0, self._version = obs, seed, len(self.online), module.update_count
 
     def _step(self, module) -> None:
         obs = np.asarray(self._obs)
@@ -126,7 +126,7 @@ class OnlineInteraction(L.Callback):
                                                                 self.mc_tail))
         prov = {"source": "online", "policy_id": self.policy_id, "policy_version": str(self._version),
                 "params": {"explore": self.explore, "temperature": self.temperature,
-                           "updates_end": int(module.updates)}}
+                           "updates_end": module.update_count}}
         ep = self._rec.finish(prov, seed=self._seed)
         self.episodes.append({"return": ep.episode_return, "success": ep.success, "length": len(ep),
                               "policy_version": self._version, "step": self.steps})

@@ -59,13 +59,13 @@ class FinetuneMonitor(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.curve:  # already evaluated (a second fit on the same monitor)
             return
-        self._start = int(pl_module.updates)
+        self._start = pl_module.update_count
         entry = self._evaluate(pl_module, "before finetuning")
         self.level = entry[self.metric]
         self.best, self._best_state = entry, _copy_state(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        k = int(pl_module.updates) - self._start
+        k = pl_module.update_count - self._start
         if self.every <= 0 or k % self.every or self.rollback is not None:
             return
         entry = self._evaluate(pl_module, f"after {k} updates")
@@ -76,7 +76,7 @@ class FinetuneMonitor(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
-        k = int(pl_module.updates) - self._start
+        k = pl_module.update_count - self._start
         if self.rollback is None and self.curve and self.curve[-1]["updates"] != k:
             # The curve ends where training ended, and the weights that will be saved are judged too.
             self._judge(pl_module, self._evaluate(pl_module, f"after {k} updates (end)"))
@@ -110,7 +110,7 @@ class FinetuneMonitor(L.Callback):
         if self.metric not in metrics:
             raise ValueError(f"finetune: the monitored metric {self.metric!r} is not in the evaluation "
                              f"(it has {sorted(metrics)}); set finetune.rollback.metric to one of those")
-        entry = {"step": int(self.env_steps()), "updates": int(module.updates) - self._start, **metrics}
+        entry = {"step": int(self.env_steps()), "updates": module.update_count - self._start, **metrics}
         self.curve.append(entry)
         shown = {m: metrics[m] for m in ("return_mean", "success_rate") if m in metrics}
         self.say(f"  [finetune eval {when}, env step {entry['step']}] "

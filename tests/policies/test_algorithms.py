@@ -259,3 +259,16 @@ def test_td3bc_refuses_bad_settings_by_name(maze_dataset, tmp_path, key, value):
     cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, f"algo.{key}={value}", "trainer.max_steps=1")
     with pytest.raises(ValueError, match=f"td3bc: {key}"):
         pretrain(cfg)
+
+
+def test_the_update_count_is_kept_on_the_host_and_follows_loaded_state(maze_dataset, tmp_path):
+    """``update_count`` (read every update by the loop and callbacks) is a Python int, so a GPU
+    run never waits on the device to know its step; it always equals the checkpointed buffer."""
+    cfg = tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=12", "eval.enabled=false")
+    res = pretrain(cfg)
+    module = load_algorithm(res.last_checkpoint)
+    assert isinstance(module.update_count, int) and module.update_count == int(module.updates) == 12
+    state = module.state_dict()
+    state["updates"] = torch.tensor(5)
+    module.load_state_dict(state)  # e.g. a rollback to earlier weights
+    assert module.update_count == 5
