@@ -485,7 +485,7 @@ def main(argv=None) -> int:
         res["load"], tr = section("load", lambda: bench_load(args, res["append"]["store_path"],
                                                               res["append"]["npy_dir"]))
         res["sampling"] = section("sampling", lambda: bench_sampling(args, tr, res["append"]["store_path"]))
-        del tr
+        tr = None  # free the loaded transitions before the next section
         res["commit_latency"] = section("commit latency", lambda: bench_commit_latency(args, work, schema))
         if args.breakdown:
             res["breakdown"] = section("breakdown", lambda: breakdown(args, work, data, episodes, schema))
