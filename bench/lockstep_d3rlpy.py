@@ -152,11 +152,7 @@ def as_d3rlpy_cql(module) -> None:
         temp_opt.zero_grad(set_to_none=True)
         (-(module.log_alpha.exp() * (pi.log_prob.detach() + module.target_entropy)).mean()).backward()
         temp_opt.step()
-        module.critic.requires_grad_(False)
-        try:
-            q = module.critic(batch.observations, pi.action).min(dim=0).values
-        finally:
-            module.critic.requires_grad_(True)
+        q = module.critic_q_for_actor(batch.observations, pi.action).min(dim=0).values
         return LS.LossOut(LS.sac_actor_loss(q, pi.log_prob, module.alpha), {"alpha": module.alpha})
 
     module.actor_loss = actor_loss_temp_first

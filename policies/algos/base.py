@@ -212,6 +212,15 @@ class OfflineAlgorithm(L.LightningModule):
         (algorithms with a deterministic actor add their own noise)."""
         return self.actor(obs_norm).action
 
+    def critic_q_for_actor(self, obs: Tensor, action: Tensor) -> Tensor:
+        """``self.critic(obs, action)`` ``[n, B]`` for an actor's loss: the gradient flows into
+        ``action`` (and the actor behind it), not into the critic's parameters."""
+        self.critic.requires_grad_(False)
+        try:
+            return self.critic(obs, action)
+        finally:
+            self.critic.requires_grad_(True)
+
     @torch.no_grad()
     def q_value(self, obs: Tensor, action_norm: Tensor) -> Tensor | None:
         """The algorithm's own estimate of Q(s, a) (normalised obs and action, unscaled rewards),
@@ -230,8 +239,8 @@ class OfflineAlgorithm(L.LightningModule):
         metrics = self._recent_metrics
         n = self._update_count
         if n % int(self.hp.log_every) == 0:
-            losses = {f"train/{k}": v.detach().float() for k, v in metrics.items() if k.endswith("_loss")}
-            others = {f"train/{k}": v.detach().float() for k, v in metrics.items() if not k.endswith("_loss")}
+            losses = {f"train/{k}": v.float() for k, v in metrics.items() if k.endswith("_loss")}
+            others = {f"train/{k}": v.float() for k, v in metrics.items() if not k.endswith("_loss")}
             self.log_dict(losses, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
             self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
         return None
@@ -279,7 +288,7 @@ class OfflineAlgorithm(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["o2o"] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
-                             "updates": int(self.updates)}
+                             "updates": self.update_count}
 
 
 def _mirror_update_count(module: OfflineAlgorithm, _incompatible) -> None:

@@ -70,11 +70,7 @@ class SAC(OfflineAlgorithm):
 
     def actor_loss(self, batch: Batch) -> L.LossOut:
         pi = self.actor(batch.observations)
-        self.critic.requires_grad_(False)  # the actor's gradient flows through Q, not into it
-        try:
-            q = self.critic(batch.observations, pi.action).min(dim=0).values
-        finally:
-            self.critic.requires_grad_(True)
+        q = self.critic_q_for_actor(batch.observations, pi.action).min(dim=0).values
         self._logp = pi.log_prob.detach()
         loss = L.sac_actor_loss(q, pi.log_prob, self.alpha)
         return L.LossOut(loss, {"entropy": -self._logp.mean(), "alpha": self.alpha})

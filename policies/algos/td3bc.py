@@ -49,7 +49,7 @@ class TD3BC(OfflineAlgorithm):
         self.actor_target = self.add_target(self.actor, hp.tau)
 
     def targets_due(self, n: int) -> bool:
-        return n % int(self.hp.policy_freq) == 0
+        return n % self.update_every["actor"] == 0  # with the delayed actor
 
     def explore_action(self, obs_norm: torch.Tensor) -> torch.Tensor:
         """TD3's exploration: the actor's action plus Gaussian noise of std ``explore_noise``."""
@@ -70,10 +70,6 @@ class TD3BC(OfflineAlgorithm):
 
     def actor_loss(self, batch: Batch) -> L.LossOut:
         pi = self.actor.act(batch.observations)
-        self.critic.requires_grad_(False)  # the actor's gradient flows through Q1, not into it
-        try:
-            q1 = self.critic(batch.observations, pi)[0]
-        finally:
-            self.critic.requires_grad_(True)
+        q1 = self.critic_q_for_actor(batch.observations, pi)[0]
         loss, lam, bc = L.td3_bc_actor_loss(q1, pi, batch.actions, float(self.hp.alpha))
         return L.LossOut(loss, {"lambda": lam, "bc_mse": bc})
