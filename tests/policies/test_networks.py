@@ -121,6 +121,32 @@ def test_ensemble_head_gradients_under_bf16_match_autograd_through_the_float32_h
     torch.testing.assert_close(got[2], q.net.out.bias.grad)
 
 
+def test_one_output_ensemble_head_equals_the_batched_matmul_and_its_autograd():
+    """Critic/value heads (one output) run as the transposed product: same outputs and gradients as
+    ``bias + x @ weight`` through autograd, for per-member and shared inputs, and with frozen weights
+    (a target network) or an input that needs no gradient."""
+    torch.manual_seed(2)
+    head = QEnsemble(3, 2, (8,), n=3).net.out
+    for shape in [(3, 40, 8), (40, 8)]:
+        x = torch.randn(*shape).relu_().requires_grad_(True)
+        out = head(x)
+        assert out.shape == (3, 40, 1) and out.is_contiguous()
+        ref = torch.baddbmm(head.bias, x.expand(3, 40, 8), head.weight)
+        torch.testing.assert_close(out, ref)
+        gy = torch.randn(3, 40, 1)
+        got = torch.autograd.grad(out, (x, head.weight, head.bias), gy)
+        want = torch.autograd.grad(ref, (x, head.weight, head.bias), gy)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+    head.requires_grad_(False)
+    x = torch.randn(3, 40, 8, requires_grad=True)
+    (gx,) = torch.autograd.grad(head(x).sum(), x)
+    torch.testing.assert_close(gx, head.weight.transpose(1, 2).expand(3, 40, 8))
+    head.requires_grad_(True)
+    head(torch.randn(3, 40, 8)).sum().backward()  # only the weights need gradients
+    torch.testing.assert_close(head.bias.grad, torch.full((3, 1, 1), 40.0))
+
+
 def test_adam_is_fused_on_cpu_and_steps_like_the_default_adam():
     torch.manual_seed(0)
     nets = [QEnsemble(5, 2, (16, 16), 2) for _ in range(2)]
