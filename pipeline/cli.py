@@ -166,9 +166,13 @@ def _print_evaluate_table(result) -> None:
     for col in cols:
         t.add_column(col, justify="left" if col == "checkpoint" else "right")
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}"  # noqa: E731
+
+    def est(r: dict, key: str) -> str:  # the estimate, its bootstrap interval under it
+        lo, hi = r.get(f"ope/{key}_ci_low"), r.get(f"ope/{key}_ci_high")
+        return fmt(r[f"ope/{key}_value"]) + ("" if lo is None or hi is None else f"\n[{lo:.4g}, {hi:.4g}]")
+
     for name, r in zip(_short_names([r["checkpoint"] for r in result.rows]), result.rows):
-        cells = [name, fmt(r["ope/fqe_value"]), fmt(r["ope/is_value"]), fmt(r["ope/wis_value"]),
-                 fmt(r["ope/dr_value"]), f"{r['ope/ess']:.1f}"]
+        cells = [name, *(est(r, k) for k in ("fqe", "is", "wis", "dr")), f"{r['ope/ess']:.1f}"]
         if sim:
             cells += [fmt(r.get("eval/mc_discounted_return_mean")), fmt(r.get("eval/return_mean")),
                       fmt(r.get("eval/success_rate"))]
@@ -179,10 +183,14 @@ def _print_evaluate_table(result) -> None:
         t.add_row("Spearman vs sim disc. return", *(fmt(rho[m]) for m in
                                                     ("ope/fqe_value", "ope/is_value", "ope/wis_value", "ope/dr_value")),
                   *[""] * (len(cols) - 5))
-    # A pipe or a log file has no width; rich would squeeze nine columns into 80 characters.
-    out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 140))
+    # A pipe or a log file has no width; rich would squeeze nine columns (estimates with their
+    # intervals) into 80 characters.
+    out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 180))
     out.print(t)
-    console.print(f"note: {result.note} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
+    ope = result.ope
+    ci = (f" In brackets: {ope['confidence']:.0%} bootstrap intervals over the dataset's episodes "
+          f"({ope['bootstrap']} resamples; FQE's holds its fitted critic fixed)." if ope.get("bootstrap") else "")
+    console.print(f"note: {result.note}{ci} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
                   "clipped weights. The report holds every other figure (FQE ensemble spread, clipped fractions).",
                   markup=False)
     for w in result.warnings:

@@ -48,6 +48,12 @@ class OPEConfig:
     """Upper clip of each per-step ratio pi/mu (None: no clip)."""
     cumulative_clip: float | None = 100.0
     """Upper clip of each cumulative weight prod_k pi/mu (None: no clip)."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the dataset's episodes for each estimate's confidence interval
+    (``ope/<estimator>_ci_low`` / ``_ci_high``); 0: no intervals. FQE's interval resamples its
+    start-state values (the fitted critic held fixed), so it leaves out the critic's own error."""
+    confidence: float = 0.95
+    """Coverage of those intervals (percentile bootstrap)."""
     seed: int = 0
     chunk: int = 65_536
     """Rows per forward pass when evaluating networks over the whole dataset."""
@@ -90,6 +96,10 @@ class OPEConfig:
         for k in ("fqe_batch_size", "behavior_batch_size", "fqe_critics", "policy_samples", "chunk"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"ope.{k} must be >= 1, got {getattr(self, k)}")
+        if int(self.bootstrap) < 0:
+            raise ValueError(f"ope.bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"ope.confidence must be in (0, 1), got {self.confidence}")
         if self.target_std <= 0:
             raise ValueError(f"ope.target_std must be > 0, got {self.target_std}")
         for k in ("step_clip", "cumulative_clip", "reward_scale"):

@@ -125,6 +125,45 @@ def effective_sample_size(log_w: Tensor) -> Tensor:
     return torch.exp(2 * torch.logsumexp(log_w, dim=0) - torch.logsumexp(2 * log_w, dim=0))
 
 
+def bootstrap_counts(items: int, resamples: int, seed: int, device: torch.device | str | None = None) -> Tensor:
+    """How often each of ``items`` episodes appears in each of ``resamples`` bootstrap draws (with
+    replacement, ``items`` per draw): ``[resamples, items]`` float64, rows summing to ``items``.
+
+    The same ``seed`` and sizes give the same draws, so every estimator of one policy (and every
+    policy on one dataset) is resampled with the same episodes.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(items, (resamples, items), generator=g)
+    counts = torch.zeros(resamples, items, dtype=torch.float64).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+    return counts.to(device) if device is not None else counts
+
+
+def bootstrap_means(per_episode: Tensor, counts: Tensor) -> Tensor:
+    """The mean of ``per_episode [E]`` under each bootstrap draw: ``counts [B, E] -> [B]``."""
+    return counts @ per_episode.to(counts) / counts.shape[1]
+
+
+def bootstrap_weighted_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float, counts: Tensor) -> Tensor:
+    """:func:`weighted_per_decision_is` under each bootstrap draw of episodes: ``counts [B, E] -> [B]``.
+
+    With episode i drawn ``c_i`` times the step-t normaliser is ``sum_i c_i w_it``; weights are
+    shifted by their per-step maximum (the shift cancels in the ratio, nothing overflows). A
+    draw that holds no episode with weight at step t contributes 0 there.
+    """
+    r = rewards.masked_fill(~mask.bool(), 0.0).to(counts)
+    w = torch.exp((log_w - log_w.max(dim=0, keepdim=True).values).to(counts))  # [E, T], max 1 per step
+    num, den = counts @ (w * r), counts @ w  # [B, T]
+    step = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+    return step @ discounts(r.shape[1], gamma, r)
+
+
+def percentile_interval(samples: Tensor, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap ``samples`` (percentile method)."""
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(samples.double().cpu(), q).tolist()
+    return float(lo), float(hi)
+
+
 def undo_reward_scale(value: Tensor | float, reward_scale: float) -> Tensor | float:
     """A value learned on rewards ``r * reward_scale`` (no shift), back in env reward units."""
     return value / reward_scale

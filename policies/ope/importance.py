@@ -18,7 +18,7 @@ value of what lies past an episode cut short of the horizon.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -107,14 +107,19 @@ class ISResult:
     clipped_cumulative_fraction: float
     log_ratio_mean: float
     """Mean per-step log(pi/mu): very negative means the dataset rarely took the target's actions."""
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Bootstrap confidence intervals over episodes, by estimator (``is``, ``wis``, ``dr``)."""
 
     def metrics(self) -> dict[str, float | None]:
         """The figures under their ``ope/`` metric names."""
-        return {"ope/is_value": self.is_value, "ope/wis_value": self.wis_value, "ope/dr_value": self.dr_value,
-                "ope/ess": self.ess, "ope/ess_fraction": self.ess / max(self.episodes, 1),
-                "ope/clipped_step_fraction": self.clipped_step_fraction,
-                "ope/clipped_cumulative_fraction": self.clipped_cumulative_fraction,
-                "ope/log_ratio_mean": self.log_ratio_mean}
+        out = {"ope/is_value": self.is_value, "ope/wis_value": self.wis_value, "ope/dr_value": self.dr_value,
+               "ope/ess": self.ess, "ope/ess_fraction": self.ess / max(self.episodes, 1),
+               "ope/clipped_step_fraction": self.clipped_step_fraction,
+               "ope/clipped_cumulative_fraction": self.clipped_cumulative_fraction,
+               "ope/log_ratio_mean": self.log_ratio_mean}
+        for name, (lo, hi) in self.intervals.items():
+            out[f"ope/{name}_ci_low"], out[f"ope/{name}_ci_high"] = lo, hi
+        return out
 
 
 @torch.no_grad()
@@ -140,8 +145,16 @@ def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPE
     if cfg.horizon is not None:
         mask[:, cfg.horizon:] = False  # the value counts the first `horizon` steps, as FQE's does
     log_w, clip = E.cumulative_log_weights(log_ratio, mask, cfg.step_clip, cfg.cumulative_clip)
-    pdis = E.per_decision_is(log_w, rewards, mask, cfg.gamma).mean()
+    pdis_ep = E.per_decision_is(log_w, rewards, mask, cfg.gamma)
+    pdis = pdis_ep.mean()
     wis = E.weighted_per_decision_is(log_w, rewards, mask, cfg.gamma)
+    counts = (E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed, log_w.device)
+              if cfg.bootstrap and data.num_episodes > 1 else None)
+    intervals: dict[str, tuple[float, float]] = {}
+    if counts is not None:
+        intervals["is"] = E.percentile_interval(E.bootstrap_means(pdis_ep, counts), cfg.confidence)
+        intervals["wis"] = E.percentile_interval(E.bootstrap_weighted_is(log_w, rewards, mask, cfg.gamma, counts),
+                                                 cfg.confidence)
     dr = None
     if q_taken is not None and v is not None:
         q_pad, _ = data.padded(q_taken.double())
@@ -151,10 +164,13 @@ def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPE
             last = data.starts + data.lengths - 1
             # Only a time-limit cut leaves value behind; a terminal's v_next is 0 already.
             tail = (v_next.double() * data.timeouts.double())[last]
-        dr = float(E.doubly_robust(log_w, rewards, mask, q_pad, v_pad, cfg.gamma, tail).mean())
+        dr_ep = E.doubly_robust(log_w, rewards, mask, q_pad, v_pad, cfg.gamma, tail)
+        dr = float(dr_ep.mean())
+        if counts is not None:
+            intervals["dr"] = E.percentile_interval(E.bootstrap_means(dr_ep, counts), cfg.confidence)
     return ISResult(
         is_value=float(pdis), wis_value=float(wis), dr_value=dr, ess=float(E.effective_sample_size(log_w[:, -1])),
         episodes=data.num_episodes, clipped_step_fraction=float(clip["clipped_step_fraction"]),
         clipped_cumulative_fraction=float(clip["clipped_cumulative_fraction"]),
-        log_ratio_mean=float(log_ratio[mask].mean()),
+        log_ratio_mean=float(log_ratio[mask].mean()), intervals=intervals,
     )

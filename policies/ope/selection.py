@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from o2o.policies.data import Normalization, TensorReplay
+from o2o.policies.ope import estimators as E
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData, TargetPolicy
 from o2o.policies.ope.fqe import fit_fqe
@@ -58,6 +59,11 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
     fqe = fit_fqe(data, policy, cfg)
     out: dict[str, Any] = {"ope/fqe_value": fqe.value, "ope/fqe_std": fqe.value_std,
                            "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None}
+    if cfg.bootstrap and data.num_episodes > 1:  # the same episode draws as IS/WIS/DR's (same seed and sizes)
+        counts = E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed)
+        lo, hi = E.percentile_interval(E.bootstrap_means(torch.as_tensor(fqe.start_values, dtype=torch.float64), counts),
+                                       cfg.confidence)
+        out["ope/fqe_ci_low"], out["ope/fqe_ci_high"] = lo, hi
     if importance:
         if behavior is None:
             behavior = fit_behavior(data, cfg)

@@ -72,6 +72,12 @@ def test_evaluate_two_checkpoints_table_json_and_spearman(maze_checkpoints, tmp_
     assert all(abs(report["spearman"][k]) == pytest.approx(1.0) for k in OPE_KEYS), report["spearman"]
     assert report["ope"]["horizon"] == 150 and report["dataset"]["episodes"] == 20
     assert "N(pi(s), 0.2^2)" in report["note"]
+    # Every estimate with its 95% bootstrap interval over the 20 episodes, in the report and the table.
+    for row in report["rows"]:
+        for key in ("fqe", "is", "wis", "dr"):
+            lo, hi, v = row[f"ope/{key}_ci_low"], row[f"ope/{key}_ci_high"], row[f"ope/{key}_value"]
+            assert lo < hi and lo <= v <= hi, (key, lo, v, hi)
+    assert f"[{report['rows'][0]['ope/fqe_ci_low']:.4g}, " in text and "95% bootstrap intervals" in text
 
 
 def test_evaluate_without_simulator_from_a_checkpoint_folder(maze_checkpoints, tmp_path, capsys):

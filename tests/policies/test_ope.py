@@ -109,6 +109,35 @@ def test_importance_estimators_hand_computed():
     assert tail.dr_value == pytest.approx(4.875 + 1.25)
 
 
+def test_bootstrap_intervals_over_episodes_hand_computed():
+    # Per-episode values of test_importance_estimators_hand_computed: PDIS A = 3, B = 12; DR A = 3.25, B = 6.5;
+    # a draw holds {A, A}, {A, B} or {B, B} (probabilities 1/4, 1/2, 1/4), so the central 95% of the draws'
+    # means runs from the all-A to the all-B value. WIS of {A, A} is A's return 1 + 0.5 * 2 = 2, of {B, B} 3.
+    d = tiny_data()
+    log_pi, log_mu = torch.log(torch.tensor([2.0, 0.5, 4.0])), torch.zeros(3)
+    q, v = torch.tensor([0.5, 1.5, 2.0]), torch.tensor([1.0, 1.0, 2.5])
+    cfg = OPEConfig(gamma=0.5, step_clip=None, cumulative_clip=None, bootstrap=2000)
+    m = importance_estimates(d, log_pi, log_mu, cfg, q, v).metrics()
+    assert (m["ope/is_ci_low"], m["ope/is_ci_high"]) == pytest.approx((3.0, 12.0))
+    assert (m["ope/dr_ci_low"], m["ope/dr_ci_high"]) == pytest.approx((3.25, 6.5))
+    assert (m["ope/wis_ci_low"], m["ope/wis_ci_high"]) == pytest.approx((2.0, 3.0))
+    none = importance_estimates(d, log_pi, log_mu, OPEConfig(gamma=0.5, bootstrap=0), q, v).metrics()
+    assert not any(k.endswith(("_ci_low", "_ci_high")) for k in none)
+
+    counts = E.bootstrap_counts(5, 300, seed=3)
+    assert counts.shape == (300, 5) and (counts.sum(1) == 5).all()
+    assert torch.equal(counts, E.bootstrap_counts(5, 300, seed=3)) and not torch.equal(counts, E.bootstrap_counts(5, 300, 4))
+    assert E.bootstrap_means(torch.tensor([1.0, 5.0]), torch.tensor([[2.0, 0.0], [1.0, 1.0]])).tolist() == [1.0, 3.0]
+    # Drawing every episode once is the plain weighted estimate; long horizons stay finite.
+    g = torch.Generator().manual_seed(0)
+    log_w = torch.randn(5, 7, generator=g, dtype=torch.float64).cumsum(1) * 30
+    r, mask = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.rand(5, 7, generator=g) > 0.2
+    once = E.bootstrap_weighted_is(log_w, r, mask, 0.9, torch.ones(1, 5, dtype=torch.float64))
+    assert once.item() == pytest.approx(E.weighted_per_decision_is(log_w, r, mask, 0.9).item())
+    assert torch.isfinite(E.bootstrap_weighted_is(log_w, r, mask, 0.9, counts)).all()
+    assert E.percentile_interval(torch.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
+
+
 def test_on_policy_weights_give_the_discounted_return():
     # pi == mu: every estimator is the mean discounted return (A: 1 + 0.5*2 = 2, B: 3); DR telescopes to it
     # for any model whose V equals Q at the taken action.
@@ -152,6 +181,10 @@ def test_bad_input_is_refused_with_its_name():
         OPEConfig.from_mapping({"fqe_update": 10})
     with pytest.raises(ValueError, match="ope.target_std"):
         OPEConfig.from_mapping({"target_std": 0})
+    with pytest.raises(ValueError, match="ope.bootstrap must be >= 0"):
+        OPEConfig.from_mapping({"bootstrap": -1})
+    with pytest.raises(ValueError, match=r"ope.confidence must be in \(0, 1\)"):
+        OPEConfig.from_mapping({"confidence": 95})
     d = tiny_data()
     with pytest.raises(ValueError, match="log_mu holds non-finite"):
         importance_estimates(d, torch.zeros(3), torch.tensor([0.0, -math.inf, 0.0]))
