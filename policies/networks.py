@@ -131,10 +131,11 @@ class _EnsembleDot(torch.autograd.Function):
     The same sums as ``baddbmm``, but on CPU a batched matmul with one output column runs far
     below a one-row one, and autograd's backward for it is worse (a one-column product for
     ``weight``'s gradient, a rank-1 product for ``x``'s): for CQL's critic heads (2 x 7,936 rows
-    of 256) a forward+backward took 3.7 ms (float32) / 3.3 ms (bf16) this way against 2.6 / 2.2
-    ms. Here ``x``'s gradient is a broadcast product (a rank-1 batched matmul in bf16, where
-    that one is the faster), ``weight``'s a one-row product. Under autocast ``x`` is bf16: the
-    backward runs in ``x``'s precision like the layers below it (see :class:`_Float32Out`)."""
+    of 256) a forward+backward takes 1.4 ms here against 2.9 ms through ``baddbmm`` in float32,
+    2.1 against 2.4 ms in bf16 (2-core CPU). Here ``x``'s gradient is a broadcast product (a
+    rank-1 batched matmul in bf16, where that one is the faster), ``weight``'s a one-row
+    product. Under autocast ``x`` is bf16: the backward runs in ``x``'s precision like the
+    layers below it (see :class:`_Float32Out`)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:

@@ -134,7 +134,8 @@ def bootstrap_counts(items: int, resamples: int, seed: int, device: torch.device
     """
     g = torch.Generator().manual_seed(int(seed))
     idx = torch.randint(items, (resamples, items), generator=g)
-    counts = torch.zeros(resamples, items, dtype=torch.float64).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+    ones = torch.ones(idx.shape, dtype=torch.float64)
+    counts = torch.zeros(resamples, items, dtype=torch.float64).scatter_add_(1, idx, ones)
     return counts.to(device) if device is not None else counts
 
 
