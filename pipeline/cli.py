@@ -188,8 +188,13 @@ def _print_evaluate_table(result) -> None:
     out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 180))
     out.print(t)
     ope = result.ope
-    ci = (f" In brackets: {ope['confidence']:.0%} bootstrap intervals over the dataset's episodes "
-          f"({ope['bootstrap']} resamples; FQE's holds its fitted critic fixed)." if ope.get("bootstrap") else "")
+    fqe_ci = (f"FQE's from {ope['fqe_refits']} refits on resampled episodes" if ope.get("fqe_refits")
+              else "FQE's holds its fitted critic fixed")
+    ci = ""
+    if ope.get("bootstrap") or ope.get("fqe_refits"):
+        ci = (f" In brackets: {ope['confidence']:.0%} bootstrap intervals over the dataset's episodes ("
+              + (f"{ope['bootstrap']} resamples; " if ope.get("bootstrap") else "IS/WIS/DR: none, ope.bootstrap=0; ")
+              + f"{fqe_ci}).")
     console.print(f"note: {result.note}{ci} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
                   "clipped weights. The report holds every other figure (FQE ensemble spread, clipped fractions).",
                   markup=False)

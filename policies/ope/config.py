@@ -54,6 +54,11 @@ class OPEConfig:
     start-state values (the fitted critic held fixed), so it leaves out the critic's own error."""
     confidence: float = 0.95
     """Coverage of those intervals (percentile bootstrap)."""
+    fqe_refits: int = 0
+    """Bootstrapped FQE: refit FQE this many times, each on a bootstrap resample of the episodes
+    (and its own seed), and take FQE's interval from the refits' estimates, which then includes
+    the critic's fitting error; costs ``fqe_refits`` more FQE fits per policy. With few refits
+    the interval's ends are close to the smallest and largest estimate."""
     seed: int = 0
     chunk: int = 65_536
     """Rows per forward pass when evaluating networks over the whole dataset."""
@@ -96,6 +101,8 @@ class OPEConfig:
         for k in ("fqe_batch_size", "behavior_batch_size", "fqe_critics", "policy_samples", "chunk"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"ope.{k} must be >= 1, got {getattr(self, k)}")
+        if int(self.fqe_refits) < 0 or int(self.fqe_refits) == 1:
+            raise ValueError(f"ope.fqe_refits must be 0 (no refits) or >= 2, got {self.fqe_refits}")
         if int(self.bootstrap) < 0:
             raise ValueError(f"ope.bootstrap must be >= 0 (0: no confidence intervals), got {self.bootstrap}")
         if not 0.0 < self.confidence < 1.0:

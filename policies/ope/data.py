@@ -76,6 +76,23 @@ class OPEData:
         mask[self.episode, self.step] = True
         return out, mask
 
+    def resample(self, episodes: Tensor | Sequence[int]) -> "OPEData":
+        """The dataset made of ``episodes`` (indices into this one, repeats allowed: a bootstrap
+        draw), each whole and in time order; the same normalisation."""
+        ids = torch.as_tensor(episodes, dtype=torch.long, device=self.device)
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.num_episodes:
+            raise ValueError(f"OPE data {self.source!r}: resample needs episode indices in [0, {self.num_episodes}), "
+                             f"got {ids.numel()} indices" + (f" from {int(ids.min())} to {int(ids.max())}"
+                                                              if ids.numel() else ""))
+        lengths = self.lengths[ids]
+        new_starts = torch.cumsum(lengths, 0) - lengths
+        # Row r of the new data is row starts[ids[e]] + (r - new_starts[e]) of this one.
+        owner = torch.repeat_interleave(torch.arange(len(ids), device=self.device), lengths)
+        rows = self.starts[ids][owner] + torch.arange(int(lengths.sum()), device=self.device) - new_starts[owner]
+        return self._from_rows(self.observations[rows], self.actions[rows], self.rewards[rows],
+                               self.next_observations[rows], self.terminals[rows], self.timeouts[rows], new_starts,
+                               self.norm, self.source)
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_transitions(cls, transitions, action_low, action_high, norm: Normalization | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -59,7 +60,9 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
     fqe = fit_fqe(data, policy, cfg)
     out: dict[str, Any] = {"ope/fqe_value": fqe.value, "ope/fqe_std": fqe.value_std,
                            "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None}
-    if cfg.bootstrap and data.num_episodes > 1:  # the same episode draws as IS/WIS/DR's (same seed and sizes)
+    if cfg.fqe_refits:
+        out.update(fqe_refit_interval(policy, data, cfg))
+    elif cfg.bootstrap and data.num_episodes > 1:  # the same episode draws as IS/WIS/DR's (same seed and sizes)
         counts = E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed)
         lo, hi = E.percentile_interval(E.bootstrap_means(torch.as_tensor(fqe.start_values, dtype=torch.float64), counts),
                                        cfg.confidence)
@@ -74,6 +77,20 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
         out.update({k: None for k in OPE_METRICS[1:]})
     out["ope/seconds"] = time.perf_counter() - start
     return out
+
+
+def fqe_refit_interval(policy: TargetPolicy, data: OPEData, cfg: OPEConfig) -> dict[str, Any]:
+    """Bootstrapped FQE: ``cfg.fqe_refits`` fits, each on a resample of the episodes with its own
+    seed; FQE's interval from their estimates (``ope/fqe_ci_low`` / ``_high``) and their spread."""
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    values = []
+    for k in range(int(cfg.fqe_refits)):
+        ids = torch.randint(data.num_episodes, (data.num_episodes,), generator=g)
+        values.append(fit_fqe(data.resample(ids), policy, replace(cfg, seed=int(cfg.seed) + 1 + k)).value)
+    v = torch.tensor(values, dtype=torch.float64)
+    lo, hi = E.percentile_interval(v, cfg.confidence)
+    return {"ope/fqe_ci_low": lo, "ope/fqe_ci_high": hi, "ope/fqe_refit_std": float(v.std()),
+            "ope/fqe_refits": len(values)}
 
 
 def load_policy(path: str, data: OPEData):

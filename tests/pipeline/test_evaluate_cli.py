@@ -85,13 +85,17 @@ def test_evaluate_without_simulator_from_a_checkpoint_folder(maze_checkpoints, t
     out = tmp_path / "r.json"
     folder = Path(ckpts[0]).parent
     rc = main(["evaluate", "env=pointmaze", f"dataset.path={data}", f"ckpts=[{folder}]", *SMALL,
-               "ope.fqe_updates=50", "sim.enabled=false", f"output={out}"])
+               "ope.fqe_updates=50", "sim.enabled=false", "ope.bootstrap=0", "ope.fqe_refits=2", f"output={out}"])
     text = capsys.readouterr().out
     assert rc == 0, text
     report = json.loads(out.read_text())
     assert {Path(r["checkpoint"]).name for r in report["rows"]} >= {"step-100.ckpt", "step-200.ckpt", "last.ckpt"}
     assert report["spearman"] == {} and report["sim"] is None
     assert "sim disc. return" not in text and "Spearman" not in text
+    # Bootstrapped FQE only: FQE's interval from 2 refits, none for IS/WIS/DR.
+    assert all(r["ope/fqe_refits"] == 2 and r["ope/fqe_ci_low"] <= r["ope/fqe_ci_high"] for r in report["rows"])
+    assert not any("ope/is_ci_low" in r for r in report["rows"])
+    assert "IS/WIS/DR: none, ope.bootstrap=0; FQE's from 2 refits on resampled episodes" in text
 
 
 def test_evaluate_errors_name_what_is_wrong(maze_checkpoints, tmp_path, capsys):

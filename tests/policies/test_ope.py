@@ -25,7 +25,7 @@ from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData, TargetPolicy
 from o2o.policies.ope.fqe import fit_fqe
 from o2o.policies.ope.importance import fit_behavior, importance_estimates, target_log_prob
-from o2o.policies.ope.selection import select_by_ope
+from o2o.policies.ope.selection import evaluate_policy, select_by_ope
 
 
 @pytest.fixture(autouse=True)
@@ -263,6 +263,32 @@ def test_select_by_ope_from_a_store_path_or_the_modules_replay(maze_dataset, bc_
     assert best2 in ckpts[:2] and all(math.isfinite(r["ope/dr_value"]) for r in table2)
     # Same data and seed, other normalisation: FQE lands close to the store-path run.
     assert table2[0]["ope/fqe_value"] == pytest.approx(table[0]["ope/fqe_value"], rel=0.1)
+
+
+def test_bootstrapped_fqe_refits_widen_the_start_state_interval(maze_dataset, bc_run):
+    """The maze has one start state, so resampling FQE's start values gives an interval of almost no
+    width; refitting FQE on resampled episodes (ope.fqe_refits) shows the critic's own spread."""
+    _, res = bc_run
+    data = OPEData.from_store(maze_dataset)
+    policy = TargetPolicy.from_module(res.module.eval(), data.norm)
+    base = {**SMALL, "fqe_updates": 300, "horizon": 150}
+    fixed = evaluate_policy(policy, data, OPEConfig.from_mapping(base), importance=False)
+    refit = evaluate_policy(policy, data, OPEConfig.from_mapping({**base, "fqe_refits": 3}), importance=False)
+    assert fixed["ope/fqe_value"] == refit["ope/fqe_value"]  # the point estimate is the same fit
+    assert "ope/fqe_refits" not in fixed and refit["ope/fqe_refits"] == 3 and refit["ope/fqe_refit_std"] > 0
+    width = lambda r: r["ope/fqe_ci_high"] - r["ope/fqe_ci_low"]  # noqa: E731
+    assert 0 <= width(fixed) < width(refit), (fixed, refit)
+    with pytest.raises(ValueError, match="ope.fqe_refits must be 0"):
+        OPEConfig.from_mapping({"fqe_refits": 1})
+
+
+def test_resample_keeps_whole_episodes_in_order():
+    d = tiny_data()  # A: rows 0-1, B: row 2
+    r = d.resample([1, 1, 0])
+    assert r.rewards.tolist() == [3.0, 3.0, 1.0, 2.0] and r.starts.tolist() == [0, 1, 2]
+    assert r.step.tolist() == [0, 0, 0, 1] and r.timeouts.tolist() == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match=r"resample needs episode indices in \[0, 2\)"):
+        d.resample([0, 2])
 
 
 def test_stochastic_target_uses_its_own_density(maze_dataset):
