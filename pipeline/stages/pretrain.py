@@ -214,7 +214,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
 def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgorithm, idx: np.ndarray
                              ) -> tuple[str | None, str, list[dict] | None]:
     """Best checkpoint by FQE over the periodic candidates (``ope`` config), or the last one if there are none."""
-    from o2o.policies.ope.selection import select_by_ope
+    from o2o.policies.ope.selection import describe_choice, select_by_ope
 
     last = str(run_dir / "checkpoints" / "last.ckpt")
     paths = sorted((str(p) for p in (run_dir / "checkpoints").glob("step-*.ckpt")),
@@ -225,7 +225,8 @@ def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgo
     ope["gamma"] = float(module.hp.gamma)  # judge every candidate by the return it was trained to maximise
     # The store selection, not the module's replay: filtered BC trains on a subset, OPE needs whole episodes.
     best, table = select_by_ope(paths, cfg.dataset.path, ope, episodes=idx, device=module.device)
-    return best, f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation)", table
+    return best, (f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation): "
+                  f"{describe_choice(table)}"), table
 
 
 def compile_if_asked(cfg: DictConfig, trainer: L.Trainer, module: OfflineAlgorithm) -> None:

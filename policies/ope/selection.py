@@ -128,6 +128,30 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data: OPEData, cfg: OPEConf
     return rows
 
 
+def describe_choice(table: Sequence[Mapping[str, Any]], metric: str = "ope/fqe_value") -> str:
+    """The chosen row's estimate with its interval, and whether the runner-up's estimate lies inside
+    it (then the data does not tell the two apart): for logs and run summaries."""
+    key = metric.removesuffix("_value")
+    name = lambda r: os.path.basename(str(r["checkpoint"]))  # noqa: E731
+
+    def shown(r: Mapping[str, Any]) -> str:
+        lo, hi = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
+        return f"{r[metric]:.4g}" + ("" if lo is None or hi is None else f" [{lo:.4g}, {hi:.4g}]")
+
+    finite = [r for r in table if r.get(metric) is not None and math.isfinite(r[metric])]
+    ranked = sorted(finite, key=lambda r: -r[metric])
+    if not ranked:
+        return f"no finite {metric}"
+    best = ranked[0]
+    out = f"{name(best)} {shown(best)}"
+    if len(ranked) > 1:
+        second = ranked[1]
+        lo = best.get(f"{key}_ci_low")
+        inside = lo is not None and second[metric] >= lo
+        out += f"; runner-up {name(second)} {shown(second)}" + (", inside the chosen one's interval" if inside else "")
+    return out
+
+
 def select_by_ope(checkpoints: Sequence[str], data: OPEData | TensorReplay | str | os.PathLike,
                   cfg: OPEConfig | Mapping[str, Any] | None = None, *, episodes: Sequence[int] | None = None,
                   norm: Normalization | None = None, device: Any = None, metric: str = "ope/fqe_value",

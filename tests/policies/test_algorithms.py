@@ -124,6 +124,11 @@ def test_without_simulator_the_best_checkpoint_is_chosen_by_fqe(maze_dataset, tm
     values = [r["ope/fqe_value"] for r in res.ope]
     assert all(np.isfinite(values))
     assert res.best_checkpoint == res.ope[int(np.argmax(values))]["checkpoint"]
+    # The choice is said with its interval and the runner-up's estimate.
+    best, second = sorted(res.ope, key=lambda r: -r["ope/fqe_value"])[:2]
+    assert f"step-{best['checkpoint'].rsplit('-', 1)[-1].removesuffix('.ckpt')}.ckpt {best['ope/fqe_value']:.4g} " \
+           f"[{best['ope/fqe_ci_low']:.4g}, {best['ope/fqe_ci_high']:.4g}]; runner-up " in res.selection
+    assert f"{second['ope/fqe_value']:.4g}" in res.selection
 
 
 def test_bf16_mixed_update_sees_weights_stepped_earlier_in_the_same_update(maze_dataset, tmp_path):

@@ -25,7 +25,7 @@ from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData, TargetPolicy
 from o2o.policies.ope.fqe import fit_fqe
 from o2o.policies.ope.importance import fit_behavior, importance_estimates, target_log_prob
-from o2o.policies.ope.selection import evaluate_policy, select_by_ope
+from o2o.policies.ope.selection import describe_choice, evaluate_policy, select_by_ope
 
 
 @pytest.fixture(autouse=True)
@@ -280,6 +280,18 @@ def test_bootstrapped_fqe_refits_widen_the_start_state_interval(maze_dataset, bc
     assert 0 <= width(fixed) < width(refit), (fixed, refit)
     with pytest.raises(ValueError, match="ope.fqe_refits must be 0"):
         OPEConfig.from_mapping({"fqe_refits": 1})
+
+
+def test_describe_choice_says_when_the_runner_up_is_inside_the_interval():
+    rows = [{"checkpoint": "/r/step-10.ckpt", "ope/fqe_value": 5.0, "ope/fqe_ci_low": 4.0, "ope/fqe_ci_high": 6.0},
+            {"checkpoint": "/r/step-20.ckpt", "ope/fqe_value": 4.5, "ope/fqe_ci_low": 3.0, "ope/fqe_ci_high": 6.0},
+            {"checkpoint": "/r/step-30.ckpt", "ope/fqe_value": float("nan")}]
+    assert describe_choice(rows) == ("step-10.ckpt 5 [4, 6]; runner-up step-20.ckpt 4.5 [3, 6], "
+                                     "inside the chosen one's interval")
+    rows[1]["ope/fqe_value"] = 3.5
+    assert describe_choice(rows).endswith("runner-up step-20.ckpt 3.5 [3, 6]")
+    assert describe_choice([{"checkpoint": "a.ckpt", "ope/dr_value": 1.0}], "ope/dr_value") == "a.ckpt 1"
+    assert describe_choice(rows[2:]) == "no finite ope/fqe_value"
 
 
 def test_resample_keeps_whole_episodes_in_order():
