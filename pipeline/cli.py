@@ -158,6 +158,8 @@ def _short_names(paths: list[str]) -> list[str]:
 
 
 def _print_evaluate_table(result) -> None:
+    from o2o.policies.ope.selection import OPE_METRICS, estimate_text
+
     ds = result.dataset
     t = Table(title=f"off-policy evaluation on {ds['episodes']} episodes ({ds['transitions']} transitions) of "
                     f"{ds['path']}, {result.seconds:.0f} s on {result.device}")
@@ -166,13 +168,9 @@ def _print_evaluate_table(result) -> None:
     for col in cols:
         t.add_column(col, justify="left" if col == "checkpoint" else "right")
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}"  # noqa: E731
-
-    def est(r: dict, key: str) -> str:  # the estimate, its bootstrap interval under it
-        lo, hi = r.get(f"ope/{key}_ci_low"), r.get(f"ope/{key}_ci_high")
-        return fmt(r[f"ope/{key}_value"]) + ("" if lo is None or hi is None else f"\n[{lo:.4g}, {hi:.4g}]")
-
     for name, r in zip(_short_names([r["checkpoint"] for r in result.rows]), result.rows):
-        cells = [name, *(est(r, k) for k in ("fqe", "is", "wis", "dr")), f"{r['ope/ess']:.1f}"]
+        # Each estimate with its bootstrap interval under it.
+        cells = [name, *(estimate_text(r, m, "\n") for m in OPE_METRICS), f"{r['ope/ess']:.1f}"]
         if sim:
             cells += [fmt(r.get("eval/mc_discounted_return_mean")), fmt(r.get("eval/return_mean")),
                       fmt(r.get("eval/success_rate"))]
@@ -180,9 +178,7 @@ def _print_evaluate_table(result) -> None:
     if result.spearman:
         rho = result.spearman
         t.add_section()
-        t.add_row("Spearman vs sim disc. return", *(fmt(rho[m]) for m in
-                                                    ("ope/fqe_value", "ope/is_value", "ope/wis_value", "ope/dr_value")),
-                  *[""] * (len(cols) - 5))
+        t.add_row("Spearman vs sim disc. return", *(fmt(rho[m]) for m in OPE_METRICS), *[""] * (len(cols) - 5))
     # A pipe or a log file has no width; rich would squeeze nine columns (estimates with their
     # intervals) into 80 characters.
     out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 180))

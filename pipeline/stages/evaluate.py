@@ -145,7 +145,7 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
         behavior = fit_behavior(data, ope_cfg)
         for path in paths:
             module, policy = load_policy(path, data)
-            row: dict[str, Any] = {"checkpoint": path, "updates": int(module.updates),
+            row: dict[str, Any] = {"checkpoint": path, "updates": module.update_count,
                                    "algo": str(module.hp.name or type(module).__name__)}
             row.update(evaluate_policy(policy, data, ope_cfg, behavior))
             row["ope/behavior_nll"] = behavior.nll

@@ -86,16 +86,24 @@ def per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float) 
     return (discounts(r.shape[1], gamma, r) * torch.exp(log_w) * r).sum(dim=1)
 
 
-def weighted_per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+def weighted_per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float,
+                             counts: Tensor | None = None) -> Tensor:
     """Weighted (self-normalised) per-decision IS: ``sum_t gamma^t sum_i w_it r_it / sum_i w_it``.
 
     The normaliser at step t runs over all episodes (ended ones carry their weight in the
     absorbing state). Biased but consistent, and bounded by the rewards' range; a scalar.
-    The per-step normalisation is a softmax over episodes of ``log w``: no overflow.
+    Weights are shifted by their per-step maximum (it cancels in the ratio): no overflow.
+    ``counts [B, E]`` (bootstrap draws, :func:`bootstrap_counts`): the estimate under each draw,
+    episode i counted ``c_i`` times, ``[B]``; a draw that holds no episode with weight at step t
+    contributes 0 there.
     """
-    r = rewards.masked_fill(~mask.bool(), 0.0)
-    norm_w = torch.softmax(log_w, dim=0)
-    return (discounts(r.shape[1], gamma, r) * (norm_w * r).sum(dim=0)).sum()
+    c = counts if counts is not None else torch.ones(1, log_w.shape[0], dtype=log_w.dtype, device=log_w.device)
+    r = rewards.masked_fill(~mask.bool(), 0.0).to(c)
+    w = torch.exp((log_w - log_w.max(dim=0, keepdim=True).values).to(c))  # [E, T], max 1 per step
+    num, den = c @ (w * r), c @ w  # [B, T]
+    step = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(num))
+    out = step @ discounts(r.shape[1], gamma, r)
+    return out if counts is not None else out[0]
 
 
 def doubly_robust(log_w: Tensor, rewards: Tensor, mask: Tensor, q_taken: Tensor, v: Tensor, gamma: float,
@@ -142,20 +150,6 @@ def bootstrap_counts(items: int, resamples: int, seed: int, device: torch.device
 def bootstrap_means(per_episode: Tensor, counts: Tensor) -> Tensor:
     """The mean of ``per_episode [E]`` under each bootstrap draw: ``counts [B, E] -> [B]``."""
     return counts @ per_episode.to(counts) / counts.shape[1]
-
-
-def bootstrap_weighted_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float, counts: Tensor) -> Tensor:
-    """:func:`weighted_per_decision_is` under each bootstrap draw of episodes: ``counts [B, E] -> [B]``.
-
-    With episode i drawn ``c_i`` times the step-t normaliser is ``sum_i c_i w_it``; weights are
-    shifted by their per-step maximum (the shift cancels in the ratio, nothing overflows). A
-    draw that holds no episode with weight at step t contributes 0 there.
-    """
-    r = rewards.masked_fill(~mask.bool(), 0.0).to(counts)
-    w = torch.exp((log_w - log_w.max(dim=0, keepdim=True).values).to(counts))  # [E, T], max 1 per step
-    num, den = counts @ (w * r), counts @ w  # [B, T]
-    step = torch.where(den > 0, num / den.clamp(min=torch.finfo(den.dtype).tiny), torch.zeros_like(num))
-    return step @ discounts(r.shape[1], gamma, r)
 
 
 def percentile_interval(samples: Tensor, level: float) -> tuple[float, float]:

@@ -153,7 +153,7 @@ def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPE
     intervals: dict[str, tuple[float, float]] = {}
     if counts is not None:
         intervals["is"] = E.percentile_interval(E.bootstrap_means(pdis_ep, counts), cfg.confidence)
-        intervals["wis"] = E.percentile_interval(E.bootstrap_weighted_is(log_w, rewards, mask, cfg.gamma, counts),
+        intervals["wis"] = E.percentile_interval(E.weighted_per_decision_is(log_w, rewards, mask, cfg.gamma, counts),
                                                  cfg.confidence)
     dr = None
     if q_taken is not None and v is not None:

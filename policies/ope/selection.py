@@ -128,16 +128,22 @@ def evaluate_checkpoints(checkpoints: Sequence[str], data: OPEData, cfg: OPEConf
     return rows
 
 
+def estimate_text(row: Mapping[str, Any], metric: str, sep: str = " ") -> str:
+    """An OPE estimate of a row as text, its interval (when the row has one) after ``sep``:
+    ``"66.8 [66.6, 67]"``; ``-`` for a missing or NaN estimate."""
+    v = row.get(metric)
+    text = "-" if v is None or v != v else f"{v:.4g}"
+    key = metric.removesuffix("_value")
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    return text + ("" if lo is None or hi is None else f"{sep}[{lo:.4g}, {hi:.4g}]")
+
+
 def describe_choice(table: Sequence[Mapping[str, Any]], metric: str = "ope/fqe_value") -> str:
     """The chosen row's estimate with its interval, and whether the runner-up's estimate lies inside
     it (then the data does not tell the two apart): for logs and run summaries."""
     key = metric.removesuffix("_value")
     name = lambda r: os.path.basename(str(r["checkpoint"]))  # noqa: E731
-
-    def shown(r: Mapping[str, Any]) -> str:
-        lo, hi = r.get(f"{key}_ci_low"), r.get(f"{key}_ci_high")
-        return f"{r[metric]:.4g}" + ("" if lo is None or hi is None else f" [{lo:.4g}, {hi:.4g}]")
-
+    shown = lambda r: estimate_text(r, metric)  # noqa: E731
     finite = [r for r in table if r.get(metric) is not None and math.isfinite(r[metric])]
     ranked = sorted(finite, key=lambda r: -r[metric])
     if not ranked:

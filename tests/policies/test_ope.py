@@ -132,9 +132,9 @@ def test_bootstrap_intervals_over_episodes_hand_computed():
     g = torch.Generator().manual_seed(0)
     log_w = torch.randn(5, 7, generator=g, dtype=torch.float64).cumsum(1) * 30
     r, mask = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.rand(5, 7, generator=g) > 0.2
-    once = E.bootstrap_weighted_is(log_w, r, mask, 0.9, torch.ones(1, 5, dtype=torch.float64))
-    assert once.item() == pytest.approx(E.weighted_per_decision_is(log_w, r, mask, 0.9).item())
-    assert torch.isfinite(E.bootstrap_weighted_is(log_w, r, mask, 0.9, counts)).all()
+    once = E.weighted_per_decision_is(log_w, r, mask, 0.9, torch.ones(1, 5, dtype=torch.float64))
+    assert once.shape == (1,) and once.item() == pytest.approx(E.weighted_per_decision_is(log_w, r, mask, 0.9).item())
+    assert torch.isfinite(E.weighted_per_decision_is(log_w, r, mask, 0.9, counts)).all()
     assert E.percentile_interval(torch.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
 
 
