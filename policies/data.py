@@ -62,8 +62,14 @@ def cat_batches(parts: list[Batch]) -> Batch:
 class Normalization:
     """How raw env data maps to what the networks see, saved in every checkpoint.
 
-    ``obs_norm = (obs - obs_mean) / obs_std``; ``a_norm = (a - action_center) / action_scale``
-    (so the env's [low, high] becomes [-1, 1]); ``r_train = reward_scale * r + reward_shift``.
+    ``obs_norm = (obs - obs_mean) / obs_std``, clipped to ``[-obs_clip, obs_clip]`` when
+    ``obs_clip > 0``; ``a_norm = (a - action_center) / action_scale`` (so the env's [low, high]
+    becomes [-1, 1]); ``r_train = reward_scale * r + reward_shift``.
+
+    The clip matters online: statistics fitted on narrow data (scripted demonstrations) give
+    near-constant features a tiny std, and a state the data never showed (a tilted cube) then
+    reaches the networks as a value in the hundreds or thousands, where every network
+    extrapolates. Checkpoints written before the clip existed load with ``obs_clip = 0``.
     """
 
     obs_mean: np.ndarray
@@ -72,6 +78,12 @@ class Normalization:
     action_high: np.ndarray
     reward_scale: float = 1.0
     reward_shift: float = 0.0
+    obs_clip: float = 0.0
+
+    def normalize_obs(self, obs) -> np.ndarray:
+        """Raw observations ``[..., O]`` as the networks see them (float32)."""
+        z = (np.asarray(obs, np.float32) - self.obs_mean) / self.obs_std
+        return np.clip(z, -self.obs_clip, self.obs_clip, out=z) if self.obs_clip > 0 else z
 
     @property
     def action_center(self) -> np.ndarray:
@@ -88,7 +100,9 @@ class Normalization:
     @classmethod
     def from_dict(cls, d: Mapping) -> "Normalization":
         arr = {"obs_mean", "obs_std", "action_low", "action_high"}
-        return cls(**{k: (np.asarray(d[k], np.float32) if k in arr else float(d[k])) for k in (f.name for f in fields(cls))})
+        # A field with a default may be missing (a checkpoint from before it existed): the default.
+        return cls(**{k: (np.asarray(d[k], np.float32) if k in arr else float(d[k]))
+                      for k in (f.name for f in fields(cls)) if k in d or k in arr})
 
     @classmethod
     def identity(cls, obs_dim: int, action_low, action_high) -> "Normalization":
@@ -141,8 +155,11 @@ def return_to_go(rewards: np.ndarray, episode_index: np.ndarray, terminals: np.n
 
 def fit_normalization(transitions, action_low, action_high, normalize_obs: bool = True,
                       reward_scaling: str = "none", max_episode_steps: int | None = None,
-                      eps: float = 1e-3) -> Normalization:
+                      eps: float = 1e-3, obs_clip: float = 0.0) -> Normalization:
     """Normalisation statistics from a selection's transitions (NumPy).
+
+    ``obs_clip``: standardised observations are clipped to ``[-obs_clip, obs_clip]`` (0: not
+    clipped; without ``normalize_obs`` nothing is clipped: raw values have no common scale).
 
     ``reward_scaling``: ``none``; ``standardize`` (reward mean 0, std 1 — shifts change
     the optimal policy when episodes end early, so it is not the default);
@@ -151,6 +168,8 @@ def fit_normalization(transitions, action_low, action_high, normalize_obs: bool 
     """
     if reward_scaling not in REWARD_SCALINGS:
         raise ValueError(f"reward_scaling {reward_scaling!r} not one of {REWARD_SCALINGS}")
+    if not (np.isfinite(obs_clip) and obs_clip >= 0):
+        raise ValueError(f"obs_clip must be a finite number >= 0 (0: no clipping), got {obs_clip!r}")
     obs = np.asarray(transitions.observations, np.float64)
     if len(obs) == 0:
         raise ValueError("no transitions selected: cannot fit normalisation")
@@ -170,7 +189,7 @@ def fit_normalization(transitions, action_low, action_high, normalize_obs: bool 
         scale = horizon / spread if spread > eps else 1.0
     return Normalization(mean.astype(np.float32), std.astype(np.float32),
                          np.asarray(action_low, np.float32), np.asarray(action_high, np.float32),
-                         float(scale), float(shift))
+                         float(scale), float(shift), float(obs_clip) if normalize_obs else 0.0)
 
 
 class TensorReplay:
@@ -246,9 +265,8 @@ class TensorReplay:
                 v = fn(v)
             dst[s] = torch.from_numpy(np.ascontiguousarray(v, np.float32)).to(self.device)
 
-        obs_fn = lambda o: (o - norm.obs_mean) / norm.obs_std  # noqa: E731
-        put(self.observations, obs, obs_fn)
-        put(self.next_observations, next_obs, obs_fn)
+        put(self.observations, obs, norm.normalize_obs)
+        put(self.next_observations, next_obs, norm.normalize_obs)
         put(self.actions, actions, lambda a: np.clip((a - norm.action_center) / norm.action_halfrange, -1.0, 1.0))
         put(self.rewards, rewards, lambda r: r * norm.reward_scale + norm.reward_shift)
         put(self.terminals, terminals)

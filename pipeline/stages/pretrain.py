@@ -107,7 +107,8 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
         norm = Normalization.from_dict(warm["hyper_parameters"]["normalization"])
     else:
         norm = fit_normalization(tr, space.low, space.high, bool(cfg.data.normalize_obs),
-                                 str(cfg.data.reward_scaling), int(cfg.env.max_episode_steps))
+                                 str(cfg.data.reward_scaling), int(cfg.env.max_episode_steps),
+                                 obs_clip=_obs_clip(cfg))
     replay = TensorReplay.from_transitions(tr, norm, device=device, seed=int(cfg.trainer.seed))
     # The version that contains every selected episode: a later run can reload exactly this data.
     version = store.version_at(int(idx.max()) + 1)
@@ -127,6 +128,18 @@ def build_module(cfg: DictConfig, store: EpisodeStore, idx: np.ndarray, device: 
         module.load_state_dict(state)
     module.attach_replay(replay)
     return module, replay
+
+
+def _obs_clip(cfg: DictConfig) -> float:
+    """``data.obs_clip`` as a number (null: 0, no clipping), refused by name when it is not one >= 0."""
+    value = cfg.data.get("obs_clip")
+    try:
+        clip = 0.0 if value is None else float(value)
+    except (TypeError, ValueError):
+        clip = float("nan")
+    if not (np.isfinite(clip) and clip >= 0):
+        raise ValueError(f"data.obs_clip must be a number >= 0 (0 or null: no clipping), got {value!r}")
+    return clip
 
 
 def _warm_start_checkpoint(path: str, cls: type, tr) -> dict:

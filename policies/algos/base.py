@@ -70,17 +70,25 @@ class DeterministicPolicy(nn.Module):
     What gets exported and what a learned behaviour policy runs: ``forward(obs [B, O])``.
     """
 
-    def __init__(self, actor: nn.Module, obs_mean: Tensor, obs_std: Tensor, act_center: Tensor, act_half: Tensor):
+    def __init__(self, actor: nn.Module, obs_mean: Tensor, obs_std: Tensor, act_center: Tensor, act_half: Tensor,
+                 obs_clip: float = 0.0):
         super().__init__()
         self.actor = actor
         self.register_buffer("obs_mean", obs_mean.detach().clone())
         self.register_buffer("obs_std", obs_std.detach().clone())
         self.register_buffer("act_center", act_center.detach().clone())
         self.register_buffer("act_half", act_half.detach().clone())
+        self.obs_clip = float(obs_clip)
 
     def forward(self, obs: Tensor) -> Tensor:
-        a = self.actor.act((obs - self.obs_mean) / self.obs_std)
+        a = self.actor.act(clip_obs((obs - self.obs_mean) / self.obs_std, self.obs_clip))
         return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
+
+
+def clip_obs(obs_norm: Tensor, clip: float) -> Tensor:
+    """Standardised observations clipped to ``[-clip, clip]`` (``clip`` 0: as they are); see
+    :class:`~o2o.policies.data.Normalization`."""
+    return obs_norm.clamp(-clip, clip) if clip > 0 else obs_norm
 
 
 class OfflineAlgorithm(L.LightningModule):
@@ -191,13 +199,13 @@ class OfflineAlgorithm(L.LightningModule):
         return compile_mlps(self)
 
     def normalize_obs(self, obs: Tensor) -> Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+        return clip_obs((obs - self.obs_mean) / self.obs_std, self.norm.obs_clip)
 
     def policy(self) -> DeterministicPolicy:
         """A standalone deterministic policy module (raw obs -> env-unit action), on CPU, for export."""
         actor = copy.deepcopy(self.actor).to("cpu").eval().requires_grad_(False)
         return DeterministicPolicy(actor, self.obs_mean.cpu(), self.obs_std.cpu(), self.act_center.cpu(),
-                                   self.act_half.cpu()).eval()
+                                   self.act_half.cpu(), self.norm.obs_clip).eval()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:

@@ -62,7 +62,8 @@ class OPEData:
         return torch.bincount(self.episode, minlength=self.num_episodes)
 
     def raw(self, obs: Tensor) -> Tensor:
-        """Normalised observations back in env units (what a policy checkpoint expects)."""
+        """Normalised observations back in env units (what a policy checkpoint expects; a clipped
+        feature comes back at the clip's edge, which normalises to the same value again)."""
         mean = torch.as_tensor(self.norm.obs_mean, device=obs.device)
         std = torch.as_tensor(self.norm.obs_std, device=obs.device)
         return obs * std + mean
@@ -112,11 +113,10 @@ class OPEData:
         if norm is None:
             norm = fit_normalization(transitions, action_low, action_high)
         f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a, np.float32), device=device)  # noqa: E731
-        obs = lambda o: (np.asarray(o, np.float32) - norm.obs_mean) / norm.obs_std  # noqa: E731
         act = np.clip((np.asarray(transitions.actions, np.float32) - norm.action_center) / norm.action_halfrange,
                       -1.0, 1.0)
-        return cls._from_rows(f32(obs(transitions.observations)), f32(act), f32(transitions.rewards),
-                              f32(obs(transitions.next_observations)), f32(transitions.terminals),
+        return cls._from_rows(f32(norm.normalize_obs(transitions.observations)), f32(act), f32(transitions.rewards),
+                              f32(norm.normalize_obs(transitions.next_observations)), f32(transitions.terminals),
                               f32(transitions.timeouts), torch.as_tensor(starts, device=device), norm, source)
 
     @classmethod

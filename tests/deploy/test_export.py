@@ -73,6 +73,23 @@ def test_parity_torch_onnxruntime_torchscript(algo, maze_data, trainer, tmp_path
     assert manifest["policy"]["class"].endswith(type(module).__name__)
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
+def test_the_exported_policy_clips_observations_as_training_did(maze_export, bc_run, recorded):
+    """A state far outside the data (500 standard deviations) acts as the clip's edge in the ONNX
+    and TorchScript files, as it did for the trained policy (``data.obs_clip``, default 10)."""
+    module = load_algorithm(bc_run.last_checkpoint)
+    assert module.norm.obs_clip == 10.0
+    far, edge = recorded[:8].copy(), recorded[:8].copy()
+    far[:, 0] = module.norm.obs_mean[0] + 500.0 * module.norm.obs_std[0]
+    edge[:, 0] = module.norm.obs_mean[0] + 10.0 * module.norm.obs_std[0]
+    want = module.act(edge)
+    assert not np.allclose(want, module.act(recorded[:8]), atol=1e-3)  # the feature matters to the policy
+    sess = ort.InferenceSession(str(Path(maze_export.out_dir) / "policy.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"obs": far})[0], want, rtol=0, atol=1e-5)
+    scripted = torch.jit.load(str(Path(maze_export.out_dir) / "policy.pt"))
+    np.testing.assert_allclose(scripted(torch.from_numpy(far)).detach().numpy(), want, rtol=0, atol=1e-5)
+
+
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
