@@ -88,6 +88,7 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert meta["offline_dataset_version"]["episodes"] == 12 and meta["online_episodes"] == [12, 17]
     assert meta["dataset_version_after"]["episodes"] == 17 and int(tuned.updates) == OFFLINE_UPDATES + 240
     assert tuned.hparams["algo"]["actor_lr_schedule"] == "constant"  # finetune.algo_overrides.iql
+    assert tuned.hparams["algo"]["actor_lr"] == 3e-5 and before.hparams["algo"]["actor_lr"] == 3e-4
     obs = np.zeros((4, 6), np.float32)
     assert not np.allclose(tuned.act(obs), before.act(obs))  # it did learn something
 
@@ -104,8 +105,10 @@ def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offl
     ckpt["hyper_parameters"]["normalization"]["reward_scale"] = -1.0
     sabotaged = tmp_path / "sabotaged.ckpt"
     torch.save(ckpt, sabotaged)
+    # The offline actor lr (not the gentler online default), so the sabotaged reward shows within the run.
     cfg = run_cfg(data, f"finetune.steps={steps}", "finetune.eval.every=100", "finetune.eval.episodes=3",
-                  f"finetune.rollback.patience={patience}", "finetune.rollback.margin=0.05")
+                  f"finetune.rollback.patience={patience}", "finetune.rollback.margin=0.05",
+                  "finetune.algo_overrides.iql.actor_lr=3e-4")
     res = finetune(cfg, str(sabotaged), str(data), tmp_path / "ft")
     rb = res["rollback"]
     assert res["rolled_back"] and rb is not None and "ROLLED BACK at step" in res["summary"]
