@@ -215,7 +215,9 @@ def export(cfg: DictConfig) -> ExportResult:
         control_frequency_hz=env_meta.get("control_freq"), controller_type=env_meta.get("controller_type"),
         policy={"algorithm": algo.get("name"), "class": raw["o2o"]["cls"], "updates": int(raw["o2o"]["updates"]),
                 "actor": type(module.actor).__name__, "hidden": algo.get("hidden"),
-                "activation": algo.get("activation"), "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt)},
+                "activation": algo.get("activation"), "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt),
+                # standardised observations are clipped to +-this inside the graph (0: not clipped)
+                "obs_clip": float(module.norm.obs_clip)},
         env={k: env_cfg.get(k) for k in ENV_KEYS},
         dataset=None if ds is None else {k: ds.get(k) for k in DATASET_KEYS},
         evaluation={"training": training_evaluation(ckpt, int(raw["o2o"]["updates"]))},

@@ -78,7 +78,7 @@ def test_the_exported_policy_clips_observations_as_training_did(maze_export, bc_
     """A state far outside the data (500 standard deviations) acts as the clip's edge in the ONNX
     and TorchScript files, as it did for the trained policy (``data.obs_clip``, default 10)."""
     module = load_algorithm(bc_run.last_checkpoint)
-    assert module.norm.obs_clip == 10.0
+    assert module.norm.obs_clip == 10.0 and load_manifest(maze_export.out_dir)["policy"]["obs_clip"] == 10.0
     far, edge = recorded[:8].copy(), recorded[:8].copy()
     far[:, 0] = module.norm.obs_mean[0] + 500.0 * module.norm.obs_std[0]
     edge[:, 0] = module.norm.obs_mean[0] + 10.0 * module.norm.obs_std[0]
