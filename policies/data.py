@@ -110,6 +110,12 @@ class Normalization:
                    np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
 
 
+def clip_obs(obs_norm: Tensor, clip: float) -> Tensor:
+    """Standardised observations (a tensor) clipped to ``[-clip, clip]`` (``clip`` 0: as they are): the
+    torch side of :meth:`Normalization.normalize_obs`, for acting, exported graphs and model rollouts."""
+    return obs_norm.clamp(-clip, clip) if clip > 0 else obs_norm
+
+
 def episode_returns(rewards: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
     """Undiscounted return of every episode present in ``episode_index`` (in order of first appearance)."""
     _, inverse = np.unique(episode_index, return_inverse=True)

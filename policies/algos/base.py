@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from o2o.policies.algos.losses import LossOut
-from o2o.policies.data import Batch, Normalization, TensorReplay
+from o2o.policies.data import Batch, Normalization, TensorReplay, clip_obs
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
 ALGO_PREFIX = "o2o.policies.algos."
@@ -83,12 +83,6 @@ class DeterministicPolicy(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:
         a = self.actor.act(clip_obs((obs - self.obs_mean) / self.obs_std, self.obs_clip))
         return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
-
-
-def clip_obs(obs_norm: Tensor, clip: float) -> Tensor:
-    """Standardised observations clipped to ``[-clip, clip]`` (``clip`` 0: as they are); see
-    :class:`~o2o.policies.data.Normalization`."""
-    return obs_norm.clamp(-clip, clip) if clip > 0 else obs_norm
 
 
 class OfflineAlgorithm(L.LightningModule):

@@ -37,7 +37,7 @@ from torch import Tensor
 from o2o.policies.algos import losses as L
 from o2o.policies.algos.cql import CQL
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
-from o2o.policies.data import Batch, TensorReplay
+from o2o.policies.data import Batch, TensorReplay, clip_obs
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class COMBO(CQL):
                 act = self.actor(obs).action
             with torch.autocast(obs.device.type, enabled=False):  # bf16 deltas would blur the model's next states
                 next_obs, reward, terminal = self.dynamics.step(obs.float(), act.float(), generator=gen)
+            next_obs = clip_obs(next_obs, self.norm.obs_clip)  # model states in the range real rows have
             self.model_replay.add(obs, act, reward, next_obs, terminal.float())
             rewards.append(reward)
             if self.dynamics.termination_fn is not None:  # boolean indexing syncs with the host: only when needed

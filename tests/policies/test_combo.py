@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from o2o.datasets import EpisodeStore
+from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.pretrain import pretrain
@@ -170,6 +170,28 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
     td = L.critic_regression(q, target)
     torch.testing.assert_close(out.loss, td + module.hp.cql_alpha * gap.sum())
     torch.testing.assert_close(out.metrics["cql_gap"], gap.mean())
+
+
+def test_model_rollouts_stay_inside_the_observation_clip():
+    """A model that drifts (every step +50 standard deviations) cannot take rollouts where no real row
+    is: its next states are clipped like the data's (``Normalization.obs_clip``), step after step."""
+    norm = Normalization(np.zeros(3, np.float32), np.ones(3, np.float32), -np.ones(2, np.float32),
+                         np.ones(2, np.float32), obs_clip=2.0)
+    module = COMBO(3, 2, {"hidden": [16, 16], "dynamics_hidden": [16], "dynamics_weight_decay": 0.0,
+                          "rollout_batch_size": 32, "rollout_length": 3}, norm.to_dict())
+    rng = np.random.default_rng(0)
+    module.attach_replay(TensorReplay.from_transitions(Transitions(
+        observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)), rewards=np.zeros(64),
+        next_observations=rng.normal(size=(64, 3)), terminals=np.zeros(64), timeouts=np.zeros(64),
+        episode_index=np.zeros(64, np.int64)), norm))
+    module.dynamics.out_mean[:3] = 50.0  # the predicted change of every feature
+    module.dynamics.trained.fill_(True)
+    module.rollout()
+    rows = module.model_replay.size
+    assert rows == 3 * 32
+    stored = module.model_replay.next_observations[:rows]
+    assert float(stored.abs().max()) == 2.0 and bool((stored[:, 0] == 2.0).all())
+    assert float(module.model_replay.observations[:rows].abs().max()) <= 2.0  # later steps start clipped
 
 
 def test_config_matches_class_defaults_and_bad_values_are_refused():

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
+from o2o.datasets import EpisodeStore
+from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import build_module, pretrain
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.algos.iql import IQL
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
-from o2o.datasets import EpisodeStore
-from o2o.datasets.reading import Transitions
 
 
 def narrow_transitions(n: int = 200) -> Transitions:
@@ -80,8 +79,9 @@ def test_a_bad_clip_is_refused(value):
 def test_pretrain_refuses_a_bad_data_obs_clip_by_name(maze_dataset, tmp_path, value):
     cfg = load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}",
                                    f"run_dir={tmp_path}", f"data.obs_clip={value}"])
-    with EpisodeStore.open(maze_dataset) as store, pytest.raises(ValueError, match="data.obs_clip must be a number >= 0"):
-        build_module(cfg, store, np.arange(store.num_episodes))
+    with EpisodeStore.open(maze_dataset) as store:
+        with pytest.raises(ValueError, match="data.obs_clip must be a number >= 0"):
+            build_module(cfg, store, np.arange(store.num_episodes))
 
 
 def test_pretrain_saves_the_configured_clip_in_the_checkpoint(maze_dataset, tmp_path):
