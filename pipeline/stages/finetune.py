@@ -187,7 +187,8 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         "updates": int(trainer.global_step), "episodes": len(sink.indices),
         "episode_range": outcome["online_episodes"],
         "online": {"return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
-                   "success_rate": _rate([x["success"] for x in eps])},
+                   "success_rate": _rate([x["success"] for x in eps]),
+                   "clipped_share": clipped_share(online, module.norm.obs_clip)},
         "dataset_before": before.to_dict(), "dataset_after": after.to_dict(),
         "batch_rows": dict(mixed.rows), "rolled_back": rolled_back, "rollback": monitor.rollback,
         "pre_finetune": monitor.curve[0] if monitor.curve else None, "curve": monitor.curve,
@@ -203,6 +204,15 @@ def _rate(values: list) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def clipped_share(replay: TensorReplay, clip: float) -> float | None:
+    """The share of ``replay``'s rows with a standardised observation feature at ``+-clip`` (stored
+    clipped: states beyond the range of the data the statistics came from); None without a clip or rows."""
+    if clip <= 0 or len(replay) == 0:
+        return None
+    obs = replay.observations[:len(replay)]
+    return float((obs.abs() >= clip).any(dim=1).float().mean())
+
+
 def summarize(res: dict, metric: str) -> str:
     """One or two sentences: what ran, what was appended, before vs after, and any rollback."""
     pre, ev = res["pre_finetune"] or {}, res["evaluation"]
@@ -211,6 +221,10 @@ def summarize(res: dict, metric: str) -> str:
             f"Final evaluation: return {ev['return_mean']:.4g}"
             + (f", success {ev['success_rate']:.2f}" if "success_rate" in ev else "")
             + f" (periodic {metric} before finetuning {pre.get(metric, float('nan')):.4g}).")
+    clipped = (res.get("online") or {}).get("clipped_share")
+    if clipped:
+        text += (f" {100 * clipped:.0f}% of the online states had a feature at the observation clip (beyond the "
+                 "offline data's range).")
     rb = res["rollback"]
     if rb:
         text += (f" ROLLED BACK at step {rb['step']}: {metric} {rb['value']:.4g}, {rb['drop']:.4g} below the "

@@ -22,10 +22,11 @@ from o2o.datasets import EpisodeStore
 from o2o.deploy.manifest import sha256_file
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.collect import collect
-from o2o.pipeline.stages.finetune import finetune
+from o2o.pipeline.stages.finetune import clipped_share, finetune, summarize
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.callbacks import SimEvaluation
+from o2o.policies.data import Normalization, TensorReplay
 from o2o.policies.evaluation import Evaluator
 
 ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
@@ -81,6 +82,7 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert res["updates"] == 240 and res["batch_rows"] == {"online": 240 * 8, "offline": 240 * 24}
 
     assert [c["step"] for c in res["curve"]] == [0, 180, 300] and not res["rolled_back"]
+    assert 0.0 <= res["online"]["clipped_share"] <= 1.0  # the default data.obs_clip (10) is on
     assert res["fingerprint"] == sha256_file(res["checkpoint"]) and "return_mean" in res["evaluation"]
     tuned, before = load_algorithm(res["checkpoint"]), load_algorithm(offline["checkpoint"])
     meta = tuned.hparams["meta"]["finetune"]
@@ -208,3 +210,18 @@ def test_a_td3bc_checkpoint_finetunes_online_with_exploration_noise(offline, tmp
     assert np.abs(first.actions - greedy).max() < 1.0  # and it is small (std 0.1 of the half-range)
     obs = np.zeros((4, 6), np.float32)
     assert not np.allclose(tuned.act(obs), before.act(obs))
+
+
+def test_the_share_of_online_states_beyond_the_data_is_counted_and_said():
+    norm = Normalization(np.zeros(2, np.float32), np.ones(2, np.float32), -np.ones(1, np.float32),
+                         np.ones(1, np.float32), obs_clip=3.0)
+    online = TensorReplay(2, 1, 8)
+    obs = np.array([[0.5, -1.0], [2.9, 0.0], [-7.0, 0.0], [0.0, 3.0]], np.float32)  # rows 2 and 3 at the clip
+    online.add_raw(obs, np.zeros((4, 1)), np.zeros(4), obs, np.zeros(4), np.zeros(4), norm)
+    assert clipped_share(online, norm.obs_clip) == 0.5
+    assert clipped_share(online, 0.0) is None and clipped_share(TensorReplay(2, 1, 4), 3.0) is None
+    res = {"algo": "iql", "steps": 4, "updates": 2, "episodes": 0, "dataset_before": {"episodes": 3},
+           "dataset_after": {"episodes": 3}, "evaluation": {"return_mean": 1.0}, "pre_finetune": {"return_mean": 1.0},
+           "rollback": None, "online": {"clipped_share": 0.5}}
+    assert "50% of the online states had a feature at the observation clip" in summarize(res, "return_mean")
+    assert "observation clip" not in summarize({**res, "online": {"clipped_share": 0.0}}, "return_mean")

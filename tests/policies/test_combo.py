@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config

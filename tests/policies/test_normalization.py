@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config
