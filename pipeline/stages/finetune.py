@@ -188,7 +188,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         "episode_range": outcome["online_episodes"],
         "online": {"return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
                    "success_rate": _rate([x["success"] for x in eps]),
-                   "clipped_share": clipped_share(online, module.norm.obs_clip)},
+                   "clipped_share": clipped_share(online, module.norm.obs_clip), "obs_clip": module.norm.obs_clip},
         "dataset_before": before.to_dict(), "dataset_after": after.to_dict(),
         "batch_rows": dict(mixed.rows), "rolled_back": rolled_back, "rollback": monitor.rollback,
         "pre_finetune": monitor.curve[0] if monitor.curve else None, "curve": monitor.curve,
@@ -206,7 +206,8 @@ def _rate(values: list) -> float | None:
 
 def clipped_share(replay: TensorReplay, clip: float) -> float | None:
     """The share of ``replay``'s rows with a standardised observation feature at ``+-clip`` (stored
-    clipped: states beyond the range of the data the statistics came from); None without a clip or rows."""
+    clipped: that far or farther from the mean of the data the statistics came from); None without a
+    clip or rows."""
     if clip <= 0 or len(replay) == 0:
         return None
     obs = replay.observations[:len(replay)]
@@ -221,10 +222,10 @@ def summarize(res: dict, metric: str) -> str:
             f"Final evaluation: return {ev['return_mean']:.4g}"
             + (f", success {ev['success_rate']:.2f}" if "success_rate" in ev else "")
             + f" (periodic {metric} before finetuning {pre.get(metric, float('nan')):.4g}).")
-    clipped = (res.get("online") or {}).get("clipped_share")
-    if clipped:
-        text += (f" {100 * clipped:.0f}% of the online states had a feature at the observation clip (beyond the "
-                 "offline data's range).")
+    online = res.get("online") or {}
+    if online.get("clipped_share"):
+        text += (f" {100 * online['clipped_share']:.0f}% of the online states had a feature more than "
+                 f"{online['obs_clip']:g} standard deviations from the offline data's mean (clipped there).")
     rb = res["rollback"]
     if rb:
         text += (f" ROLLED BACK at step {rb['step']}: {metric} {rb['value']:.4g}, {rb['drop']:.4g} below the "

@@ -222,6 +222,8 @@ def test_the_share_of_online_states_beyond_the_data_is_counted_and_said():
     assert clipped_share(online, 0.0) is None and clipped_share(TensorReplay(2, 1, 4), 3.0) is None
     res = {"algo": "iql", "steps": 4, "updates": 2, "episodes": 0, "dataset_before": {"episodes": 3},
            "dataset_after": {"episodes": 3}, "evaluation": {"return_mean": 1.0}, "pre_finetune": {"return_mean": 1.0},
-           "rollback": None, "online": {"clipped_share": 0.5}}
-    assert "50% of the online states had a feature at the observation clip" in summarize(res, "return_mean")
-    assert "observation clip" not in summarize({**res, "online": {"clipped_share": 0.0}}, "return_mean")
+           "rollback": None, "online": {"clipped_share": 0.5, "obs_clip": 3.0}}
+    assert ("50% of the online states had a feature more than 3 standard deviations from the offline data's mean"
+            in summarize(res, "return_mean"))
+    assert "standard deviations" not in summarize({**res, "online": {"clipped_share": 0.0, "obs_clip": 3.0}},
+                                                  "return_mean")
