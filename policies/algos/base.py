@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping
 
@@ -78,10 +79,12 @@ class DeterministicPolicy(nn.Module):
         self.register_buffer("obs_std", obs_std.detach().clone())
         self.register_buffer("act_center", act_center.detach().clone())
         self.register_buffer("act_half", act_half.detach().clone())
-        self.obs_clip = float(obs_clip)
+        # A buffer, so the policy's identity (state dict, weights_hash) includes it; inf: not clipped.
+        self.register_buffer("obs_clip", torch.tensor(float(obs_clip) if obs_clip > 0 else math.inf))
 
     def forward(self, obs: Tensor) -> Tensor:
-        a = self.actor.act(clip_obs((obs - self.obs_mean) / self.obs_std, self.obs_clip))
+        z = torch.clamp((obs - self.obs_mean) / self.obs_std, -self.obs_clip, self.obs_clip)
+        a = self.actor.act(z)
         return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
 
 

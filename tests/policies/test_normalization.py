@@ -13,6 +13,7 @@ from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import build_module, pretrain
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.algos.iql import IQL
+from o2o.policies.behavior.learned import weights_hash
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 
 
@@ -53,6 +54,10 @@ def test_a_state_the_data_never_showed_reaches_the_networks_clipped():
     plain = IQL(2, 1, {"hidden": [16, 16]}, unclipped.to_dict())
     plain.load_state_dict(module.state_dict())
     assert not np.array_equal(plain.act(unseen), plain.act(edge_state))  # without the clip it extrapolates
+    with torch.no_grad():
+        np.testing.assert_array_equal(plain.policy()(torch.from_numpy(unseen)).numpy(), plain.act(unseen))
+    # The clip is part of the policy's identity (the provenance hash of a learned behaviour policy).
+    assert weights_hash(plain.policy()) != weights_hash(policy)
 
 
 def test_the_clip_is_kept_in_the_dict_and_an_old_dict_without_it_loads_unclipped():
@@ -91,4 +96,4 @@ def test_pretrain_saves_the_configured_clip_in_the_checkpoint(maze_dataset, tmp_
                                    "trainer.progress=false", "data.obs_clip=3.5"])
     assert load_config("pretrain", []).data.obs_clip == 10.0  # the default
     module = load_algorithm(pretrain(cfg).last_checkpoint)
-    assert module.norm.obs_clip == 3.5 and module.policy().obs_clip == 3.5
+    assert module.norm.obs_clip == 3.5 and float(module.policy().obs_clip) == 3.5
