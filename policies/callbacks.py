@@ -66,7 +66,10 @@ class SimEvaluation(L.Callback):
         pl_module.log_dict({f"eval/{k}": float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
                            prog_bar=False, batch_size=1)
         shown = {k: metrics[k] for k in ("return_mean", "success_rate", "q_start_mean") if k in metrics}
-        pl_module.print(f"[eval @ {step} updates] " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        line = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
+        if "q_start_mean" in shown:  # the value diagnostic: what the critic expects vs what the policy got
+            line += f" vs achieved (discounted) {metrics['mc_discounted_return_mean']:.3f}"
+        pl_module.print(f"[eval @ {step} updates] {line}")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.evaluator.close()

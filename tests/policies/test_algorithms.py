@@ -37,13 +37,21 @@ def test_every_algorithm_config_is_found():
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_algorithm_contract(algo, maze_dataset, tmp_path):
+def test_algorithm_contract(algo, maze_dataset, tmp_path, capsys):
     cfg = tiny_cfg(algo, maze_dataset, tmp_path / "a", "trainer.max_steps=10", "eval.every=5", "eval.episodes=1")
     res = pretrain(cfg)
     assert res.updates == 10
     assert res.best_checkpoint and res.last_checkpoint
     assert [h["step"] for h in res.evaluations] == [5, 10]
     assert all(np.isfinite(h["return_mean"]) for h in res.evaluations)
+    # Each periodic evaluation is printed; with a critic, its Q on start states next to the achieved return.
+    printed = capsys.readouterr().out
+    last = res.evaluations[-1]
+    assert f"[eval @ 10 updates] return_mean {last['return_mean']:.3f}" in printed
+    if "q_start_mean" in last:
+        assert (f"q_start_mean {last['q_start_mean']:.3f} vs achieved (discounted) "
+                f"{last['mc_discounted_return_mean']:.3f}") in printed
+    assert ("q_start_mean" in last) == (algo not in ("bc", "bc_filtered"))
     # Losses were logged and are finite.
     import csv
 
