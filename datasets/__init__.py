@@ -2,11 +2,12 @@
 
 from o2o.datasets.durable import StoreLockedError
 from o2o.datasets.episode import Episode, EpisodeRecorder
+from o2o.datasets.integrity import DatasetDamagedError
 from o2o.datasets.reading import NormStats, Transitions
 from o2o.datasets.schema import SOURCES, EpisodeValidationError, Schema
-from o2o.datasets.store import DatasetVersion, EpisodeStore
+from o2o.datasets.store import DatasetVersion, EpisodeStore, NotADatasetError
 
 __all__ = [
-    "DatasetVersion", "Episode", "EpisodeRecorder", "EpisodeStore", "EpisodeValidationError",
-    "NormStats", "SOURCES", "Schema", "StoreLockedError", "Transitions",
+    "DatasetDamagedError", "DatasetVersion", "Episode", "EpisodeRecorder", "EpisodeStore", "EpisodeValidationError",
+    "NormStats", "NotADatasetError", "SOURCES", "Schema", "StoreLockedError", "Transitions",
 ]

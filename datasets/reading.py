@@ -20,8 +20,11 @@ import numpy as np
 
 from o2o.datasets.durable import DurableLocalStore
 from o2o.datasets.episode import Episode
+from o2o.datasets.integrity import (
+    EMPTY_FINGERPRINT, DatasetDamagedError, check_contents, chunk_text, content_problems, episodes_in_rows,
+    seed_or_none, unreadable_chunks, why,
+)
 
-EMPTY_FINGERPRINT = "0" * 32  # the fingerprint of a dataset with no episodes
 INDEX_KEY = "index.json"
 INDEX_FORMAT = 1
 # "scheme://..." or a chained fsspec URL ("simplecache::s3://...").
@@ -200,9 +203,11 @@ class NormStats:
 class StoreReading:
     """Read methods of :class:`o2o.datasets.EpisodeStore` (a mixin, kept in its own file).
 
-    Expects ``path``, ``location`` (a :class:`StoreLocation`), ``attrs``, ``schema`` and
-    ``array(name)`` from the store.
+    Expects ``path``, ``location`` (a :class:`StoreLocation`), ``attrs``, ``schema``,
+    ``verify`` (whether loads check content digests) and ``array(name)`` from the store.
     """
+
+    verify: bool = True
 
     # ------------------------------------------------------------------ the commit
     def refresh(self) -> DatasetVersion:
@@ -245,7 +250,82 @@ class StoreReading:
     # ------------------------------------------------------------------ selection
     def _episode_column(self, name: str, n: int | None = None) -> np.ndarray:
         n = self.num_episodes if n is None else n
-        return self.array(f"episodes/{name}")[:n]
+        return self._read(f"episodes/{name}", slice(0, n))
+
+    def _read(self, name: str, sel: Any = slice(None), points: np.ndarray | None = None) -> np.ndarray:
+        """``array(name)[sel]`` (or ``.oindex[points]``); a chunk that fails to decode is a
+        :class:`DatasetDamagedError` naming the array, the chunk, its rows and their episodes."""
+        arr = self.array(name)
+        try:
+            return arr.oindex[points] if points is not None else arr[sel]
+        except Exception as e:
+            raise DatasetDamagedError(self.path, [self._unreadable(name, arr, e)]) from None
+
+    def _unreadable(self, name: str, arr, error: BaseException) -> str:
+        n = self.num_steps if name.startswith("data/") else self.num_episodes
+        bad = unreadable_chunks(arr, min(n, arr.shape[0]))
+        if not bad:
+            return f"array {name} cannot be read ({why(error)})"
+        ends = None
+        if name.startswith("data/"):
+            try:
+                ends = np.asarray(self.array("episodes/ends")[: self.num_episodes], np.int64)
+            except Exception:  # the boundaries are damaged too: name the rows only
+                ends = None
+        parts = [chunk_text(name, k, a, b, None if ends is None else episodes_in_rows(ends, a, b))
+                 for k, a, b, _ in bad]
+        return f"{'; '.join(parts)} cannot be decoded ({bad[0][3]})"
+
+    def _findings(self, spans: list[tuple[int, int, int]], data: Mapping[str, np.ndarray], row0: int,
+                  final: Mapping[str, np.ndarray], ep0: int) -> tuple[list[int], list[int]]:
+        """Episodes of ``spans`` whose content digest / chain link differ from what was committed
+        (``data`` rows from step ``row0``, ``final`` rows from episode ``ep0``: what the caller read)."""
+        if not spans:
+            return [], []
+        hi = spans[-1][0] + 1
+        records = {name: self._read(f"episodes/{name}", slice(ep0, hi))
+                   for name in ("returns", "success", "seed", "times", "provenance")}
+        first = max(ep0 - 1, 0)
+        digests = self._read("episodes/digest", slice(first, hi))
+        prev = bytes.fromhex(EMPTY_FINGERPRINT) if ep0 == 0 else bytes(np.asarray(digests[0], np.uint8)[16:])
+        return check_contents(spans, data, row0, final, records, digests[ep0 - first:], ep0, prev,
+                              self._index["provenance"])
+
+    def _check_loaded(self, spans: list[tuple[int, int, int]], data: Mapping[str, np.ndarray], row0: int,
+                      final: Mapping[str, np.ndarray], ep0: int) -> None:
+        """Raise :class:`DatasetDamagedError` unless every episode of ``spans`` matches its digest."""
+        problems = content_problems(*self._findings(spans, data, row0, final, ep0))
+        if problems:
+            raise DatasetDamagedError(self.path, problems, "Nothing was loaded from it. ")
+
+    def check_contents(self, indices: np.ndarray | None = None, block_rows: int = 1 << 20) -> list[str]:
+        """Problems with the stored contents of the episodes ``indices`` (default all), read in
+        blocks of about ``block_rows`` steps: content digests and chain links (``[]``: intact).
+        A chunk that fails to decode raises :class:`DatasetDamagedError`."""
+        n = self.num_episodes
+        idx = np.arange(n) if indices is None else np.unique(np.asarray(indices, np.int64))
+        if len(idx) == 0:
+            return []
+        ends = self._episode_column("ends", n)
+        starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+        content_bad: list[int] = []
+        chain_bad: list[int] = []
+        pos = 0
+        while pos < len(idx):
+            # Episodes idx[pos:stop] whose steps span at most block_rows (at least one episode).
+            stop = pos + max(1, int(np.searchsorted(ends[idx[pos:]] - starts[idx[pos]], block_rows, side="right")))
+            block = idx[pos:stop]
+            e0, e1 = int(block[0]), int(block[-1]) + 1
+            r0, r1 = int(starts[e0]), int(ends[e1 - 1])
+            data = {f"obs/{k}": self._read(f"data/obs/{k}", slice(r0, r1)) for k in self.schema.obs}
+            for key in ("actions", "rewards", "terminals", "timeouts", "interventions"):
+                data[key] = self._read(f"data/{key}", slice(r0, r1))
+            final = {f"final_obs/{k}": self._read(f"episodes/final_obs/{k}", slice(e0, e1)) for k in self.schema.obs}
+            bad = self._findings([(int(i), int(starts[i]), int(ends[i])) for i in block], data, r0, final, e0)
+            content_bad += bad[0]
+            chain_bad += bad[1]
+            pos = stop
+        return content_problems(content_bad, chain_bad)
 
     def select(
         self,
@@ -315,10 +395,12 @@ class StoreReading:
         if n == self.num_episodes:
             return self.version
         steps = int(self._episode_column("ends", n)[n - 1])
-        return DatasetVersion(n, steps, bytes(self.array("episodes/digest")[n - 1][16:]).hex())
+        return DatasetVersion(n, steps, bytes(self._read("episodes/digest", n - 1)[16:]).hex())
 
     def episodes_table(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per-episode records (index, length, return, success, source, policy...) as arrays."""
+        """Per-episode records (index, length, return, success, source, policy...) as arrays.
+
+        ``seed`` is an object array of ints, None where an episode has no seed."""
         n = self.num_episodes
         idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         ends = self._episode_column("ends", n)
@@ -326,58 +408,72 @@ class StoreReading:
         prov = self._episode_column("provenance", n)[idx]
         table = self.provenance_table
         out = {"index": idx, "start": starts[idx], "length": (ends - starts)[idx]}
-        for name in ("returns", "success", "seed"):
+        for name in ("returns", "success"):
             out[name] = self._episode_column(name, n)[idx]
+        out["seed"] = np.array([seed_or_none(v) for v in self._episode_column("seed", n)[idx]] + [None],
+                               dtype=object)[:-1]
         times = self._episode_column("times", n)[idx]
         out["start_time"], out["end_time"] = times[:, 0], times[:, 1]
         last = np.asarray(ends[idx] - 1, np.int64)
-        out["terminated"] = self.array("data/terminals").oindex[last] if len(idx) else np.zeros(0, bool)
-        out["truncated"] = self.array("data/timeouts").oindex[last] if len(idx) else np.zeros(0, bool)
+        out["terminated"] = self._read("data/terminals", points=last) if len(idx) else np.zeros(0, bool)
+        out["truncated"] = self._read("data/timeouts", points=last) if len(idx) else np.zeros(0, bool)
         for field in ("source", "policy_id", "policy_version"):
             out[field] = np.array([table[p][field] for p in prov], dtype=object)
         # Human-controlled steps per episode, from one read of the flag column.
-        counts = np.cumsum(self.array("data/interventions")[: self.num_steps], dtype=np.int64)
+        counts = np.cumsum(self._read("data/interventions", slice(0, self.num_steps)), dtype=np.int64)
         counts = np.concatenate([[0], counts])
         out["interventions"] = counts[ends[idx]] - counts[starts[idx]]
         return out
 
     # ------------------------------------------------------------------ bulk loading
     def load_transitions(
-        self, indices: np.ndarray | None = None, flatten: bool = True, device: Any = None
+        self, indices: np.ndarray | None = None, flatten: bool = True, device: Any = None, verify: bool | None = None
     ) -> Transitions:
-        """All steps of the selected episodes in one call (NumPy; torch on ``device`` if given)."""
+        """All steps of the selected episodes in one call (NumPy; torch on ``device`` if given).
+
+        Every loaded episode is checked against its committed content digest first (a
+        :class:`DatasetDamagedError` names the damaged ones; nothing is returned);
+        ``verify=False`` skips that (default: the store's ``verify``, set at open)."""
+        verify = self.verify if verify is None else bool(verify)
         n = self.num_episodes
         idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         ends = self._episode_column("ends", n)
-        last = int(ends[idx.max()]) if len(idx) else 0  # read only the prefix that is needed
         starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
         lengths = (ends - starts)[idx]
         contiguous = len(idx) == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))
-        rows = slice(0, last) if contiguous else _ranges(starts[idx], lengths)
+        m = int(ends[idx.max()]) if len(idx) else 0  # read only the prefix that is needed
+        k = int(idx.max()) + 1 if len(idx) else 0
+        rows = slice(0, m) if contiguous else _ranges(starts[idx], lengths)
         ep_of_row = np.repeat(idx, lengths)
 
         def take(a):
             return a[rows] if isinstance(rows, slice) else a[rows]
 
-        m = int(ends[idx.max()]) if len(idx) else 0
+        raw = {f"obs/{key}": self._read(f"data/obs/{key}", slice(0, m)) for key in self.schema.obs}
+        for key in ("actions", "rewards", "terminals", "timeouts"):
+            raw[key] = self._read(f"data/{key}", slice(0, m))
+        final = {f"final_obs/{key}": self._read(f"episodes/final_obs/{key}", slice(0, k)) for key in self.schema.obs}
+        if verify and len(idx):
+            raw["interventions"] = self._read("data/interventions", slice(0, m))
+            order = np.unique(idx)
+            self._check_loaded([(int(i), int(starts[i]), int(ends[i])) for i in order], raw, 0, final, 0)
         obs, nxt = {}, {}
-        used_ends = ends[: idx.max() + 1] if len(idx) else ends[:0]
-        for k in self.schema.obs:
-            full = self.array(f"data/obs/{k}")[:m]
-            final = self.array(f"episodes/final_obs/{k}")[: len(used_ends)]
+        used_ends = ends[:k]
+        for key in self.schema.obs:
+            full, last = raw[f"obs/{key}"], final[f"final_obs/{key}"]
             nx = np.empty_like(full)
             nx[:-1] = full[1:]
-            nx[used_ends - 1] = final  # each episode's last step continues to its final observation
-            obs[k], nxt[k] = take(full), take(nx)
+            nx[used_ends - 1] = last  # each episode's last step continues to its final observation
+            obs[key], nxt[key] = take(full), take(nx)
         if flatten:
             obs, nxt = self._flatten(obs), self._flatten(nxt)
         out = Transitions(
             observations=obs,
-            actions=take(self.array("data/actions")[:m]),
-            rewards=take(self.array("data/rewards")[:m]),
+            actions=take(raw["actions"]),
+            rewards=take(raw["rewards"]),
             next_observations=nxt,
-            terminals=take(self.array("data/terminals")[:m]),
-            timeouts=take(self.array("data/timeouts")[:m]),
+            terminals=take(raw["terminals"]),
+            timeouts=take(raw["timeouts"]),
             episode_index=ep_of_row,
         )
         return out.to_torch(device) if device is not None else out
@@ -405,36 +501,43 @@ class StoreReading:
         )
 
     # ------------------------------------------------------------------ episodes one by one
-    def episode(self, i: int) -> Episode:
-        """Episode ``i`` with its arrays and record."""
+    def episode(self, i: int, verify: bool | None = None) -> Episode:
+        """Episode ``i`` with its arrays and record, checked against its committed digest
+        (``verify=False`` skips that; default: the store's ``verify``)."""
+        verify = self.verify if verify is None else bool(verify)
         n = self.num_episodes
         if not 0 <= i < n:
             raise IndexError(f"dataset {self.path!r}: episode {i} not in 0..{n - 1}")
-        ends = self.array("episodes/ends")
-        start = int(ends[i - 1]) if i > 0 else 0
-        end = int(ends[i])
+        bounds = self._read("episodes/ends", slice(max(i - 1, 0), i + 1))
+        start = int(bounds[0]) if i > 0 else 0
+        end = int(bounds[-1])
         s = slice(start, end)
-        obs = {k: self.array(f"data/obs/{k}")[s] for k in self.schema.obs}
-        final = {k: self.array(f"episodes/final_obs/{k}")[i] for k in self.schema.obs}
+        data = {f"obs/{k}": self._read(f"data/obs/{k}", s) for k in self.schema.obs}
+        for key in ("actions", "rewards", "terminals", "timeouts", "interventions"):
+            data[key] = self._read(f"data/{key}", s)
+        final = {f"final_obs/{k}": self._read(f"episodes/final_obs/{k}", slice(i, i + 1)) for k in self.schema.obs}
+        if verify:
+            self._check_loaded([(i, start, end)], data, start, final, i)
+        obs = {k: data[f"obs/{k}"] for k in self.schema.obs}
+        last = {k: final[f"final_obs/{k}"][0] for k in self.schema.obs}
         if self.schema.flat:
-            (obs,), (final,) = obs.values(), final.values()
-        col = lambda name: self.array(f"episodes/{name}")[i]  # noqa: E731
+            (obs,), (last,) = obs.values(), last.values()
+        col = lambda name: self._read(f"episodes/{name}", i)  # noqa: E731
         success = int(col("success"))
-        seed = int(col("seed"))
         start_time, end_time = (float(t) for t in col("times"))
         return Episode(
-            observations=obs, actions=self.array("data/actions")[s], rewards=self.array("data/rewards")[s],
-            terminals=self.array("data/terminals")[s], timeouts=self.array("data/timeouts")[s],
-            final_observation=final, provenance=copy.deepcopy(self.provenance_table[int(col("provenance"))]),
-            interventions=self.array("data/interventions")[s], seed=None if seed < 0 else seed,
+            observations=obs, actions=data["actions"], rewards=data["rewards"], terminals=data["terminals"],
+            timeouts=data["timeouts"], final_observation=last,
+            provenance=copy.deepcopy(self.provenance_table[int(col("provenance"))]),
+            interventions=data["interventions"], seed=seed_or_none(col("seed")),
             success=None if success < 0 else bool(success), start_time=start_time,
             end_time=end_time, index=i,
         )
 
-    def iter_episodes(self, indices: Iterable[int] | None = None) -> Iterator[Episode]:
-        """Episodes one by one (a selection from :meth:`select`, or all)."""
+    def iter_episodes(self, indices: Iterable[int] | None = None, verify: bool | None = None) -> Iterator[Episode]:
+        """Episodes one by one (a selection from :meth:`select`, or all), each checked as :meth:`episode` does."""
         for i in (range(self.num_episodes) if indices is None else indices):
-            yield self.episode(int(i))
+            yield self.episode(int(i), verify=verify)
 
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -23,11 +23,13 @@ filesystem (flock, fsync and atomic rename are what make appends crash-safe).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,11 +38,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes
+from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes, fsync_dir
 from o2o.datasets.episode import Episode
-from o2o.datasets.reading import (
-    EMPTY_FINGERPRINT, INDEX_FORMAT, INDEX_KEY, DatasetVersion, StoreLocation, StoreReading,
+from o2o.datasets.integrity import (
+    EMPTY_FINGERPRINT, NO_SEED, DatasetDamagedError, chain, episode_digest, structure_problems,
 )
+from o2o.datasets.reading import INDEX_FORMAT, INDEX_KEY, DatasetVersion, StoreLocation, StoreReading
 from o2o.datasets.schema import SOURCES, Schema, validate_episode
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,21 @@ EPISODE_FIELDS = {  # per-episode arrays: dtype, trailing shape
     "ends": ("int64", ()),
     "returns": ("float64", ()),
     "success": ("int8", ()),  # -1 unknown, 0, 1
-    "seed": ("int64", ()),  # -1 none
+    "seed": ("uint64", ()),  # NO_SEED: none (stores made before seeds went uint64 hold int64, -1 none)
     "times": ("float64", (2,)),  # start, end (Unix seconds)
     "provenance": ("int32", ()),  # row of the index's provenance table
     "digest": ("uint8", (32,)),  # [:16] content digest, [16:] chained fingerprint
 }
 # Each zarr operation costs milliseconds whatever its size, so a commit touches as few
 # arrays as it can: terminated/truncated are read from data/terminals|timeouts at the ends.
-__all__ = ["EpisodeStore", "DatasetVersion", "StoreLockedError", "o2o_version"]
+__all__ = ["EpisodeStore", "DatasetVersion", "DatasetDamagedError", "NotADatasetError", "StoreLockedError",
+           "o2o_version", "episode_digest", "chain"]
+CREATING = ".creating-"  # <parent>/.<name>.creating-<pid>-<id>: a store being built, renamed into place when whole
+
+
+class NotADatasetError(ValueError):
+    """The path holds something that is not an o2o dataset (a file, or a folder with other files)."""
+
 
 
 def o2o_version() -> str:
@@ -81,21 +91,6 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle" if dtype.itemsize > 1 else "noshuffle")
 
 
-def episode_digest(arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> bytes:
-    """16-byte content digest of one episode: every stored array and its record."""
-    h = hashlib.blake2b(digest_size=16)
-    for key in sorted(arrays):
-        a = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    h.update(json.dumps(record, sort_keys=True, default=str).encode())
-    return h.digest()
-
-
-def chain(prev_fingerprint: bytes, content: bytes) -> bytes:
-    return hashlib.blake2b(prev_fingerprint + content, digest_size=16).digest()
-
-
 class EpisodeStore(StoreReading):
     """An append-only dataset of episodes in Zarr. Open with :meth:`create` or :meth:`open`.
 
@@ -103,41 +98,69 @@ class EpisodeStore(StoreReading):
     path or any fsspec URL zarr supports (``s3://bucket/lift.zarr``); ``mode='a'`` takes
     the writer lock, repairs an uncommitted tail left by a crash, and appends (local only).
     Use as a context manager, or call :meth:`close`, to release the lock.
+
+    Opening checks the structure (:func:`~o2o.datasets.integrity.structure_problems`) and
+    refuses a damaged store with :class:`DatasetDamagedError`; loads check each episode's
+    content digest and a writer checks the tail it will rewrite, unless ``verify=False``.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r"):
+    def __init__(self, path: str | Path, mode: str = "r", verify: bool = True, _lock: WriterLock | None = None):
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         self.path = str(path)
         self.location = StoreLocation(path)
         self.mode = mode
+        self.verify = bool(verify)
+        self._created = False  # create(remove_if_empty=True): removed again if closed before anything was committed
         # The local directory (None for a URL): only a writer uses it, for the lock and the commit.
         self.root = self.location.writable() if mode == "a" else self.location.local
-        if not self.location.exists("zarr.json") or not self.location.exists(INDEX_KEY):
+        has_attrs, has_index = self.location.exists("zarr.json"), self.location.exists(INDEX_KEY)
+        if not (has_attrs and has_index):
+            if _lock is not None:
+                _lock.release()
+            if has_attrs or has_index:
+                missing = "zarr.json (the root metadata: schema, env)" if has_index else f"{INDEX_KEY} (the commit)"
+                raise DatasetDamagedError(self.path, [f"{missing} is missing"], "Nothing was read or written. ")
             raise FileNotFoundError(
                 f"dataset {self.path!r} does not exist or is not an o2o store (no zarr.json/{INDEX_KEY}); "
                 "create it with EpisodeStore.create or `o2o collect`"
             )
-        self._lock = WriterLock(self.root) if mode == "a" else None
+        self._lock = (_lock or WriterLock(self.root)) if mode == "a" else None
         self._arrays: dict[str, zarr.Array] = {}
-        if self._lock is not None:
+        if self._lock is not None and not self._lock.held:
             self._lock.acquire(self.path)
         try:
             self._zstore = self.location.zarr_store(read_only=(mode == "r"))
-            self.group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
-            attrs = dict(self.group.attrs).get("o2o")
+            try:
+                self.group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
+                attrs = dict(self.group.attrs).get("o2o")
+            except Exception as e:  # unreadable root metadata
+                raise DatasetDamagedError(self.path, [f"root zarr.json cannot be read ({type(e).__name__}: {e})"],
+                                          "Nothing was read or written. ") from None
             if attrs is None:
                 raise ValueError(f"dataset {self.path!r}: zarr group has no 'o2o' attributes")
             self.attrs: dict = attrs
             self.schema = Schema.from_attrs(attrs)
             self.refresh()
+            problems = structure_problems(self)
+            if problems:
+                raise DatasetDamagedError(self.path, problems, "Nothing was read or written. ")
             if mode == "a":
+                if self.verify:  # before the repair: a refused writer leaves the store as it found it
+                    self._check_tail()
                 self._repair()
+            self._opened = True
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ creation
+    @staticmethod
+    def is_dataset(path: str | Path) -> bool:
+        """Whether ``path`` holds an o2o dataset, sound or not (its root metadata or its commit index)."""
+        loc = StoreLocation(path)
+        return loc.exists("zarr.json") or loc.exists(INDEX_KEY)
+
     @classmethod
     def create(
         cls,
@@ -145,58 +168,60 @@ class EpisodeStore(StoreReading):
         schema: Schema,
         env: Mapping[str, Any] | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        remove_if_empty: bool = False,
     ) -> "EpisodeStore":
-        """Create an empty dataset and return it open for appending (a local path only)."""
+        """Create an empty dataset and return it open for appending (a local path only).
+
+        The store is built in a hidden folder beside ``path`` and renamed into place whole,
+        with its writer lock already held, so a concurrent creator gets
+        :class:`FileExistsError` (then :class:`StoreLockedError` when it opens the winner's
+        store to append) and a reader never sees a half-made store. Closed before any
+        episode was committed (a failed import or collection), the new dataset is removed
+        again unless ``keep_empty``. ``path`` may be absent or an empty folder; anything
+        else is refused (:class:`NotADatasetError`, :class:`FileExistsError` for a dataset).
+        """
         root = StoreLocation(path).writable()
-        if (root / "zarr.json").exists():
-            raise FileExistsError(f"dataset {str(path)!r} already exists; open it with mode='a' to append")
-        root.mkdir(parents=True, exist_ok=True)
-        zstore = DurableLocalStore(root)
-        attrs = dict(
-            schema.to_attrs(),
-            env=dict(env) if env else None,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            o2o_version=o2o_version(),
-            chunk_bytes=int(chunk_bytes),
-        )
-        g = zarr.create_group(zstore, attributes={"o2o": json.loads(json.dumps(attrs, default=str))})
-
-        def make(name: str, shape: tuple, dtype: str):
-            dt = np.dtype(dtype)
-            row = int(np.prod(shape)) * dt.itemsize
-            cap = MAX_STEP_CHUNK_ROWS if name.startswith("data/") else MAX_EPISODE_CHUNK_ROWS
-            g.create_array(
-                name, shape=(0, *shape), chunks=(_chunk_rows(row, chunk_bytes, cap), *shape), dtype=dt,
-                compressors=_compressor(dt), fill_value=0,
-                config={"write_empty_chunks": True},  # skips a full-chunk comparison on every write
-            )
-
-        for key, spec in schema.obs.items():
-            make(f"data/obs/{key}", spec.shape, spec.dtype)
-            make(f"episodes/final_obs/{key}", spec.shape, spec.dtype)
-        make("data/actions", schema.action_space.shape, np.dtype(schema.action_space.dtype).name)
-        make("data/rewards", (), "float32")
-        for flag in ("terminals", "timeouts", "interventions"):
-            make(f"data/{flag}", (), "bool")
-        for name, (dtype, shape) in EPISODE_FIELDS.items():
-            make(f"episodes/{name}", shape, dtype)
-        zstore.sync_dirs()
-        index = {"format": INDEX_FORMAT, "episodes": 0, "steps": 0, "fingerprint": EMPTY_FINGERPRINT,
-                 "provenance": [], "updated": time.time()}
-        atomic_write_bytes(root / INDEX_KEY, json.dumps(index).encode())
-        return cls(path, mode="a")
+        was_empty_dir = _check_new_path(root, str(path))
+        root.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(root)
+        staging = root.parent / f".{root.name}{CREATING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        lock = WriterLock(staging)
+        try:
+            lock.acquire(str(path))
+            _build(staging, schema, env, chunk_bytes)
+            try:
+                os.rename(staging, root)  # atomic; replaces an empty folder, fails on a non-empty one
+            except OSError as e:
+                raise FileExistsError(f"dataset {str(path)!r} was created by another process meanwhile ({e.strerror}); "
+                                      "open it with mode='a' to append") from None
+            lock.path = root / lock.path.name
+            fsync_dir(root.parent)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        store = cls(path, mode="a", _lock=lock)
+        store._created = bool(remove_if_empty)
+        store._was_empty_dir = was_empty_dir
+        return store
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
-        """Open an existing dataset: ``mode='r'`` reads (a path or a URL), ``'a'`` appends (a path)."""
-        return cls(path, mode=mode)
+    def open(cls, path: str | Path, mode: str = "r", verify: bool = True) -> "EpisodeStore":
+        """Open an existing dataset: ``mode='r'`` reads (a path or a URL), ``'a'`` appends (a path).
+
+        ``verify=False`` skips the content checks of loads and of a writer's tail (not the structure check)."""
+        return cls(path, mode=mode, verify=verify)
 
     # ------------------------------------------------------------------ state
     def array(self, name: str) -> zarr.Array:
         """A Zarr array of the store (a reader opens it fresh, so its shape is current)."""
         if self.mode == "a":  # only this process changes shapes: keep the handles
             if name not in self._arrays:
-                self._arrays[name] = zarr.open_array(self._zstore, path=name, mode="r+")
+                # Every chunk gets a file, zeros too: skips a full-chunk comparison per write, and a chunk
+                # file that is missing is always damage (verify reports it).
+                with zarr.config.set({"array.write_empty_chunks": True}):
+                    self._arrays[name] = zarr.open_array(self._zstore, path=name, mode="r+")
             return self._arrays[name]
         return zarr.open_array(self._zstore, path=name, mode="r")
 
@@ -235,6 +260,25 @@ class EpisodeStore(StoreReading):
             log.warning("dataset %r: removed uncommitted rows left by an interrupted append (%s)",
                         self.path, ", ".join(trimmed))
 
+    def _check_tail(self) -> None:
+        """Refuse to append onto a damaged tail: an append rewrites the last chunk of every array, so every
+        episode with rows or a record in one of those chunks must match its digest first."""
+        E, T = self.num_episodes, self.num_steps
+        if E == 0:
+            return
+        ends = self._episode_column("ends", E)
+        lo = E
+        for name in self._array_names():
+            c = int(self.array(name).chunks[0])
+            if name.startswith("data/"):
+                lo = min(lo, int(np.searchsorted(ends, ((T - 1) // c) * c, side="right")))
+            else:
+                lo = min(lo, ((E - 1) // c) * c)
+        problems = self.check_contents(np.arange(lo, E))
+        if problems:
+            raise DatasetDamagedError(self.path, problems, "Nothing was appended: an append rewrites the last chunk "
+                                      f"of every array, and episodes {lo}-{E - 1} share them. ")
+
     # ------------------------------------------------------------------ writing
     def append(self, episode: Episode) -> int:
         """Validate, write and commit one episode; returns its index."""
@@ -250,6 +294,7 @@ class EpisodeStore(StoreReading):
         if not episodes:
             return []
         E0, T0 = self.num_episodes, self.num_steps
+        seed_dtype = self.array("episodes/seed").dtype  # uint64; int64 in stores made before
         prov_table = self.provenance_table
         prov_rows = {json.dumps(p, sort_keys=True): i for i, p in enumerate(prov_table)}
         validated, records = [], []
@@ -265,7 +310,7 @@ class EpisodeStore(StoreReading):
             records.append({
                 "returns": float(np.sum(arrays["rewards"], dtype=np.float64)),
                 "success": -1 if ep.success is None else int(bool(ep.success)),
-                "seed": -1 if ep.seed is None else _check_seed(ep.seed, where),
+                "seed": -1 if ep.seed is None else _check_seed(ep.seed, where, seed_dtype),
                 "times": _check_times(ep, where),
                 "provenance": prov_rows[key],
             })
@@ -286,8 +331,10 @@ class EpisodeStore(StoreReading):
             columns[name] = np.stack(part) if key.startswith("final_obs/") else np.concatenate(part)
         columns["episodes/ends"] = ends.astype(np.int64)
         for field in EPISODE_FIELDS:
-            if field not in ("ends", "digest"):
+            if field not in ("ends", "digest", "seed"):
                 columns[f"episodes/{field}"] = np.asarray([r[field] for r in records], dtype=EPISODE_FIELDS[field][0])
+        none = NO_SEED if seed_dtype == np.uint64 else -1
+        columns["episodes/seed"] = np.asarray([none if r["seed"] < 0 else r["seed"] for r in records], dtype=seed_dtype)
         columns["episodes/digest"] = np.stack(digests)
 
         # Data first ...
@@ -310,14 +357,24 @@ class EpisodeStore(StoreReading):
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Trim the spare capacity (a writer) and release the lock."""
-        if self._lock is not None and self._lock.held and not hasattr(self, "_index"):
-            self._lock.release()  # failed while opening: nothing known to trim
+        """Trim the spare capacity (a writer) and release the lock. A store made by
+        ``create(remove_if_empty=True)`` and closed with no episode committed is removed."""
+        if self._lock is not None and self._lock.held and not getattr(self, "_opened", False):
+            self._lock.release()  # failed while opening (damaged, locked...): nothing to trim, nothing touched
         if self._lock is not None and self._lock.held:
             try:
-                self._trim()
+                if self._created and self.num_episodes == 0:
+                    self._discard()
+                else:
+                    self._trim()
             finally:
                 self._lock.release()
+
+    def _discard(self) -> None:
+        shutil.rmtree(self.root)
+        if getattr(self, "_was_empty_dir", False):
+            self.root.mkdir()  # the empty folder that was there before
+        fsync_dir(self.root.parent)
 
     def __enter__(self) -> "EpisodeStore":
         return self
@@ -329,9 +386,96 @@ class EpisodeStore(StoreReading):
         return f"EpisodeStore({self.path!r}, mode={self.mode!r}, {self.version})"
 
 
-def _check_seed(seed, where: str) -> int:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
-        raise ValueError(f"{where}: seed must be a non-negative integer < 2**63 or None, got {seed!r}")
+def _check_new_path(root: Path, path: str) -> bool:
+    """Refuse to create a dataset over anything but nothing or an empty folder; True if an empty folder."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise NotADatasetError(f"dataset {path!r}: the path is a file, not a folder; choose another dataset path")
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return True
+    if EpisodeStore.is_dataset(root):
+        raise FileExistsError(f"dataset {path!r} already exists; open it with mode='a' to append")
+    shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+    raise NotADatasetError(f"dataset {path!r}: the folder exists, is not empty and is not an o2o dataset ({shown}); "
+                           "nothing was written. Choose another dataset path or empty the folder")
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete staging folders of creators that died before renaming theirs into place (their lock is free)."""
+    for d in root.parent.glob(f".{root.name}{CREATING}*"):
+        pid = d.name.rpartition(CREATING)[2].split("-")[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        lock = WriterLock(d)
+        try:
+            lock.acquire(str(d))
+        except (StoreLockedError, OSError):
+            continue  # still being built by a live process (or not ours to judge)
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            lock.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _build(root: Path, schema: Schema, env: Mapping[str, Any] | None, chunk_bytes: int) -> None:
+    """Write an empty store's metadata, arrays and commit index into ``root``."""
+    zstore = DurableLocalStore(root)
+    attrs = dict(
+        schema.to_attrs(),
+        env=dict(env) if env else None,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        o2o_version=o2o_version(),
+        chunk_bytes=int(chunk_bytes),
+    )
+    g = zarr.create_group(zstore, attributes={"o2o": json.loads(json.dumps(attrs, default=str))})
+
+    def make(name: str, shape: tuple, dtype: str):
+        dt = np.dtype(dtype)
+        row = int(np.prod(shape)) * dt.itemsize
+        cap = MAX_STEP_CHUNK_ROWS if name.startswith("data/") else MAX_EPISODE_CHUNK_ROWS
+        g.create_array(
+            name, shape=(0, *shape), chunks=(_chunk_rows(row, chunk_bytes, cap), *shape), dtype=dt,
+            compressors=_compressor(dt), fill_value=0,
+            config={"write_empty_chunks": True},  # skips a full-chunk comparison on every write
+        )
+
+    for key, spec in schema.obs.items():
+        make(f"data/obs/{key}", spec.shape, spec.dtype)
+        make(f"episodes/final_obs/{key}", spec.shape, spec.dtype)
+    make("data/actions", schema.action_space.shape, np.dtype(schema.action_space.dtype).name)
+    make("data/rewards", (), "float32")
+    for flag in ("terminals", "timeouts", "interventions"):
+        make(f"data/{flag}", (), "bool")
+    for name, (dtype, shape) in EPISODE_FIELDS.items():
+        make(f"episodes/{name}", shape, dtype)
+    zstore.sync_dirs()
+    index = {"format": INDEX_FORMAT, "episodes": 0, "steps": 0, "fingerprint": EMPTY_FINGERPRINT,
+             "provenance": [], "updated": time.time()}
+    atomic_write_bytes(root / INDEX_KEY, json.dumps(index).encode())
+
+
+def _check_seed(seed, where: str, dtype: np.dtype = np.dtype(np.uint64)) -> int:
+    """A seed as stored: 0 <= seed < 2**64 - 1 (uint64, e.g. Minari's automatic 64-bit seeds), or < 2**63
+    in a store made before seeds went uint64 (its column is int64)."""
+    top = int(NO_SEED) if dtype == np.uint64 else 2**63
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < top:
+        older = ("" if dtype == np.uint64 else
+                 "; this dataset was made by an older o2o that stores seeds as int64 — import into a new dataset "
+                 "for 64-bit seeds")
+        limit = "2**64 - 1" if dtype == np.uint64 else "2**63"
+        raise ValueError(f"{where}: seed must be a non-negative integer < {limit} or None, got {seed!r}{older}")
     return int(seed)
 
 

@@ -208,7 +208,7 @@ def _print_collect_summary(result) -> None:
                     f"({result.steps / max(result.seconds, 1e-9):.0f} steps/s)")
     for col in ("source", "episodes", "steps", "return (mean)", "success"):
         t.add_column(col, justify="right")
-    with EpisodeStore.open(result.path) as store:
+    with EpisodeStore.open(result.path, verify=False) as store:  # the append checked the tail it built on
         info = dataset_info(store)
     for src, s in info["sources"].items():
         rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
@@ -224,11 +224,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from o2o.datasets import EpisodeStore
     from o2o.datasets.inspect import dataset_info
 
-    with EpisodeStore.open(args.path) as store:
+    with EpisodeStore.open(args.path, verify=not args.no_verify) as store:
         info = dataset_info(store)
+    damaged = info["integrity"]["problems"]
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return 0
+        return 1 if damaged else 0
     env = info["env"] or {}
     console.print(f"[bold]{info['path']}[/]  env {env.get('name')} ({env.get('id')}), "
                   f"created {info['created']} by o2o {info['o2o_version']}")
@@ -248,18 +249,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
     a = info["action_space"]
     console.print(f"observations: {obs}\nactions: {tuple(a['shape'])} {a['dtype']} in [{min(a['low'])}, {max(a['high'])}]",
                   markup=False)
+    if damaged:
+        for p in damaged:
+            err_console.print(f"DAMAGED {args.path}: {p}", markup=False)
+        err_console.print(f"the figures above include the damaged episodes; run `o2o dataset verify {args.path}` for "
+                          "every problem", markup=False)
+        return 1
+    console.print(f"integrity: {info['integrity']['checked']} checked, intact "
+                  f"({info['integrity']['seconds']:.2f} s)", markup=False)
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from o2o.datasets.inspect import verify_dataset
+    from o2o.datasets.integrity import episode_ranges
+    from o2o.datasets.inspect import verify_report
 
-    problems, notes = verify_dataset(args.path)
-    for n in notes:
+    r = verify_report(args.path)
+    for n in r.notes:
         console.print(f"note: {n}", markup=False)
-    if problems:
-        for p in problems:
+    if r.problems:
+        for p in r.problems:
             err_console.print(f"FAIL {args.path}: {p}", markup=False)
+        if r.episodes and r.affected:
+            intact = r.episodes - len(r.affected)
+            err_console.print(f"{len(r.problems)} problem{'s' if len(r.problems) > 1 else ''}; episodes affected: "
+                              f"{episode_ranges(r.affected)} ({len(r.affected)} of {r.episodes}; the other {intact} "
+                              "are intact: a selection without the affected ones still loads, e.g. `o2o dataset export "
+                              "... --episodes` or `data.episodes=[start,stop]`)", markup=False)
         return 1
     console.print(f"OK {args.path}: every invariant holds", markup=False)
     return 0
@@ -354,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--no-verify", action="store_true",
+                   help="skip the content check (every episode's digest; the structure is always checked)")
     i.set_defaults(func=_cmd_info)
     v = dsub.add_parser("verify", help="check every invariant; exit 1 with the reasons when one fails")
     v.add_argument("path")

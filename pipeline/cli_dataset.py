@@ -47,7 +47,8 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
     from o2o.datasets.formats import export_store, make_selection
 
     opts = {"minari_root": args.minari_root, "data_format": args.data_format, "author": args.author}
-    r = export_store(args.format, args.path, args.out, make_selection(args.source, args.episodes, args.version), **opts)
+    r = export_store(args.format, args.path, args.out, make_selection(args.source, args.episodes, args.version),
+                     verify=not args.no_verify, **opts)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return 0
@@ -93,5 +94,7 @@ def add_dataset_io_parsers(dsub) -> None:
     x.add_argument("--minari-root", help="Minari datasets root (default MINARI_DATASETS_PATH or ~/.minari/datasets)")
     x.add_argument("--data-format", choices=["hdf5", "arrow"], help="Minari storage (default hdf5)")
     x.add_argument("--author", help="Minari: author recorded in the dataset")
+    x.add_argument("--no-verify", action="store_true",
+                   help="skip checking each exported episode against its committed digest")
     _add_selection_args(x)
     x.set_defaults(func=_cmd_export_dataset)

@@ -111,10 +111,13 @@ def import_file(fmt: str, src: str | Path, target: str | Path, selection: Select
 
 
 def export_store(fmt: str, store_path: str | Path, out: str | Path, selection: Selection = Selection(),
-                 **options: Any) -> dict:
-    """Write the selected episodes of the store at ``store_path`` to ``out`` in format ``fmt``."""
+                 verify: bool = True, **options: Any) -> dict:
+    """Write the selected episodes of the store at ``store_path`` to ``out`` in format ``fmt``.
+
+    Every exported episode is checked against its committed digest first (``verify=False`` skips
+    that): select the intact episodes (``o2o dataset verify`` names the others) to rescue them."""
     spec, opts = _options("export", EXPORTERS, fmt, options)
-    with EpisodeStore.open(store_path, mode="r") as store:
+    with EpisodeStore.open(store_path, mode="r", verify=verify) as store:
         idx = store.select(sources=list(selection.sources) if selection.sources else None,
                            episodes=selection.episodes if isinstance(selection.episodes, slice) else
                            (list(selection.episodes) if selection.episodes else None),

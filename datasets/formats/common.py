@@ -208,7 +208,7 @@ def append_foreign(target: str | Path, data: ForeignData, action_bounds: str | N
     name = data.origin.get("file", "?")
     if not data.episodes:
         raise ForeignFormatError(f"{name}: the selection holds no episodes; nothing appended")
-    exists = (target / "zarr.json").exists()
+    exists = EpisodeStore.is_dataset(target)
     if exists:
         with EpisodeStore.open(target, mode="r") as existing:
             schema = existing.schema
@@ -225,7 +225,9 @@ def append_foreign(target: str | Path, data: ForeignData, action_bounds: str | N
             validate_episode(schema, ep, where=label)
         except EpisodeValidationError as e:
             raise ForeignFormatError(f"{e} (nothing appended to '{target}')") from None
-    store = EpisodeStore.open(target, mode="a") if exists else EpisodeStore.create(target, schema, env=data.env)
+    # A new dataset that gets no episode (a refusal at commit) is removed again: nothing half-made stays.
+    store = (EpisodeStore.open(target, mode="a") if exists
+             else EpisodeStore.create(target, schema, env=data.env, remove_if_empty=True))
     try:
         indices = store.append_many(data.episodes)
         version = store.version.to_dict()

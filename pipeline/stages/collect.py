@@ -15,6 +15,7 @@ from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.stages import dataset_verify
 from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
 from o2o.policies.behavior.factory import make_behavior
 
@@ -57,10 +58,14 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
     meta = env_metadata(env, cfg.env)
     layout = env.get_wrapper_attr("obs_layout")
     schema = Schema.from_spaces(env.observation_space, env.action_space, layout, cfg.dataset.action_bounds)
-    if not (path / "zarr.json").exists():
-        return EpisodeStore.create(path, schema, env=meta)
+    verify = dataset_verify(cfg)
+    if not EpisodeStore.is_dataset(path):
+        try:  # a collection that ends before its first commit leaves nothing behind
+            return EpisodeStore.create(path, schema, env=meta, remove_if_empty=True)
+        except FileExistsError:
+            pass  # another process created it meanwhile: append to it like to any existing dataset
     # Check as a reader first: a refused collection leaves the dataset untouched, lock file included.
-    with EpisodeStore.open(path, mode="r") as existing:
+    with EpisodeStore.open(path, mode="r", verify=verify) as existing:
         problems = existing.schema.compatible_with(schema)
         have = existing.env or {}
     for key in ENV_IDENTITY_KEYS:
@@ -71,7 +76,7 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
             f"dataset '{path}' was collected in another env or spaces: " + "; ".join(problems)
             + " (nothing collected; use another dataset.path)"
         )
-    return EpisodeStore.open(path, mode="a")
+    return EpisodeStore.open(path, mode="a", verify=verify)
 
 
 def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
@@ -162,12 +167,13 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episo
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def dataset_artifact(path: str) -> dict:
-    """The dataset as an artifact: its path and *current* version (what downstream stages key on)."""
-    with EpisodeStore.open(path, mode="r") as store:
+def dataset_artifact(path: str, verify: bool = True) -> dict:
+    """The dataset as an artifact: its path and *current* version (what downstream stages key on), and
+    whether readers check contents (``verify``: not part of the artifact's fingerprint)."""
+    with EpisodeStore.open(path, mode="r", verify=verify) as store:
         v = store.version
         return {"path": str(path), "episodes": int(v.episodes), "fingerprint": str(v.fingerprint),
-                "transitions": int(store.num_steps)}
+                "transitions": int(store.num_steps), "verify": bool(verify)}
 
 
 def run_stage(ctx) -> dict:
@@ -183,11 +189,11 @@ def run_stage(ctx) -> dict:
         ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
                 + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
                 + f" ({res.seconds:.0f} s)")
-    return {"dataset": dataset_artifact(str(cfg.dataset.path))}
+    return {"dataset": dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))}
 
 
 def _refresh(ctx, outputs: dict) -> dict:
-    return {"dataset": dataset_artifact(str(ctx.config.dataset.path))}
+    return {"dataset": dataset_artifact(str(ctx.config.dataset.path), dataset_verify(ctx.config))}
 
 
 def _valid(outputs: dict) -> bool:

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.stages import dataset_verify
 from o2o.pipeline.stages.pretrain import check_env, select_episodes
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData
@@ -118,7 +119,7 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
     paths = checkpoint_paths(plain(cfg.ckpts))
     device = resolve_device(cfg.get("device"))
     ope_cfg = OPEConfig.from_mapping({k: v for k, v in plain(cfg.ope).items() if k != "select"})  # select: pretrain only
-    with EpisodeStore.open(cfg.dataset.path, mode="r") as store:
+    with EpisodeStore.open(cfg.dataset.path, mode="r", verify=dataset_verify(cfg)) as store:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
         tr = store.load_transitions(idx)
@@ -228,7 +229,7 @@ def run_stage(ctx) -> dict:
     if e.ope:
         ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in plain(cfg.ope).items() if k != "select"},
                                           "gamma": float(module.hp.gamma)})
-        with EpisodeStore.open(data["path"], mode="r") as store:
+        with EpisodeStore.open(data["path"], mode="r", verify=bool(data.get("verify", True))) as store:
             tr = store.load_transitions(np.arange(data["episodes"]))
             space = store.schema.action_space
         od = OPEData.from_transitions(tr, space.low, space.high, source=data["path"])

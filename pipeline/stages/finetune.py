@@ -100,7 +100,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
 
 
 def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str | Path,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, verify: bool = True) -> dict:
     """Finetune ``checkpoint`` online in ``cfg.env``, appending episodes to ``dataset_path``.
 
     Returns the stage's artifact (see the module docstring); the checkpoint is written to
@@ -113,7 +113,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     if not 0 <= warmup < steps:
         raise ValueError(f"finetune.steps ({steps}) must exceed finetune.warmup_steps ({warmup})")
     n_updates = OnlineInteraction.updates_for(steps, warmup, per_update)
-    with EpisodeStore.open(dataset_path, mode="r") as store:
+    with EpisodeStore.open(dataset_path, mode="r", verify=verify) as store:
         check_env(store, cfg.env)
         module = build_finetune_module(checkpoint, cfg, store)
     offline = module.replay
@@ -134,7 +134,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     rb = f.rollback
     rule = RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative)) if rb.enabled else None
     fp = module.hparams["meta"]["finetune"]["from_fingerprint"]
-    store = EpisodeStore.open(dataset_path, mode="a")  # the writer lock for the whole online phase
+    store = EpisodeStore.open(dataset_path, mode="a", verify=verify)  # the writer lock for the whole online phase
     before = after = store.version
     sink = EpisodeSink(store, int(f.commit_every_episodes), float(f.commit_every_s))
     interaction = None
@@ -240,7 +240,8 @@ def run_stage(ctx) -> dict:
     ckpt, gate, data = ctx.inputs["checkpoint"], ctx.inputs["gate"], ctx.inputs["dataset"]
     if not gate.get("passed"):  # the dag blocks finetune after a failed gate; this guards direct use
         raise RuntimeError("finetune: the gate did not pass; the offline policy may not go online")
-    res = finetune(ctx.config, ckpt["path"], data["path"], ctx.out_dir, log=ctx.log)
+    res = finetune(ctx.config, ckpt["path"], data["path"], ctx.out_dir, log=ctx.log,
+                   verify=bool(data.get("verify", True)))
     offline = (ctx.inputs["evaluation"].get("sim") or {})
     ctx.log(f"  {res['summary']}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
                                       if "return_mean" in offline else ""))

@@ -18,12 +18,13 @@ from o2o.pipeline.dag import Stage, StageFailed
 from o2o.pipeline.gate import Evidence, decide
 
 
-def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048, seed: int = 0) -> dict:
+def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048, seed: int = 0,
+                 verify: bool = True) -> dict:
     """The policy's actions on up to ``n`` recorded observations: finite? within the bounds?"""
     from o2o.policies.algos.base import load_algorithm
 
     module = load_algorithm(ckpt_path)
-    with EpisodeStore.open(dataset_path, mode="r") as store:
+    with EpisodeStore.open(dataset_path, mode="r", verify=verify) as store:
         tr = store.load_transitions(np.arange(episodes))
         space = store.schema.action_space
     obs = np.asarray(tr.observations, np.float32)
@@ -39,7 +40,7 @@ def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048
 
 def run_stage(ctx) -> dict:
     ev_in, ckpt, data = ctx.inputs["evaluation"], ctx.inputs["checkpoint"], ctx.inputs["dataset"]
-    acts = action_check(ckpt["path"], data["path"], data["episodes"])
+    acts = action_check(ckpt["path"], data["path"], data["episodes"], verify=bool(data.get("verify", True)))
     d = ev_in["data"]
     evidence = Evidence(sim=ev_in.get("sim"), ope_value=(ev_in.get("ope") or {}).get("ope/fqe_value"),
                         data_return_mean=d["return_mean"], data_success_rate=d["success_rate"],

@@ -27,6 +27,7 @@ from o2o.datasets.reading import parse_version
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.stages import dataset_verify
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
@@ -263,7 +264,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     L.seed_everything(int(cfg.trainer.seed), workers=False, verbose=False)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with EpisodeStore.open(cfg.dataset.path, mode="r") as store:
+    with EpisodeStore.open(cfg.dataset.path, mode="r", verify=dataset_verify(cfg)) as store:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
         module, replay = build_module(cfg, store, idx)
@@ -328,7 +329,7 @@ def run_stage(ctx) -> dict:
             ctx.log(f"  warm start from {init_from} (trained on dataset version {prev.get('dataset_version')})")
         else:
             ctx.log("  pretrain.init=previous: no earlier checkpoint of this algorithm; training from scratch")
-    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data["path"]},
+    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data["path"], "verify": bool(data.get("verify", True))},
                                        "data": {"version": f"{data['episodes']}@{data['fingerprint']}"},
                                        "run_dir": str(ctx.out_dir), "init_from": init_from})
     res = pretrain(cfg)

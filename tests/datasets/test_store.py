@@ -171,7 +171,7 @@ def assert_table_and_selection(store: EpisodeStore, model: list[dict]) -> None:
     assert t["start"].tolist() == np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int).tolist()[:n]
     assert t["returns"].tolist() == [m["returns"] for m in model]
     assert t["success"].tolist() == [-1 if m["success"] is None else int(m["success"]) for m in model]
-    assert t["seed"].tolist() == [-1 if m["seed"] is None else m["seed"] for m in model]
+    assert t["seed"].tolist() == [m["seed"] for m in model]  # None: no seed
     assert list(zip(t["start_time"].tolist(), t["end_time"].tolist())) == [m["times"] for m in model]
     assert t["terminated"].tolist() == [bool(m["terminals"][-1]) for m in model]
     assert t["truncated"].tolist() == [bool(m["timeouts"][-1]) for m in model]
@@ -373,8 +373,8 @@ def test_verify_detects_a_tampered_chunk(filled):
     assert verify_dataset(path) == ([], [])
     zarr.open_array(str(path / "data" / "rewards"), mode="r+")[0] = 123
     problems, _ = verify_dataset(path)
-    assert any("episode 0: content digest mismatch" in p for p in problems), problems
-    assert any("episode 0: stored return" in p for p in problems), problems
+    assert any("content digest mismatch in 1 episode (0)" in p for p in problems), problems
+    assert any("stored returns differ from the sums of rewards in episodes 0" in p for p in problems), problems
 
 
 def test_verify_detects_a_tampered_index_fingerprint(filled):
@@ -383,7 +383,9 @@ def test_verify_detects_a_tampered_index_fingerprint(filled):
     index["fingerprint"] = "0123456789ab" + index["fingerprint"][12:]
     (path / "index.json").write_text(json.dumps(index))
     problems, _ = verify_dataset(path)
-    assert problems == [f"index.json fingerprint 0123456789ab != recomputed {filled[2][-1].fingerprint[:12]}"]
+    last = filled[2][-1]
+    assert problems == [f"index.json fingerprint 0123456789ab != the chain value {last.fingerprint[:12]} stored with "
+                        f"the last episode ({last.episodes - 1})"]
 
 
 def test_writer_spare_room_is_a_note_and_close_trims_it(tmp_path):

@@ -86,7 +86,8 @@ def test_verify_fails_with_reasons_on_a_tampered_dataset(tmp_path):
     rewards[5] = np.float32(rewards[5]) + 1.0
     bad = run_cli("dataset", "verify", str(path))
     assert bad.returncode == 1
-    assert "episode 0" in bad.stderr and "digest mismatch" in bad.stderr
+    assert "content digest mismatch in 1 episode (0)" in bad.stderr, bad.stderr
+    assert "episodes affected: 0 (1 of 3; the other 2 are intact" in bad.stderr, bad.stderr
 
 
 def test_cfg_prints_documented_keys(capsys):
@@ -107,3 +108,25 @@ def test_missing_dataset_is_reported(args, capsys):
     captured = capsys.readouterr()
     assert rc in (1, 2)
     assert "/nonexistent/x.zarr" in captured.err + captured.out
+
+
+def test_collect_and_pretrain_refuse_a_damaged_dataset(tmp_path, capsys):
+    """The issue's case: a changed row used to be appended on top of and trained on (rc 0)."""
+    path = tmp_path / "maze.zarr"
+    common = ["env=pointmaze", f"dataset.path={path}"]
+    assert main(["collect", *common, "behavior=random", "collect.episodes=4", "collect.progress=false"]) == 0
+    obs = zarr.open_array(str(path / "data" / "obs" / "state"), mode="r+")
+    obs[30] = obs[30] + 0.33
+    before = tree_bytes(path)
+    capsys.readouterr()
+    assert main(["collect", *common, "behavior=random", "collect.episodes=1", "collect.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "is damaged: content digest mismatch" in err and "Nothing was appended" in err, err
+    after = tree_bytes(path)
+    assert {k: v for k, v in after.items() if k != ".o2o.lock"} == {k: v for k, v in before.items() if k != ".o2o.lock"}
+    train = ["pretrain", *common, "algo=bc", "trainer.max_steps=2", "trainer.progress=false", "eval.enabled=false",
+             "ope.select=false", f"run_dir={tmp_path / 'run'}"]
+    assert main(train) == 2
+    err = capsys.readouterr().err
+    assert "is damaged: content digest mismatch" in err and "Nothing was loaded" in err, err
+    assert main([*train, "dataset.verify=false"]) == 0  # the explicit opt-out
