@@ -80,7 +80,10 @@ def _is_group_override(o) -> bool:
     """Whether Hydra takes override ``o`` as a choice of config group (``+experiment=room``): its key names
     a group (a folder of configs/, or one of Hydra's own) and its value is not a mapping (Hydra's rule)."""
     key = o.key_or_group
-    is_group = key.split(".")[0] == "hydra" or config_root().joinpath(*key.split("/")).is_dir()
+    folder = config_root()
+    for part in key.split("/"):  # one name per joinpath: Python 3.10's Traversable takes one
+        folder = folder.joinpath(part)
+    is_group = key.split(".")[0] == "hydra" or folder.is_dir()
     return is_group and not (o.type.name != "DEL" and isinstance(o.value(), dict))
 
 
