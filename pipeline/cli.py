@@ -67,15 +67,13 @@ def _hydra_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from o2o.pipeline.progress import CollectProgress
+    from o2o.pipeline.progress import collect_progress
     from o2o.pipeline.stages.collect import collect
 
     cfg = _compose("collect", args)
     if cfg is None:
         return 0
-    # A teleoperation draws its own status line on the terminal: no progress bar over it.
-    bar_on = bool(cfg.collect.progress) and cfg.behavior.get("kind") != "human"
-    with CollectProgress(total=int(cfg.collect.episodes), enabled=bar_on) as bar:
+    with collect_progress(cfg) as bar:  # none over a teleoperation's own status line
         result = collect(cfg, progress=bar.update)
     _print_collect_summary(result)
     return 0

@@ -29,14 +29,14 @@ GROUP_MEANINGS = {
 MAIN_KEYS = {
     "run": ["pipeline.stages", "collect.behaviors", "dataset.path", "trainer.max_steps", "eval.every",
             "evaluation.episodes", "finetune.steps", "finetune.warmup_steps", "pretrain.init", "run_dir", "state_dir",
-            "collect.progress", "trainer.progress", "finetune.progress"],
+            "collect.progress", "trainer.progress", "evaluation.progress", "finetune.progress"],
     "collect": ["collect.episodes", "collect.seed", "dataset.path", "dataset.action_bounds", "behavior.noise_std",
                 "behavior.policy_id", "collect.commit_every_s", "collect.progress"],
     "pretrain": ["trainer.max_steps", "trainer.accelerator", "trainer.devices", "trainer.precision", "algo.batch_size",
                  "algo.hidden", "data.sources", "data.obs_clip", "eval.enabled", "eval.every", "eval.episodes",
                  "checkpoint.monitor", "init_from", "trainer.ckpt_path", "dataset.path", "run_dir", "trainer.progress"],
     "evaluate": ["ckpts", "dataset.path", "data.sources", "ope.fqe_updates", "ope.bootstrap", "ope.fqe_refits",
-                 "sim.enabled", "sim.episodes", "device", "output"],
+                 "sim.enabled", "sim.episodes", "device", "output", "progress"],
     "export": ["ckpt", "out", "tolerance", "parity.observations", "closed_loop.episodes", "closed_loop.max_success_drop",
                "runtime.max_delta", "runtime.safe_action", "runtime.deadline_s"],
 }
@@ -45,8 +45,7 @@ MAIN_KEYS = {
 # "<command>:<key>" for one command only.
 MEANINGS = {
     "pretrain:run_dir": "this run's folder: checkpoints/, tb/, csv/, config.yaml, summary.json",
-    "collect.progress": "show progress: episodes, steps/s, return, success",
-    "finetune.progress": "show progress: updates, env steps, episodes",
+    "trainer.progress": "progress: updates, updates/s, ETA, losses",
     "dataset.action_bounds": "actions outside the env's action space: error (refuse the episode) | clip | ignore",
     "parity.observations": "recorded observations the exports must reproduce the torch policy on",
     "closed_loop.episodes": "episodes of the export through the runtime vs the trained policy (0: skip)",
@@ -188,6 +187,9 @@ def command_epilog(name: str | None) -> str:
         lines += [f"  {a:<{width}}{m}" if len(a) < width else f"  {a}\n  {'':<{width}}{m}" for a, m in rows]
         lines += ["", f"`o2o {name} --cfg` prints every key. A key no config declares is refused by name; "
                       f"+key=value adds one only below {', '.join(OPEN_SECTIONS)}."]
+        if name != "export":
+            lines.append("Progress: a bar on a terminal; in a file, a pipe or CI a plain line every "
+                         "O2O_PROGRESS_EVERY_S seconds (default 10); *.progress=false: none.")
         lines.append("")
     lines += ["examples:", *(f"  {e}" for e in EXAMPLES[name])]
     return "\n".join(lines)

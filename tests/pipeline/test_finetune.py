@@ -7,6 +7,7 @@ forced downhill is rolled back to its best weights; an interrupted run keeps its
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -169,6 +170,19 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
         t = store.episodes_table()
         online = t["source"] == "online"
         assert online.sum() >= 5 and t["length"][online].tolist() == [60] * int(online.sum())
+
+
+def test_finetune_reports_updates_env_steps_and_episodes_in_plain_lines(offline, tmp_path, capfd, monkeypatch):
+    data = fresh_copy(offline, tmp_path)
+    monkeypatch.setenv("O2O_PROGRESS_EVERY_S", "0.02")
+    capfd.readouterr()
+    finetune(run_cfg(data, "finetune.steps=180", "finetune.eval.every=60"), offline["checkpoint"], str(data),
+             tmp_path / "ft")
+    out = capfd.readouterr()
+    assert "\r" not in out.out and "\r" not in out.err
+    assert re.search(r"^\[finetune\] [\d,]+/120 updates \(\d+%\), [\d.,]+ updates/s, ETA \d:\d\d:\d\d, .*critic_loss "
+                     r"[\d.e-]+, .*env steps \d+/180, episodes \d$", out.out, re.M), out.out
+    assert re.search(r"^\[finetune\] 120/120 updates \(100%\) in .*, env steps 180/180, episodes 3$", out.out, re.M)
 
 
 def test_finetune_refuses_a_warmup_as_long_as_the_run(offline, tmp_path):
