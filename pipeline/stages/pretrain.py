@@ -207,7 +207,8 @@ def resolve_precision(precision: Any, accelerator: str = "auto") -> str:
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, label: str = "pretrain",
                  stats: Callable[[], dict] | None = None) -> L.Trainer:
     """The Lightning trainer of ``cfg.trainer``; with ``trainer.progress`` its progress (updates,
-    rate, ETA, losses and ``stats()``) as ``[label]`` (o2o.pipeline.progress)."""
+    rate, ETA, losses and ``stats()``) as ``[label]`` (o2o.pipeline.progress). Lightning's own
+    checkpointing only where ``callbacks`` hold a ModelCheckpoint (finetune saves its one checkpoint itself)."""
     t = cfg.trainer
     quiet_lightning()
     loggers = [TensorBoardLogger(str(run_dir), name="tb", version=""), CSVLogger(str(run_dir), name="csv", version="")]
@@ -224,7 +225,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, label: str = "
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=int(t.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
         log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
         use_distributed_sampler=False, deterministic=False,
     )
 

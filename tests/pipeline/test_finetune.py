@@ -85,6 +85,8 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert [c["step"] for c in res["curve"]] == [0, 180, 300] and not res["rolled_back"]
     assert 0.0 <= res["online"]["clipped_share"] <= 1.0  # the default data.obs_clip (10) is on
     assert res["fingerprint"] == sha256_file(res["checkpoint"]) and "return_mean" in res["evaluation"]
+    # The one checkpoint finetuning writes; no Lightning default checkpoint beside the logs.
+    assert sorted(p.name for p in (tmp_path / "ft").rglob("*.ckpt")) == ["finetuned.ckpt"]
     tuned, before = load_algorithm(res["checkpoint"]), load_algorithm(offline["checkpoint"])
     meta = tuned.hparams["meta"]["finetune"]
     assert meta["from_checkpoint"] == offline["checkpoint"] and meta["from_fingerprint"] == src_fp
