@@ -40,25 +40,40 @@ def _compose(name: str, args: argparse.Namespace, resolve: bool = True):
     return cfg
 
 
-def _hydra_command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
-    """A subcommand taking Hydra overrides and ``--cfg``, e.g. ``o2o <name> key=value ...``."""
-    c = sub.add_parser(name, help=help, description=f"Hydra overrides, e.g. {example}")
-    c.add_argument("overrides", nargs="*", help="Hydra overrides key=value")
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog is built only when help is shown (building it composes configs)."""
+
+    epilog_factory = None
+
+    def format_help(self) -> str:
+        if self.epilog is None and self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+def _hydra_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A subcommand taking Hydra overrides and ``--cfg``, e.g. ``o2o <name> key=value ...``; its help
+    lists the config groups, main keys and examples (:mod:`o2o.pipeline.cli_help`)."""
+    from o2o.pipeline.cli_help import command_epilog
+
+    c = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. Takes Hydra overrides: "
+                                                    "group=option and key=value.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.epilog_factory = lambda: command_epilog(name)
+    c.add_argument("overrides", nargs="*", help="Hydra overrides: group=option, key=value")
     c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
     c.set_defaults(func=func)
     return c
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from o2o.pipeline.progress import CollectProgress
+    from o2o.pipeline.progress import collect_progress
     from o2o.pipeline.stages.collect import collect
 
     cfg = _compose("collect", args)
     if cfg is None:
         return 0
-    # A teleoperation draws its own status line on the terminal: no progress bar over it.
-    bar_on = bool(cfg.collect.progress) and cfg.behavior.get("kind") != "human"
-    with CollectProgress(total=int(cfg.collect.episodes), enabled=bar_on) as bar:
+    with collect_progress(cfg) as bar:  # none over a teleoperation's own status line
         result = collect(cfg, progress=bar.update)
     _print_collect_summary(result)
     return 0
@@ -339,26 +354,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="o2o", description="Offline-to-online robot learning pipelines.")
+    from o2o.pipeline.cli_help import command_epilog
+
+    p = _Parser(prog="o2o", description="Offline-to-online robot learning pipelines.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog_factory = lambda: command_epilog(None)
     sub = p.add_subparsers(dest="command", required=True)
     r = _hydra_command(sub, "run", _cmd_run,
-                       "the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)",
-                       "env=pointmaze algo=cql pipeline.stages=[collect,pretrain]")
+                       "the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)")
     r.add_argument("--dry-run", action="store_true", help="print the plan (what runs, what is unchanged) and exit")
     r.add_argument("--force", default=None, help="comma-separated stages to rerun even if unchanged")
-    _hydra_command(sub, "collect", _cmd_collect, "log episodes of a behaviour policy into the dataset",
-                   "env=lift behavior=noisy collect.episodes=50 dataset.path=data/lift.zarr")
+    _hydra_command(sub, "collect", _cmd_collect, "log episodes of a behaviour policy into the dataset")
     _hydra_command(sub, "pretrain", _cmd_pretrain,
-                   "train an offline algorithm (BC, IQL, CQL, AWAC, COMBO, SAC) on the dataset",
-                   "env=pointmaze algo=cql trainer.max_steps=20000")
+                   "train an offline algorithm (BC, IQL, CQL, Cal-QL, AWAC, TD3+BC, COMBO, SAC) on the dataset")
     _hydra_command(sub, "evaluate", _cmd_evaluate,
-                   "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation",
-                   "env=pointmaze dataset.path=data/pointmaze.zarr ckpts=[a.ckpt,b.ckpt] ope.fqe_updates=20000 "
-                   "sim.episodes=20")
+                   "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation")
     _hydra_command(sub, "export", _cmd_export,
-                   "export a checkpoint to ONNX + TorchScript + manifest, verified against torch",
-                   "ckpt=runs/pretrain/<run>/checkpoints/best-3000.ckpt out=exports/lift-iql runtime.max_delta=0.2 "
-                   "closed_loop.episodes=20")
+                   "export a checkpoint to ONNX + TorchScript + manifest, verified against torch")
     s = sub.add_parser("serve", help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
                        description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
                                    "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "

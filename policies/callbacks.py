@@ -10,7 +10,7 @@ there). A Q far above the achieved return is the signature of offline overestima
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import numpy as np
@@ -29,11 +29,13 @@ class SimEvaluation(L.Callback):
         self.history: list[dict[str, float]] = []
         self._last_eval_step = -1
 
-    def evaluate(self, module) -> dict[str, float]:
+    def evaluate(self, module, progress: Callable[[int], None] | None = None) -> dict[str, float]:
+        """The evaluator's summary of ``module``'s deterministic policy, with the value diagnostic;
+        ``progress(episodes done)`` after each episode."""
         was_training = module.training
         module.eval()
         try:
-            res = self.evaluator(lambda obs: module.act(obs, deterministic=True))
+            res = self.evaluator(lambda obs: module.act(obs, deterministic=True), progress=progress)
             metrics = res.summary(self.references)
             with torch.no_grad():
                 o = module.normalize_obs(torch.as_tensor(res.start_observations, device=module.device))
@@ -101,6 +103,45 @@ class UpdateRate(L.Callback):
             self.rates.append(rate)
             pl_module.log("train/updates_per_s", rate, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
             self._t0, self._n0 = now, n
+
+
+class TrainingProgress(L.Callback):
+    """Reports training's progress to ``display`` (rank 0 only): ``display.update(updates, stats)``
+    after every update, where the stats are the losses logged to the progress bar plus ``extra()``
+    (e.g. env steps while finetuning), computed only when ``display`` asks; ``display.close()``
+    when training ends or fails. ``display`` is any object with ``update`` and ``close``
+    (``o2o.pipeline.progress.Progress``), built by ``make(initial_updates, total_updates)`` at the
+    start of training."""
+
+    def __init__(self, make: Callable[[int, int], Any], extra: Callable[[], Mapping[str, Any]] | None = None):
+        self.make, self.extra = make, extra
+        self.display = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.display = self.make(int(trainer.global_step), int(trainer.max_steps))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.display is not None:
+            self.display.update(int(trainer.global_step), lambda: self.stats(trainer))
+
+    def stats(self, trainer) -> dict[str, Any]:
+        out: dict[str, Any] = {k.removeprefix("train/"): v for k, v in trainer.progress_bar_metrics.items()
+                               if k.endswith("_loss")}
+        if self.extra is not None:
+            out.update(self.extra())
+        return out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.display is not None:
+            self.display.close()
+            self.display = None
 
 
 def best_from_history(history: list[dict[str, float]], metric: str) -> dict[str, float] | None:

@@ -81,7 +81,8 @@ class Evaluator:
                                          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         return self._venv
 
-    def __call__(self, policy: PolicyFn) -> EvalResult:
+    def __call__(self, policy: PolicyFn, progress: Callable[[int], None] | None = None) -> EvalResult:
+        """``episodes`` episodes of ``policy``; ``progress(episodes done)`` after each one."""
         venv = self._env()
         n = self.num_envs
         quota = np.array([self.episodes // n + (i < self.episodes % n) for i in range(n)])
@@ -111,6 +112,8 @@ class Evaluator:
                     out["successes"].append(succ[i])
                     out["start_observations"].append(starts[i])
                     done_count[i] += 1
+                    if progress is not None:
+                        progress(len(out["returns"]))
                 # SAME_STEP autoreset: obs[i] is already the next episode's first observation.
                 ret[i], dret[i], length[i], disc[i], succ[i] = 0.0, 0.0, 0, 1.0, np.nan
                 starts[i] = np.asarray(obs[i]).copy()

@@ -180,12 +180,14 @@ def run_stage(ctx) -> dict:
     """``o2o run``'s collect: each ``collect.behaviors`` entry (a behaviour config name and an
     episode count) appended in turn to ``dataset.path``."""
     from o2o.pipeline.config import load_config
+    from o2o.pipeline.progress import collect_progress
 
     cfg = ctx.config
     for item in cfg.collect.behaviors:
         part = OmegaConf.merge(cfg, {"behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
-                                     "collect": {"episodes": int(item.episodes), "progress": False}})
-        res = collect(part)
+                                     "collect": {"episodes": int(item.episodes)}})
+        with collect_progress(part, f"collect {item.behavior}") as bar:
+            res = collect(part, progress=bar.update)
         ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
                 + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
                 + f" ({res.seconds:.0f} s)")

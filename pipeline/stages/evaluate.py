@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.progress import Progress
 from o2o.pipeline.stages import dataset_verify
 from o2o.pipeline.stages.pretrain import check_env, select_episodes
 from o2o.policies.ope.config import OPEConfig
@@ -142,16 +143,22 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
         evaluator = Evaluator(plain(cfg.env), episodes=int(sim.episodes), num_envs=int(sim.num_envs),
                               seed=int(sim.seed), gamma=ope_cfg.gamma, asynchronous=bool(sim.asynchronous))
     rows: list[dict[str, Any]] = []
+    show = bool(cfg.get("progress", True))
     try:
-        behavior = fit_behavior(data, ope_cfg)
-        for path in paths:
+        with Progress("evaluate: behaviour model", ope_cfg.behavior_updates, "updates", enabled=show) as bar:
+            behavior = fit_behavior(data, ope_cfg, progress=bar.update)
+        for i, path in enumerate(paths):
             module, policy = load_policy(path, data)
             row: dict[str, Any] = {"checkpoint": path, "updates": module.update_count,
                                    "algo": str(module.hp.name or type(module).__name__)}
-            row.update(evaluate_policy(policy, data, ope_cfg, behavior))
+            which = f"evaluate {i + 1}/{len(paths)}"
+            with Progress(f"{which}: FQE", ope_cfg.fqe_updates * (1 + ope_cfg.fqe_refits), "updates",
+                          enabled=show) as bar:
+                row.update(evaluate_policy(policy, data, ope_cfg, behavior, progress=bar.update))
             row["ope/behavior_nll"] = behavior.nll
             if evaluator is not None:
-                summary = evaluator(lambda obs: module.act(obs, deterministic=True)).summary()
+                with Progress(f"{which}: simulation", evaluator.episodes, "episodes", enabled=show) as bar:
+                    summary = evaluator(lambda obs: module.act(obs, deterministic=True), progress=bar.update).summary()
                 row.update({f"eval/{k}": v for k, v in summary.items()})
             rows.append(row)
             if progress is not None:
@@ -210,6 +217,7 @@ def run_stage(ctx) -> dict:
 
     cfg, ckpt, data = ctx.config, ctx.inputs["checkpoint"], ctx.inputs["dataset"]
     e = cfg.evaluation
+    show = bool(e.get("progress", True))
     module = load_algorithm(ckpt["path"])
     out: dict[str, Any] = {"checkpoint": ckpt["path"], "gamma": float(module.hp.gamma),
                            "horizon": int(cfg.env.max_episode_steps), "data": data_behaviour(data["path"],
@@ -218,7 +226,9 @@ def run_stage(ctx) -> dict:
         ev = Evaluator(plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
                        gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))
         try:
-            out["sim"] = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(module)
+            with Progress("evaluate: simulation", int(e.episodes), "episodes", enabled=show) as bar:
+                out["sim"] = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(
+                    module, progress=bar.update)
         finally:
             ev.close()
         s = out["sim"]
@@ -234,7 +244,10 @@ def run_stage(ctx) -> dict:
             space = store.schema.action_space
         od = OPEData.from_transitions(tr, space.low, space.high, source=data["path"])
         _, policy = load_policy(ckpt["path"], od)
-        est = evaluate_policy(policy, od, ope_cfg, fit_behavior(od, ope_cfg))
+        with Progress("evaluate: behaviour model", ope_cfg.behavior_updates, "updates", enabled=show) as bar:
+            behavior = fit_behavior(od, ope_cfg, progress=bar.update)
+        with Progress("evaluate: FQE", ope_cfg.fqe_updates * (1 + ope_cfg.fqe_refits), "updates", enabled=show) as bar:
+            est = evaluate_policy(policy, od, ope_cfg, behavior, progress=bar.update)
         out["ope"] = {k: v for k, v in est.items() if isinstance(v, (int, float))}
         ctx.log(f"  OPE: FQE {out['ope'].get('ope/fqe_value', float('nan')):.1f}")
     (ctx.out_dir / "evaluation.json").write_text(json.dumps(out, indent=2, default=_json_default))

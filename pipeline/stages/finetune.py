@@ -150,7 +150,9 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         tcfg = OmegaConf.create({"trainer": {**plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
                                              "strategy": "auto", "progress": bool(f.progress)},
                                  "algo": {"log_every": int(module.hp.log_every)}})
-        trainer = make_trainer(tcfg, out_dir, [monitor, interaction])  # pre-finetune evaluation before the warm-up
+        trainer = make_trainer(tcfg, out_dir, [monitor, interaction], "finetune",  # pre-finetune evaluation first
+                               lambda: {"env steps": f"{interaction.steps:,}/{steps:,}",
+                                        "episodes": len(interaction.episodes)})
         log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))

@@ -13,12 +13,12 @@ import logging
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,10 +27,11 @@ from o2o.datasets.reading import parse_version
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.progress import Progress
 from o2o.pipeline.stages import dataset_verify
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.allocator import tune_cpu_allocator
-from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
+from o2o.policies.callbacks import SimEvaluation, TrainingProgress, UpdateRate, best_from_history
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 from o2o.policies.evaluation import Evaluator
 
@@ -204,12 +205,17 @@ def resolve_precision(precision: Any, accelerator: str = "auto") -> str:
     return precision
 
 
-def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, label: str = "pretrain",
+                 stats: Callable[[], dict] | None = None) -> L.Trainer:
+    """The Lightning trainer of ``cfg.trainer``; with ``trainer.progress`` its progress (updates,
+    rate, ETA, losses and ``stats()``) as ``[label]`` (o2o.pipeline.progress). Lightning's own
+    checkpointing only where ``callbacks`` hold a ModelCheckpoint (finetune saves its one checkpoint itself)."""
     t = cfg.trainer
     quiet_lightning()
     loggers = [TensorBoardLogger(str(run_dir), name="tb", version=""), CSVLogger(str(run_dir), name="csv", version="")]
     if t.progress:
-        callbacks = callbacks + [TQDMProgressBar(refresh_rate=25)]
+        callbacks = callbacks + [TrainingProgress(lambda done, total: Progress(label, total, "updates", initial=done),
+                                                  stats)]
     strategy = t.strategy
     if strategy == "ddp":
         # Every update runs one backward pass per network (critic, actor, ...), each touching only
@@ -219,8 +225,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         accelerator=t.accelerator, devices=t.devices, strategy=strategy,
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=int(t.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
-        log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=bool(t.progress),
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
+        log_every_n_steps=int(cfg.algo.get("log_every", 50)), enable_progress_bar=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(run_dir),
         use_distributed_sampler=False, deterministic=False,
     )
 

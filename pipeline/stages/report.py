@@ -68,33 +68,85 @@ def dataset_section(out: Path, data: dict) -> list[str]:
             "![dataset](dataset.png)", ""]
 
 
-def training_section(out: Path, ckpt: dict) -> list[str]:
+LOG_SPAN = 30.0  # a positive loss whose largest value is this many times its smallest gets a log axis
+MIN_RELATIVE_SPAN = 0.1  # the finetuning curve's axis covers at least +-10% of the pre-finetune level
+
+
+def _legend_below(ax, handles: list | None = None, labels: list | None = None):
+    """The legend under the axes, outside them: it covers no curve."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    return ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                     ncol=min(3, max(1, len(handles))), frameon=False)
+
+
+def _loss_axis(ax, values: list[float]) -> str:
+    """A readable y-axis for one loss: log with labelled 1-2-5 ticks when the loss is positive and spans more
+    than LOG_SPAN x (a fall from its first updates), else linear. Returns the scale's name."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if len(v) and v.min() > 0 and v.max() / v.min() > LOG_SPAN:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        return "log"
+    return "linear"
+
+
+def training_figure(metrics: list[dict], hist: list[dict]):
+    """Offline training: one small panel per loss (its own axis: linear, or log when it falls by more than
+    LOG_SPAN x), and the periodic evaluation under them. ``metrics``: the rows of Lightning's metrics.csv."""
     plt = _plt()
+    losses = {}
+    for key in sorted({k for r in metrics for k in r if k.startswith("train/") and k.endswith("_loss")}):
+        pts = [(int(r["step"]), float(r[key])) for r in metrics if r.get(key) not in (None, "")]
+        if pts:
+            losses[key.removeprefix("train/")] = pts
+    cols = max(1, len(losses))
+    fig = plt.figure(figsize=(max(10.0, 3.2 * cols), 7.2))
+    grid = fig.add_gridspec(2, cols, height_ratios=(1, 1.25), hspace=0.55, wspace=0.35)
+    scales = []
+    for i, (name, pts) in enumerate(losses.items()):
+        ax = fig.add_subplot(grid[0, i])
+        steps, values = zip(*pts)
+        ax.plot(steps, values, lw=1)
+        scale = _loss_axis(ax, values)
+        scales.append(scale)
+        ax.set_title(name + (" (log axis)" if scale == "log" else ""), fontsize=9)
+        ax.set_xlabel("update", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, which="major")
+    ev = fig.add_subplot(grid[1, :])
+    if hist:
+        steps = [h["step"] for h in hist]
+        ev.plot(steps, [h["return_mean"] for h in hist], "o-", label="return (simulated)")
+        if all("q_start_mean" in h for h in hist):
+            ev.plot(steps, [h["q_start_mean"] for h in hist], "s--", label="Q(start), estimated")
+            ev.plot(steps, [h["mc_discounted_return_mean"] for h in hist], "^:", label="discounted return, achieved")
+        _legend_below(ev)
+    ev.set(xlabel="update", ylabel="env reward units",
+           title="periodic evaluation" if hist else "periodic evaluation (none: eval.enabled=false)")
+    how = ("each on its own axis; log where a loss fell by more than "
+           f"{LOG_SPAN:g}x" if "log" in scales else "each on its own linear axis")
+    fig.suptitle(f"training losses ({how})" if losses else "training losses (none logged)", fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.2)
+    return fig
+
+
+def training_section(out: Path, ckpt: dict) -> list[str]:
     lines = [f"## Offline training\n\n{ckpt['algo']}, {ckpt['updates']} updates; checkpoint `{ckpt['path']}` "
              f"chosen by {ckpt['selection']}.\n"]
     metrics = Path(ckpt["summary"]).parent / "csv" / "metrics.csv"
-    hist = ckpt.get("evaluations") or []
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
-    if metrics.exists():
-        rows = list(csv.DictReader(open(metrics)))
-        for key in sorted({k for r in rows for k in r if k.startswith("train/") and k.endswith("_loss")}):
-            pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
-            if pts:
-                ax[0].plot(*zip(*pts), label=key.removeprefix("train/"))
-        ax[0].set(xlabel="update", title="training losses", yscale="symlog")
-        ax[0].legend(fontsize=8)
-    if hist:
-        steps = [h["step"] for h in hist]
-        ax[1].plot(steps, [h["return_mean"] for h in hist], "o-", label="return (simulated)")
-        if all("q_start_mean" in h for h in hist):
-            ax[1].plot(steps, [h["q_start_mean"] for h in hist], "s--", label="Q(start), estimated")
-            ax[1].plot(steps, [h["mc_discounted_return_mean"] for h in hist], "^:", label="discounted return, achieved")
-        ax[1].set(xlabel="update", title="periodic evaluation")
-        ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=90)
-    plt.close(fig)
-    return [*lines, "![training](training.png)", ""]
+    rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
+    fig = training_figure(rows, ckpt.get("evaluations") or [])
+    fig.savefig(out / "training.png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return [*lines, "![training](training.png)", "",
+            "Each loss has its own axis (log where it fell by more than "
+            f"{LOG_SPAN:g}x); under them, the critic's Q(start) next to the discounted return the policy achieved.", ""]
 
 
 def evaluation_section(ev: dict | None) -> list[str]:
@@ -123,37 +175,59 @@ def gate_section(gate: dict | None) -> list[str]:
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
 
 
-def finetune_section(out: Path, ft: dict | None) -> list[str]:
-    """The finetuning curve (periodic evaluations by env step) with the pre-finetune level, the
-    rollback threshold and any rollback marked; the final evaluation next to the starting level."""
-    if ft is None:
-        return ["## Online finetuning\n\nThis stage did not run in this pipeline.\n"]
+def finetune_figure(ft: dict):
+    """The finetuning curve (periodic evaluations by env step) with the pre-finetune level, the success rate
+    on its own axis, and any rollback marked. The metric's axis spans at least +-MIN_RELATIVE_SPAN of the
+    pre-finetune level, so a change of a fraction of a percent does not look steep; the legend sits
+    under the axes."""
     plt = _plt()
     curve, rb = ft.get("curve") or [], ft.get("rollback")
     metric = (rb or {}).get("metric", "return_mean")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    handles: list = []
+    values = [float(c[metric]) for c in curve if c.get(metric) is not None]
     if curve:
         steps = [c["step"] for c in curve]
-        ax.plot(steps, [c.get(metric) for c in curve], "o-", label=f"{metric} (periodic evaluation)")
-        ax.axhline(curve[0][metric], color="gray", ls="--", lw=1, label="pre-finetune level")
+        handles += ax.plot(steps, [c.get(metric) for c in curve], "o-", label=f"{metric} (periodic evaluation)")
+        handles.append(ax.axhline(curve[0][metric], color="gray", ls="--", lw=1, label="pre-finetune level"))
         if any("success_rate" in c for c in curve) and metric != "success_rate":
             ax2 = ax.twinx()
-            ax2.plot(steps, [c.get("success_rate") for c in curve], "s:", color="tab:green", label="success rate")
+            handles += ax2.plot(steps, [c.get("success_rate") for c in curve], "s:", color="tab:green",
+                                label="success rate (right axis)")
             ax2.set(ylabel="success rate", ylim=(-0.05, 1.05))
-            ax2.legend(fontsize=8, loc="upper right")
             ax.set_zorder(ax2.get_zorder() + 1)  # the metric and the rollback marks above the success curve
             ax.patch.set_visible(False)
     if rb:
-        ax.axhline(rb["threshold"], color="tab:red", ls=":", lw=1, label="rollback threshold")
+        handles.append(ax.axhline(rb["threshold"], color="tab:red", ls=":", lw=1, label="rollback threshold"))
         ax.axvline(rb["step"], color="tab:red", lw=1.5)
-        ax.plot([rb["step"]], [rb["value"]], "X", color="tab:red", ms=11, label=f"rollback (step {rb['step']})")
-        ax.plot([rb["restored_step"]], [rb["restored_value"]], "*", color="tab:orange", ms=14,
-                label=f"restored weights (step {rb['restored_step']})")
-    ax.set(xlabel="online env steps", ylabel=metric, title="online finetuning" + (" — ROLLED BACK" if rb else ""))
-    ax.legend(fontsize=8, loc="best")
+        handles += ax.plot([rb["step"]], [rb["value"]], "X", color="tab:red", ms=11, label=f"rollback (step {rb['step']})")
+        handles += ax.plot([rb["restored_step"]], [rb["restored_value"]], "*", color="tab:orange", ms=14,
+                           label=f"restored weights (step {rb['restored_step']})")
+        values += [float(rb["threshold"]), float(rb["value"])]
+    if values:
+        level = float(curve[0][metric]) if curve else values[0]
+        half = MIN_RELATIVE_SPAN * abs(level) or MIN_RELATIVE_SPAN * max(abs(v) for v in values) or 1.0
+        lo, hi = min(min(values), level - half), max(max(values), level + half)
+        pad = 0.05 * (hi - lo)
+        if metric == "success_rate":
+            lo, hi, pad = min(lo, 0.0), max(hi, 1.0), 0.05
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set(xlabel="online env steps", ylabel=metric)
+    ax.set_title("online finetuning" + (" — ROLLED BACK" if rb else "")
+                 + f"\n({metric} axis spans at least ±{MIN_RELATIVE_SPAN:.0%} of the pre-finetune level)", fontsize=10)
+    if handles:
+        _legend_below(ax, handles, [h.get_label() for h in handles])
     fig.tight_layout()
-    fig.savefig(out / "finetune.png", dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def finetune_section(out: Path, ft: dict | None) -> list[str]:
+    """The finetuning curve (:func:`finetune_figure`); the final evaluation next to the starting level."""
+    if ft is None:
+        return ["## Online finetuning\n\nThis stage did not run in this pipeline.\n"]
+    fig = finetune_figure(ft)
+    fig.savefig(out / "finetune.png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
     ev, pre, online = ft.get("evaluation") or {}, ft.get("pre_finetune") or {}, ft.get("online") or {}
     rows = ["| | return | success |", "|---|---:|---:|",
             f"| before finetuning (periodic seeds) | {_fmt(pre.get('return_mean'), '.1f')} | "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,11 +93,12 @@ def _q_over(critic: QEnsemble, obs: Tensor, actions: Tensor, chunk: int) -> Tens
     return torch.cat(outs, dim=1)
 
 
-def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, keep_critic: bool = False) -> FQEResult:
+def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, keep_critic: bool = False,
+            progress: Callable[[int], None] | None = None) -> FQEResult:
     """Fit FQE for ``policy`` on ``data`` with ``cfg.fqe_updates`` updates and return its estimate.
 
     ``cfg.stochastic`` evaluates the policy's sampled actions (needs a stochastic policy);
-    otherwise its deterministic action.
+    otherwise its deterministic action. ``progress(updates done)`` after every update.
     """
     cfg = cfg or OPEConfig()
     if cfg.stochastic and not policy.stochastic:
@@ -141,6 +143,8 @@ def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, k
         soft_update(target, critic, cfg.fqe_tau)
         if i % every == 0:
             losses.append(loss.detach())
+        if progress is not None:
+            progress(i + 1)
     critic.eval()
     q_taken = _q_over(critic, s_in, data.actions, cfg.chunk)  # [n, N]
     v_all = _q_over(critic, s_in, cur_act, cfg.chunk)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -46,8 +47,10 @@ class BehaviorModel:
                           for i in range(0, len(data), chunk)])
 
 
-def fit_behavior(data: OPEData, cfg: OPEConfig | None = None) -> BehaviorModel:
-    """Fit mu by maximum likelihood (Gaussian, state-independent std) for ``cfg.behavior_updates`` updates.
+def fit_behavior(data: OPEData, cfg: OPEConfig | None = None, progress: Callable[[int], None] | None = None
+                 ) -> BehaviorModel:
+    """Fit mu by maximum likelihood (Gaussian, state-independent std) for ``cfg.behavior_updates`` updates
+    (``progress(updates done)`` after each).
 
     A Gaussian, not a tanh-Gaussian: dataset actions often sit exactly on the bounds
     (saturated controllers, clipped noise), where a tanh-Gaussian's density is unbounded.
@@ -62,12 +65,14 @@ def fit_behavior(data: OPEData, cfg: OPEConfig | None = None) -> BehaviorModel:
         actor = make_actor("gaussian", data.observations.shape[1], data.actions.shape[1],
                            hidden=cfg.behavior_hidden).to(device)
     opt = adam(actor.parameters(), lr=cfg.behavior_lr)
-    for _ in range(int(cfg.behavior_updates)):
+    for i in range(int(cfg.behavior_updates)):
         idx = torch.randint(0, len(data), (cfg.behavior_batch_size,), device=device, generator=gen)
         loss = -actor.log_prob(data.observations.index_select(0, idx), data.actions.index_select(0, idx)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if progress is not None:
+            progress(i + 1)
     actor.eval().requires_grad_(False)
     model = BehaviorModel(actor, 0.0, int(cfg.behavior_updates), 0.0)
     model.nll = float(-model.log_prob(data, cfg.chunk).mean())

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,19 +49,22 @@ def as_ope_data(data: OPEData | TensorReplay | str | os.PathLike, episodes: Sequ
 
 
 def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None = None,
-                    behavior: BehaviorModel | torch.Tensor | None = None, importance: bool = True) -> dict[str, Any]:
+                    behavior: BehaviorModel | torch.Tensor | None = None, importance: bool = True,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Every OPE estimate of ``policy`` on ``data`` as ``{"ope/...": value}``.
 
     ``behavior``: a fitted :class:`BehaviorModel`, a known ``log mu`` per row, or None to fit
     one here (pass one in to share it between policies). ``importance=False`` runs FQE only.
+    ``progress(FQE updates done)`` after every FQE update, refits counted on (their total is
+    ``fqe_updates * (1 + fqe_refits)``).
     """
     cfg = cfg or OPEConfig()
     start = time.perf_counter()
-    fqe = fit_fqe(data, policy, cfg)
+    fqe = fit_fqe(data, policy, cfg, progress=progress)
     out: dict[str, Any] = {"ope/fqe_value": fqe.value, "ope/fqe_std": fqe.value_std,
                            "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None}
     if cfg.fqe_refits:
-        out.update(fqe_refit_interval(policy, data, cfg))
+        out.update(fqe_refit_interval(policy, data, cfg, progress))
     elif cfg.bootstrap and data.num_episodes > 1:  # the same episode draws as IS/WIS/DR's (same seed and sizes)
         counts = E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed)
         lo, hi = E.percentile_interval(E.bootstrap_means(torch.as_tensor(fqe.start_values, dtype=torch.float64), counts),
@@ -79,14 +82,18 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
     return out
 
 
-def fqe_refit_interval(policy: TargetPolicy, data: OPEData, cfg: OPEConfig) -> dict[str, Any]:
+def fqe_refit_interval(policy: TargetPolicy, data: OPEData, cfg: OPEConfig,
+                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Bootstrapped FQE: ``cfg.fqe_refits`` fits, each on a resample of the episodes with its own
-    seed; FQE's interval from their estimates (``ope/fqe_ci_low`` / ``_high``) and their spread."""
+    seed; FQE's interval from their estimates (``ope/fqe_ci_low`` / ``_high``) and their spread.
+    ``progress``: FQE updates counted on after the first fit's ``fqe_updates``."""
     g = torch.Generator().manual_seed(int(cfg.seed))
     values = []
     for k in range(int(cfg.fqe_refits)):
         ids = torch.randint(data.num_episodes, (data.num_episodes,), generator=g)
-        values.append(fit_fqe(data.resample(ids), policy, replace(cfg, seed=int(cfg.seed) + 1 + k)).value)
+        done = (k + 1) * int(cfg.fqe_updates)
+        on = None if progress is None else (lambda i, done=done: progress(done + i))
+        values.append(fit_fqe(data.resample(ids), policy, replace(cfg, seed=int(cfg.seed) + 1 + k), progress=on).value)
     v = torch.tensor(values, dtype=torch.float64)
     lo, hi = E.percentile_interval(v, cfg.confidence)
     return {"ope/fqe_ci_low": lo, "ope/fqe_ci_high": hi, "ope/fqe_refit_std": float(v.std()),

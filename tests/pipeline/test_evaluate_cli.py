@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,23 @@ def test_cfg_prints_the_ope_settings(capsys):
     out = capsys.readouterr().out
     for key in ("fqe_updates: 123", "horizon: 150", "target_std: 0.2", "enabled: true", "ckpts: []"):
         assert key in out
+
+
+def test_evaluate_reports_behaviour_model_fqe_and_simulation_progress_in_plain_lines(maze_checkpoints, tmp_path, capfd,
+                                                                                    monkeypatch):
+    data, ckpts = maze_checkpoints
+    monkeypatch.setenv("O2O_PROGRESS_EVERY_S", "0.01")
+    common = ["evaluate", "env=pointmaze", f"dataset.path={data}", f"ckpts=[{ckpts[1]}]", *SMALL, "ope.bootstrap=0",
+              f"output={tmp_path / 'r.json'}"]
+    assert main([*common, "ope.fqe_updates=300", "ope.fqe_refits=2", "sim.episodes=3"]) == 0
+    out = capfd.readouterr()
+    assert "\r" not in out.out and "\r" not in out.err
+    text = out.out
+    assert re.search(r"^\[evaluate: behaviour model\] 200/200 updates \(100%\) in \d:\d\d:\d\d", text, re.M), text
+    # FQE and its two refits, counted as one task.
+    assert re.search(r"^\[evaluate 1/1: FQE\] [\d,]+/900 updates \(\d+%\), [\d.,]+ updates/s, ETA \d:\d\d:\d\d$", text,
+                     re.M), text
+    assert re.search(r"^\[evaluate 1/1: FQE\] 900/900 updates \(100%\) in ", text, re.M), text
+    assert re.search(r"^\[evaluate 1/1: simulation\] 3/3 episodes \(100%\) in ", text, re.M), text
+    assert main([*common, "ope.fqe_updates=50", "sim.enabled=false", "progress=false"]) == 0
+    assert "[evaluate" not in capfd.readouterr().out

@@ -7,6 +7,7 @@ forced downhill is rolled back to its best weights; an interrupted run keeps its
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,8 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert [c["step"] for c in res["curve"]] == [0, 180, 300] and not res["rolled_back"]
     assert 0.0 <= res["online"]["clipped_share"] <= 1.0  # the default data.obs_clip (10) is on
     assert res["fingerprint"] == sha256_file(res["checkpoint"]) and "return_mean" in res["evaluation"]
+    # The one checkpoint finetuning writes; no Lightning default checkpoint beside the logs.
+    assert sorted(p.name for p in (tmp_path / "ft").rglob("*.ckpt")) == ["finetuned.ckpt"]
     tuned, before = load_algorithm(res["checkpoint"]), load_algorithm(offline["checkpoint"])
     meta = tuned.hparams["meta"]["finetune"]
     assert meta["from_checkpoint"] == offline["checkpoint"] and meta["from_fingerprint"] == src_fp
@@ -169,6 +172,19 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
         t = store.episodes_table()
         online = t["source"] == "online"
         assert online.sum() >= 5 and t["length"][online].tolist() == [60] * int(online.sum())
+
+
+def test_finetune_reports_updates_env_steps_and_episodes_in_plain_lines(offline, tmp_path, capfd, monkeypatch):
+    data = fresh_copy(offline, tmp_path)
+    monkeypatch.setenv("O2O_PROGRESS_EVERY_S", "0.02")
+    capfd.readouterr()
+    finetune(run_cfg(data, "finetune.steps=180", "finetune.eval.every=60"), offline["checkpoint"], str(data),
+             tmp_path / "ft")
+    out = capfd.readouterr()
+    assert "\r" not in out.out and "\r" not in out.err
+    assert re.search(r"^\[finetune\] [\d,]+/120 updates \(\d+%\), [\d.,]+ updates/s, ETA \d:\d\d:\d\d, .*critic_loss "
+                     r"[\d.e-]+, .*env steps \d+/180, episodes \d$", out.out, re.M), out.out
+    assert re.search(r"^\[finetune\] 120/120 updates \(100%\) in .*, env steps 180/180, episodes 3$", out.out, re.M)
 
 
 def test_finetune_refuses_a_warmup_as_long_as_the_run(offline, tmp_path):
