@@ -19,7 +19,8 @@ class Episode:
     ``final_observation`` is the one after the last action, so that every step has a next
     observation. Flat observations are arrays; dict observations map key -> array.
     ``success`` is None when the task defines none. ``provenance`` is a dict with
-    ``source``, ``policy_id``, ``policy_version`` and ``params``.
+    ``source``, ``policy_id``, ``policy_version``, ``params`` and optionally ``run`` (which
+    run wrote the episode: ``id`` and, in a run of several parts, ``part``).
     """
 
     observations: Any

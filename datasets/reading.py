@@ -386,6 +386,20 @@ class StoreReading:
                 )
         return n
 
+    def written_by(self, run_id: str, start: int = 0, key: str = "id") -> dict[Any, list[int]]:
+        """The episodes (from ``start`` on) whose provenance ``run[key]`` is ``run_id``, by the run's ``part``."""
+        n = self.num_episodes
+        if start >= n:
+            return {}
+        rows = self._episode_column("provenance", n)[start:]
+        table = self._index["provenance"]
+        out: dict[Any, list[int]] = {}
+        for i, row in enumerate(rows, start):
+            run = table[int(row)].get("run") or {}
+            if run.get(key) == run_id:
+                out.setdefault(run.get("part"), []).append(i)
+        return out
+
     def version_at(self, n: int) -> DatasetVersion:
         """The dataset version after its first ``n`` committed episodes (what a run on them recorded)."""
         if not 0 <= n <= self.num_episodes:

@@ -498,4 +498,9 @@ def _check_provenance(prov: Mapping[str, Any] | Any, where: str) -> dict:
         raise ValueError(f"{where}: provenance needs a policy_id")
     out = {"source": src, "policy_id": str(prov["policy_id"]),
            "policy_version": str(prov.get("policy_version", "1")), "params": dict(prov.get("params") or {})}
+    run = prov.get("run")
+    if run is not None:  # which run (and part of it) wrote the episode: what a resumed run counts
+        if not isinstance(run, Mapping) or not run.get("id"):
+            raise ValueError(f"{where}: provenance run must be a mapping with an 'id', got {run!r}")
+        out["run"] = dict(run)
     return json.loads(json.dumps(out, sort_keys=True, default=str))

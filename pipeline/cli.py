@@ -394,11 +394,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop) as an interruption: ``finally`` blocks run, so pending
+    episodes are committed, staging folders removed and locks released, as on Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
     try:
         return int(args.func(args) or 0)
+    except Terminated as e:
+        err_console.print(f"terminated (signal {e.signum}); rerun the same command to resume")
+        return 128 + e.signum
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
@@ -409,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err_console.print(f"o2o {args.command}: error: {type(e).__name__}: {e}", markup=False)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,19 @@ follow the data, not the cache.
 A stage can stop the pipeline on purpose (the gate) by raising :class:`StageFailed`:
 the stages that depend on it are marked ``blocked``, the others still run, and the run
 ends with a non-zero status.
+
+**Attempts.** A stage that starts running gets an attempt record
+(``<state_dir>/attempts/<fingerprint>.json``: an id, the run folder, whatever the stage
+saves in it as it goes), removed when the stage finishes. A stage that was interrupted
+(killed, crashed) finds its record on the next run with the same fingerprint
+(``ctx.attempt``, ``resumed`` true), so it can continue where it stopped instead of
+starting over: collect completes the configured episodes, finetune resumes from its last
+saved state, export cleans up what the killed attempt left. The run as a whole has an
+attempt too (``ctx.run_attempt``, keyed by the stages and their configs), ended when the
+run ends: a run interrupted after finetuning appended to the dataset resumes with the
+dataset version it started from, because what its own stages appended is not new data.
+
+Display settings (``progress`` keys) are not part of a fingerprint.
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import json
 import os
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -40,6 +54,8 @@ from o2o.pipeline.config import plain
 # What a stage's function returns: artifact name -> JSON-able value. A value may carry its
 # own "fingerprint"; otherwise the fingerprint is the hash of the value.
 Outputs = dict[str, Any]
+# Config keys that change what a person sees, not what a stage computes: left out of fingerprints.
+DISPLAY_KEYS = frozenset({"progress"})
 
 
 @dataclass(frozen=True)
@@ -62,19 +78,50 @@ class Stage:
 
 @dataclass
 class StageContext:
-    """What a stage function sees: its config, its inputs, where to write, how to report."""
+    """What a stage function sees: its config, its inputs, where to write, how to report, and its attempt.
+
+    ``attempt`` is this stage's attempt record while it runs (see the module docstring):
+    ``id``, ``run_dir`` (where the attempt began), ``resumed`` (an earlier attempt with the
+    same fingerprint was interrupted; ``run_dir`` is then that attempt's) and anything the
+    stage saved with :meth:`save_attempt`. None when the stage is skipped or planned.
+    """
 
     stage: str
     config: Any  # the stage's config (a DictConfig or a plain dict)
     inputs: dict[str, Any]
     run_dir: Path  # the run's folder; the stage writes under run_dir / stage
     log: Callable[[str], None] = print
+    attempt: dict | None = None
+    cache: "StageCache | None" = None
+    run_attempt: dict | None = None  # the whole run's attempt (``id``, ``resumed``, what stages saved in it)
 
     @property
     def out_dir(self) -> Path:
         d = self.run_dir / self.stage
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def save_attempt(self, **fields: Any) -> None:
+        """Record ``fields`` in this stage's attempt (atomically): what a resumed attempt needs to go on."""
+        if self.attempt is None or self.cache is None:
+            return
+        self.attempt.update(fields)
+        self.cache.put_attempt(self.attempt["fingerprint"], self.attempt)
+
+    def save_run_attempt(self, **fields: Any) -> None:
+        """Record ``fields`` in the run's attempt (e.g. the dataset version the run started from)."""
+        if self.run_attempt is None or self.cache is None:
+            return
+        self.run_attempt.update(fields)
+        self.cache.put_attempt(self.run_attempt["fingerprint"], self.run_attempt)
+
+    @property
+    def tag(self) -> dict:
+        """What this stage writes into the provenance of the episodes it appends: which attempt, which run."""
+        out = {"id": (self.attempt or {}).get("id") or uuid.uuid4().hex[:16], "stage": self.stage}
+        if self.run_attempt is not None:
+            out["pipeline"] = self.run_attempt["id"]
+        return out
 
 
 class StageFailed(Exception):
@@ -180,10 +227,47 @@ class StageCache:
             return None  # a damaged record is a miss: the stage reruns
 
     def put(self, fp: str, record: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{fp}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self.dir / f"{fp}.json")
+        _write_json(self.dir / f"{fp}.json", record)
+
+    # ------------------------------------------------------------------ attempts
+    @property
+    def attempts_dir(self) -> Path:
+        return self.dir.parent / "attempts"
+
+    def get_attempt(self, fp: str) -> dict | None:
+        p = self.attempts_dir / f"{fp}.json"
+        try:
+            return json.loads(p.read_text()) if p.exists() else None
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged record: start over
+
+    def put_attempt(self, fp: str, record: dict) -> None:
+        _write_json(self.attempts_dir / f"{fp}.json", record)
+
+    def end_attempt(self, fp: str) -> None:
+        (self.attempts_dir / f"{fp}.json").unlink(missing_ok=True)
+
+    def open_attempts(self, stage: str | None = None) -> list[dict]:
+        """Every attempt record still open (its stage was interrupted), oldest first."""
+        if not self.attempts_dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.attempts_dir.glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if stage is None or rec.get("stage") == stage:
+                out.append(rec)
+        return sorted(out, key=lambda r: str(r.get("started", "")))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``path`` atomically (a crash leaves the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -222,27 +306,45 @@ class Pipeline:
         self.given = dict(given or {})
         self.stages = order_stages(stages, available=list(self.given))
 
+    def run_fingerprint(self, configs: Mapping[str, Any]) -> str:
+        """The key of a run's attempt: its stages and their configs (display keys aside)."""
+        return "run-" + fingerprint({"stages": [s.name for s in self.stages],
+                                     "configs": {s.name: _semantic(plain(configs.get(s.name))) for s in self.stages}})
+
     def stage_fingerprint(self, stage: Stage, config: Any, inputs: Mapping[str, Any]) -> str:
         names = [a for a in (*stage.reads, *stage.optional) if a in inputs]
-        return fingerprint({"stage": stage.name, "config": plain(config),
+        return fingerprint({"stage": stage.name, "config": _semantic(plain(config)),
                             "inputs": {a: artifact_fingerprint(inputs[a]) for a in names}})
 
     def plan(self, configs: Mapping[str, Any], cache: StageCache) -> list[tuple[str, str]]:
         """``(stage, what happens)`` for each stage, as far as it can be known before running:
         a stage whose inputs come from a stage that will run can only be decided then."""
         artifacts, out, will_run = dict(self.given), [], set()
+        earlier_run = cache.get_attempt(self.run_fingerprint(configs))
+        run_attempt = None if earlier_run is None else {**earlier_run, "resumed": True}
+        if earlier_run is not None:
+            out.append(("(run)", f"resumes the run interrupted in {earlier_run.get('run_dir')}"))
         for s in self.stages:
             if (set(s.reads) | set(s.optional)) & {a for r in self.stages if r.name in will_run for a in r.writes}:
                 out.append((s.name, "run if its inputs change (decided after upstream stages)"))
                 will_run.add(s.name)
                 continue
-            fp = self.stage_fingerprint(s, configs.get(s.name), artifacts)
+            inputs = {a: artifacts[a] for a in (*s.reads, *s.optional) if a in artifacts}
+            fp = self.stage_fingerprint(s, configs.get(s.name), inputs)
             hit = cache.get(fp)
             if hit is not None and (s.valid is None or s.valid(hit["outputs"])):
-                artifacts.update(hit["outputs"])
+                outputs = hit["outputs"]
+                if s.refresh is not None:  # what a run would see: the dataset as it stands now (read only)
+                    ctx = StageContext(s.name, configs.get(s.name), inputs, Path(hit.get("run_dir", ".")),
+                                       log=lambda m: None, cache=None, run_attempt=run_attempt)
+                    outputs = s.refresh(ctx, outputs)
+                artifacts.update(outputs)
                 out.append((s.name, f"skip (unchanged, fingerprint {fp[:12]})"))
             else:
-                out.append((s.name, "run" + (" (no finished record: new, changed, interrupted or failed)" if hit is None else " (recorded outputs gone)")))
+                attempt = cache.get_attempt(fp)
+                why = (f" (resumes the attempt interrupted in {attempt.get('run_dir')})" if attempt is not None else
+                       " (no finished record: new, changed or failed)" if hit is None else " (recorded outputs gone)")
+                out.append((s.name, "run" + why))
                 will_run.add(s.name)
         return out
 
@@ -258,6 +360,14 @@ class Pipeline:
         run_dir.mkdir(parents=True, exist_ok=True)
         result = RunResult(run_dir, [], dict(self.given))
         blocked: set[str] = set()
+        run_fp = self.run_fingerprint(configs)
+        earlier_run = cache.get_attempt(run_fp)
+        run_attempt = ({**earlier_run, "resumed": True} if earlier_run is not None else
+                       {"stage": "<run>", "fingerprint": run_fp, "id": uuid.uuid4().hex[:16], "run_dir": str(run_dir),
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": False})
+        if earlier_run is not None:
+            log(f"resuming the run interrupted in {earlier_run.get('run_dir')} (same stages and configs)")
+        cache.put_attempt(run_fp, run_attempt)
         for s in self.stages:
             if s.name in blocked:
                 result.records.append(StageRecord(s.name, "blocked", message="an upstream stage stopped the run"))
@@ -267,7 +377,7 @@ class Pipeline:
             fp = self.stage_fingerprint(s, configs.get(s.name), inputs)
             rec = StageRecord(s.name, "ran", fp, {a: artifact_fingerprint(v) for a, v in inputs.items()},
                               started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            ctx = StageContext(s.name, configs.get(s.name), inputs, run_dir, log)
+            ctx = StageContext(s.name, configs.get(s.name), inputs, run_dir, log, cache=cache, run_attempt=run_attempt)
             hit = None if s.name in force else cache.get(fp)
             t0 = time.perf_counter()
             if hit is not None and (s.valid is None or s.valid(hit["outputs"])):
@@ -275,10 +385,19 @@ class Pipeline:
                 rec.status, rec.message = "skipped", f"unchanged since run {hit.get('run_dir', '?')}"
                 log(f"[{s.name}] skipped: config and inputs unchanged (fingerprint {fp[:12]})")
             else:
-                log(f"[{s.name}] running")
+                earlier = None if s.name in force else cache.get_attempt(fp)
+                if earlier is not None:
+                    ctx.attempt = {**earlier, "resumed": True}
+                    log(f"[{s.name}] running: resuming the attempt interrupted in {earlier.get('run_dir')}")
+                else:
+                    ctx.attempt = {"stage": s.name, "fingerprint": fp, "id": uuid.uuid4().hex[:16],
+                                   "run_dir": str(run_dir), "started": rec.started, "resumed": False}
+                    log(f"[{s.name}] running")
+                cache.put_attempt(fp, ctx.attempt)
                 try:
                     outputs = s.run(ctx)
                 except StageFailed as e:
+                    cache.end_attempt(fp)  # a decision, not an interruption: nothing to resume
                     rec.status, rec.message, rec.outputs = "failed", str(e), e.outputs
                     rec.seconds = time.perf_counter() - t0
                     result.artifacts.update(e.outputs)
@@ -299,11 +418,22 @@ class Pipeline:
                     raise RuntimeError(f"stage {s.name!r} did not produce {missing} (it declares writes={list(s.writes)})")
                 cache.put(fp, {"stage": s.name, "fingerprint": fp, "outputs": outputs, "run_dir": str(run_dir),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                cache.end_attempt(fp)
             rec.outputs, rec.seconds = outputs, time.perf_counter() - t0
             result.artifacts.update(outputs)
             result.records.append(rec)
             _call(manifest, result)
+        cache.end_attempt(run_fp)  # the run ended (whatever its stages decided): nothing to resume
         return result
+
+
+def _semantic(config: Any) -> Any:
+    """``config`` without its display keys (:data:`DISPLAY_KEYS`), at any depth."""
+    if isinstance(config, Mapping):
+        return {k: _semantic(v) for k, v in config.items() if k not in DISPLAY_KEYS}
+    if isinstance(config, list):
+        return [_semantic(v) for v in config]
+    return config
 
 
 def _call(fn, *args) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +80,15 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
     return EpisodeStore.open(path, mode="a", verify=verify)
 
 
-def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
+def collect(cfg: DictConfig, progress: Any = None, run: dict | None = None) -> CollectResult:
     """Run ``cfg.collect.episodes`` episodes and append them (committing every few seconds).
 
     ``progress`` is called as ``progress(result, running_episode_stats)`` after each
-    episode (the CLI draws its progress bar with it).
+    episode (the CLI draws its progress bar with it). ``run`` goes into every episode's
+    provenance (which run wrote it; default: a new id for this collection).
     """
     c = cfg.collect
+    run = dict(run) if run else {"id": uuid.uuid4().hex[:16]}
     env = make_env(cfg.env)
     store = None
     try:
@@ -109,7 +112,7 @@ def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
             while len(result.returns) < int(c.episodes):
                 seed = base_seed + attempt
                 try:
-                    ep = run_episode(env, behavior, seed)
+                    ep = run_episode(env, behavior, seed, run=run)
                 except RestartEpisode:
                     continue
                 except DiscardEpisode:
@@ -141,8 +144,8 @@ def collect(cfg: DictConfig, progress: Any = None) -> CollectResult:
         env.close()
 
 
-def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episode:
-    """One episode of ``behavior`` in ``env`` from ``reset(seed=seed)``, recorded."""
+def run_episode(env, behavior, seed: int, max_steps: int | None = None, run: dict | None = None) -> Episode:
+    """One episode of ``behavior`` in ``env`` from ``reset(seed=seed)``, recorded (``run``: provenance's run tag)."""
     obs, info = env.reset(seed=seed)
     behavior.reset(seed=seed)
     rec = EpisodeRecorder()
@@ -163,7 +166,10 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None) -> Episo
         rec.add(action, reward, terminated, truncated, obs, info, intervention=human)
         behavior.observe(obs, reward, terminated, truncated, info)
         done = terminated or truncated or (max_steps is not None and len(rec) >= max_steps)
-    return rec.finish(behavior.provenance.to_dict(), seed=seed)
+    prov = behavior.provenance.to_dict()
+    if run:
+        prov["run"] = dict(run)
+    return rec.finish(prov, seed=seed)
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
@@ -178,24 +184,65 @@ def dataset_artifact(path: str, verify: bool = True) -> dict:
 
 def run_stage(ctx) -> dict:
     """``o2o run``'s collect: each ``collect.behaviors`` entry (a behaviour config name and an
-    episode count) appended in turn to ``dataset.path``."""
+    episode count) appended in turn to ``dataset.path``.
+
+    Every episode's provenance names this attempt and the entry (``run: {id, part}``), so an
+    attempt that was interrupted is completed, not repeated: the rerun collects only what each
+    entry still lacks (with a fixed ``collect.seed``, the seeds continue where it stopped)."""
     from o2o.pipeline.config import load_config
     from o2o.pipeline.progress import collect_progress
 
     cfg = ctx.config
-    for item in cfg.collect.behaviors:
+    attempt = ctx.attempt or {}
+    tag = ctx.tag
+    done: dict = {}
+    if attempt.get("resumed") and EpisodeStore.is_dataset(str(cfg.dataset.path)):
+        with EpisodeStore.open(str(cfg.dataset.path), mode="r", verify=False) as store:
+            done = store.written_by(tag["id"])
+    for k, item in enumerate(cfg.collect.behaviors):
+        have, want = len(done.get(k, [])), int(item.episodes)
+        if have >= want:
+            ctx.log(f"  {item.behavior}: {have} episodes already collected by the interrupted attempt")
+            continue
+        seed = cfg.collect.get("seed")
         part = OmegaConf.merge(cfg, {"behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
-                                     "collect": {"episodes": int(item.episodes)}})
+                                     "collect": {"episodes": want - have,
+                                                 "seed": None if seed is None else int(seed) + have}})
         with collect_progress(part, f"collect {item.behavior}") as bar:
-            res = collect(part, progress=bar.update)
+            res = collect(part, progress=bar.update, run={**tag, "part": k})
         ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
                 + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
-                + f" ({res.seconds:.0f} s)")
-    return {"dataset": dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))}
+                + f" ({res.seconds:.0f} s)" + (f"; {have} more kept from the interrupted attempt" if have else ""))
+    art = dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))
+    _remember(ctx, art)
+    return {"dataset": art}
 
 
 def _refresh(ctx, outputs: dict) -> dict:
-    return {"dataset": dataset_artifact(str(ctx.config.dataset.path), dataset_verify(ctx.config))}
+    """The dataset as it stands now; but in a resumed run, what the interrupted run's own stages
+    appended (online episodes of its finetuning) is not new data: while it is all the growth, the
+    version the run started from stands, and the finished stages stay finished."""
+    path = str(ctx.config.dataset.path)
+    art = dataset_artifact(path, dataset_verify(ctx.config))
+    ra = ctx.run_attempt or {}
+    before = ra.get("dataset")
+    if ra.get("resumed") and before and art["episodes"] > int(before["episodes"]):
+        with EpisodeStore.open(path, mode="r", verify=False) as store:
+            same = store.version_at(int(before["episodes"])).fingerprint == before["fingerprint"]
+            ours = sum(len(v) for v in store.written_by(str(ra["id"]), int(before["episodes"]), "pipeline").values())
+        if same and ours == art["episodes"] - int(before["episodes"]):
+            ctx.log(f"[collect] the {ours} episodes the interrupted run appended (online) are not new data: it resumes "
+                    f"on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}")
+            return {"dataset": {**art, "episodes": int(before["episodes"]), "fingerprint": str(before["fingerprint"]),
+                                "transitions": int(before["transitions"])}}
+    _remember(ctx, art)
+    return {"dataset": art}
+
+
+def _remember(ctx, art: dict) -> None:
+    """The run's attempt records the dataset version the run started from (its later stages append)."""
+    if not (ctx.run_attempt or {}).get("dataset"):
+        ctx.save_run_attempt(dataset={k: art[k] for k in ("episodes", "fingerprint", "transitions")})
 
 
 def _valid(outputs: dict) -> bool:

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import lightning as L
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from o2o.datasets import Episode, EpisodeStore
+from o2o.datasets import DatasetVersion, Episode, EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
@@ -99,13 +100,48 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     return module
 
 
+class ResumePoint(L.Callback):
+    """Saves a resumable checkpoint (weights, optimiser states, update count, the monitor's curve and
+    best weights) every ``every`` updates, after the periodic evaluation of that update, and tells
+    ``saved(path, updates)`` so that the attempt record names it."""
+
+    def __init__(self, path: Path, every: int, saved: Callable[[str, int], None], monitor: FinetuneMonitor):
+        self.path, self.every, self.saved, self.monitor = Path(path), int(every), saved, monitor
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        k = int(trainer.global_step)
+        if self.every <= 0 or k == 0 or k % self.every or self.monitor.rollback is not None or trainer.should_stop:
+            return
+        trainer.save_checkpoint(str(self.path), weights_only=False)  # atomic in Lightning (tmp + rename)
+        self.saved(str(self.path), k)
+
+
+def _resume_state(attempt: dict | None) -> dict | None:
+    """The interrupted attempt's record when there is something to resume from (its dataset version at least)."""
+    if not attempt or not attempt.get("resumed") or not attempt.get("dataset_before"):
+        return None
+    return attempt
+
+
 def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str | Path,
-             log: Callable[[str], None] = print, verify: bool = True) -> dict:
+             log: Callable[[str], None] = print, verify: bool = True, attempt: dict | None = None,
+             save_attempt: Callable[..., None] | None = None, tag: dict | None = None) -> dict:
     """Finetune ``checkpoint`` online in ``cfg.env``, appending episodes to ``dataset_path``.
 
     Returns the stage's artifact (see the module docstring); the checkpoint is written to
     ``<out_dir>/finetuned.ckpt`` and the artifact to ``<out_dir>/finetune.json``.
+
+    ``tag`` goes into the online episodes' provenance (``run``: which attempt of which run);
+    ``attempt`` is the pipeline's attempt record and ``save_attempt(**fields)`` records the dataset version before finetuning, the first seed and,
+    at every periodic evaluation, a resumable checkpoint (``<out_dir>/resume.ckpt``). When
+    ``attempt`` is an interrupted one (``resumed``), finetuning goes on from its last resumable
+    checkpoint, with the online episodes it had committed back in the online replay (their
+    steps count against ``finetune.steps``); the episode running at the interruption is lost.
     """
+    save_attempt = save_attempt or (lambda **kw: None)
+    resume = _resume_state(attempt)
+    tag = dict(tag) if tag else ({"id": attempt["id"], "stage": "finetune"} if attempt else None)
+    run_id = (tag or {}).get("id")
     start = time.perf_counter()
     f, out_dir = cfg.finetune, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,26 +174,57 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     before = after = store.version
     sink = EpisodeSink(store, int(f.commit_every_episodes), float(f.commit_every_s))
     interaction = None
+    restored: list[int] = []
+    resume_from, resumed = None, None
     try:
         seed = int(f.seed) if f.seed is not None else store.num_episodes
+        if resume is not None:
+            before = DatasetVersion.from_dict(resume["dataset_before"])
+            seed = int(resume.get("seed", seed))
+            restored = [i for part in store.written_by(str(run_id), before.episodes).values() for i in part]
+            ckpt = resume.get("resume_checkpoint")
+            resume_from = ckpt if ckpt and Path(ckpt).is_file() else None
+        else:
+            save_attempt(dataset_before=before.to_dict(), seed=seed, out_dir=str(out_dir))
         interaction = OnlineInteraction(env_cfg, online, module.norm, sink, total_steps=steps, warmup_steps=warmup,
                                         env_steps_per_update=per_update, explore=bool(f.explore),
                                         temperature=float(f.explore_temperature), seed=seed,
                                         policy_id=f"{module.hp.name}-finetune-{fp[:12]}", gamma=gamma,
-                                        mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")))
+                                        mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")),
+                                        run=tag)
+        if restored:
+            restored.sort()
+            table = store.episodes_table(np.asarray(restored))
+            interaction.restore(store.load_transitions(np.asarray(restored)),
+                                [{"return": float(ret), "success": None if s < 0 else bool(s), "length": int(n),
+                                  "policy_version": int(v)} for ret, s, n, v in
+                                 zip(table["returns"], table["success"], table["length"], table["policy_version"])])
         monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
                                   env_steps=lambda: interaction.steps, log=log)
+        point = ResumePoint(out_dir / "resume.ckpt", int(e.every), monitor=monitor,
+                            saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k,
+                                                               env_steps=interaction.steps))
         tcfg = OmegaConf.create({"trainer": {**plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
                                              "strategy": "auto", "progress": bool(f.progress)},
                                  "algo": {"log_every": int(module.hp.log_every)}})
-        trainer = make_trainer(tcfg, out_dir, [monitor, interaction], "finetune",  # pre-finetune evaluation first
+        trainer = make_trainer(tcfg, out_dir, [monitor, interaction, point], "finetune",  # pre-finetune evaluation first
                                lambda: {"env steps": f"{interaction.steps:,}/{steps:,}",
                                         "episodes": len(interaction.episodes)})
         log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
+        if resume is not None:
+            u = int(resume.get("resume_updates", 0)) if resume_from else 0
+            resumed = {"from_run": resume.get("run_dir"), "updates": u, "episodes": len(restored),
+                       "env_steps": int(interaction.steps)}  # before this attempt saves its own points
+            mixed.draws = u  # the ratio schedule goes on where it was
+            log(f"  resuming the finetuning interrupted in {resume.get('run_dir')}: "
+                + (f"from its checkpoint at {u} updates" if resume_from else "from the start (it saved no checkpoint)")
+                + f", with its {len(restored)} committed online episodes ({interaction.steps} env steps) back in "
+                "the online replay")
         compile_if_asked(cfg, trainer, module)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
+                    ckpt_path=resume_from, weights_only=True)
     finally:
         module.compile_networks(False)
         try:  # an interrupted run keeps every finished episode
@@ -177,8 +244,9 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         final_ev.close()
     rolled_back = monitor.rollback is not None
     eps = interaction.episodes
+    appended = sorted(restored + sink.indices)
     outcome = {"env_steps": interaction.steps, "updates_run": int(trainer.global_step),
-               "online_episodes": [sink.indices[0], sink.indices[-1] + 1] if sink.indices else None,
+               "online_episodes": [appended[0], appended[-1] + 1] if appended else None,
                "dataset_version_after": after.to_dict(), "rolled_back": rolled_back}
     module.hparams["meta"]["finetune"].update(outcome)
     path = out_dir / "finetuned.ckpt"
@@ -186,8 +254,9 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     result = {
         "checkpoint": str(path), "fingerprint": sha256_file(path), "algo": str(module.hp.name),
         "from_checkpoint": str(checkpoint), "evaluation": evaluation, "steps": interaction.steps,
-        "updates": int(trainer.global_step), "episodes": len(sink.indices),
+        "updates": int(trainer.global_step), "episodes": len(appended),
         "episode_range": outcome["online_episodes"],
+        "resumed": resumed,
         "online": {"return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
                    "success_rate": _rate([x["success"] for x in eps]),
                    "clipped_share": clipped_share(online, module.norm.obs_clip), "obs_clip": module.norm.obs_clip},
@@ -198,6 +267,7 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     }
     result["summary"] = summarize(result, str(rb.metric))
     (out_dir / "finetune.json").write_text(json.dumps(result, indent=2, default=float))
+    (out_dir / "resume.ckpt").unlink(missing_ok=True)  # finished: nothing to resume
     return result
 
 
@@ -243,7 +313,8 @@ def run_stage(ctx) -> dict:
     if not gate.get("passed"):  # the dag blocks finetune after a failed gate; this guards direct use
         raise RuntimeError("finetune: the gate did not pass; the offline policy may not go online")
     res = finetune(ctx.config, ckpt["path"], data["path"], ctx.out_dir, log=ctx.log,
-                   verify=bool(data.get("verify", True)))
+                   verify=bool(data.get("verify", True)), attempt=ctx.attempt, save_attempt=ctx.save_attempt,
+                   tag=ctx.tag)
     offline = (ctx.inputs["evaluation"].get("sim") or {})
     ctx.log(f"  {res['summary']}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
                                       if "return_mean" in offline else ""))

@@ -34,7 +34,8 @@ class OnlineInteraction(L.Callback):
     def __init__(self, env_cfg: Mapping[str, Any], online: TensorReplay, norm: Normalization,
                  on_episode: Callable[[Episode], None], *, total_steps: int, warmup_steps: int = 0,
                  env_steps_per_update: int = 1, explore: bool = True, temperature: float = 1.0, seed: int = 0,
-                 policy_id: str = "online", gamma: float = 0.99, mc_tail: str = "repeat_last"):
+                 policy_id: str = "online", gamma: float = 0.99, mc_tail: str = "repeat_last",
+                 run: Mapping[str, Any] | None = None):
         if int(env_steps_per_update) < 1:
             raise ValueError(f"finetune.env_steps_per_update must be >= 1, got {env_steps_per_update!r}")
         if not 0 <= int(warmup_steps) < int(total_steps):
@@ -51,6 +52,7 @@ class OnlineInteraction(L.Callback):
         self.env_steps_per_update, self.explore = int(env_steps_per_update), bool(explore)
         self.temperature = float(temperature)
         self.seed, self.policy_id, self.gamma, self.mc_tail = int(seed), str(policy_id), float(gamma), str(mc_tail)
+        self.run = dict(run) if run else None  # the provenance's run tag: which run collected the episode
         self.steps = 0  # env steps taken
         self.episodes: list[dict[str, Any]] = []  # one summary per finished episode
         self.env = None
@@ -68,7 +70,9 @@ class OnlineInteraction(L.Callback):
         if self.env is None:
             self.env = make_env(self.env_cfg)
             self._begin(pl_module)
-        self.collect(pl_module, self.warmup_steps - self.steps)
+        # The warm-up; resumed at update k (after restore()), the steps the schedule has taken by then
+        # that the interruption lost (the unfinished episode, the uncommitted ones).
+        self.collect(pl_module, self.warmup_steps + int(trainer.global_step) * self.env_steps_per_update - self.steps)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.collect(pl_module, self.env_steps_per_update)
@@ -127,10 +131,41 @@ class OnlineInteraction(L.Callback):
         prov = {"source": "online", "policy_id": self.policy_id, "policy_version": str(self._version),
                 "params": {"explore": self.explore, "temperature": self.temperature,
                            "updates_end": module.update_count}}
+        if self.run:
+            prov["run"] = self.run
         ep = self._rec.finish(prov, seed=self._seed)
         self.episodes.append({"return": ep.episode_return, "success": ep.success, "length": len(ep),
                               "policy_version": self._version, "step": self.steps})
         self.on_episode(ep)
+
+    def restore(self, transitions, records: list[Mapping[str, Any]]) -> None:
+        """Take back the finished episodes of an interrupted run (read from the dataset) before training
+        starts: ``transitions`` their steps (``load_transitions`` of those episodes, in order), ``records``
+        one dict per episode (``return``, ``success``, ``length``, ``policy_version``). Their rows go to
+        the online replay, their steps count against ``total_steps`` and the next episode gets the seed
+        after theirs."""
+        if self.env is not None:
+            raise RuntimeError("restore() must come before training starts")
+        n = len(transitions)
+        if self.steps + n > self.total_steps:
+            raise ValueError(f"the interrupted run's episodes hold {n} steps, more than finetune.steps "
+                             f"({self.total_steps}): the config changed; finetune from scratch (--force finetune)")
+        row0 = len(self.online)
+        term = np.asarray(transitions.terminals, bool)
+        self.online.add_raw(transitions.observations, transitions.actions, transitions.rewards,
+                            transitions.next_observations, term, np.asarray(transitions.timeouts, bool) & ~term,
+                            self.norm)
+        if self.online.has_mc_returns and n:
+            ep = np.asarray(transitions.episode_index)
+            # return_to_go restarts at every change of episode id; each episode here is complete.
+            r = self.online.rewards[row0:row0 + n].cpu().numpy()  # as stored (scaled), like _finish's
+            self.online.set_mc_returns(row0, return_to_go(r, ep, term, self.gamma, self.mc_tail))
+        for rec in records:
+            self.steps += int(rec["length"])
+            self._started += 1
+            self.episodes.append({"return": float(rec["return"]), "success": rec["success"],
+                                  "length": int(rec["length"]), "policy_version": int(rec["policy_version"]),
+                                  "step": self.steps, "restored": True})
 
     def close(self) -> None:
         if self.env is not None:

@@ -56,8 +56,19 @@ class FinetuneMonitor(L.Callback):
         self._start = 0
         self._below = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed finetuning needs (saved in its Lightning checkpoint): the curve, the pre-finetune
+        level, the best evaluation and its weights, the rollback count and record."""
+        return {"curve": self.curve, "rollback": self.rollback, "level": self.level, "best": self.best,
+                "best_state": self._best_state, "start": self._start, "below": self._below}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curve, self.rollback, self.level = list(state["curve"]), state["rollback"], state["level"]
+        self.best, self._best_state = state["best"], state["best_state"]
+        self._start, self._below = int(state["start"]), int(state["below"])
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.curve:  # already evaluated (a second fit on the same monitor)
+        if self.curve:  # already evaluated (a second fit on the same monitor, or resumed from a checkpoint)
             return
         self._start = pl_module.update_count
         entry = self._evaluate(pl_module, "before finetuning")

@@ -66,6 +66,10 @@ def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
 
     # The same config again: nothing new was collected, but finetuning grew the dataset with online
     # episodes, so everything that depends on the data reruns on the grown version (the keep-the-dataset loop).
+    # --dry-run says so (it used to say "skip" for every stage and the run then reran them).
+    plan = dict(R.plan(cfg_for(tmp_path, "two")))
+    assert plan["collect"].startswith("skip") and plan["pretrain"].startswith("run"), plan
+    assert all(plan[s].startswith("run") for s in STAGES[2:]), plan
     r2 = R.run(cfg_for(tmp_path, "two"))
     assert {x.name: x.status for x in r2.records} == {**dict.fromkeys(STAGES, "ran"), "collect": "skipped"}
     assert r2.artifacts["checkpoint"]["dataset"]["version"]["episodes"] == 12 + ONLINE
