@@ -9,6 +9,17 @@ This module must run on a robot computer without training dependencies: it never
 imports torch, Lightning, Hydra or zarr (tests/deploy check it in a process where
 ``import torch`` fails).
 
+What loading refuses (:class:`~o2o.deploy.manifest.ManifestError`), before any step:
+
+- a file of the export changed, missing or swapped (SHA-256 and size in ``manifest.json``);
+- ``manifest.json`` changed after export: its sections are sealed into the ONNX model's
+  metadata, and any section changed, added or removed is refused by name (bounds, safe
+  action, layout, the reference the self-test uses...); an export without a seal (format 1)
+  is refused too (see :mod:`o2o.deploy.manifest`);
+- with a signing key (``signing_key=`` or ``key_file=``): an unsigned export, or one signed
+  with another key. Without a key a signature is not checked;
+- a model that does not reproduce its recorded reference actions (the self-test).
+
 Guards, in the order they act on each step:
 
 1. a non-finite observation (NaN/inf) gives the **safe action** and a :class:`GuardWarning`
@@ -45,7 +56,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from o2o.deploy.manifest import ManifestError, bounds_from_json, load_manifest
+from o2o.deploy.manifest import (SEAL_KEY, ManifestError, bounds_from_json, check_seal, check_signature, load_manifest,
+                                 read_signing_key)
 
 _FROM_MANIFEST: Any = object()  # "use the export's default" (None is a meaningful value for several settings)
 
@@ -122,15 +134,25 @@ class PolicyRuntime:
             unless it reproduces the recorded actions within the export's tolerance.
         num_threads: onnxruntime intra-op threads (1: a single observation gains nothing
             from a thread pool, and the controller's own threads keep their cores).
+        signing_key / key_file: this deployment's signing key (bytes or text, or a file holding
+            it): the export must carry a valid signature made with it. Without either, a
+            signature is not checked (``signed`` says whether the export has one).
+
+    The manifest's seal is always checked (``verify=False`` skips only the files' hashes).
     """
 
     def __init__(self, export_dir: str | os.PathLike, *, safe_action: Any = _FROM_MANIFEST,
                  max_delta: Any = _FROM_MANIFEST, deadline_s: Any = _FROM_MANIFEST, watchdog: bool = True,
-                 watchdog_latch: bool = False, verify: bool = True, self_test: bool = True, num_threads: int = 1):
+                 watchdog_latch: bool = False, verify: bool = True, self_test: bool = True, num_threads: int = 1,
+                 signing_key: bytes | str | None = None, key_file: str | os.PathLike | None = None):
         import onnxruntime as ort  # here, so `import o2o.deploy.runtime` alone needs only NumPy
 
         self.export_dir = Path(export_dir)
         where = f"export {str(self.export_dir)!r}"
+        if signing_key is not None and key_file is not None:
+            raise ValueError("PolicyRuntime: give signing_key or key_file, not both")
+        if key_file is not None:
+            signing_key = read_signing_key(key_file)
         self.manifest = load_manifest(self.export_dir, verify=verify)
         m = self.manifest
         self.obs_dim, self.act_dim = int(m["observation"]["dim"]), int(m["action"]["dim"])
@@ -144,7 +166,8 @@ class PolicyRuntime:
         # The bytes that are hashed are the bytes that are loaded (no window to swap the file).
         onnx_name = m["onnx"]["file"]
         model_bytes = (self.export_dir / onnx_name).read_bytes()
-        if verify and hashlib.sha256(model_bytes).hexdigest() != m["files"].get(onnx_name, {}).get("sha256"):
+        onnx_sha256 = hashlib.sha256(model_bytes).hexdigest()
+        if verify and onnx_sha256 != m["files"].get(onnx_name, {}).get("sha256"):
             raise ManifestError(f"{where}: {onnx_name!r} changed while it was being loaded (hash mismatch)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(num_threads)
@@ -155,6 +178,12 @@ class PolicyRuntime:
             self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ManifestError(f"{where}: onnxruntime cannot load {onnx_name!r}: {e}") from None
+        # The manifest as exported, or nothing: its digests live in the model just loaded.
+        sealed = check_seal(m, self._session.get_modelmeta().custom_metadata_map.get(SEAL_KEY), where)
+        self.signed = isinstance(m.get("signature"), Mapping)
+        self.signature_checked = signing_key is not None
+        if signing_key is not None:
+            check_signature(m, sealed, onnx_sha256, signing_key, where)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or inputs[0].shape[-1] != self.obs_dim or outputs[0].shape[-1] != self.act_dim:
             raise ManifestError(f"{where}: {onnx_name!r} maps {[i.shape for i in inputs]} -> "

@@ -5,7 +5,8 @@ its best checkpoint), the dataset version it was trained on (recorded observatio
 the parity check; env rollouts of the policy when that dataset is gone or changed), the
 run's ``summary.json`` (evaluation figures) and the env (observation layout, bounds,
 control frequency, closed-loop check). Writes: ``policy.onnx``, ``policy.pt``,
-``reference.npz`` and ``manifest.json`` in ``out`` (default ``<run>/export/<checkpoint>``).
+``reference.npz`` and ``manifest.json`` in ``out`` (default ``<run>/export/<checkpoint>``),
+the manifest sealed into the ONNX model and, with ``signing_key_file``, signed.
 
 ``o2o export`` and the ``export`` stage of ``o2o run`` both call :func:`export`.
 """
@@ -24,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
-from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, sha256_file
+from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, key_id, read_signing_key, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 
@@ -225,7 +226,9 @@ def export(cfg: DictConfig) -> ExportResult:
         runtime={k: plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")}, notes=notes,
     )
 
-    check = None
+    key_file = cfg.get("signing_key_file")
+    key = read_signing_key(str(key_file)) if key_file else None
+    check, checked = None, {}
     cl = cfg.closed_loop
     if int(cl.episodes) > 0 and env is not None:
         def trained(o: np.ndarray) -> np.ndarray:
@@ -235,17 +238,24 @@ def export(cfg: DictConfig) -> ExportResult:
         drop = cl.get("max_success_drop")
 
         def check(folder: Path) -> dict:
-            return closed_loop_check(folder, env_cfg, trained, int(cl.episodes), int(cl.seed),
-                                     None if drop is None else float(drop))
+            checked["closed_loop"] = closed_loop_check(folder, env_cfg, trained, int(cl.episodes), int(cl.seed),
+                                                       None if drop is None else float(drop), signing_key=key)
+            return checked["closed_loop"]
     elif int(cl.episodes) > 0:
         notes.append("closed-loop check skipped: the env cannot be built here")
 
-    report = export_policy(policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check)
+    if key is not None:
+        notes.append(f"signed with the key in {key_file} (key id {key_id(key)}): runtimes given that key accept "
+                     "only exports signed with it")
+    report = export_policy(policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check,
+                           signing_key=key)
     m = report.manifest
+    # The check's own figures (NaN where a rate is undefined); the manifest holds them JSON-safe (null).
     return ExportResult(out_dir=str(out_dir), checkpoint=str(ckpt), manifest_path=str(out_dir / MANIFEST_NAME),
                         parity=report.parity, observations_source=source,
-                        closed_loop=m["evaluation"].get("closed_loop"), files=m["files"], notes=notes,
-                        seconds=time.perf_counter() - start)
+                        closed_loop=checked.get("closed_loop", m["evaluation"].get("closed_loop")), files=m["files"],
+                        notes=notes, seconds=time.perf_counter() - start)
+
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage

@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from o2o.deploy.manifest import ManifestError, hash_files, write_manifest
+from o2o.deploy.export import seal_export
+from o2o.deploy.manifest import FORMAT_VERSION, ManifestError, write_manifest
 from o2o.deploy.runtime import ControlLoop, Guard, GuardWarning, ObservationError, PolicyRuntime
 from o2o.policies.algos.base import load_algorithm
 
@@ -22,6 +23,11 @@ class SlowRuntime(PolicyRuntime):
     def _infer_one(self, obs):
         time.sleep(self.delay_s)
         return super()._infer_one(obs)
+
+
+def reseal(folder, manifest) -> None:
+    """What export does after changing a manifest (torch side): hash the files and seal it into the model again."""
+    seal_export(folder, manifest, list(manifest["files"]))
 
 
 # ---------------------------------------------------------------------- loading and acting
@@ -155,7 +161,7 @@ def test_bad_guard_settings_are_refused(maze_export):
 def test_guard_defaults_come_from_the_manifest(export_copy):
     m = json.loads((export_copy / "manifest.json").read_text())
     m["runtime"] = {"safe_action": [0.0, 0.3], "max_delta": 0.2, "deadline_s": 0.02}
-    write_manifest(export_copy, m)
+    reseal(export_copy, m)  # an export made with these defaults (an edited manifest is refused: test_manifest_seal)
     rt = PolicyRuntime(export_copy)
     assert rt.safe_action.tolist() == [0.0, 0.3] and rt.max_delta.tolist() == [0.2, 0.2] and rt.deadline_s == 0.02
     assert PolicyRuntime(export_copy, max_delta=None).max_delta is None
@@ -187,7 +193,7 @@ def test_a_manifest_that_is_not_an_export_is_refused(export_copy, tmp_path):
     (export_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         PolicyRuntime(export_copy)
-    (export_copy / "manifest.json").write_text(json.dumps({"format": "o2o-export", "format_version": 1}))
+    (export_copy / "manifest.json").write_text(json.dumps({"format": "o2o-export", "format_version": FORMAT_VERSION}))
     with pytest.raises(ManifestError, match=r"manifest lacks sections \['created', 'policy'"):
         PolicyRuntime(export_copy)
 
@@ -205,8 +211,7 @@ def test_the_self_test_refuses_a_model_that_does_not_reproduce_its_reference(exp
         obs, act = d["observations"], d["actions"]
     np.savez(export_copy / "reference.npz", observations=obs, actions=act + 1e-3)
     m = json.loads((export_copy / "manifest.json").read_text())
-    m["files"] = hash_files(export_copy, m["files"])  # consistent hashes: only the self-test can tell
-    write_manifest(export_copy, m)
+    reseal(export_copy, m)  # consistent hashes and seal: only the self-test can tell
     with pytest.raises(ManifestError, match=r"self-test failed: .* max abs diff 0\.001 > 1e-05"):
         PolicyRuntime(export_copy)
     PolicyRuntime(export_copy, self_test=False)
