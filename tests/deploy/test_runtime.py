@@ -52,9 +52,46 @@ def test_bad_observations_are_clear_errors(maze_export):
         rt.act({"position": [0, 0], "velocity": [0, 0]})
     with pytest.raises(ObservationError, match=r"field 'velocity' has shape \(3,\).*needs shape \(2,\)"):
         rt.act({"position": [0, 0], "velocity": [0, 0, 0], "goal": [1, 1]})
-    with pytest.raises(ObservationError, match="not numeric"):
+    with pytest.raises(ObservationError, match=r"has dtype <U1 \(strings\).*must be real numbers"):
         rt.act(["a", "b", "c", "d", "e", "f"])
     assert rt.steps == 0
+
+
+def test_observations_that_are_not_real_numbers_are_refused_by_name(maze_export, recorded):
+    """Strings would be parsed and complex numbers lose their imaginary part under a float32 cast: refused."""
+    rt = PolicyRuntime(maze_export.out_dir)
+    obs = recorded[0]
+    flat = {  # input -> what the error must say
+        "strings": ([f"{v:.3f}" for v in obs], r"observation has dtype <U\d+ \(strings\) \(value \[0\], field "
+                                                r"'position', is a str: '"),
+        "one string": ([*obs[:3].tolist(), "0.5", *obs[4:].tolist()],
+                       r"\(value \[3\], field 'velocity', is a str: '0.5'\)"),
+        "None": ([*obs[:4].tolist(), None, obs[5]], r"dtype object \(Python objects\) \(value \[4\], field 'goal', "
+                                                    r"is a NoneType: None\)"),
+        "complex": (obs.astype(np.complex64), r"observation has dtype complex64 \(complex numbers\): observations "
+                                              r"must be real numbers"),
+        "complex list": ([complex(v, 1.0) for v in obs], r"dtype complex128 \(complex numbers\) \(value \[0\]"),
+        "bytes": (np.array([b"1"] * 6), r"dtype \|S1 \(bytes\)"),
+        "dates": (np.array(["2026-01-01"] * 6, dtype="datetime64[D]"), r"dtype datetime64\[D\] \(dates\)"),
+    }
+    for name, (value, message) in flat.items():
+        with pytest.raises(ObservationError, match=message):
+            rt.step(value)
+    named = {"position": obs[:2], "velocity": obs[2:4], "goal": obs[4:]}
+    for value, message in (([str(v) for v in obs[2:4]], r"<U\d+ \(strings\)"),
+                           (obs[2:4] + 1j, r"complex\d+ \(complex numbers\)"), ("0.1", r"<U3 \(strings\)")):
+        with pytest.raises(ObservationError, match=rf"^observation field 'velocity' has dtype {message}.*: observations "
+                                                   r"must be real numbers \(bool, int or float\)$"):
+            rt.step({**named, "velocity": value})
+    with pytest.raises(ObservationError, match=r"observation batch has dtype <U"):
+        rt.infer(np.array([[str(v) for v in obs]]))
+    assert rt.steps == 0  # nothing reached the policy
+    # Real numbers of any kind act as their float32 values: ints, bools, float64, lists.
+    ints = {"position": [1, 0], "velocity": np.array([0, 0], np.int64), "goal": [True, False]}
+    want = rt.act(np.float32([1, 0, 0, 0, 1, 0]))
+    np.testing.assert_array_equal(rt.act(ints), want)
+    np.testing.assert_array_equal(rt.act([1, 0, 0, 0, 1, 0]), want)
+    np.testing.assert_array_equal(rt.act(obs.astype(np.float64)), rt.act(obs))
 
 
 # ---------------------------------------------------------------------- guards
