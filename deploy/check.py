@@ -7,6 +7,13 @@ guard active, the loop in simulated time); the trained policy is any ``obs [B, O
 action [B, A]`` function (the torch module). Success is the env's ``info["is_success"]``
 at any step of the episode (as :class:`o2o.policies.evaluation.Evaluator` counts it).
 
+Matching the torch policy now is not enough: a checkpoint whose weights were changed gives a
+torch policy and an export that fail alike. So the runtime's episodes are also compared with
+what the checkpoint was **evaluated at** when it was chosen (``reference``: its own
+evaluation record, else its run's ``summary.json``; :func:`compare_with_evaluation`), with an
+allowance for the noise of two finite sets of episodes plus a margin: success rates where the
+env reports success, mean returns where it does not.
+
 Simulation side (it imports o2o.envs); the runtime itself stays free of it.
 """
 
@@ -114,34 +121,100 @@ def run_policy(policy: Callable[[np.ndarray], np.ndarray], env_cfg: Mapping[str,
         env.close()
 
 
-def success_noise(p: float | None, n: int) -> float:
-    """Standard error of a difference of two success rates measured on ``n`` episodes each (at rate ``p``)."""
-    if p is None or n < 1:
+def success_noise(p: float | None, n: int, m: int | None = None) -> float:
+    """Standard error of a difference of two success rates at rate ``p``, measured on ``n`` and ``m``
+    (default ``n``) episodes."""
+    m = n if m is None else m
+    if p is None or n < 1 or m < 1:
         return math.nan
-    p = min(max(p, 0.5 / n), 1 - 0.5 / n)  # never zero: 10/10 successes does not mean no noise
-    return math.sqrt(2 * p * (1 - p) / n)
+    k = min(n, m)
+    p = min(max(p, 0.5 / k), 1 - 0.5 / k)  # never zero: 10/10 successes does not mean no noise
+    return math.sqrt(p * (1 - p) * (1 / n + 1 / m))
+
+
+def return_noise(std_a: float, n: int, std_b: float, m: int) -> float:
+    """Standard error of a difference of two mean returns (per-episode standard deviations, episode counts)."""
+    if n < 1 or m < 1:
+        return math.nan
+    return math.sqrt(std_a ** 2 / n + std_b ** 2 / m)
+
+
+def compare_with_evaluation(got: Mapping[str, Any], episodes: int, reference: Mapping[str, Any], noise_z: float = 2.0,
+                            success_margin: float = 0.1, return_margin: float = 0.1) -> dict[str, Any]:
+    """The runtime's closed-loop outcome ``got`` (:meth:`Episodes.summary` of ``episodes`` episodes) against
+    ``reference`` (``success_rate``/``return_mean``/``return_std``, ``episodes`` and ``source``: what the
+    checkpoint was evaluated at).
+
+    Success rates are compared where both are known, else mean returns. The allowed drop is
+    ``noise_z`` standard errors of the difference (from both episode counts) plus the margin
+    (``success_margin``, absolute; ``return_margin``, a fraction of ``|reference return|``).
+    Returns the comparison with ``passed``; never raises.
+    """
+    n_ref = max(1, int(round(float(reference.get("episodes") or 1))))
+    out: dict[str, Any] = {"source": reference.get("source"), "evaluated_episodes": n_ref, "episodes": int(episodes)}
+    if reference.get("success_rate") is not None and got.get("success_rate") is not None:
+        want, have = float(reference["success_rate"]), float(got["success_rate"])
+        noise = success_noise(want, n_ref, int(episodes))
+        allowed = noise_z * noise + float(success_margin)
+        out.update(metric="success_rate", margin=float(success_margin))
+    elif reference.get("return_mean") is not None:
+        want, have = float(reference["return_mean"]), float(got["return_mean"])
+        std_rt = float(got.get("return_std") or 0.0)
+        std_ref = float(reference["return_std"]) if reference.get("return_std") is not None else std_rt
+        noise = return_noise(std_ref, n_ref, std_rt, int(episodes))
+        allowed = noise_z * noise + float(return_margin) * abs(want)
+        out.update(metric="return_mean", margin=float(return_margin) * abs(want))
+    else:
+        out.update(metric=None, passed=True, reason="the reference holds neither a success rate nor a return")
+        return out
+    out.update(evaluated=want, runtime=have, noise=noise, noise_z=float(noise_z), allowed_drop=allowed,
+               passed=bool(have >= want - allowed))
+    return out
 
 
 def closed_loop_check(export_dir: str | os.PathLike, env_cfg: Mapping[str, Any],
                       trained: Callable[[np.ndarray], np.ndarray], episodes: int = 10, seed: int = 20_000,
-                      max_success_drop: float | None = None, **runtime_kwargs: Any) -> dict[str, Any]:
-    """Success of the export through the runtime next to the trained policy's, on the same episodes.
+                      max_success_drop: float | None = None, reference: Mapping[str, Any] | None = None,
+                      noise_z: float = 2.0, success_margin: float = 0.1, return_margin: float = 0.1,
+                      **runtime_kwargs: Any) -> dict[str, Any]:
+    """Success of the export through the runtime next to the trained policy's, on the same episodes,
+    and next to what the checkpoint was evaluated at (``reference``, see :func:`compare_with_evaluation`).
 
     With ``max_success_drop``, raises :class:`~o2o.deploy.export.ExportRefused` when the
-    runtime's success rate is lower than the trained policy's by more than that.
+    runtime's success rate is lower than the trained policy's by more than that; with a
+    ``reference``, when the runtime scores lower than the reference by more than the allowance.
+    The result holds both comparisons (``vs_evaluation``: what the reference was and the figures).
     """
+    from o2o.deploy.export import ExportRefused
+
     runtime = PolicyRuntime(export_dir, **runtime_kwargs)
     got, extra = run_runtime(runtime, env_cfg, episodes, seed)
     want = run_policy(trained, env_cfg, episodes, seed)
     rt, tr = got.summary(), want.summary()
     out = {"episodes": int(episodes), "seed": int(seed), "runtime": rt, "trained": tr, **extra,
            "success_noise": success_noise(tr["success_rate"], episodes)}
+    guards = extra["guards"] or "none"
     if max_success_drop is not None and rt["success_rate"] is not None and tr["success_rate"] is not None:
         if rt["success_rate"] < tr["success_rate"] - float(max_success_drop):
-            from o2o.deploy.export import ExportRefused
-
             raise ExportRefused(f"export refused: closed loop in simulation, the exported policy through the runtime "
                                 f"succeeds in {rt['success_rate']:.2f} of {episodes} episodes, the trained policy in "
                                 f"{tr['success_rate']:.2f} (allowed drop {max_success_drop}); guards that fired: "
-                                f"{extra['guards'] or 'none'}")
+                                f"{guards}")
+    if reference is not None:
+        vs = compare_with_evaluation(rt, episodes, reference, noise_z, success_margin, return_margin)
+        out["vs_evaluation"] = vs
+        if not vs["passed"]:
+            rate = vs["metric"] == "success_rate"
+            what = "succeeds in" if rate else "has a mean return of"
+            torch_now = tr["success_rate"] if rate else tr["return_mean"]
+            fmt = (lambda v: f"{v:.2f}") if rate else (lambda v: f"{v:.4g}")  # noqa: E731
+            raise ExportRefused(
+                f"export refused: closed loop in simulation, the exported policy through the runtime {what} "
+                f"{fmt(vs['runtime'])} over {episodes} episodes (seed {seed}), but the checkpoint was evaluated at "
+                f"{fmt(vs['evaluated'])} over {vs['evaluated_episodes']} episodes ({vs['source']}); allowed drop "
+                f"{vs['allowed_drop']:.3g} ({vs['noise_z']:g} standard errors of the difference, {vs['noise']:.3g}, + "
+                f"margin {vs['margin']:.3g}). The trained torch policy scores {fmt(torch_now)} on the same episodes"
+                + (", as low: the checkpoint's weights do not behave as they did when it was evaluated"
+                   if (torch_now is not None and torch_now < vs["evaluated"] - vs["allowed_drop"]) else "")
+                + f"; guards that fired: {guards}")
     return out

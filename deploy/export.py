@@ -15,9 +15,13 @@ Every export goes through the same steps, in a staging folder next to the destin
    and nothing reaches the destination;
 3. ``reference.npz`` (a sample of the observations with the torch actions, so any
    controller can re-check its own integration) and ``manifest.json`` (see
-   :mod:`o2o.deploy.manifest`) with the SHA-256 of every file;
+   :mod:`o2o.deploy.manifest`) with the SHA-256 of every file, **sealed** into the ONNX
+   model (:func:`seal_export`: the digest of each manifest section in the model's metadata,
+   so the runtime refuses a manifest edited after export) and optionally signed with a
+   deployment's key (HMAC-SHA256); the folder must load in the runtime;
 4. an optional check on the finished folder (the closed-loop check in simulation), which
-   may refuse too;
+   may refuse too; its result goes into the manifest, which is then sealed (and signed)
+   again and loaded in the runtime once more;
 5. the staging folder replaces the destination in one rename.
 
 This module needs torch and onnx, not Lightning, zarr or Hydra: the caller (the export
@@ -27,6 +31,7 @@ stage) loads checkpoints and data and passes plain objects.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -44,8 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from o2o.deploy.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME, REFERENCE_NAME,
-                                 TORCHSCRIPT_NAME, bounds_to_json, check_manifest, hash_files, write_manifest)
+from o2o.deploy.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME, REFERENCE_NAME, SEAL_KEY,
+                                 SIGNATURE_SECTION, TORCHSCRIPT_NAME, bounds_to_json, check_manifest, hash_files,
+                                 seal_digests, seal_text, sha256_file, sign, write_manifest)
 
 OPSET = 18  # pinned: onnxruntime >= 1.14 runs it; the torch.export-based exporter starts at 18
 TOLERANCE = 1e-5
@@ -240,14 +246,67 @@ def _prepare_destination(out_dir: Path) -> None:
         raise ExportRefused(f"destination {str(out_dir)!r} exists and is not an o2o export folder; choose another out=")
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN; a check's figures can be NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_onnx_metadata(path: str | os.PathLike, entries: Mapping[str, str]) -> None:
+    """Set ``metadata_props`` entries of an ONNX file (replacing entries of the same keys; the graph is untouched)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *entries.items()]:
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    tmp = Path(str(path) + ".tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+
+
+def seal_export(folder: str | os.PathLike, manifest: Mapping[str, Any], files: Sequence[str],
+                signing_key: bytes | str | None = None) -> dict[str, Any]:
+    """Hash ``files``, seal the manifest into its ONNX model, sign it with ``signing_key`` if given,
+    and write ``manifest.json``; returns the manifest as written (see :mod:`o2o.deploy.manifest`).
+
+    The seal holds the digest of every section as it will be written (``files`` without the
+    ONNX file's own entry); the ONNX file is hashed after the seal is in it, so the manifest's
+    hash of the model covers the seal, and the signature covers both.
+    """
+    folder = Path(folder)
+    m = json.loads(json.dumps(_json_safe(dict(manifest)), allow_nan=False))  # sealed exactly as written
+    m.pop(SIGNATURE_SECTION, None)
+    onnx_name = m["onnx"]["file"]
+    if onnx_name not in files:
+        raise ValueError(f"seal_export: the ONNX file {onnx_name!r} is not among the files {list(files)}")
+    m["files"] = hash_files(folder, [n for n in files if n != onnx_name])
+    write_onnx_metadata(folder / onnx_name, {SEAL_KEY: seal_text(m)})
+    m["files"] = hash_files(folder, files)
+    if signing_key is not None:
+        m[SIGNATURE_SECTION] = sign(seal_digests(m), sha256_file(folder / onnx_name), signing_key)
+    check_manifest(m, f"export {str(folder)!r}")
+    write_manifest(folder, m)
+    return m
+
+
 def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: np.ndarray, spec: ExportSpec, *,
                   opset: int = OPSET, tolerance: float = TOLERANCE, reference_rows: int = 256,
-                  check: Callable[[Path], Mapping[str, Any]] | None = None) -> ExportReport:
+                  check: Callable[[Path], Mapping[str, Any]] | None = None,
+                  signing_key: bytes | str | None = None) -> ExportReport:
     """Export ``policy`` (raw obs -> env-unit actions) to ``out_dir``, verified; see the module docstring.
 
     ``observations`` ``[N, obs_dim]``: recorded observations the parity check runs on.
     ``check(staging_dir)`` runs on the finished export before it is moved into place; its
     result is stored under ``evaluation.closed_loop`` and it may raise :class:`ExportRefused`.
+    ``signing_key``: sign the export (HMAC-SHA256) so runtimes given the key accept it.
     An existing export at ``out_dir`` is replaced only when the new one passed every check.
     """
     start = time.perf_counter()
@@ -288,13 +347,13 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
         pick = np.sort(rng.choice(len(obs), size=min(reference_rows, len(obs)), replace=False))
         np.savez(staging / REFERENCE_NAME, observations=obs[pick], actions=want[pick])
         manifest = build_manifest(spec, obs, act_dim, diffs, tolerance, opset, len(pick))
-        manifest["files"] = hash_files(staging, [ONNX_NAME, TORCHSCRIPT_NAME, REFERENCE_NAME])
-        check_manifest(manifest, f"export {str(out_dir)!r}")
-        write_manifest(staging, manifest)
-        _load_in_runtime(staging)
+        files = [ONNX_NAME, TORCHSCRIPT_NAME, REFERENCE_NAME]
+        manifest = seal_export(staging, manifest, files, signing_key)
+        _load_in_runtime(staging, signing_key)
         if check is not None:
             manifest["evaluation"]["closed_loop"] = dict(check(staging))
-            write_manifest(staging, manifest)
+            manifest = seal_export(staging, manifest, files, signing_key)  # the check's result is sealed too
+            _load_in_runtime(staging, signing_key)  # the folder as it will be deployed
         _replace(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -333,12 +392,12 @@ def build_manifest(spec: ExportSpec, obs: np.ndarray, act_dim: int, diffs: Mappi
     }
 
 
-def _load_in_runtime(folder: Path) -> None:
-    """The export must load in the controller-side runtime (hashes, self-test, guard defaults)."""
+def _load_in_runtime(folder: Path, signing_key: bytes | str | None = None) -> None:
+    """The export must load in the controller-side runtime (hashes, seal, signature, self-test, guard defaults)."""
     from o2o.deploy.runtime import PolicyRuntime
 
     try:
-        PolicyRuntime(folder)
+        PolicyRuntime(folder, signing_key=signing_key)
     except ValueError as e:  # ManifestError, bad guard defaults
         raise ExportRefused(f"export refused: the runtime does not accept it: {e}") from e
 

@@ -9,6 +9,22 @@ This module must run on a robot computer without training dependencies: it never
 imports torch, Lightning, Hydra or zarr (tests/deploy check it in a process where
 ``import torch`` fails).
 
+What loading refuses (:class:`~o2o.deploy.manifest.ManifestError`), before any step:
+
+- a file of the export changed, missing or swapped (SHA-256 and size in ``manifest.json``);
+- ``manifest.json`` changed after export: its sections are sealed into the ONNX model's
+  metadata, and any section changed, added or removed is refused by name (bounds, safe
+  action, layout, the reference the self-test uses...); an export without a seal (format 1)
+  is refused too (see :mod:`o2o.deploy.manifest`);
+- with a signing key (``signing_key=`` or ``key_file=``): an unsigned export, or one signed
+  with another key. Without a key a signature is not checked;
+- a model that does not reproduce its recorded reference actions (the self-test).
+
+Observations must be real numbers: bool, integer or floating arrays (or sequences of such
+numbers). Strings, bytes, complex numbers, objects and dates are refused by field or position
+(:class:`ObservationError`), never converted: ``np.asarray(["1"], float)`` would parse text and
+a complex value would silently lose its imaginary part.
+
 Guards, in the order they act on each step:
 
 1. a non-finite observation (NaN/inf) gives the **safe action** and a :class:`GuardWarning`
@@ -45,7 +61,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from o2o.deploy.manifest import ManifestError, bounds_from_json, load_manifest
+from o2o.deploy.manifest import (SEAL_KEY, ManifestError, bounds_from_json, check_seal, check_signature, load_manifest,
+                                 read_signing_key)
 
 _FROM_MANIFEST: Any = object()  # "use the export's default" (None is a meaningful value for several settings)
 
@@ -94,8 +111,56 @@ class StepResult(NamedTuple):
         return bool(self.flags & SAFE_FLAGS)
 
 
+#: Array kinds a real-valued input may have: bool, signed and unsigned integers, floats.
+REAL_KINDS = frozenset("biuf")
+_KIND_NAMES = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects", "M": "dates",
+               "m": "time intervals", "V": "raw/structured records"}
+
+
+def _kind(dtype: np.dtype) -> str:
+    return f"dtype {dtype} ({_KIND_NAMES.get(dtype.kind, 'not numbers')})"
+
+
+def _first_nonreal(values: Any) -> tuple[int, Any] | None:
+    """(flat position, value) of the first element of a nested list/tuple that is not a real number."""
+    flat = 0
+    stack = [iter(values)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, (list, tuple)):
+                stack.append(iter(v))
+                break
+            if not (isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating))):
+                return flat, v
+            flat += 1
+        else:
+            stack.pop()
+    return None
+
+
+def real_array(value: Any, what: str, error: type[Exception] = ValueError,
+               layout: list[dict] | None = None) -> np.ndarray:
+    """``value`` as an array of a real kind (bool/int/uint/float), else ``error`` naming ``what``, the
+    type and, for a list or tuple, the first value that is not a real number (and its ``layout`` field)."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError) as e:  # ragged nested sequences
+        raise error(f"{what} is not an array of numbers ({type(value).__name__}: {e})") from None
+    if a.dtype.kind in REAL_KINDS:
+        return a
+    where = ""
+    found = _first_nonreal(value) if isinstance(value, (list, tuple)) else None
+    if found is not None:
+        field = next((f["key"] for f in layout or () if f["start"] <= found[0] < f["stop"]), None)
+        where = (f" (value [{found[0]}]" + (f", field {field!r}," if field else "")
+                 + f" is a {type(found[1]).__name__}: {found[1]!r})")
+    raise error(f"{what} has {_kind(a.dtype)}{where}: "
+                + ("observations must be real numbers (bool, int or float)" if error is ObservationError
+                   else "it must be real numbers"))
+
+
 def _vector(value: Any, n: int, what: str) -> np.ndarray:
-    a = np.asarray(value, dtype=np.float64)
+    a = real_array(value, what).astype(np.float64)
     if a.ndim == 0:
         a = np.full(n, float(a))
     if a.shape != (n,):
@@ -122,15 +187,25 @@ class PolicyRuntime:
             unless it reproduces the recorded actions within the export's tolerance.
         num_threads: onnxruntime intra-op threads (1: a single observation gains nothing
             from a thread pool, and the controller's own threads keep their cores).
+        signing_key / key_file: this deployment's signing key (bytes or text, or a file holding
+            it): the export must carry a valid signature made with it. Without either, a
+            signature is not checked (``signed`` says whether the export has one).
+
+    The manifest's seal is always checked (``verify=False`` skips only the files' hashes).
     """
 
     def __init__(self, export_dir: str | os.PathLike, *, safe_action: Any = _FROM_MANIFEST,
                  max_delta: Any = _FROM_MANIFEST, deadline_s: Any = _FROM_MANIFEST, watchdog: bool = True,
-                 watchdog_latch: bool = False, verify: bool = True, self_test: bool = True, num_threads: int = 1):
+                 watchdog_latch: bool = False, verify: bool = True, self_test: bool = True, num_threads: int = 1,
+                 signing_key: bytes | str | None = None, key_file: str | os.PathLike | None = None):
         import onnxruntime as ort  # here, so `import o2o.deploy.runtime` alone needs only NumPy
 
         self.export_dir = Path(export_dir)
         where = f"export {str(self.export_dir)!r}"
+        if signing_key is not None and key_file is not None:
+            raise ValueError("PolicyRuntime: give signing_key or key_file, not both")
+        if key_file is not None:
+            signing_key = read_signing_key(key_file)
         self.manifest = load_manifest(self.export_dir, verify=verify)
         m = self.manifest
         self.obs_dim, self.act_dim = int(m["observation"]["dim"]), int(m["action"]["dim"])
@@ -144,7 +219,8 @@ class PolicyRuntime:
         # The bytes that are hashed are the bytes that are loaded (no window to swap the file).
         onnx_name = m["onnx"]["file"]
         model_bytes = (self.export_dir / onnx_name).read_bytes()
-        if verify and hashlib.sha256(model_bytes).hexdigest() != m["files"].get(onnx_name, {}).get("sha256"):
+        onnx_sha256 = hashlib.sha256(model_bytes).hexdigest()
+        if verify and onnx_sha256 != m["files"].get(onnx_name, {}).get("sha256"):
             raise ManifestError(f"{where}: {onnx_name!r} changed while it was being loaded (hash mismatch)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(num_threads)
@@ -155,6 +231,12 @@ class PolicyRuntime:
             self._session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
             raise ManifestError(f"{where}: onnxruntime cannot load {onnx_name!r}: {e}") from None
+        # The manifest as exported, or nothing: its digests live in the model just loaded.
+        sealed = check_seal(m, self._session.get_modelmeta().custom_metadata_map.get(SEAL_KEY), where)
+        self.signed = isinstance(m.get("signature"), Mapping)
+        self.signature_checked = signing_key is not None
+        if signing_key is not None:
+            check_signature(m, sealed, onnx_sha256, signing_key, where)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or inputs[0].shape[-1] != self.obs_dim or outputs[0].shape[-1] != self.act_dim:
             raise ManifestError(f"{where}: {onnx_name!r} maps {[i.shape for i in inputs]} -> "
@@ -228,7 +310,9 @@ class PolicyRuntime:
             raise ObservationError(f"observation lacks fields {missing}; the policy needs {self.obs_keys}")
         out = np.empty(self.obs_dim, np.float32)
         for f in self.layout:
-            v = np.asarray(obs[f["key"]], dtype=np.float32)
+            v = obs[f["key"]]
+            if not (type(v) is np.ndarray and v.dtype.kind in REAL_KINDS):
+                v = real_array(v, f"observation field {f['key']!r}", ObservationError)
             want = f["stop"] - f["start"]
             if v.size != want:
                 raise ObservationError(f"observation field {f['key']!r} has shape {v.shape} ({v.size} values), the "
@@ -241,14 +325,12 @@ class PolicyRuntime:
             return self.flatten(obs)
         if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
             return obs  # the common case, checked cheaply
-        try:
-            v = np.asarray(obs, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ObservationError(f"observation is not numeric ({type(obs).__name__}: {e})") from None
+        v = obs if type(obs) is np.ndarray and obs.dtype.kind in REAL_KINDS else real_array(
+            obs, "observation", ObservationError, self.layout)
         if v.size != self.obs_dim or v.ndim > 2 or (v.ndim == 2 and v.shape[0] != 1):
             raise ObservationError(f"observation has shape {v.shape}, the policy needs ({self.obs_dim},) float32 "
                                    f"(fields {self.obs_keys}) or a dict of those fields")
-        return v.reshape(self.obs_dim)
+        return v.reshape(self.obs_dim).astype(np.float32, copy=False)
 
     def _nonfinite_fields(self, v: np.ndarray) -> list[str]:
         bad = ~np.isfinite(v)
@@ -257,7 +339,10 @@ class PolicyRuntime:
     # ------------------------------------------------------------------ acting
     def infer(self, obs_batch: np.ndarray) -> np.ndarray:
         """The policy's actions for a batch ``[B, obs_dim]``: no guards (for checks and benchmarks)."""
-        x = np.ascontiguousarray(obs_batch, dtype=np.float32)
+        x = obs_batch
+        if not (type(x) is np.ndarray and x.dtype.kind in REAL_KINDS):
+            x = real_array(x, "observation batch", ObservationError)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.obs_dim:
             raise ObservationError(f"observation batch has shape {x.shape}, expected [B, {self.obs_dim}]")
         return self._session.run(self._outputs, {next(iter(self._feed)): x})[0]

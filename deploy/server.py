@@ -25,6 +25,13 @@ message]`` and the server keeps serving. Guard flags (bits): 1 clamped, 2 rate-l
 4..32 means the action is the safe action. A NaN in the observation is a valid request
 (it gets the safe action), not an error.
 
+The export is loaded by :class:`PolicyRuntime`, so the server refuses what the runtime
+refuses: changed files, a ``manifest.json`` edited after export (the manifest is sealed into
+the model) and, with ``key_file=PATH``, an export not signed with that key. Requests cannot
+carry non-real observations: ``act`` payloads are decoded as little-endian float32 of the
+exact size, so strings or complex numbers never reach the policy (NaN/inf do, and get the
+safe action).
+
 Clients must set a receive timeout (``ZMQ_RCVTIMEO``) shorter than their control period
 and send their own safe action when it expires: REQ sockets then need to be closed and
 re-opened (``ZMQ_REQ_RELAXED`` with ``ZMQ_REQ_CORRELATE`` avoids that). Only loopback
@@ -91,6 +98,7 @@ class ActionServer:
                 "period_s": rt.period_s, "deadline_s": rt.deadline_s,
                 "max_delta": None if rt.max_delta is None else rt.max_delta.tolist(),
                 "safe_action": rt.safe_action.tolist(), "watchdog_latch": rt.watchdog_latch,
+                "signed": rt.signed, "signature_checked": rt.signature_checked,
                 "flags": {g.name: int(g) for g in Guard if g is not Guard.NONE}}
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
@@ -174,6 +182,7 @@ SERVE_KEYS = {
     "watchdog_latch": "true/false (default false)",
     "allow_remote": "serve a non-loopback host (default false)",
     "threads": "onnxruntime threads (default 1)",
+    "key_file": "this deployment's signing key: serve only an export signed with it (default: none, not checked)",
 }
 
 
@@ -200,9 +209,11 @@ def serve(args: dict[str, Any], out=sys.stdout) -> int:
     for key in ("safe_action", "max_delta", "deadline_s"):
         if key in args:
             kwargs[key] = args[key]
+    key_file = args.get("key_file")
     runtime = PolicyRuntime(Path(str(args["export_dir"])), watchdog=bool(args.get("watchdog", True)),
                             watchdog_latch=bool(args.get("watchdog_latch", False)),
-                            num_threads=int(args.get("threads", 1)), **kwargs)
+                            num_threads=int(args.get("threads", 1)),
+                            key_file=None if key_file in (None, "") else str(key_file), **kwargs)
     with ActionServer(runtime, str(args.get("host", "127.0.0.1")), int(args.get("port", 5555)),
                       bool(args.get("allow_remote", False))) as server:
         def _stop(*_):
@@ -210,8 +221,11 @@ def serve(args: dict[str, Any], out=sys.stdout) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _stop)
+        signature = ("signature checked" if runtime.signature_checked else
+                     "signed, signature not checked (no key_file)" if runtime.signed else "unsigned")
         out.write(f"serving {args['export_dir']} ({runtime.manifest['policy'].get('algorithm')}, obs {runtime.obs_dim} "
-                  f"float32 -> action {runtime.act_dim} float32) on {server.endpoint}, protocol {PROTOCOL}\n")
+                  f"float32 -> action {runtime.act_dim} float32) on {server.endpoint}, protocol {PROTOCOL}; "
+                  f"manifest seal checked, {signature}\n")
         out.flush()
         server.serve_forever()
         out.write(f"stopped after {server.requests} requests; guard counts {runtime.counts}\n")

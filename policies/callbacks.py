@@ -5,6 +5,10 @@ and the value diagnostic "how well it thinks it does vs how well it does":
 ``eval/q_start_mean`` (the critic's Q of the policy's action on each episode's start
 state) next to ``eval/mc_discounted_return_mean`` (the discounted return it achieved from
 there). A Q far above the achieved return is the signature of offline overestimation.
+
+Each evaluation is also recorded on the module (:meth:`OfflineAlgorithm.record_evaluation`):
+a checkpoint written at the same step (``ModelCheckpoint`` runs after this callback) carries
+it in ``checkpoint["o2o"]["evaluation"]``, which export compares the exported policy with.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class SimEvaluation(L.Callback):
             if q is not None:
                 metrics["q_start_mean"] = float(q.mean())
                 metrics["q_minus_mc"] = metrics["q_start_mean"] - metrics["mc_discounted_return_mean"]
+            # The weights just judged remember it: a checkpoint saved before they change carries it.
+            record = getattr(module, "record_evaluation", None)
+            if record is not None:
+                record(metrics, episodes=len(res.returns), seed=self.evaluator.seed)
         finally:
             module.train(was_training)
         return metrics

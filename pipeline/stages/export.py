@@ -5,7 +5,14 @@ its best checkpoint), the dataset version it was trained on (recorded observatio
 the parity check; env rollouts of the policy when that dataset is gone or changed), the
 run's ``summary.json`` (evaluation figures) and the env (observation layout, bounds,
 control frequency, closed-loop check). Writes: ``policy.onnx``, ``policy.pt``,
-``reference.npz`` and ``manifest.json`` in ``out`` (default ``<run>/export/<checkpoint>``).
+``reference.npz`` and ``manifest.json`` in ``out`` (default ``<run>/export/<checkpoint>``),
+the manifest sealed into the ONNX model and, with ``signing_key_file``, signed.
+
+The checkpoint is read by :func:`~o2o.policies.algos.base.read_checkpoint` (an empty,
+damaged or changed file is refused by name), and the closed-loop check compares the export
+through the runtime with the torch policy on the same episodes *and* with what the
+checkpoint was evaluated at (:func:`evaluation_reference`): a checkpoint whose weights no
+longer behave as when it was chosen is refused even when torch and the export agree.
 
 ``o2o export`` and the ``export`` stage of ``o2o run`` both call :func:`export`.
 """
@@ -24,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
-from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, sha256_file
+from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, key_id, read_signing_key, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 
@@ -99,6 +106,26 @@ def training_evaluation(ckpt: Path, updates: int) -> dict:
     return out
 
 
+def evaluation_reference(raw: Mapping, ckpt: Path, training: Mapping) -> dict | None:
+    """What the checkpoint was evaluated at, for the closed-loop check: its own evaluation record
+    (``o2o.evaluation``, written with the weights it judged), else its run's ``summary.json`` row at
+    the checkpoint's update; None when neither exists."""
+    keys = ("return_mean", "return_std", "success_rate", "episodes", "seed", "step")
+    ev = (raw.get("o2o") or {}).get("evaluation")
+    if ev:
+        out = {k: ev.get(k) for k in keys}
+        out["source"] = (f"the checkpoint's own evaluation record: update {ev.get('step')}, {ev.get('episodes')} "
+                         f"episodes from seed {ev.get('seed')}")
+        return out
+    at = training.get("at_checkpoint")
+    if at and at.get("return_mean") is not None:
+        out = {k: at.get(k) for k in keys}
+        out["source"] = (f"{training.get('summary')}: evaluation at update {at.get('step')}, "
+                         f"{int(float(at.get('episodes') or 0))} episodes (the checkpoint has no evaluation record)")
+        return out
+    return None
+
+
 def _dataset_observations(meta_ds: Mapping, override: str | None, n: int, seed: int) -> tuple[np.ndarray, str]:
     """Up to ``n`` observations from the episodes the checkpoint was trained on (same dataset version)."""
     from o2o.datasets import EpisodeStore
@@ -145,7 +172,7 @@ def export(cfg: DictConfig) -> ExportResult:
     """Export ``cfg.ckpt`` to ``cfg.out`` (see ``configs/export.yaml``); raises :class:`ExportRefused` when unsafe."""
     from o2o.deploy.check import closed_loop_check
     from o2o.envs import env_metadata, make_env
-    from o2o.policies.algos.base import load_algorithm
+    from o2o.policies.algos.base import build_algorithm, read_checkpoint
 
     start = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
@@ -153,8 +180,8 @@ def export(cfg: DictConfig) -> ExportResult:
                          "(or ckpt=<run folder> for its best checkpoint)")
     ckpt = resolve_checkpoint(cfg.ckpt)
     out_dir = Path(cfg.out) if cfg.get("out") else default_out_dir(ckpt)
-    raw = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-    module = load_algorithm(str(ckpt))
+    raw = read_checkpoint(str(ckpt))  # readable, o2o's, weights as written (digest), no code unpickled
+    module = build_algorithm(raw)
     policy = module.policy()
     hp = raw["hyper_parameters"]
     meta = hp.get("meta") or {}
@@ -210,6 +237,7 @@ def export(cfg: DictConfig) -> ExportResult:
 
     algo = dict(hp["algo"])
     ds = meta.get("dataset")
+    training = training_evaluation(ckpt, int(raw["o2o"]["updates"]))
     spec = ExportSpec(
         obs_layout=layout, action_low=low.tolist(), action_high=high.tolist(),
         control_frequency_hz=env_meta.get("control_freq"), controller_type=env_meta.get("controller_type"),
@@ -220,12 +248,14 @@ def export(cfg: DictConfig) -> ExportResult:
                 "obs_clip": float(module.norm.obs_clip)},
         env={k: env_cfg.get(k) for k in ENV_KEYS},
         dataset=None if ds is None else {k: ds.get(k) for k in DATASET_KEYS},
-        evaluation={"training": training_evaluation(ckpt, int(raw["o2o"]["updates"]))},
+        evaluation={"training": training, "checkpoint": raw["o2o"].get("evaluation")},
         observation_space=env_meta.get("observation_space"), observations_source=source,
         runtime={k: plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")}, notes=notes,
     )
 
-    check = None
+    key_file = cfg.get("signing_key_file")
+    key = read_signing_key(str(key_file)) if key_file else None
+    check, checked = None, {}
     cl = cfg.closed_loop
     if int(cl.episodes) > 0 and env is not None:
         def trained(o: np.ndarray) -> np.ndarray:
@@ -233,19 +263,35 @@ def export(cfg: DictConfig) -> ExportResult:
                 return policy(torch.as_tensor(o, dtype=torch.float32)).numpy()
 
         drop = cl.get("max_success_drop")
+        reference = evaluation_reference(raw, ckpt, training) if cl.get("vs_evaluation", True) else None
+        if reference is not None:
+            notes.append(f"closed loop compared with the trained torch policy on the same episodes and with what the "
+                         f"checkpoint was evaluated at ({reference['source']})")
+        elif cl.get("vs_evaluation", True):
+            notes.append("closed loop compared with the trained torch policy only: the checkpoint has no evaluation "
+                         "record and its run's summary.json none at its update")
 
         def check(folder: Path) -> dict:
-            return closed_loop_check(folder, env_cfg, trained, int(cl.episodes), int(cl.seed),
-                                     None if drop is None else float(drop))
+            checked["closed_loop"] = closed_loop_check(
+                folder, env_cfg, trained, int(cl.episodes), int(cl.seed), None if drop is None else float(drop),
+                reference=reference, noise_z=float(cl.get("noise_z", 2.0)),
+                success_margin=float(cl.get("success_margin", 0.1)), return_margin=float(cl.get("return_margin", 0.1)),
+                signing_key=key)
+            return checked["closed_loop"]
     elif int(cl.episodes) > 0:
         notes.append("closed-loop check skipped: the env cannot be built here")
 
-    report = export_policy(policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check)
+    if key is not None:
+        notes.append(f"signed with the key in {key_file} (key id {key_id(key)}): runtimes given that key accept "
+                     "only exports signed with it")
+    report = export_policy(policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check,
+                           signing_key=key)
     m = report.manifest
+    # The check's own figures (NaN where a rate is undefined); the manifest holds them JSON-safe (null).
     return ExportResult(out_dir=str(out_dir), checkpoint=str(ckpt), manifest_path=str(out_dir / MANIFEST_NAME),
                         parity=report.parity, observations_source=source,
-                        closed_loop=m["evaluation"].get("closed_loop"), files=m["files"], notes=notes,
-                        seconds=time.perf_counter() - start)
+                        closed_loop=checked.get("closed_loop", m["evaluation"].get("closed_loop")), files=m["files"],
+                        notes=notes, seconds=time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
@@ -294,11 +340,14 @@ def run_stage(ctx) -> dict:
     cfg = OmegaConf.merge(ctx.config.export, {"ckpt": policy["path"], "out": str(ctx.run_dir / ctx.stage)})
     res = export(cfg)
     cl = res.closed_loop or {}
+    vs = cl.get("vs_evaluation") or {}
     ctx.log(f"  exported {policy['origin']} policy to {res.out_dir}: parity "
             + ", ".join(f"{k} {v:.1e}" for k, v in res.parity.items())
             + (f"; closed loop through the runtime: success {cl['runtime'].get('success_rate')}, return "
                f"{cl['runtime']['return_mean']:.1f} (trained policy: {cl['trained'].get('success_rate')}, "
-               f"{cl['trained']['return_mean']:.1f})" if cl.get("runtime") else ""))
+               f"{cl['trained']['return_mean']:.1f})" if cl.get("runtime") else "")
+            + (f"; the checkpoint was evaluated at {vs['metric']} {vs['evaluated']:.4g} ({vs['source']})"
+               if vs.get("metric") else ""))
     files = {name: info for name, info in res.files.items()}
     return {"exported": {"dir": res.out_dir, "manifest": res.manifest_path, "parity": res.parity,
                          "closed_loop": res.closed_loop, "files": files, "origin": policy["origin"],

@@ -295,6 +295,8 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     trainer = make_trainer(cfg, run_dir, callbacks)
     compile_if_asked(cfg, trainer, module)
     ckpt_path = cfg.trainer.ckpt_path
+    if ckpt_path and Path(str(ckpt_path)).exists():  # a clear refusal of an empty, damaged or changed file
+        read_checkpoint(str(ckpt_path), "trainer.ckpt_path")
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
                 ckpt_path=ckpt_path, weights_only=True)
     module.compile_networks(False)  # the returned module runs eagerly (export traces it)

@@ -16,8 +16,12 @@ Lightning, the others through the strategy's ``optimizer_step``, which keeps AMP
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
+import logging
 import math
+import os
+import pickle
 from types import SimpleNamespace
 from typing import Any, ClassVar, Mapping
 
@@ -29,6 +33,8 @@ from torch import Tensor, nn
 from o2o.policies.algos.losses import LossOut
 from o2o.policies.data import Batch, Normalization, TensorReplay, clip_obs
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
+
+log = logging.getLogger(__name__)
 
 ALGO_PREFIX = "o2o.policies.algos."
 
@@ -126,6 +132,7 @@ class OfflineAlgorithm(L.LightningModule):
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
+        self._evaluation: dict[str, Any] | None = None  # the latest simulation evaluation (record_evaluation)
         torch.manual_seed(int(self.hp.seed))
         self.build()
 
@@ -291,9 +298,28 @@ class OfflineAlgorithm(L.LightningModule):
         torch.clear_autocast_cache()
 
     # ------------------------------------------------------------------ checkpoints
+    def record_evaluation(self, metrics: Mapping[str, Any], *, episodes: int, seed: int) -> dict:
+        """Remember a simulation evaluation of the current weights (``metrics``: ``EvalResult.summary``).
+
+        A checkpoint saved while the weights are still the evaluated ones carries it as
+        ``checkpoint["o2o"]["evaluation"]`` (export compares the exported policy with it); the
+        record holds the weights' digest, so it never travels with weights it did not judge.
+        """
+        record: dict[str, Any] = {"step": self.update_count, "episodes": int(episodes), "seed": int(seed),
+                                  "weights_sha256": weights_digest(self.state_dict())}
+        for key in ("return_mean", "return_std", "success_rate", "normalized_score"):
+            if metrics.get(key) is not None:
+                record[key] = float(metrics[key])
+        self._evaluation = record
+        return record
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["o2o"] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
-                             "updates": self.update_count}
+        digest = weights_digest(checkpoint["state_dict"])
+        record: dict[str, Any] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
+                                  "updates": self.update_count, "weights_sha256": digest}
+        if self._evaluation is not None and self._evaluation["weights_sha256"] == digest:
+            record["evaluation"] = dict(self._evaluation)
+        checkpoint["o2o"] = record
 
 
 def _mirror_update_count(module: OfflineAlgorithm, _incompatible) -> None:
@@ -301,20 +327,103 @@ def _mirror_update_count(module: OfflineAlgorithm, _incompatible) -> None:
     module._update_count = int(module.updates)
 
 
-def read_checkpoint(path: str, what: str = "checkpoint", map_location: Any = "cpu") -> dict:
-    """An o2o algorithm checkpoint's contents, loaded without unpickling code (``weights_only=True``);
-    anything else is refused as ``"<what> '<path>' is not an o2o algorithm checkpoint"``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if "o2o" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{what} {str(path)!r} is not an o2o algorithm checkpoint (no 'o2o' section)")
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: empty, unreadable, not o2o's, or changed after it was written."""
+
+
+def weights_digest(state_dict: Mapping[str, Any]) -> str:
+    """SHA-256 over a state dict in a canonical order: per entry (sorted by name) its name, dtype,
+    shape and raw bytes (CPU, contiguous), each length-prefixed, so no two state dicts collide by
+    concatenation. Device and storage layout do not change it; any changed value, name, dtype or
+    shape does."""
+    h = hashlib.sha256(b"o2o-weights/1\0")
+    for name in sorted(state_dict):
+        value = state_dict[name]
+        if isinstance(value, Tensor):
+            t = value.detach().to("cpu").contiguous()
+            header = f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{list(t.shape)}"
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        else:  # extra state: its repr (there is none in o2o's modules today)
+            header, data = f"{name}\0{type(value).__name__}\0", repr(value).encode()
+        for part in (header.encode(), data):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.hexdigest()
+
+
+_UNSTAMPED_WARNED: set[str] = set()
+
+
+def _unpickling_refusal(e: BaseException) -> str:
+    """The line of torch's weights-only refusal that names what the file tried to load."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln:
+            return ln
+    return lines[-1] if lines else type(e).__name__
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", map_location: Any = "cpu") -> dict:
+    """An o2o algorithm checkpoint's contents, loaded without unpickling code (``weights_only=True``)
+    and checked: the file is readable, it is an o2o checkpoint, its weights still have the digest
+    recorded when it was written (``o2o.weights_sha256``) and its evaluation record, if any, is of
+    those weights. Every failure is a :class:`CheckpointError` naming the file (``"<what> '<path>'
+    ..."``). Checkpoints written before weights were digested load with a warning (once per file)."""
+    where = f"{what} {str(path)!r}"
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where} does not exist") from None
+    if size == 0:
+        raise CheckpointError(f"{where} is empty (0 bytes): it was not written completely (a crash or a full disk "
+                              "while saving?); use another checkpoint of the run or train again")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" in str(e).lower():  # the refusal that keeps code out: keep refusing
+            raise CheckpointError(f"{where} refused: it holds Python objects that loading would have to execute "
+                                  f"({_unpickling_refusal(e)}); o2o loads checkpoints with torch.load(weights_only="
+                                  "True) and never unpickles code") from None
+        raise CheckpointError(f"{where} ({size} bytes) cannot be read as a torch checkpoint (UnpicklingError: "
+                              f"{_unpickling_refusal(e)})") from None
+    except Exception as e:  # EOFError, zip reader errors on a truncated file, KeyError on arbitrary bytes...
+        reason = str(e).split(". ")[0].strip() or "unexpected end of file"
+        raise CheckpointError(f"{where} ({size} bytes) cannot be read as a torch checkpoint ({type(e).__name__}: "
+                              f"{reason}); it is truncated, damaged or not a checkpoint") from None
+    if not isinstance(ckpt, dict) or "o2o" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{where} is not an o2o algorithm checkpoint (no 'o2o' section)")
+    o2o = ckpt["o2o"]
+    recorded = o2o.get("weights_sha256")
+    if recorded is None:
+        key = os.path.abspath(path)
+        if key not in _UNSTAMPED_WARNED:
+            _UNSTAMPED_WARNED.add(key)
+            log.warning("%s records no weights digest (written before o2o checkpoints carried one): a change to its "
+                        "weights cannot be detected; re-save it with this o2o version to protect it", where)
+    else:
+        actual = weights_digest(ckpt["state_dict"])
+        if actual != recorded:
+            raise CheckpointError(f"{where}: weights changed after it was written (digest {actual[:16]}... != "
+                                  f"recorded {str(recorded)[:16]}...); use the checkpoint as training wrote it, or "
+                                  "train again")
+    ev = o2o.get("evaluation")
+    if ev is not None and (recorded is None or ev.get("weights_sha256") != recorded):
+        raise CheckpointError(f"{where}: its evaluation record (step {ev.get('step')}) is of other weights "
+                              f"({str(ev.get('weights_sha256'))[:16]}... != the checkpoint's {str(recorded)[:16]}...): "
+                              "the weights or the record changed after it was written")
     return ckpt
 
 
-def load_algorithm(path: str, map_location: Any = "cpu") -> OfflineAlgorithm:
-    """Rebuild an algorithm from a checkpoint without unpickling code (``weights_only=True``)."""
-    ckpt = read_checkpoint(path, map_location=map_location)
+def build_algorithm(ckpt: Mapping[str, Any]) -> OfflineAlgorithm:
+    """The algorithm a checkpoint read by :func:`read_checkpoint` holds, with its weights, in eval mode."""
     cls = resolve_algorithm(ckpt["o2o"]["cls"])
     hp = ckpt["hyper_parameters"]
     algo = cls(hp["obs_dim"], hp["act_dim"], hp["algo"], hp["normalization"], hp.get("meta"))
     algo.load_state_dict(ckpt["state_dict"])
     return algo.eval()
+
+
+def load_algorithm(path: str | os.PathLike, map_location: Any = "cpu") -> OfflineAlgorithm:
+    """Rebuild an algorithm from a checkpoint without unpickling code (``weights_only=True``),
+    checked by :func:`read_checkpoint`."""
+    return build_algorithm(read_checkpoint(path, map_location=map_location))

@@ -120,8 +120,7 @@ class SqrtPolicy:
     def write(folder: Path, gain: float = 4.0, frequency_hz: float = 20.0, **runtime) -> Path:
         import torch
 
-        from o2o.deploy.export import ExportSpec, build_manifest, export_onnx, export_torchscript
-        from o2o.deploy.manifest import hash_files, write_manifest
+        from o2o.deploy.export import ExportSpec, build_manifest, export_onnx, export_torchscript, seal_export
 
         class Sqrt(torch.nn.Module):
             def forward(self, obs):
@@ -138,8 +137,7 @@ class SqrtPolicy:
                           runtime={"safe_action": None, "max_delta": None, "deadline_s": None, **runtime})
         manifest = build_manifest(spec, np.zeros((1, 3), np.float32), 2, {}, 1e-5, 18, 0)
         manifest["parity"]["reference_file"] = None
-        manifest["files"] = hash_files(folder, ["policy.onnx", "policy.pt"])
-        write_manifest(folder, manifest)
+        seal_export(folder, manifest, ["policy.onnx", "policy.pt"])
         return folder
 
 

@@ -9,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from o2o.deploy.manifest import ManifestError, hash_files, write_manifest
+from o2o.deploy.export import seal_export
+from o2o.deploy.manifest import FORMAT_VERSION, ManifestError, write_manifest
 from o2o.deploy.runtime import ControlLoop, Guard, GuardWarning, ObservationError, PolicyRuntime
 from o2o.policies.algos.base import load_algorithm
 
@@ -22,6 +23,11 @@ class SlowRuntime(PolicyRuntime):
     def _infer_one(self, obs):
         time.sleep(self.delay_s)
         return super()._infer_one(obs)
+
+
+def reseal(folder, manifest) -> None:
+    """What export does after changing a manifest (torch side): hash the files and seal it into the model again."""
+    seal_export(folder, manifest, list(manifest["files"]))
 
 
 # ---------------------------------------------------------------------- loading and acting
@@ -46,9 +52,46 @@ def test_bad_observations_are_clear_errors(maze_export):
         rt.act({"position": [0, 0], "velocity": [0, 0]})
     with pytest.raises(ObservationError, match=r"field 'velocity' has shape \(3,\).*needs shape \(2,\)"):
         rt.act({"position": [0, 0], "velocity": [0, 0, 0], "goal": [1, 1]})
-    with pytest.raises(ObservationError, match="not numeric"):
+    with pytest.raises(ObservationError, match=r"has dtype <U1 \(strings\).*must be real numbers"):
         rt.act(["a", "b", "c", "d", "e", "f"])
     assert rt.steps == 0
+
+
+def test_observations_that_are_not_real_numbers_are_refused_by_name(maze_export, recorded):
+    """Strings would be parsed and complex numbers lose their imaginary part under a float32 cast: refused."""
+    rt = PolicyRuntime(maze_export.out_dir)
+    obs = recorded[0]
+    flat = {  # input -> what the error must say
+        "strings": ([f"{v:.3f}" for v in obs], r"observation has dtype <U\d+ \(strings\) \(value \[0\], field "
+                                                r"'position', is a str: '"),
+        "one string": ([*obs[:3].tolist(), "0.5", *obs[4:].tolist()],
+                       r"\(value \[3\], field 'velocity', is a str: '0.5'\)"),
+        "None": ([*obs[:4].tolist(), None, obs[5]], r"dtype object \(Python objects\) \(value \[4\], field 'goal', "
+                                                    r"is a NoneType: None\)"),
+        "complex": (obs.astype(np.complex64), r"observation has dtype complex64 \(complex numbers\): observations "
+                                              r"must be real numbers"),
+        "complex list": ([complex(v, 1.0) for v in obs], r"dtype complex128 \(complex numbers\) \(value \[0\]"),
+        "bytes": (np.array([b"1"] * 6), r"dtype \|S1 \(bytes\)"),
+        "dates": (np.array(["2026-01-01"] * 6, dtype="datetime64[D]"), r"dtype datetime64\[D\] \(dates\)"),
+    }
+    for name, (value, message) in flat.items():
+        with pytest.raises(ObservationError, match=message):
+            rt.step(value)
+    named = {"position": obs[:2], "velocity": obs[2:4], "goal": obs[4:]}
+    for value, message in (([str(v) for v in obs[2:4]], r"<U\d+ \(strings\)"),
+                           (obs[2:4] + 1j, r"complex\d+ \(complex numbers\)"), ("0.1", r"<U3 \(strings\)")):
+        with pytest.raises(ObservationError, match=rf"^observation field 'velocity' has dtype {message}.*: observations "
+                                                   r"must be real numbers \(bool, int or float\)$"):
+            rt.step({**named, "velocity": value})
+    with pytest.raises(ObservationError, match=r"observation batch has dtype <U"):
+        rt.infer(np.array([[str(v) for v in obs]]))
+    assert rt.steps == 0  # nothing reached the policy
+    # Real numbers of any kind act as their float32 values: ints, bools, float64, lists.
+    ints = {"position": [1, 0], "velocity": np.array([0, 0], np.int64), "goal": [True, False]}
+    want = rt.act(np.float32([1, 0, 0, 0, 1, 0]))
+    np.testing.assert_array_equal(rt.act(ints), want)
+    np.testing.assert_array_equal(rt.act([1, 0, 0, 0, 1, 0]), want)
+    np.testing.assert_array_equal(rt.act(obs.astype(np.float64)), rt.act(obs))
 
 
 # ---------------------------------------------------------------------- guards
@@ -155,7 +198,7 @@ def test_bad_guard_settings_are_refused(maze_export):
 def test_guard_defaults_come_from_the_manifest(export_copy):
     m = json.loads((export_copy / "manifest.json").read_text())
     m["runtime"] = {"safe_action": [0.0, 0.3], "max_delta": 0.2, "deadline_s": 0.02}
-    write_manifest(export_copy, m)
+    reseal(export_copy, m)  # an export made with these defaults (an edited manifest is refused: test_manifest_seal)
     rt = PolicyRuntime(export_copy)
     assert rt.safe_action.tolist() == [0.0, 0.3] and rt.max_delta.tolist() == [0.2, 0.2] and rt.deadline_s == 0.02
     assert PolicyRuntime(export_copy, max_delta=None).max_delta is None
@@ -187,7 +230,7 @@ def test_a_manifest_that_is_not_an_export_is_refused(export_copy, tmp_path):
     (export_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         PolicyRuntime(export_copy)
-    (export_copy / "manifest.json").write_text(json.dumps({"format": "o2o-export", "format_version": 1}))
+    (export_copy / "manifest.json").write_text(json.dumps({"format": "o2o-export", "format_version": FORMAT_VERSION}))
     with pytest.raises(ManifestError, match=r"manifest lacks sections \['created', 'policy'"):
         PolicyRuntime(export_copy)
 
@@ -205,8 +248,7 @@ def test_the_self_test_refuses_a_model_that_does_not_reproduce_its_reference(exp
         obs, act = d["observations"], d["actions"]
     np.savez(export_copy / "reference.npz", observations=obs, actions=act + 1e-3)
     m = json.loads((export_copy / "manifest.json").read_text())
-    m["files"] = hash_files(export_copy, m["files"])  # consistent hashes: only the self-test can tell
-    write_manifest(export_copy, m)
+    reseal(export_copy, m)  # consistent hashes and seal: only the self-test can tell
     with pytest.raises(ManifestError, match=r"self-test failed: .* max abs diff 0\.001 > 1e-05"):
         PolicyRuntime(export_copy)
     PolicyRuntime(export_copy, self_test=False)

@@ -243,3 +243,18 @@ def test_the_share_of_online_states_beyond_the_data_is_counted_and_said():
             in summarize(res, "return_mean"))
     assert "standard deviations" not in summarize({**res, "online": {"clipped_share": 0.0, "obs_clip": 3.0}},
                                                   "return_mean")
+
+
+def test_the_finetuned_checkpoint_carries_its_final_evaluation(offline, tmp_path):
+    """The evaluation promote and export judge the finetuned policy by travels in its checkpoint, with
+    the digest of the weights it evaluated (export compares the exported policy with it)."""
+    data = fresh_copy(offline, tmp_path)
+    cfg = run_cfg(data, "finetune.steps=120", "finetune.eval.every=60")
+    res = finetune(cfg, offline["checkpoint"], str(data), tmp_path / "ft")
+    o2o = torch.load(res["checkpoint"], weights_only=True)["o2o"]
+    ev = o2o["evaluation"]
+    assert ev["weights_sha256"] == o2o["weights_sha256"] and ev["step"] == o2o["updates"]
+    assert ev["episodes"] == int(cfg.evaluation.episodes) and ev["seed"] == int(cfg.evaluation.seed)
+    for key in ("return_mean", "return_std", "success_rate"):
+        assert ev[key] == pytest.approx(res["evaluation"][key]), key
+    load_algorithm(res["checkpoint"])  # digest and record check out
