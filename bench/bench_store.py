@@ -7,8 +7,10 @@ in the same run on the same disk, so a slow, shared machine moves both together:
   (validation, digests, durable writes, atomic index) vs ``np.save`` of the same arrays
   (with and without ``fsync``) and vs plain zarr (``zarr.create_array(...)[:] = data``,
   same chunks and codec, no validation, no commit);
-* load: ``load_transitions()`` (builds next_observations too) vs ``zarr.open_array[:]``
-  of the same arrays and ``np.load`` of the ``.npy`` files;
+* load: ``load_transitions()`` (builds next_observations too, and checks every episode's
+  content digest) vs the same without the check (``verify=False``), ``zarr.open_array[:]``
+  of the same arrays and ``np.load`` of the ``.npy`` files; opening for appending (which
+  checks the tail an append rewrites) with and without the check;
 * sampling: batches of 256 gathered from in-memory tensors (torch) and arrays (numpy),
   and, for information, straight from Zarr;
 * commit latency of one short episode, for information.
@@ -189,18 +191,30 @@ def bench_load(args, store_path: str, npy_dir: str) -> tuple[dict, object]:
     npy_keys = ["obs", "actions", "rewards", "terminals", "timeouts"]
     held = {}
 
-    def load(_):
-        held.pop("tr", None)  # free the previous copy first: time a load, not an allocator under pressure
-        held["tr"] = store.load_transitions()
+    def load(verify: bool):
+        def run(_):
+            held.pop("tr", None)  # free the previous copy first: time a load, not an allocator under pressure
+            held["tr"] = store.load_transitions(verify=verify)
+        return run
+
+    def open_writer(verify: bool):
+        def run(_):
+            EpisodeStore.open(store_path, mode="a", verify=verify).close()
+        return run
 
     times = interleaved({
-        "load_transitions": load,
+        "load_transitions": load(True),
+        "load_transitions(verify=False)": load(False),
         "zarr": lambda _: [zarr.open_array(os.path.join(store_path, k), mode="r")[:] for k in keys],
         "np.load": lambda _: [np.load(os.path.join(npy_dir, f"{k}.npy")) for k in npy_keys],
+        "open(mode=a)": open_writer(True),
+        "open(mode=a, verify=False)": open_writer(False),
     }, args.repeats)
     tr = held["tr"]
     return {"transitions": len(tr), "seconds": times["load_transitions"], "zarr_seconds": times["zarr"],
-            "npy_seconds": times["np.load"]}, tr
+            "npy_seconds": times["np.load"], "noverify_seconds": times["load_transitions(verify=False)"],
+            "open_a_seconds": times["open(mode=a)"], "open_a_noverify_seconds": times["open(mode=a, verify=False)"],
+            "episodes": store.num_episodes}, tr
 
 
 def bench_sampling(args, tr, store_path: str) -> dict:
@@ -411,8 +425,14 @@ def report(res: dict) -> list[list[str]]:
                  f"<= {LOAD_TARGET_S:.0f} s per 1M" + (f" (-> {LOAD_TARGET_S / scale:.3f} s)" if scale != 1 else ""),
                  verdict(t * scale <= LOAD_TARGET_S),
                  f"x{t / zt:.2f} of zarr [:], x{t / nt:.2f} of np.load"])
+    vt = statistics.median(ld["noverify_seconds"])
+    rows.append(["  peer: load_transitions(verify=False)", f"{vt:.3f} s", "", "-",
+                 f"the digest check costs x{t / vt:.2f} ({t - vt:+.3f} s for {ld['episodes']:,} episodes)"])
     rows.append(["  peer: zarr.open_array(...)[:] per key", f"{zt:.3f} s", "", "-", "obs, actions, rewards, flags"])
     rows.append(["  peer: np.load per key", f"{nt:.3f} s", "", "-", "same keys, .npy files"])
+    oa, on = statistics.median(ld["open_a_seconds"]), statistics.median(ld["open_a_noverify_seconds"])
+    rows.append(["open(mode='a'): lock, structure, tail check", f"{oa:.3f} s", "(info)", "-",
+                 f"x{oa / on:.2f} of open(mode='a', verify=False) ({on:.3f} s)"])
     s = res["sampling"]
     th = s["torch_threads_default"]
     for key, label, note in (

@@ -329,6 +329,7 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
                             "actions (action bounds)")
     _prepare_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -400,6 +401,33 @@ def _load_in_runtime(folder: Path, signing_key: bytes | str | None = None) -> No
         PolicyRuntime(folder, signing_key=signing_key)
     except ValueError as e:  # ManifestError, bad guard defaults
         raise ExportRefused(f"export refused: the runtime does not accept it: {e}") from e
+
+
+def remove_abandoned(out_dir: str | os.PathLike) -> list[str]:
+    """Remove what a killed export to ``out_dir`` left beside it: staging and replaced-export folders of
+    processes that are gone, and an empty ``out_dir``. Returns the paths removed."""
+    out_dir = Path(out_dir)
+    removed = []
+    for d in list(out_dir.parent.glob(f".{out_dir.name}.staging-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        pid = d.name.rpartition("-")[2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue  # an export in progress in another process
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(str(d))
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+        removed.append(str(out_dir))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _replace(staging: Path, out_dir: Path) -> None:

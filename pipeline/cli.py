@@ -141,10 +141,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     console.print(f"parity on {r.observations_source}", markup=False)
     cl = r.closed_loop
     if cl:
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731  (None/NaN: no success signal)
         console.print(f"closed loop, {cl['episodes']} episodes: success {fmt(cl['runtime']['success_rate'])} through "
                       f"the runtime vs {fmt(cl['trained']['success_rate'])} trained (noise +-"
-                      f"{cl['success_noise']:.2f}); return {cl['runtime']['return_mean']:.4g} vs "
+                      f"{fmt(cl.get('success_noise'))}); return {cl['runtime']['return_mean']:.4g} vs "
                       f"{cl['trained']['return_mean']:.4g}; guards fired: {cl['guards'] or 'none'}", markup=False)
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
                        description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
                                    "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "
-                                   "(no Hydra: runtime side)")
+                                   "[key_file=PATH: require the export's signature] (no Hydra: runtime side)")
     s.add_argument("overrides", nargs="*", help="key=value")
     s.set_defaults(func=_cmd_serve)
     d = sub.add_parser("dataset", help="inspect and check datasets")

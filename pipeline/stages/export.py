@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy
+from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy, remove_abandoned
 from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, key_id, read_signing_key, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
@@ -295,45 +295,13 @@ def export(cfg: DictConfig) -> ExportResult:
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def clean_interrupted(folder: Path, name: str = "export") -> list[str]:
-    """Remove what an export into ``folder / name`` left when it was killed: its staging and
-    replaced-export folders (their process is gone) and an empty destination. Returns what was removed."""
-    import os
-    import shutil
-
-    removed = []
-    for d in list(folder.glob(f".{name}.staging-*")) + list(folder.glob(f".{name}.old-*")):
-        pid = d.name.rpartition("-")[2]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        shutil.rmtree(d, ignore_errors=True)
-        removed.append(str(d))
-    dest = folder / name
-    if dest.is_dir() and not any(dest.iterdir()):
-        os.rmdir(dest)
-        removed.append(str(dest))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_stage(ctx) -> dict:
     """``o2o run``'s export: the promoted policy, with the run's export settings. A resumed attempt
     first removes what the killed one left (a staging folder, an empty export folder)."""
     policy = ctx.inputs["policy"]
     attempt = ctx.attempt or {}
     if attempt.get("resumed") and attempt.get("run_dir"):
-        removed = clean_interrupted(Path(attempt["run_dir"]), ctx.stage)
+        removed = remove_abandoned(Path(attempt["run_dir"]) / ctx.stage)
         if removed:
             ctx.log(f"  removed what the interrupted export left: {', '.join(removed)}")
     # Not ctx.out_dir: that makes the folder, and an export appears only whole (renamed into place).
