@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from omegaconf import OmegaConf
+# No Hydra or OmegaConf at import time: `o2o serve` builds the same parser on a robot computer
+# that has neither (tests/deploy block them); they load when help is asked for.
 
 GROUP_MEANINGS = {
     "env": "the simulated task",
@@ -160,6 +161,8 @@ def _select(tree: Any, key: str) -> Any:
 
 def main_keys(name: str) -> list[tuple[str, str, str]]:
     """``(key, default, meaning)`` for each of the command's :data:`MAIN_KEYS`."""
+    from omegaconf import OmegaConf
+
     from o2o.pipeline.config import load_config
 
     tree = OmegaConf.to_container(load_config(name), resolve=False)  # defaults as written: ${now:...} unresolved

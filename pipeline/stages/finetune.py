@@ -30,6 +30,7 @@ from o2o.datasets import DatasetVersion, Episode, EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
+from o2o.pipeline.progress import Progress
 from o2o.pipeline.stages.pretrain import _Steps, check_env, compile_if_asked, make_trainer, select_episodes
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.callbacks import SimEvaluation
@@ -239,7 +240,9 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     final_ev = Evaluator(env_cfg, episodes=int(cfg.evaluation.episodes), num_envs=int(cfg.evaluation.num_envs),
                          seed=int(cfg.evaluation.seed), gamma=gamma, asynchronous=bool(cfg.evaluation.asynchronous))
     try:
-        evaluation = SimEvaluation(final_ev, 0, references).evaluate(module)
+        with Progress("finetune: final evaluation", int(cfg.evaluation.episodes), "episodes",
+                      enabled=bool(f.progress)) as bar:
+            evaluation = SimEvaluation(final_ev, 0, references).evaluate(module, progress=bar.update)
     finally:
         final_ev.close()
     rolled_back = monitor.rollback is not None
