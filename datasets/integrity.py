@@ -40,9 +40,10 @@ class DatasetDamagedError(ValueError):
     ``problems`` lists what was found, each naming the array, rows or episodes.
     """
 
-    def __init__(self, path: str, problems: Sequence[str], what: str = ""):
+    def __init__(self, path: str, problems: Sequence[str], what: str = "", unreadable: bool = False):
         self.path = str(path)
         self.problems = list(problems)
+        self.unreadable = bool(unreadable)  # a chunk failed to decode (vs. contents that differ)
         shown = "; ".join(self.problems[:4])
         if len(self.problems) > 4:
             shown += f"; and {len(self.problems) - 4} more"

@@ -259,7 +259,7 @@ class StoreReading:
         try:
             return arr.oindex[points] if points is not None else arr[sel]
         except Exception as e:
-            raise DatasetDamagedError(self.path, [self._unreadable(name, arr, e)]) from None
+            raise DatasetDamagedError(self.path, [self._unreadable(name, arr, e)], unreadable=True) from None
 
     def _unreadable(self, name: str, arr, error: BaseException) -> str:
         n = self.num_steps if name.startswith("data/") else self.num_episodes
@@ -386,8 +386,10 @@ class StoreReading:
                 )
         return n
 
-    def written_by(self, run_id: str, start: int = 0, key: str = "id") -> dict[Any, list[int]]:
-        """The episodes (from ``start`` on) whose provenance ``run[key]`` is ``run_id``, by the run's ``part``."""
+    def written_by(self, run_id: str | Iterable[str], start: int = 0, key: str = "id") -> dict[Any, list[int]]:
+        """The episodes (from ``start`` on) whose provenance ``run[key]`` is ``run_id`` (or one of several
+        ids), by the run's ``part``."""
+        ids = {run_id} if isinstance(run_id, str) else set(run_id)
         n = self.num_episodes
         if start >= n:
             return {}
@@ -396,7 +398,7 @@ class StoreReading:
         out: dict[Any, list[int]] = {}
         for i, row in enumerate(rows, start):
             run = table[int(row)].get("run") or {}
-            if run.get(key) == run_id:
+            if run.get(key) in ids:
                 out.setdefault(run.get("part"), []).append(i)
         return out
 
@@ -447,50 +449,62 @@ class StoreReading:
 
         Every loaded episode is checked against its committed content digest first (a
         :class:`DatasetDamagedError` names the damaged ones; nothing is returned);
-        ``verify=False`` skips that (default: the store's ``verify``, set at open)."""
+        ``verify=False`` skips that (default: the store's ``verify``, set at open). A chunk
+        that fails to decode stops the load only when a selected episode has rows in it."""
         verify = self.verify if verify is None else bool(verify)
         n = self.num_episodes
         idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         ends = self._episode_column("ends", n)
         starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
         lengths = (ends - starts)[idx]
-        contiguous = len(idx) == 0 or (idx[0] == 0 and np.all(np.diff(idx) == 1))
-        m = int(ends[idx.max()]) if len(idx) else 0  # read only the prefix that is needed
-        k = int(idx.max()) + 1 if len(idx) else 0
-        rows = slice(0, m) if contiguous else _ranges(starts[idx], lengths)
-        ep_of_row = np.repeat(idx, lengths)
+        if len(idx) == 0:
+            parts = [self._block(0, 0, starts, ends, False)]
+        else:
+            contiguous = idx[0] == 0 and np.all(np.diff(idx) == 1)
+            try:  # the prefix up to the last selected episode in one read per array (fast)
+                parts = [self._block(0, int(idx.max()) + 1, starts, ends, verify, None if contiguous else idx)]
+            except DatasetDamagedError as e:
+                if not e.unreadable:
+                    raise
+                # A chunk no selected episode may need fails to decode: read each run of episodes alone.
+                cut = np.flatnonzero(np.diff(idx) != 1) + 1
+                parts = [self._block(int(r[0]), int(r[-1]) + 1, starts, ends, verify) for r in np.split(idx, cut)]
+        cat = {k: (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
+               for k in ("actions", "rewards", "terminals", "timeouts")}
+        obs = {k: np.concatenate([p["obs"][k] for p in parts]) if len(parts) > 1 else parts[0]["obs"][k]
+               for k in self.schema.obs}
+        nxt = {k: np.concatenate([p["next"][k] for p in parts]) if len(parts) > 1 else parts[0]["next"][k]
+               for k in self.schema.obs}
+        if flatten:
+            obs, nxt = self._flatten(obs), self._flatten(nxt)
+        out = Transitions(observations=obs, next_observations=nxt, episode_index=np.repeat(idx, lengths), **cat)
+        return out.to_torch(device) if device is not None else out
 
-        def take(a):
-            return a[rows] if isinstance(rows, slice) else a[rows]
-
-        raw = {f"obs/{key}": self._read(f"data/obs/{key}", slice(0, m)) for key in self.schema.obs}
+    def _block(self, a: int, b: int, starts: np.ndarray, ends: np.ndarray, verify: bool,
+               select: np.ndarray | None = None) -> dict[str, Any]:
+        """The steps of episodes ``a..b-1`` (one read per array), or of the episodes ``select`` among them
+        (in that order), with next observations; the returned episodes checked against their digests."""
+        r0 = int(starts[a]) if b > a else 0
+        r1 = int(ends[b - 1]) if b > a else 0
+        raw = {f"obs/{key}": self._read(f"data/obs/{key}", slice(r0, r1)) for key in self.schema.obs}
         for key in ("actions", "rewards", "terminals", "timeouts"):
-            raw[key] = self._read(f"data/{key}", slice(0, m))
-        final = {f"final_obs/{key}": self._read(f"episodes/final_obs/{key}", slice(0, k)) for key in self.schema.obs}
-        if verify and len(idx):
-            raw["interventions"] = self._read("data/interventions", slice(0, m))
-            order = np.unique(idx)
-            self._check_loaded([(int(i), int(starts[i]), int(ends[i])) for i in order], raw, 0, final, 0)
-        obs, nxt = {}, {}
-        used_ends = ends[:k]
+            raw[key] = self._read(f"data/{key}", slice(r0, r1))
+        final = {f"final_obs/{key}": self._read(f"episodes/final_obs/{key}", slice(a, b)) for key in self.schema.obs}
+        eps = np.arange(a, b) if select is None else np.unique(select)
+        if verify and len(eps):
+            raw["interventions"] = self._read("data/interventions", slice(r0, r1))
+            self._check_loaded([(int(i), int(starts[i]), int(ends[i])) for i in eps], raw, r0, final, a)
+        rows = slice(None) if select is None else _ranges(starts[select] - r0, (ends - starts)[select])
+        out: dict[str, Any] = {"obs": {}, "next": {}}
         for key in self.schema.obs:
             full, last = raw[f"obs/{key}"], final[f"final_obs/{key}"]
             nx = np.empty_like(full)
             nx[:-1] = full[1:]
-            nx[used_ends - 1] = last  # each episode's last step continues to its final observation
-            obs[key], nxt[key] = take(full), take(nx)
-        if flatten:
-            obs, nxt = self._flatten(obs), self._flatten(nxt)
-        out = Transitions(
-            observations=obs,
-            actions=take(raw["actions"]),
-            rewards=take(raw["rewards"]),
-            next_observations=nxt,
-            terminals=take(raw["terminals"]),
-            timeouts=take(raw["timeouts"]),
-            episode_index=ep_of_row,
-        )
-        return out.to_torch(device) if device is not None else out
+            nx[ends[a:b] - r0 - 1] = last  # each episode's last step continues to its final observation
+            out["obs"][key], out["next"][key] = full[rows], nx[rows]
+        for key in ("actions", "rewards", "terminals", "timeouts"):
+            out[key] = raw[key][rows]
+        return out
 
     def _flatten(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         # Explicit widths, not -1: a selection may hold zero rows.

@@ -23,6 +23,7 @@ filesystem (flock, fsync and atomic rename are what make appends crash-safe).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -175,10 +176,12 @@ class EpisodeStore(StoreReading):
         The store is built in a hidden folder beside ``path`` and renamed into place whole,
         with its writer lock already held, so a concurrent creator gets
         :class:`FileExistsError` (then :class:`StoreLockedError` when it opens the winner's
-        store to append) and a reader never sees a half-made store. Closed before any
-        episode was committed (a failed import or collection), the new dataset is removed
-        again unless ``keep_empty``. ``path`` may be absent or an empty folder; anything
-        else is refused (:class:`NotADatasetError`, :class:`FileExistsError` for a dataset).
+        store to append) and a reader never sees a half-made store. With ``remove_if_empty``
+        (what imports and collections use; off by default), a store closed before any episode
+        was committed is removed again: a failed import leaves nothing behind. ``path`` may be
+        absent or an empty folder; anything else is refused (:class:`NotADatasetError`,
+        :class:`FileExistsError` for a dataset). An empty folder that cannot be replaced by a
+        rename (a mount point) is filled in place, under the lock, the commit index last.
         """
         root = StoreLocation(path).writable()
         was_empty_dir = _check_new_path(root, str(path))
@@ -193,10 +196,17 @@ class EpisodeStore(StoreReading):
             try:
                 os.rename(staging, root)  # atomic; replaces an empty folder, fails on a non-empty one
             except OSError as e:
-                raise FileExistsError(f"dataset {str(path)!r} was created by another process meanwhile ({e.strerror}); "
-                                      "open it with mode='a' to append") from None
-            lock.path = root / lock.path.name
-            fsync_dir(root.parent)
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FileExistsError(f"dataset {str(path)!r} was created by another process meanwhile; open it "
+                                          "with mode='a' to append") from None
+                if not (was_empty_dir and root.is_dir()):
+                    raise
+                lock.release()
+                shutil.rmtree(staging, ignore_errors=True)
+                lock = _build_in_place(root, str(path), schema, env, chunk_bytes)  # e.g. EBUSY: a mount point
+            else:
+                lock.path = root / lock.path.name
+                fsync_dir(root.parent)
         except BaseException:
             lock.release()
             shutil.rmtree(staging, ignore_errors=True)
@@ -371,10 +381,21 @@ class EpisodeStore(StoreReading):
                 self._lock.release()
 
     def _discard(self) -> None:
-        shutil.rmtree(self.root)
+        # Renamed away first: an interruption during the removal leaves a hidden folder, not a half-deleted
+        # store at the path (a later create removes the hidden one).
+        trash = self.root.parent / f".{self.root.name}{CREATING}{os.getpid()}-discarded"
+        try:
+            os.rename(self.root, trash)
+        except OSError:  # a mount point: empty it in place
+            for p in list(self.root.iterdir()):
+                if p.name != ".o2o.lock":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            (self.root / ".o2o.lock").unlink(missing_ok=True)
+            return
         if getattr(self, "_was_empty_dir", False):
             self.root.mkdir()  # the empty folder that was there before
         fsync_dir(self.root.parent)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def __enter__(self) -> "EpisodeStore":
         return self
@@ -417,6 +438,22 @@ def _remove_abandoned(root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         finally:
             lock.release()
+
+
+def _build_in_place(root: Path, path: str, schema: Schema, env, chunk_bytes: int) -> WriterLock:
+    """Build a store inside the empty folder ``root`` under its writer lock (the rename could not replace
+    it); returns the held lock. Another creator meanwhile: :class:`FileExistsError` or the lock error."""
+    lock = WriterLock(root)
+    lock.acquire(path)
+    try:
+        if any(p.name != lock.path.name for p in root.iterdir()):
+            raise FileExistsError(f"dataset {path!r} was created by another process meanwhile; open it with mode='a' "
+                                  "to append")
+        _build(root, schema, env, chunk_bytes)  # index.json last: readers see no store until it is whole
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _alive(pid: int) -> bool:

@@ -408,6 +408,12 @@ def remove_abandoned(out_dir: str | os.PathLike) -> list[str]:
     processes that are gone, and an empty ``out_dir``. Returns the paths removed."""
     out_dir = Path(out_dir)
     removed = []
+    # Killed between _replace's two renames: the previous export is whole in .old; put it back.
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        pid = old.name.rpartition("-")[2]
+        if not out_dir.exists() and not (pid.isdigit() and _alive(int(pid))):
+            os.replace(old, out_dir)
+            removed.append(f"{old} (restored as {out_dir})")
     for d in list(out_dir.parent.glob(f".{out_dir.name}.staging-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
         pid = d.name.rpartition("-")[2]
         if pid.isdigit() and _alive(int(pid)):

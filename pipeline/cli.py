@@ -223,6 +223,9 @@ def _print_collect_summary(result) -> None:
                     f"({result.steps / max(result.seconds, 1e-9):.0f} steps/s)")
     for col in ("source", "episodes", "steps", "return (mean)", "success"):
         t.add_column(col, justify="right")
+    if not result.episodes and not EpisodeStore.is_dataset(result.path):
+        console.print(f"nothing collected: no dataset was created at {result.path}", markup=False)
+        return
     with EpisodeStore.open(result.path, verify=False) as store:  # the append checked the tail it built on
         info = dataset_info(store)
     for src, s in info["sources"].items():

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 import traceback
 import uuid
@@ -54,8 +55,12 @@ from o2o.pipeline.config import plain
 # What a stage's function returns: artifact name -> JSON-able value. A value may carry its
 # own "fingerprint"; otherwise the fingerprint is the hash of the value.
 Outputs = dict[str, Any]
-# Config keys that change what a person sees, not what a stage computes: left out of fingerprints.
+# Config keys that change what a person sees, how much is checked or when data is committed, not
+# what a stage computes: left out of fingerprints (turning the dataset's checks off to get past a
+# damaged episode must not re-collect). Names at any depth, and dotted paths from a stage's config.
 DISPLAY_KEYS = frozenset({"progress"})
+NON_SEMANTIC_PATHS = frozenset({"dataset.verify", "collect.commit_every_s", "collect.commit_every_episodes",
+                                "finetune.commit_every_s", "finetune.commit_every_episodes"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class Stage:
     #: artifacts used when some selected stage writes them (ordered after it), never required; a
     #: failed or blocked writer does not block this stage (the report shows what did not run)
     optional: tuple[str, ...] = ()
+    #: optional: called once the stage's outputs are recorded and its attempt ended (remove what only a
+    #: resumed attempt would have needed; a kill before this point still resumes)
+    finished: Callable[["StageContext", Outputs], None] | None = None
 
 
 @dataclass
@@ -94,6 +102,7 @@ class StageContext:
     attempt: dict | None = None
     cache: "StageCache | None" = None
     run_attempt: dict | None = None  # the whole run's attempt (``id``, ``resumed``, what stages saved in it)
+    read_only: bool = False  # a plan: read the state, change nothing
 
     @property
     def out_dir(self) -> Path:
@@ -103,16 +112,23 @@ class StageContext:
 
     def save_attempt(self, **fields: Any) -> None:
         """Record ``fields`` in this stage's attempt (atomically): what a resumed attempt needs to go on."""
-        if self.attempt is None or self.cache is None:
+        if self.attempt is None or self.cache is None or self.read_only:
             return
         self.attempt.update(fields)
         self.cache.put_attempt(self.attempt["fingerprint"], self.attempt)
+
+    def open_attempts(self, stage: str | None = None) -> list[dict]:
+        """Interrupted (unfinished) attempts recorded in the state, of ``stage`` (``"<run>"``: whole runs)
+        or of every stage."""
+        return [] if self.cache is None else self.cache.open_attempts(stage)
 
     def save_run_attempt(self, **fields: Any) -> None:
         """Record ``fields`` in the run's attempt (e.g. the dataset version the run started from)."""
         if self.run_attempt is None or self.cache is None:
             return
         self.run_attempt.update(fields)
+        if self.read_only:
+            return
         self.cache.put_attempt(self.run_attempt["fingerprint"], self.run_attempt)
 
     @property
@@ -336,7 +352,8 @@ class Pipeline:
                 outputs = hit["outputs"]
                 if s.refresh is not None:  # what a run would see: the dataset as it stands now (read only)
                     ctx = StageContext(s.name, configs.get(s.name), inputs, Path(hit.get("run_dir", ".")),
-                                       log=lambda m: None, cache=None, run_attempt=run_attempt)
+                                       log=lambda m: None, cache=cache, run_attempt=run_attempt or {"id": None},
+                                       read_only=True)
                     outputs = s.refresh(ctx, outputs)
                 artifacts.update(outputs)
                 out.append((s.name, f"skip (unchanged, fingerprint {fp[:12]})"))
@@ -362,9 +379,14 @@ class Pipeline:
         blocked: set[str] = set()
         run_fp = self.run_fingerprint(configs)
         earlier_run = cache.get_attempt(run_fp)
+        if earlier_run is not None and _running_elsewhere(earlier_run):
+            raise RuntimeError(f"the same run (stages and configs) is in progress in process {earlier_run['pid']} on "
+                               f"this host since {earlier_run.get('started')} ({earlier_run.get('run_dir')}); wait for "
+                               "it to end or stop it — two copies would resume each other's stages")
         run_attempt = ({**earlier_run, "resumed": True} if earlier_run is not None else
                        {"stage": "<run>", "fingerprint": run_fp, "id": uuid.uuid4().hex[:16], "run_dir": str(run_dir),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": False})
+        run_attempt.update(pid=os.getpid(), host=socket.gethostname())
         if earlier_run is not None:
             log(f"resuming the run interrupted in {earlier_run.get('run_dir')} (same stages and configs)")
         cache.put_attempt(run_fp, run_attempt)
@@ -419,20 +441,47 @@ class Pipeline:
                 cache.put(fp, {"stage": s.name, "fingerprint": fp, "outputs": outputs, "run_dir": str(run_dir),
                                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                 cache.end_attempt(fp)
+                if s.finished is not None:
+                    s.finished(ctx, outputs)
             rec.outputs, rec.seconds = outputs, time.perf_counter() - t0
             result.artifacts.update(outputs)
             result.records.append(rec)
             _call(manifest, result)
         cache.end_attempt(run_fp)  # the run ended (whatever its stages decided): nothing to resume
+        for adopted in run_attempt.get("adopted") or []:  # interrupted runs this one took over (collect's refresh)
+            cache.end_attempt(adopted)
         return result
 
 
-def _semantic(config: Any) -> Any:
-    """``config`` without its display keys (:data:`DISPLAY_KEYS`), at any depth."""
+def _running_elsewhere(record: Mapping[str, Any]) -> bool:
+    """Whether the attempt's process is alive on this host and is not this one."""
+    pid = record.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid() or record.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid: another program now
+        return b"o2o" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: assume it is the run
+
+
+def _semantic(config: Any, path: str = "") -> Any:
+    """``config`` without what does not change a stage's result (:data:`DISPLAY_KEYS` at any depth,
+    :data:`NON_SEMANTIC_PATHS`)."""
     if isinstance(config, Mapping):
-        return {k: _semantic(v) for k, v in config.items() if k not in DISPLAY_KEYS}
+        out = {}
+        for k, v in config.items():
+            here = f"{path}.{k}" if path else str(k)
+            if k not in DISPLAY_KEYS and here not in NON_SEMANTIC_PATHS:
+                out[k] = _semantic(v, here)
+        return out
     if isinstance(config, list):
-        return [_semantic(v) for v in config]
+        return [_semantic(v, path) for v in config]
     return config
 
 

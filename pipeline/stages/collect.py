@@ -213,28 +213,42 @@ def run_stage(ctx) -> dict:
         ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
                 + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
                 + f" ({res.seconds:.0f} s)" + (f"; {have} more kept from the interrupted attempt" if have else ""))
+    if not EpisodeStore.is_dataset(str(cfg.dataset.path)):
+        raise ValueError(f"collect: no episode was collected and no dataset exists at {cfg.dataset.path}: nothing to "
+                         "train on (collect.behaviors asks for 0 episodes, or every collection stopped at once)")
     art = dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))
     _remember(ctx, art)
     return {"dataset": art}
 
 
 def _refresh(ctx, outputs: dict) -> dict:
-    """The dataset as it stands now; but in a resumed run, what the interrupted run's own stages
-    appended (online episodes of its finetuning) is not new data: while it is all the growth, the
-    version the run started from stands, and the finished stages stay finished."""
+    """The dataset as it stands now; but what an interrupted run's own stages appended (the online
+    episodes of its finetuning) is not new data: while it is all the growth since the version that
+    run started from, that version stands, and the stages it finished stay finished. This run takes
+    the interrupted one over (it is this run resumed, or one whose later stages' settings changed)."""
     path = str(ctx.config.dataset.path)
     art = dataset_artifact(path, dataset_verify(ctx.config))
     ra = ctx.run_attempt or {}
-    before = ra.get("dataset")
-    if ra.get("resumed") and before and art["episodes"] > int(before["episodes"]):
+    candidates = ([ra] if ra.get("resumed") else []) + [
+        a for a in reversed(ctx.open_attempts("<run>")) if a.get("fingerprint") != ra.get("fingerprint")]
+    for cand in candidates:
+        before = cand.get("dataset")
+        if not before or art["episodes"] <= int(before["episodes"]):
+            continue
         with EpisodeStore.open(path, mode="r", verify=False) as store:
-            same = store.version_at(int(before["episodes"])).fingerprint == before["fingerprint"]
-            ours = sum(len(v) for v in store.written_by(str(ra["id"]), int(before["episodes"]), "pipeline").values())
-        if same and ours == art["episodes"] - int(before["episodes"]):
-            ctx.log(f"[collect] the {ours} episodes the interrupted run appended (online) are not new data: it resumes "
-                    f"on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}")
-            return {"dataset": {**art, "episodes": int(before["episodes"]), "fingerprint": str(before["fingerprint"]),
-                                "transitions": int(before["transitions"])}}
+            if store.version_at(int(before["episodes"])).fingerprint != before["fingerprint"]:
+                continue
+            ids = {str(cand["id"]), *(cand.get("adopted_ids") or [])}  # its own and those of runs it took over
+            ours = sum(len(v) for v in store.written_by(ids, int(before["episodes"]), "pipeline").values())
+        if ours != art["episodes"] - int(before["episodes"]):
+            continue  # the dataset grew by other means too: that is new data
+        if cand is not ra:
+            ctx.save_run_attempt(adopted=sorted({*(ra.get("adopted") or []), cand["fingerprint"]}), dataset=before,
+                                 adopted_ids=sorted({*(ra.get("adopted_ids") or []), *ids}))
+        ctx.log(f"[collect] the {ours} episodes the run interrupted in {cand.get('run_dir')} appended (online) are not "
+                f"new data: resuming on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}")
+        return {"dataset": {**art, "episodes": int(before["episodes"]), "fingerprint": str(before["fingerprint"]),
+                            "transitions": int(before["transitions"])}}
     _remember(ctx, art)
     return {"dataset": art}
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from o2o.datasets import EpisodeStore
+from o2o.datasets import DatasetDamagedError, EpisodeStore
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
@@ -191,12 +191,17 @@ def _json_default(v: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def data_behaviour(path: str, episodes: int) -> dict[str, Any]:
+def data_behaviour(path: str, episodes: int, verify: bool = True) -> dict[str, Any]:
     """The dataset's behaviour, to judge a policy against: mean return and success overall and per
-    source, the largest reward, over the first ``episodes`` episodes (the version trained on)."""
-    with EpisodeStore.open(path, mode="r") as store:
+    source, the largest reward, over the first ``episodes`` episodes (the version trained on), from
+    records checked against their digests first (unless ``verify`` is off)."""
+    with EpisodeStore.open(path, mode="r", verify=verify) as store:
+        problems = store.check_contents(np.arange(episodes)) if verify else []
+        if problems:
+            raise DatasetDamagedError(str(path), problems, "The data's behaviour was not summarised. ")
         t = store.episodes_table(np.arange(episodes))
-        r_max = float(np.max(store.array("data/rewards")[: int(t["start"][-1] + t["length"][-1])])) if episodes else None
+        r_max = float(np.max(store._read("data/rewards", slice(0, int(t["start"][-1] + t["length"][-1]))))) \
+            if episodes else None
     succ = np.asarray(t["success"], float)
     out = {"episodes": int(episodes), "return_mean": float(np.mean(t["returns"])), "reward_max": r_max,
            "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None, "sources": {}}
@@ -220,8 +225,8 @@ def run_stage(ctx) -> dict:
     show = bool(e.get("progress", True))
     module = load_algorithm(ckpt["path"])
     out: dict[str, Any] = {"checkpoint": ckpt["path"], "gamma": float(module.hp.gamma),
-                           "horizon": int(cfg.env.max_episode_steps), "data": data_behaviour(data["path"],
-                                                                                              data["episodes"])}
+                           "horizon": int(cfg.env.max_episode_steps),
+                           "data": data_behaviour(data["path"], data["episodes"], bool(data.get("verify", True)))}
     if e.sim:
         ev = Evaluator(plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
                        gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))

@@ -270,7 +270,8 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     }
     result["summary"] = summarize(result, str(rb.metric))
     (out_dir / "finetune.json").write_text(json.dumps(result, indent=2, default=float))
-    (out_dir / "resume.ckpt").unlink(missing_ok=True)  # finished: nothing to resume
+    if attempt is None:  # not in a pipeline: nothing will resume it (the stage removes it once recorded)
+        (out_dir / "resume.ckpt").unlink(missing_ok=True)
     return result
 
 
@@ -329,7 +330,14 @@ def _valid(outputs: dict) -> bool:
     return file_unchanged(c["checkpoint"], c["fingerprint"])
 
 
+def _finished(ctx, outputs: dict) -> None:
+    """Recorded: the resumable checkpoints of this attempt (here and where it began) are not needed."""
+    for folder in {Path(ctx.run_dir) / ctx.stage, Path((ctx.attempt or {}).get("out_dir") or Path(ctx.run_dir) / ctx.stage)}:
+        (folder / "resume.ckpt").unlink(missing_ok=True)
+
+
 STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,
-              valid=_valid, doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; "
-                                "rollback when performance drops")
+              valid=_valid, finished=_finished,
+              doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; rollback "
+                  "when performance drops")
 CONFIG_KEYS = ("env", "finetune", "evaluation", "trainer")

@@ -204,3 +204,31 @@ def test_an_older_store_with_int64_seeds_refuses_a_64_bit_seed_by_name(tmp_path,
         store.append(ep)
         assert store.episode(1).seed == 7
     assert main(["dataset", "verify", str(path)]) == 0
+
+
+@pytest.fixture
+def mount_point(tmp_path):
+    """An empty tmpfs mount point (a Docker volume, say): a rename cannot replace it."""
+    point = tmp_path / "volume"
+    point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "o2o-test", str(point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): needs root")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_a_dataset_on_an_empty_mount_point_is_built_in_place(mount_point, store_writer, tmp_path):
+    with EpisodeStore.create(mount_point, store_writer.make_schema(), remove_if_empty=True) as store:
+        store.append(store_writer.make_episode(0))
+    with EpisodeStore.open(mount_point) as store:
+        assert store.num_episodes == 1
+    assert main(["dataset", "verify", str(mount_point)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["volume"]  # no staging folder left beside it
+
+
+def test_an_empty_mount_point_stays_a_mount_point_when_nothing_was_committed(mount_point, store_writer):
+    EpisodeStore.create(mount_point, store_writer.make_schema(), remove_if_empty=True).close()
+    assert mount_point.is_dir() and list(mount_point.iterdir()) == []

@@ -246,3 +246,21 @@ def test_verify_lists_every_problem_not_the_first(fresh):
     (fresh / "data/rewards/zarr.json").unlink()
     text = "\n".join(verify_report(fresh).problems)
     assert "cannot be decoded" in text and "data/rewards cannot be opened" in text, text
+
+
+def test_an_undecodable_chunk_stops_only_the_loads_that_need_it(fresh, store_writer):
+    """The intact episodes are rescued by a selection without the damaged ones, whatever the damage."""
+    with EpisodeStore.open(fresh) as store:
+        want = store.load_transitions(np.array([3, 11]))
+    f = chunk_file(fresh, "data/obs/joints", 0)  # episode 0's first rows
+    raw = bytearray(f.read_bytes())
+    raw[:16] = b"\xff" * 16
+    f.write_bytes(bytes(raw))
+    with EpisodeStore.open(fresh) as store:
+        got = store.load_transitions(np.array([3, 11]))
+        for field in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
+                      "episode_index"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+        assert len(store.load_transitions(np.arange(1, EPISODES))) > 0
+        with pytest.raises(DatasetDamagedError, match="chunk 0 .*cannot be decoded"):
+            store.load_transitions(np.array([0, 11]))

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from o2o.datasets import EpisodeStore
 from o2o.pipeline import run as R
 from o2o.pipeline.cli import main
@@ -39,13 +41,15 @@ def start(args: list[str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
 
 
-def kill_when(p: subprocess.Popen, ready, what: str, timeout: float = 240) -> None:
+def kill_when(p: subprocess.Popen, ready, what: str, timeout: float = 240, meanwhile=None) -> None:
     deadline = time.time() + timeout
     while not ready():
         if p.poll() is not None:
             raise AssertionError(f"the run ended (rc {p.returncode}) before {what}: {p.stderr.read()[-3000:]}")
         assert time.time() < deadline, f"never reached: {what}"
         time.sleep(0.01)
+    if meanwhile is not None:
+        meanwhile()
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     p.stderr.close()
@@ -62,7 +66,12 @@ def test_a_killed_collect_completes_the_configured_composition(tmp_path, capsys)
     data = tmp_path / "data" / "room.zarr"
     mix = ["pipeline.stages=[collect]", "collect.commit_every_episodes=2", "collect.commit_every_s=0.05",
            "collect.behaviors=[{behavior: scripted, episodes: 30},{behavior: random, episodes: 30}]"]
-    kill_when(start(overrides(tmp_path, "one", *mix)), lambda: committed(data) >= 6, "6 committed episodes")
+    def second_copy() -> None:  # the same run started again while the first one still runs: refused
+        with pytest.raises(RuntimeError, match="the same run .* is in progress in process"):
+            R.run(load_config("run", overrides(tmp_path, "copy", *mix)), log=lambda m: None)
+
+    kill_when(start(overrides(tmp_path, "one", *mix)), lambda: committed(data) >= 6, "6 committed episodes",
+              meanwhile=second_copy)
     killed_at = committed(data)
     assert 6 <= killed_at < 60
 
@@ -84,6 +93,9 @@ def test_a_killed_collect_completes_the_configured_composition(tmp_path, capsys)
     again = R.run(load_config("run", overrides(tmp_path, "three", *mix)), log=lambda m: None)
     assert again.record("collect").status == "skipped"
     assert not list((tmp_path / "runs" / ".state" / "attempts").glob("*.json"))
+    # Turning the content checks off (to get past a damaged episode) or committing more often collects nothing new.
+    quiet = overrides(tmp_path, "four", *mix, "dataset.verify=false", "collect.commit_every_episodes=7")
+    assert dict(R.plan(load_config("run", quiet)))["collect"].startswith("skip")
 
 
 def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp_path, capsys):
@@ -107,8 +119,10 @@ def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp
     plan = capsys.readouterr().out
     assert "pretrain" in plan and "skip (unchanged" in plan.split("pretrain")[1].split("\n")[0], plan
 
+    # The rerun changes a later stage's setting (export's closed loop): still the interrupted run's data.
+    ft2 = [*ft, "export.closed_loop.episodes=1"]
     two = tmp_path / "runs" / "two"
-    kill_when(start(overrides(tmp_path, "two", *ft)), lambda: any(two.glob(".export.staging-*")),
+    kill_when(start(overrides(tmp_path, "two", *ft2)), lambda: any(two.glob(".export.staging-*")),
               "the export's staging folder")
     manifest = {s["name"]: s["status"] for s in json.loads((two / "manifest.json").read_text())["stages"]}
     assert manifest["pretrain"] == manifest["evaluate"] == manifest["gate"] == "skipped", manifest
@@ -117,6 +131,7 @@ def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp
     assert result["resumed"]["updates"] >= 60 and result["resumed"]["episodes"] >= online_before - 1
     assert result["steps"] == 600
     assert not (two / "finetune" / "resume.ckpt").exists()
+    assert not (tmp_path / "runs" / "one" / "finetune" / "resume.ckpt").exists()
     with EpisodeStore.open(data) as store:
         online = store.select(sources="online")
         table = store.provenance_table
@@ -126,11 +141,12 @@ def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp
     assert steps <= 600
 
     logs: list[str] = []
-    three = R.run(load_config("run", overrides(tmp_path, "three", *ft)), log=logs.append)
+    three = R.run(load_config("run", overrides(tmp_path, "three", *ft2)), log=logs.append)
     status = {r.name: r.status for r in three.records}
     assert status == {"collect": "skipped", "pretrain": "skipped", "evaluate": "skipped", "gate": "skipped",
                       "finetune": "skipped", "promote": "skipped", "export": "ran", "report": "ran"}, status
     assert not list(two.glob(".export.staging-*")) and not (two / "export").exists()
     assert (tmp_path / "runs" / "three" / "export" / "manifest.json").is_file()
     # The run ended: a fourth run sees the online episodes as new data and retrains (the keep-the-dataset loop).
-    assert R.plan(load_config("run", overrides(tmp_path, "four", *ft)))[1][1].startswith("run")
+    assert dict(R.plan(load_config("run", overrides(tmp_path, "four", *ft2))))["pretrain"].startswith("run")
+    assert not list((state / "attempts").glob("*.json"))  # the adopted run's attempt ended with the one that took it over
