@@ -498,8 +498,7 @@ class ControlLoop:
                     t0, slot = now, 0
                 else:
                     self._sleep(due - now)
-        elapsed = self._clock() - start
-        elapsed = self._clock() - t0
+        elapsed = self._clock() - start  # from the first step (t0 is re-anchored after an overrun)
         t = np.asarray(times) if times else np.zeros(1)
         guards = {k: v - before.get(k, 0) for k, v in self.runtime.counts.items() if v - before.get(k, 0)}
         return LoopReport(n, elapsed, self.period_s, overruns, missed, guards, float(np.median(t)),

@@ -276,6 +276,7 @@ def test_control_loop_counts_overruns_of_a_slow_policy(maze_export, recorded):
     report = loop.run(steps=6)
     assert report.steps == 6 and report.overruns == 5 and report.missed_ticks >= 5
     assert report.guards == {}  # slow for the loop, yet within the runtime's own deadline
+    assert report.elapsed_s >= 6 * 0.025  # the whole run, not the time since the grid was last re-anchored
 
 
 def test_control_loop_stops_on_until_and_needs_an_end(maze_export, recorded):
