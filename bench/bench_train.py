@@ -63,7 +63,9 @@ from bench_store import print_table, verdict  # noqa: E402  (same folder, same t
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
 from o2o.pipeline.stages.collect import collect  # noqa: E402
-from o2o.pipeline.stages.pretrain import _Steps, build_module, compile_if_asked, make_trainer, select_episodes  # noqa: E402,E501
+from o2o.policies.training import (  # noqa: E402
+    TrainerSpec, build_module, compile_if_asked, make_trainer, select_episodes, step_loader,
+)
 from o2o.policies.callbacks import UpdateRate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -217,9 +219,10 @@ def o2o_train(cfg, store_path: str, run_dir: Path, steps: int, warmup: int, bare
         module, replay = build_module(cfg, store, select_episodes(store, cfg.data))
     clock = _Clock(warmup, warmup + steps)
     with quiet_fit():
-        trainer = make_trainer(cfg, run_dir, [UpdateRate(every=int(cfg.algo.get("log_every", 50))), clock])
-        compile_if_asked(cfg, trainer, module)  # as o2o pretrain does; compiling happens in the untimed warm-up
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+        spec = TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50)))
+        trainer = make_trainer(spec, run_dir, [UpdateRate(every=int(cfg.algo.get("log_every", 50))), clock])
+        compile_if_asked(spec, trainer, module)  # as o2o pretrain does; compiling happens in the untimed warm-up
+        trainer.fit(module, train_dataloaders=step_loader())
     loop = steps / (clock.t1 - clock.t0)
     bare = float("nan")
     if bare_steps:
@@ -594,9 +597,10 @@ def profile(args, d3rlpy, work: Path, store_path: str, algo: str) -> None:
     with EpisodeStore.open(store_path, mode="r") as store:
         module, _ = build_module(cfg, store, select_episodes(store, cfg.data))
     with quiet_fit():
-        trainer = make_trainer(cfg, work / "prof2", [UpdateRate(every=50)])
+        trainer = make_trainer(TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50))),
+                               work / "prof2", [UpdateRate(every=50)])
         pr.enable()
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+        trainer.fit(module, train_dataloaders=step_loader())
         pr.disable()
     print(f"\n== o2o in the Trainer (cProfile, cumulative): {algo}, {n} updates")
     pstats.Stats(pr).sort_stats("cumulative").print_stats(25)

@@ -56,7 +56,7 @@ from bench_train import d3rlpy_config, import_d3rlpy, make_dataset, quiet_fit  #
 
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
-from o2o.pipeline.stages.pretrain import _Steps, build_module, make_trainer, select_episodes  # noqa: E402
+from o2o.policies.training import TrainerSpec, build_module, make_trainer, select_episodes, step_loader  # noqa: E402
 from o2o.policies.algos import losses as LS  # noqa: E402
 from o2o.policies.networks import LOG_STD_MAX, LOG_STD_MIN, adam  # noqa: E402
 
@@ -387,8 +387,9 @@ def main(argv=None) -> int:
 
         module.update = both
         with quiet_fit():
-            trainer = make_trainer(cfg, work / "run", [])
-            trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+            trainer = make_trainer(TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50))),
+                                   work / "run", [])
+            trainer.fit(module, train_dataloaders=step_loader())
     mode = "o2o as is" if args.as_is else "o2o switched to d3rlpy's documented choices"
     same = "same initial weights, same batches" + (", same sampled noise" if spec["draws"] else "")
     print_table(f"{args.algo.upper()} lockstep, o2o vs d3rlpy {d3rlpy.__version__} ({mode}): {same}; "

@@ -31,11 +31,11 @@ from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
 from o2o.pipeline.stages import dataset_verify
-from o2o.pipeline.stages.pretrain import check_env, select_episodes
 from o2o.policies.ope.config import OPEConfig
 from o2o.policies.ope.data import OPEData
 from o2o.policies.ope.importance import fit_behavior
 from o2o.policies.ope.selection import OPE_METRICS, evaluate_policy, load_policy
+from o2o.policies.training import check_env, select_episodes
 
 
 @dataclass

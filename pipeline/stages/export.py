@@ -129,7 +129,7 @@ def evaluation_reference(raw: Mapping, ckpt: Path, training: Mapping) -> dict | 
 def _dataset_observations(meta_ds: Mapping, override: str | None, n: int, seed: int) -> tuple[np.ndarray, str]:
     """Up to ``n`` observations from the episodes the checkpoint was trained on (same dataset version)."""
     from o2o.datasets import EpisodeStore
-    from o2o.pipeline.stages.pretrain import select_episodes
+    from o2o.policies.training import select_episodes
 
     path = override or meta_ds["path"]
     version = meta_ds["version"]

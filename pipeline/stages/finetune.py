@@ -23,20 +23,21 @@ from typing import Callable
 
 import lightning as L
 import numpy as np
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from o2o.datasets import DatasetVersion, Episode, EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
-from o2o.pipeline.stages.pretrain import _Steps, check_env, compile_if_asked, make_trainer, select_episodes
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
 from o2o.policies.online import FinetuneMonitor, MixedReplay, OnlineInteraction, RatioSchedule, RollbackRule
+from o2o.policies.training import (
+    TrainerSpec, algorithm_transitions, check_env, compile_if_asked, make_trainer, select_episodes, step_loader,
+)
 
 
 class EpisodeSink:
@@ -80,10 +81,7 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     v = ds["version"]
     selection = {**(ds.get("selection") or {}), "version": f"{v['episodes']}@{v['fingerprint']}"}
     idx = select_episodes(store, selection)
-    tr = store.load_transitions(idx)
-    mask = cls.transition_mask(algo, tr)
-    if mask is not None:
-        tr = type(tr)(**{k: np.asarray(val)[mask] for k, val in tr.__dict__.items()})
+    tr = algorithm_transitions(cls, algo, store.load_transitions(idx))
     meta = copy.deepcopy(offline_meta)
     meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": sha256_file(checkpoint),
                         "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
@@ -205,12 +203,12 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
         point = ResumePoint(out_dir / "resume.ckpt", int(e.every), monitor=monitor,
                             saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k,
                                                                env_steps=interaction.steps))
-        tcfg = OmegaConf.create({"trainer": {**plain(cfg.trainer), "max_steps": n_updates, "devices": 1,
-                                             "strategy": "auto", "progress": bool(f.progress)},
-                                 "algo": {"log_every": int(module.hp.log_every)}})
-        trainer = make_trainer(tcfg, out_dir, [monitor, interaction, point], "finetune",  # pre-finetune evaluation first
-                               lambda: {"env steps": f"{interaction.steps:,}/{steps:,}",
-                                        "episodes": len(interaction.episodes)})
+        spec = TrainerSpec.from_config(cfg.trainer, log_every=int(module.hp.log_every), max_steps=n_updates,
+                                       devices=1, strategy="auto", progress=bool(f.progress))
+        trainer = make_trainer(spec, out_dir, [monitor, interaction, point],  # pre-finetune evaluation first
+                               progress=lambda done, total: Progress("finetune", total, "updates", initial=done),
+                               stats=lambda: {"env steps": f"{interaction.steps:,}/{steps:,}",
+                                              "episodes": len(interaction.episodes)})
         log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
@@ -223,9 +221,8 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
                 + (f"from its checkpoint at {u} updates" if resume_from else "from the start (it saved no checkpoint)")
                 + f", with its {len(restored)} committed online episodes ({interaction.steps} env steps) back in "
                 "the online replay")
-        compile_if_asked(cfg, trainer, module)
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None),
-                    ckpt_path=resume_from, weights_only=True)
+        compile_if_asked(spec, trainer, module)
+        trainer.fit(module, train_dataloaders=step_loader(), ckpt_path=resume_from, weights_only=True)
     finally:
         module.compile_networks(False)
         try:  # an interrupted run keeps every finished episode

@@ -14,7 +14,8 @@ import torch
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
-from o2o.pipeline.stages.pretrain import native_bf16, pretrain, resolve_precision
+from o2o.pipeline.stages.pretrain import pretrain
+from o2o.policies.training import native_bf16, resolve_precision
 from o2o.policies.algos.base import load_algorithm, resolve_algorithm
 
 ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
@@ -227,7 +228,7 @@ def test_td3bc_moves_its_actor_and_targets_only_every_policy_freq_updates(maze_d
     updates 0, k, 2k... (counted from 0), as the paper's code and d3rlpy."""
     import lightning as L
 
-    from o2o.pipeline.stages.pretrain import _Steps, build_module, make_trainer, select_episodes
+    from o2o.policies.training import TrainerSpec, build_module, make_trainer, select_episodes, step_loader
 
     cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, "trainer.max_steps=7", "eval.enabled=false", "algo.policy_freq=3")
     with EpisodeStore.open(maze_dataset, mode="r") as store:
@@ -240,8 +241,8 @@ def test_td3bc_moves_its_actor_and_targets_only_every_policy_freq_updates(maze_d
         def on_train_batch_end(self, trainer, m, *args) -> None:
             seen.append({n: flat(getattr(m, n)) for n in nets})
 
-    trainer = make_trainer(cfg, tmp_path, [Watch()])
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_Steps(), batch_size=None))
+    trainer = make_trainer(TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.log_every)), tmp_path, [Watch()])
+    trainer.fit(module, train_dataloaders=step_loader())
     assert len(seen) == 8
     for k in range(7):  # update k (from 0) turned seen[k] into seen[k + 1]
         moved = {n: not torch.equal(seen[k][n], seen[k + 1][n]) for n in nets}
@@ -250,7 +251,7 @@ def test_td3bc_moves_its_actor_and_targets_only_every_policy_freq_updates(maze_d
 
 
 def test_td3bc_explores_with_gaussian_noise_around_its_action(maze_dataset, tmp_path):
-    from o2o.pipeline.stages.pretrain import build_module, select_episodes
+    from o2o.policies.training import build_module, select_episodes
 
     cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, "algo.explore_noise=0.3")
     with EpisodeStore.open(maze_dataset, mode="r") as store:

@@ -11,7 +11,8 @@ import torch
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
-from o2o.pipeline.stages.pretrain import build_module, pretrain
+from o2o.pipeline.stages.pretrain import pretrain
+from o2o.policies.training import build_module
 from o2o.policies.algos import losses as L
 from o2o.policies.data import MCBatch, TensorReplay, return_to_go
 

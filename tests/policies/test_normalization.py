@@ -10,7 +10,8 @@ import torch
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config
-from o2o.pipeline.stages.pretrain import build_module, pretrain
+from o2o.pipeline.stages.pretrain import pretrain
+from o2o.policies.training import build_module
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.algos.iql import IQL
 from o2o.policies.behavior.learned import weights_hash
