@@ -299,27 +299,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_summary(art: dict) -> None:
+def _run_summary(res) -> None:
     """One screen: the data's behaviour vs the offline policy vs the finetuned one, and where the export is."""
-    ev, ft, pol, ex = art.get("evaluation"), art.get("finetune"), art.get("policy"), art.get("exported")
+    ev, ft, pol, ex = (res.artifact(n) for n in ("evaluation", "finetune", "policy", "exported"))
     if ev is None:
         return
     t = Table(title="behaviour data vs policies (evaluate stage's seeds)")
     for col in ("", "return", "success"):
         t.add_column(col, justify="left" if not col else "right")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    d, sim = ev["data"], ev.get("sim") or {}
-    t.add_row(f"dataset ({d['episodes']} episodes)", fmt(d["return_mean"], ".1f"), fmt(d["success_rate"], ".2f"))
+    d, sim = ev.data, ev.sim or {}
+    t.add_row(f"dataset ({d.episodes} episodes)", fmt(d.return_mean, ".1f"), fmt(d.success_rate, ".2f"))
     t.add_row("offline policy", fmt(sim.get("return_mean"), ".1f"), fmt(sim.get("success_rate"), ".2f"))
     if ft is not None:
-        e = ft.get("evaluation") or {}
-        t.add_row("finetuned policy" + (" (rolled back)" if ft.get("rolled_back") else ""),
+        e = ft.evaluation or {}
+        t.add_row("finetuned policy" + (" (rolled back)" if ft.rolled_back else ""),
                   fmt(e.get("return_mean"), ".1f"), fmt(e.get("success_rate"), ".2f"))
     console.print(t)
     if pol is not None:
-        console.print(f"promoted: {pol['origin']} ({pol['reason']})", markup=False)
+        console.print(f"promoted: {pol.origin} ({pol.reason})", markup=False)
     if ex is not None:
-        console.print(f"exported: {ex['dir']} (manifest {ex['manifest']})", markup=False)
+        console.print(f"exported: {ex.dir} (manifest {ex.manifest})", markup=False)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -344,10 +344,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for r in res.records:
         t.add_row(r.name, r.status, f"{r.seconds:.1f}", r.message[:100])
     console.print(t)
-    _run_summary(res.artifacts)
+    _run_summary(res)
     console.print(f"manifest: {cfg.run_dir}/manifest.json", markup=False)
-    if "report" in res.artifacts:
-        console.print(f"report:   {res.artifacts['report']['path']}", markup=False)
+    if res.artifact("report") is not None:
+        console.print(f"report:   {res.artifact('report').path}", markup=False)
     failed = [r for r in res.records if r.status == "failed"]
     if failed:
         for r in failed:

@@ -34,11 +34,14 @@ attempt too (``ctx.run_attempt``, keyed by the stages and their configs), ended 
 run ends: a run interrupted after finetuning appended to the dataset resumes with the
 dataset version it started from, because what its own stages appended is not new data.
 
-Display settings (``progress`` keys) are not part of a fingerprint.
+Display settings (``progress`` keys) are not part of a fingerprint; the program is
+(:func:`code_digest`, a hash of o2o's source and configs): after an upgrade or an edit, a
+rerun runs again instead of silently reusing what an older program produced.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -82,6 +85,10 @@ class Stage:
     #: optional: called once the stage's outputs are recorded and its attempt ended (remove what only a
     #: resumed attempt would have needed; a kill before this point still resumes)
     finished: Callable[["StageContext", Outputs], None] | None = None
+    #: artifacts this stage grows in place (finetune appends online episodes to the dataset it reads); its
+    #: outputs say by how much. The runner keeps the version the run started from for the stages that
+    #: read the artifact, and the next run sees the growth as new data (collect's refresh)
+    appends: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,6 +123,12 @@ class StageContext:
             return
         self.attempt.update(fields)
         self.cache.put_attempt(self.attempt["fingerprint"], self.attempt)
+
+    def artifact(self, name: str) -> Any:
+        """Input ``name`` typed (:mod:`o2o.pipeline.artifacts`), or None when it is not an input."""
+        from o2o.pipeline.artifacts import typed
+
+        return typed(name, self.inputs.get(name))
 
     def open_attempts(self, stage: str | None = None) -> list[dict]:
         """Interrupted (unfinished) attempts recorded in the state, of ``stage`` (``"<run>"``: whole runs)
@@ -154,6 +167,23 @@ class GraphError(ValueError):
     """The stage graph is invalid (cycle, missing input, duplicate writer, unknown stage)."""
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """SHA-256 of o2o's own program: every ``.py``, ``.yaml`` and ``.xml`` file of its packages, by
+    relative path (the same for an editable install and a wheel of the same source)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for pkg in CODE_PACKAGES:
+        folder = root / pkg
+        for f in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".yaml", ".xml") and p.is_file()
+                        and "__pycache__" not in p.parts):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+CODE_PACKAGES = ("core", "configs", "datasets", "deploy", "envs", "pipeline", "policies")
+
+
 def fingerprint(obj: Any) -> str:
     """SHA-256 of the canonical JSON of ``obj`` (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -184,6 +214,9 @@ def order_stages(stages: Sequence[Stage], available: Sequence[str] = ()) -> list
                 raise GraphError(f"artifact {a!r} is written by both {writer[a]!r} and {s.name!r}")
             writer[a] = s.name
     for s in stages:
+        grown = [a for a in s.appends if a not in s.reads]
+        if grown:
+            raise GraphError(f"stage {s.name!r} appends to {grown} without reading it (appends must be among reads)")
         missing = [a for a in s.reads if a not in writer]
         if missing:
             raise GraphError(f"stage {s.name!r} reads {missing}, which no selected stage writes "
@@ -221,6 +254,7 @@ class StageRecord:
     fingerprint: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # artifact -> fingerprint
     outputs: dict[str, Any] = field(default_factory=dict)
+    appends: list[str] = field(default_factory=list)  # artifacts the stage grew in place
     seconds: float = 0.0
     message: str = ""
     started: str = ""
@@ -301,6 +335,12 @@ class RunResult:
     def record(self, name: str) -> StageRecord:
         return next(r for r in self.records if r.name == name)
 
+    def artifact(self, name: str) -> Any:
+        """Artifact ``name`` typed (:mod:`o2o.pipeline.artifacts`), or None when the run has none."""
+        from o2o.pipeline.artifacts import typed
+
+        return typed(name, self.artifacts.get(name))
+
     def to_dict(self) -> dict:
         """The run manifest's stage part: every stage's status, inputs, outputs, fingerprint, timing."""
         from dataclasses import asdict
@@ -318,18 +358,20 @@ class RunResult:
 class Pipeline:
     """A validated DAG of stages. ``run`` executes it; ``plan`` says what would run."""
 
-    def __init__(self, stages: Sequence[Stage], given: Mapping[str, Any] | None = None):
+    def __init__(self, stages: Sequence[Stage], given: Mapping[str, Any] | None = None, code: str | None = None):
+        """``code``: what identifies the program in fingerprints (default :func:`code_digest`)."""
         self.given = dict(given or {})
+        self.code = code_digest() if code is None else code
         self.stages = order_stages(stages, available=list(self.given))
 
     def run_fingerprint(self, configs: Mapping[str, Any]) -> str:
         """The key of a run's attempt: its stages and their configs (display keys aside)."""
-        return "run-" + fingerprint({"stages": [s.name for s in self.stages],
+        return "run-" + fingerprint({"stages": [s.name for s in self.stages], "code": self.code,
                                      "configs": {s.name: _semantic(plain(configs.get(s.name))) for s in self.stages}})
 
     def stage_fingerprint(self, stage: Stage, config: Any, inputs: Mapping[str, Any]) -> str:
         names = [a for a in (*stage.reads, *stage.optional) if a in inputs]
-        return fingerprint({"stage": stage.name, "config": _semantic(plain(config)),
+        return fingerprint({"stage": stage.name, "config": _semantic(plain(config)), "code": self.code,
                             "inputs": {a: artifact_fingerprint(inputs[a]) for a in names}})
 
     def plan(self, configs: Mapping[str, Any], cache: StageCache) -> list[tuple[str, str]]:
@@ -354,7 +396,7 @@ class Pipeline:
                     ctx = StageContext(s.name, configs.get(s.name), inputs, Path(hit.get("run_dir", ".")),
                                        log=lambda m: None, cache=cache, run_attempt=run_attempt or {"id": None},
                                        read_only=True)
-                    outputs = s.refresh(ctx, outputs)
+                    outputs = _plain_outputs(s.refresh(ctx, outputs))
                 artifacts.update(outputs)
                 out.append((s.name, f"skip (unchanged, fingerprint {fp[:12]})"))
             else:
@@ -398,12 +440,12 @@ class Pipeline:
             inputs = {a: result.artifacts[a] for a in (*s.reads, *s.optional) if a in result.artifacts}
             fp = self.stage_fingerprint(s, configs.get(s.name), inputs)
             rec = StageRecord(s.name, "ran", fp, {a: artifact_fingerprint(v) for a, v in inputs.items()},
-                              started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                              appends=list(s.appends), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             ctx = StageContext(s.name, configs.get(s.name), inputs, run_dir, log, cache=cache, run_attempt=run_attempt)
             hit = None if s.name in force else cache.get(fp)
             t0 = time.perf_counter()
             if hit is not None and (s.valid is None or s.valid(hit["outputs"])):
-                outputs = s.refresh(ctx, hit["outputs"]) if s.refresh else hit["outputs"]
+                outputs = _plain_outputs(s.refresh(ctx, hit["outputs"]) if s.refresh else hit["outputs"])
                 rec.status, rec.message = "skipped", f"unchanged since run {hit.get('run_dir', '?')}"
                 log(f"[{s.name}] skipped: config and inputs unchanged (fingerprint {fp[:12]})")
             else:
@@ -417,9 +459,10 @@ class Pipeline:
                     log(f"[{s.name}] running")
                 cache.put_attempt(fp, ctx.attempt)
                 try:
-                    outputs = s.run(ctx)
+                    outputs = _plain_outputs(s.run(ctx))
                 except StageFailed as e:
                     cache.end_attempt(fp)  # a decision, not an interruption: nothing to resume
+                    e.outputs = _plain_outputs(e.outputs)
                     rec.status, rec.message, rec.outputs = "failed", str(e), e.outputs
                     rec.seconds = time.perf_counter() - t0
                     result.artifacts.update(e.outputs)
@@ -451,6 +494,11 @@ class Pipeline:
         for adopted in run_attempt.get("adopted") or []:  # interrupted runs this one took over (collect's refresh)
             cache.end_attempt(adopted)
         return result
+
+
+def _plain_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's outputs as the runner records them: typed artifacts as their dicts."""
+    return {k: (v.to_dict() if hasattr(v, "to_dict") and not isinstance(v, Mapping) else v) for k, v in outputs.items()}
 
 
 def _running_elsewhere(record: Mapping[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.pipeline import lineage
-from o2o.pipeline.dag import GraphError, Pipeline, RunResult, StageCache
+from o2o.pipeline.dag import GraphError, Pipeline, RunResult, StageCache, code_digest
 
 STAGE_PACKAGE = "o2o.pipeline.stages."
 KEY_PACKAGES = ("torch", "lightning", "numpy", "zarr", "mujoco", "robosuite", "gymnasium", "hydra-core", "onnx",
@@ -87,28 +87,28 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    info = {"command": " ".join(sys.argv), "versions": versions(), "state_dir": str(cfg.state_dir),
+    info = {"command": " ".join(sys.argv), "versions": {**versions(), "o2o_code_sha256": code_digest()},
+            "state_dir": str(cfg.state_dir),
             "stages_selected": list(cfg.pipeline.stages)}
 
     def manifest(res: RunResult) -> None:
-        data = res.artifacts.get("dataset")
-        res.write(run_dir / "manifest.json", **info,
-                  dataset_version=None if data is None else f"{data['episodes']}@{data['fingerprint']}",
+        data = res.artifact("dataset")
+        res.write(run_dir / "manifest.json", **info, dataset_version=None if data is None else data.selector,
                   lineage=_lineage(res))
 
     res = pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
     entry = _lineage(res)
     if entry is not None and any(r.name == "pretrain" and r.status == "ran" for r in res.records):
+        policy = res.artifact("policy")
         lineage.append(cfg.state_dir, {**entry, "run_dir": str(run_dir),
-                                       "policy": (res.artifacts.get("policy") or {}).get("path")})
+                                       "policy": None if policy is None else policy.path})
     return res
 
 
 def _lineage(res: RunResult) -> dict | None:
     """Which dataset version produced which policy."""
-    ckpt = res.artifacts.get("checkpoint")
+    ckpt = res.artifact("checkpoint")
     if ckpt is None:
         return None
-    v = ckpt["dataset"]["version"]
-    return {"checkpoint": ckpt["path"], "dataset_version": f"{v['episodes']}@{v['fingerprint']}",
-            "algo": ckpt.get("algo"), "updates": ckpt.get("updates")}
+    return {"checkpoint": ckpt.path, "dataset_version": ckpt.dataset.selector, "algo": ckpt.algo,
+            "updates": ckpt.updates}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
 from o2o.pipeline.config import plain
+from o2o.pipeline.artifacts import DatasetArtifact
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages import dataset_verify
 from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
@@ -173,13 +174,13 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None, run: dic
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def dataset_artifact(path: str, verify: bool = True) -> dict:
+def dataset_artifact(path: str, verify: bool = True) -> DatasetArtifact:
     """The dataset as an artifact: its path and *current* version (what downstream stages key on), and
     whether readers check contents (``verify``: not part of the artifact's fingerprint)."""
     with EpisodeStore.open(path, mode="r", verify=verify) as store:
         v = store.version
-        return {"path": str(path), "episodes": int(v.episodes), "fingerprint": str(v.fingerprint),
-                "transitions": int(store.num_steps), "verify": bool(verify)}
+        return DatasetArtifact(path=str(path), episodes=int(v.episodes), fingerprint=str(v.fingerprint),
+                               transitions=int(store.num_steps), verify=bool(verify))
 
 
 def run_stage(ctx) -> dict:
@@ -233,34 +234,35 @@ def _refresh(ctx, outputs: dict) -> dict:
         a for a in reversed(ctx.open_attempts("<run>")) if a.get("fingerprint") != ra.get("fingerprint")]
     for cand in candidates:
         before = cand.get("dataset")
-        if not before or art["episodes"] <= int(before["episodes"]):
+        if not before or art.episodes <= int(before["episodes"]):
             continue
         with EpisodeStore.open(path, mode="r", verify=False) as store:
             if store.version_at(int(before["episodes"])).fingerprint != before["fingerprint"]:
                 continue
             ids = {str(cand["id"]), *(cand.get("adopted_ids") or [])}  # its own and those of runs it took over
             ours = sum(len(v) for v in store.written_by(ids, int(before["episodes"]), "pipeline").values())
-        if ours != art["episodes"] - int(before["episodes"]):
+        if ours != art.episodes - int(before["episodes"]):
             continue  # the dataset grew by other means too: that is new data
         if cand is not ra:
             ctx.save_run_attempt(adopted=sorted({*(ra.get("adopted") or []), cand["fingerprint"]}), dataset=before,
                                  adopted_ids=sorted({*(ra.get("adopted_ids") or []), *ids}))
         ctx.log(f"[collect] the {ours} episodes the run interrupted in {cand.get('run_dir')} appended (online) are not "
                 f"new data: resuming on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}")
-        return {"dataset": {**art, "episodes": int(before["episodes"]), "fingerprint": str(before["fingerprint"]),
-                            "transitions": int(before["transitions"])}}
+        return {"dataset": replace(art, episodes=int(before["episodes"]), fingerprint=str(before["fingerprint"]),
+                                   transitions=int(before["transitions"]))}
     _remember(ctx, art)
     return {"dataset": art}
 
 
-def _remember(ctx, art: dict) -> None:
+def _remember(ctx, art: DatasetArtifact) -> None:
     """The run's attempt records the dataset version the run started from (its later stages append)."""
     if not (ctx.run_attempt or {}).get("dataset"):
-        ctx.save_run_attempt(dataset={k: art[k] for k in ("episodes", "fingerprint", "transitions")})
+        ctx.save_run_attempt(dataset={"episodes": art.episodes, "fingerprint": art.fingerprint,
+                                      "transitions": art.transitions})
 
 
 def _valid(outputs: dict) -> bool:
-    return Path(outputs["dataset"]["path"]).exists()
+    return Path(DatasetArtifact.from_dict(outputs["dataset"]).path).exists()
 
 
 STAGE = Stage("collect", reads=(), writes=("dataset",), run=run_stage, refresh=_refresh, valid=_valid,

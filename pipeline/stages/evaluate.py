@@ -27,6 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from o2o.datasets import DatasetDamagedError, EpisodeStore
+from o2o.pipeline.artifacts import DataBehaviour, EvaluationArtifact
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
@@ -191,7 +192,7 @@ def _json_default(v: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
-def data_behaviour(path: str, episodes: int, verify: bool = True) -> dict[str, Any]:
+def data_behaviour(path: str, episodes: int, verify: bool = True) -> DataBehaviour:
     """The dataset's behaviour, to judge a policy against: mean return and success overall and per
     source, the largest reward, over the first ``episodes`` episodes (the version trained on), from
     records checked against their digests first (unless ``verify`` is off)."""
@@ -210,7 +211,7 @@ def data_behaviour(path: str, episodes: int, verify: bool = True) -> dict[str, A
         s = succ[m]
         out["sources"][str(src)] = {"episodes": int(m.sum()), "return_mean": float(np.mean(t["returns"][m])),
                                     "success_rate": float(np.nanmean(s)) if np.isfinite(s).any() else None}
-    return out
+    return DataBehaviour(**out)
 
 
 def run_stage(ctx) -> dict:
@@ -220,23 +221,21 @@ def run_stage(ctx) -> dict:
     from o2o.policies.callbacks import SimEvaluation
     from o2o.policies.evaluation import Evaluator
 
-    cfg, ckpt, data = ctx.config, ctx.inputs["checkpoint"], ctx.inputs["dataset"]
+    cfg, ckpt, data = ctx.config, ctx.artifact("checkpoint"), ctx.artifact("dataset")
     e = cfg.evaluation
     show = bool(e.get("progress", True))
-    module = load_algorithm(ckpt["path"])
-    out: dict[str, Any] = {"checkpoint": ckpt["path"], "gamma": float(module.hp.gamma),
-                           "horizon": int(cfg.env.max_episode_steps),
-                           "data": data_behaviour(data["path"], data["episodes"], bool(data.get("verify", True)))}
+    module = load_algorithm(ckpt.path)
+    sim = ope = None
     if e.sim:
         ev = Evaluator(plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
                        gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))
         try:
             with Progress("evaluate: simulation", int(e.episodes), "episodes", enabled=show) as bar:
-                out["sim"] = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(
+                sim = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(
                     module, progress=bar.update)
         finally:
             ev.close()
-        s = out["sim"]
+        s = sim
         ctx.log(f"  simulation ({int(e.episodes)} episodes): return {s['return_mean']:.1f}"
                 + (f", success {s['success_rate']:.2f}" if "success_rate" in s else "")
                 + (f", Q(start) {s['q_start_mean']:.1f} vs achieved {s['mc_discounted_return_mean']:.1f}"
@@ -244,18 +243,20 @@ def run_stage(ctx) -> dict:
     if e.ope:
         ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in plain(cfg.ope).items() if k != "select"},
                                           "gamma": float(module.hp.gamma)})
-        with EpisodeStore.open(data["path"], mode="r", verify=bool(data.get("verify", True))) as store:
-            tr = store.load_transitions(np.arange(data["episodes"]))
+        with EpisodeStore.open(data.path, mode="r", verify=data.verify) as store:
+            tr = store.load_transitions(np.arange(data.episodes))
             space = store.schema.action_space
-        od = OPEData.from_transitions(tr, space.low, space.high, source=data["path"])
-        _, policy = load_policy(ckpt["path"], od)
+        od = OPEData.from_transitions(tr, space.low, space.high, source=data.path)
+        _, policy = load_policy(ckpt.path, od)
         with Progress("evaluate: behaviour model", ope_cfg.behavior_updates, "updates", enabled=show) as bar:
             behavior = fit_behavior(od, ope_cfg, progress=bar.update)
         with Progress("evaluate: FQE", ope_cfg.fqe_updates * (1 + ope_cfg.fqe_refits), "updates", enabled=show) as bar:
             est = evaluate_policy(policy, od, ope_cfg, behavior, progress=bar.update)
-        out["ope"] = {k: v for k, v in est.items() if isinstance(v, (int, float))}
-        ctx.log(f"  OPE: FQE {out['ope'].get('ope/fqe_value', float('nan')):.1f}")
-    (ctx.out_dir / "evaluation.json").write_text(json.dumps(out, indent=2, default=_json_default))
+        ope = {k: v for k, v in est.items() if isinstance(v, (int, float))}
+        ctx.log(f"  OPE: FQE {ope.get('ope/fqe_value', float('nan')):.1f}")
+    out = EvaluationArtifact(checkpoint=ckpt.path, gamma=float(module.hp.gamma), horizon=int(cfg.env.max_episode_steps),
+                             data=data_behaviour(data.path, data.episodes, data.verify), sim=sim, ope=ope)
+    (ctx.out_dir / "evaluation.json").write_text(json.dumps(out.to_dict(), indent=2, default=_json_default))
     return {"evaluation": out}
 
 

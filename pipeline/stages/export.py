@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.deploy.export import TOLERANCE, ExportRefused, ExportSpec, export_policy, remove_abandoned
 from o2o.deploy.manifest import MANIFEST_NAME, file_unchanged, key_id, read_signing_key, sha256_file
+from o2o.pipeline.artifacts import ExportedArtifact
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 
@@ -298,39 +299,38 @@ def export(cfg: DictConfig) -> ExportResult:
 def run_stage(ctx) -> dict:
     """``o2o run``'s export: the promoted policy, with the run's export settings. A resumed attempt
     first removes what the killed one left (a staging folder, an empty export folder)."""
-    policy = ctx.inputs["policy"]
+    policy = ctx.artifact("policy")
     attempt = ctx.attempt or {}
     if attempt.get("resumed") and attempt.get("run_dir"):
         removed = remove_abandoned(Path(attempt["run_dir"]) / ctx.stage)
         if removed:
             ctx.log(f"  removed what the interrupted export left: {', '.join(removed)}")
     # Not ctx.out_dir: that makes the folder, and an export appears only whole (renamed into place).
-    cfg = OmegaConf.merge(ctx.config.export, {"ckpt": policy["path"], "out": str(ctx.run_dir / ctx.stage)})
+    cfg = OmegaConf.merge(ctx.config.export, {"ckpt": policy.path, "out": str(ctx.run_dir / ctx.stage)})
     res = export(cfg)
     cl = res.closed_loop or {}
     vs = cl.get("vs_evaluation") or {}
-    ctx.log(f"  exported {policy['origin']} policy to {res.out_dir}: parity "
+    ctx.log(f"  exported {policy.origin} policy to {res.out_dir}: parity "
             + ", ".join(f"{k} {v:.1e}" for k, v in res.parity.items())
             + (f"; closed loop through the runtime: success {cl['runtime'].get('success_rate')}, return "
                f"{cl['runtime']['return_mean']:.1f} (trained policy: {cl['trained'].get('success_rate')}, "
                f"{cl['trained']['return_mean']:.1f})" if cl.get("runtime") else "")
             + (f"; the checkpoint was evaluated at {vs['metric']} {vs['evaluated']:.4g} ({vs['source']})"
                if vs.get("metric") else ""))
-    files = {name: info for name, info in res.files.items()}
-    return {"exported": {"dir": res.out_dir, "manifest": res.manifest_path, "parity": res.parity,
-                         "closed_loop": res.closed_loop, "files": files, "origin": policy["origin"],
-                         "fingerprint": sha256_file(res.manifest_path)}}
+    return {"exported": ExportedArtifact(dir=res.out_dir, manifest=res.manifest_path, parity=res.parity,
+                                         closed_loop=res.closed_loop, files=dict(res.files), origin=policy.origin,
+                                         fingerprint=sha256_file(res.manifest_path))}
 
 
 def _valid(outputs: dict) -> bool:
     """The recorded export is reusable only if its manifest is unchanged and every file still
     matches the manifest's SHA-256 (a tampered policy.onnx means export again)."""
     from o2o.deploy.manifest import load_manifest
-    e = outputs["exported"]
-    if not file_unchanged(e["manifest"], e["fingerprint"]):
+    e = ExportedArtifact.from_dict(outputs["exported"])
+    if not file_unchanged(e.manifest, e.fingerprint):
         return False
     try:
-        load_manifest(e["dir"], verify=True)
+        load_manifest(e.dir, verify=True)
     except Exception:  # any mismatch or damage: not valid, the stage reruns
         return False
     return True

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from o2o.datasets import DatasetVersion, Episode, EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
+from o2o.pipeline.artifacts import FinetuneArtifact
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
@@ -310,21 +311,21 @@ def summarize(res: dict, metric: str) -> str:
 # ---------------------------------------------------------------------------- as a pipeline stage
 def run_stage(ctx) -> dict:
     """``o2o run``'s finetune: the gated offline checkpoint, online, into the run's dataset."""
-    ckpt, gate, data = ctx.inputs["checkpoint"], ctx.inputs["gate"], ctx.inputs["dataset"]
-    if not gate.get("passed"):  # the dag blocks finetune after a failed gate; this guards direct use
+    ckpt, gate, data = ctx.artifact("checkpoint"), ctx.artifact("gate"), ctx.artifact("dataset")
+    if not gate.passed:  # the dag blocks finetune after a failed gate; this guards direct use
         raise RuntimeError("finetune: the gate did not pass; the offline policy may not go online")
-    res = finetune(ctx.config, ckpt["path"], data["path"], ctx.out_dir, log=ctx.log,
-                   verify=bool(data.get("verify", True)), attempt=ctx.attempt, save_attempt=ctx.save_attempt,
-                   tag=ctx.tag)
-    offline = (ctx.inputs["evaluation"].get("sim") or {})
-    ctx.log(f"  {res['summary']}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
-                                      if "return_mean" in offline else ""))
+    res = FinetuneArtifact.from_dict(finetune(ctx.config, ckpt.path, data.path, ctx.out_dir, log=ctx.log,
+                                              verify=data.verify, attempt=ctx.attempt,
+                                              save_attempt=ctx.save_attempt, tag=ctx.tag))
+    offline = ctx.artifact("evaluation").sim or {}
+    ctx.log(f"  {res.summary}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
+                                   if "return_mean" in offline else ""))
     return {"finetune": res}
 
 
 def _valid(outputs: dict) -> bool:
-    c = outputs["finetune"]
-    return file_unchanged(c["checkpoint"], c["fingerprint"])
+    c = FinetuneArtifact.from_dict(outputs["finetune"])
+    return file_unchanged(c.checkpoint, c.fingerprint)
 
 
 def _finished(ctx, outputs: dict) -> None:
@@ -334,7 +335,7 @@ def _finished(ctx, outputs: dict) -> None:
 
 
 STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,
-              valid=_valid, finished=_finished,
+              valid=_valid, finished=_finished, appends=("dataset",),
               doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; rollback "
                   "when performance drops")
 CONFIG_KEYS = ("env", "finetune", "evaluation", "trainer")

@@ -14,6 +14,7 @@ import json
 import numpy as np
 
 from o2o.datasets import EpisodeStore
+from o2o.pipeline.artifacts import GateArtifact
 from o2o.pipeline.dag import Stage, StageFailed
 from o2o.pipeline.gate import Evidence, decide
 
@@ -39,17 +40,18 @@ def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048
 
 
 def run_stage(ctx) -> dict:
-    ev_in, ckpt, data = ctx.inputs["evaluation"], ctx.inputs["checkpoint"], ctx.inputs["dataset"]
-    acts = action_check(ckpt["path"], data["path"], data["episodes"], verify=bool(data.get("verify", True)))
-    d = ev_in["data"]
-    evidence = Evidence(sim=ev_in.get("sim"), ope_value=(ev_in.get("ope") or {}).get("ope/fqe_value"),
-                        data_return_mean=d["return_mean"], data_success_rate=d["success_rate"],
-                        reward_max=d["reward_max"], gamma=float(ev_in["gamma"]), horizon=int(ev_in["horizon"]),
+    ev_in, ckpt, data = ctx.artifact("evaluation"), ctx.artifact("checkpoint"), ctx.artifact("dataset")
+    acts = action_check(ckpt.path, data.path, data.episodes, verify=data.verify)
+    d = ev_in.data
+    evidence = Evidence(sim=ev_in.sim, ope_value=(ev_in.ope or {}).get("ope/fqe_value"),
+                        data_return_mean=d.return_mean, data_success_rate=d.success_rate,
+                        reward_max=d.reward_max, gamma=ev_in.gamma, horizon=ev_in.horizon,
                         actions_finite=acts["finite"], actions_in_bounds=acts["in_bounds"],
                         action_violation=acts["violation"])
     decision = decide(dict(ctx.config.gate), evidence)
-    out = {"gate": {**decision.to_dict(), "checkpoint": ckpt["path"], "actions": acts}}
-    (ctx.out_dir / "decision.json").write_text(json.dumps(out["gate"], indent=2, default=float))
+    gate = GateArtifact(**decision.to_dict(), checkpoint=ckpt.path, actions=acts)
+    out = {"gate": gate}
+    (ctx.out_dir / "decision.json").write_text(json.dumps(gate.to_dict(), indent=2, default=float))
     for c in decision.criteria:
         ctx.log(f"  {c.message()}")
     if not decision.passed:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.deploy.manifest import file_unchanged, sha256_file
+from o2o.pipeline.artifacts import CheckpointArtifact, TrainedOn
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
@@ -148,7 +149,7 @@ def run_stage(ctx) -> dict:
     """``o2o run``'s pretrain: train on exactly the dataset version the collect stage reported."""
     from o2o.pipeline import lineage
 
-    data = ctx.inputs["dataset"]
+    data = ctx.artifact("dataset")
     init_from = None
     if str(ctx.config.get("pretrain", {}).get("init", "fresh")) == "previous":
         prev = lineage.latest_checkpoint(str(ctx.config.state_dir), str(ctx.config.algo.name))
@@ -157,8 +158,8 @@ def run_stage(ctx) -> dict:
             ctx.log(f"  warm start from {init_from} (trained on dataset version {prev.get('dataset_version')})")
         else:
             ctx.log("  pretrain.init=previous: no earlier checkpoint of this algorithm; training from scratch")
-    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data["path"], "verify": bool(data.get("verify", True))},
-                                       "data": {"version": f"{data['episodes']}@{data['fingerprint']}"},
+    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data.path, "verify": data.verify},
+                                       "data": {"version": data.selector},
                                        "run_dir": str(ctx.out_dir), "init_from": init_from})
     res = pretrain(cfg)
     if res.best_checkpoint is None:
@@ -167,15 +168,15 @@ def run_stage(ctx) -> dict:
     ctx.log(f"  {cfg.algo.name}: {res.updates} updates in {res.seconds:.0f} s; best checkpoint by {res.selection}"
             + (f": return {best['return_mean']:.1f}" if "return_mean" in best else "")
             + (f", success {best['success_rate']:.2f}" if best.get("success_rate") is not None else ""))
-    return {"checkpoint": {"path": res.best_checkpoint, "fingerprint": sha256_file(res.best_checkpoint),
-                           "last": res.last_checkpoint, "algo": str(cfg.algo.name), "updates": res.updates,
-                           "selection": res.selection, "dataset": res.dataset, "best_eval": res.best_eval,
-                           "evaluations": res.evaluations, "summary": str(Path(res.run_dir) / "summary.json")}}
+    return {"checkpoint": CheckpointArtifact(
+        path=res.best_checkpoint, fingerprint=sha256_file(res.best_checkpoint), last=res.last_checkpoint,
+        algo=str(cfg.algo.name), updates=res.updates, selection=res.selection, dataset=TrainedOn.from_dict(res.dataset),
+        best_eval=res.best_eval, evaluations=res.evaluations, summary=str(Path(res.run_dir) / "summary.json"))}
 
 
 def _valid(outputs: dict) -> bool:
-    c = outputs["checkpoint"]
-    return file_unchanged(c["path"], c["fingerprint"])
+    c = CheckpointArtifact.from_dict(outputs["checkpoint"])
+    return file_unchanged(c.path, c.fingerprint)
 
 
 STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,

@@ -9,6 +9,9 @@ record says why.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from o2o.pipeline.artifacts import PolicyArtifact
 from o2o.pipeline.dag import Stage
 
 
@@ -18,33 +21,34 @@ def _num(x) -> str:
 
 def run_stage(ctx) -> dict:
     cfg = ctx.config.promote
-    ckpt, ev, gate = ctx.inputs["checkpoint"], ctx.inputs["evaluation"], ctx.inputs["gate"]
-    if not gate.get("passed"):  # the dag blocks promote after a failed gate; this guards direct use
+    ckpt, ev, gate = ctx.artifact("checkpoint"), ctx.artifact("evaluation"), ctx.artifact("gate")
+    if not gate.passed:  # the dag blocks promote after a failed gate; this guards direct use
         raise RuntimeError("promote: the gate did not pass")
     metric = str(cfg.metric)
-    offline = (ev.get("sim") or {}).get(metric)
-    policy = {"path": ckpt["path"], "fingerprint": ckpt["fingerprint"], "origin": "offline", metric: offline,
-              "reason": "offline policy passed the gate"}
-    tuned = ctx.inputs.get("finetune")
+    offline = (ev.sim or {}).get(metric)
+    policy = PolicyArtifact(path=ckpt.path, fingerprint=ckpt.fingerprint, origin="offline", metric=metric,
+                            value=offline, reason="offline policy passed the gate")
+    tuned = ctx.artifact("finetune")
     if tuned is not None:
-        online = tuned.get("evaluation", {}).get(metric)
+        online = tuned.evaluation.get(metric)
         # A better return bought with fewer successes is a regression (measured on the point-maze
         # room: return -85.1 -> -80.7 while success fell 1.00 -> 0.15): success may not drop.
-        s_off = (ev.get("sim") or {}).get("success_rate")
-        s_on = tuned.get("evaluation", {}).get("success_rate")
+        s_off = (ev.sim or {}).get("success_rate")
+        s_on = tuned.evaluation.get("success_rate")
         max_drop = float(cfg.get("max_success_drop", 0.0))
         if s_off is not None and s_on is not None and s_on < s_off - max_drop:
-            policy["reason"] = (f"finetuned success_rate {s_on:.2f} < offline {s_off:.2f} - {max_drop:.2f}: "
-                                "the offline policy stays")
+            policy = replace(policy, reason=f"finetuned success_rate {s_on:.2f} < offline {s_off:.2f} - "
+                                            f"{max_drop:.2f}: the offline policy stays")
             online = None
         if online is not None and offline is not None and online >= offline + float(cfg.min_improvement):
-            policy = {"path": tuned["checkpoint"], "fingerprint": tuned["fingerprint"], "origin": "finetuned",
-                      metric: online, "reason": f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
-                                                f"{float(cfg.min_improvement):.4g}"}
+            policy = PolicyArtifact(path=tuned.checkpoint, fingerprint=tuned.fingerprint, origin="finetuned",
+                                    metric=metric, value=online,
+                                    reason=f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
+                                           f"{float(cfg.min_improvement):.4g}")
         elif online is not None:
-            policy["reason"] = (f"finetuned {metric} {online:.4g} not better than offline {_num(offline)} by "
-                                f"{float(cfg.min_improvement):.4g}: the offline policy stays")
-    ctx.log(f"  promoted: {policy['origin']} ({policy['reason']})")
+            policy = replace(policy, reason=f"finetuned {metric} {online:.4g} not better than offline {_num(offline)} "
+                                            f"by {float(cfg.min_improvement):.4g}: the offline policy stays")
+    ctx.log(f"  promoted: {policy.origin} ({policy.reason})")
     return {"policy": policy}
 
 

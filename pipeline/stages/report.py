@@ -16,6 +16,10 @@ from typing import Any
 import numpy as np
 
 from o2o.datasets import EpisodeStore
+from o2o.pipeline.artifacts import (
+    CheckpointArtifact, DatasetArtifact, EvaluationArtifact, ExportedArtifact, FinetuneArtifact, GateArtifact,
+    ReportArtifact,
+)
 from o2o.pipeline.dag import Stage
 
 
@@ -32,14 +36,14 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
     return "-" if v is None else format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
-def dataset_section(out: Path, data: dict) -> list[str]:
+def dataset_section(out: Path, data: DatasetArtifact) -> list[str]:
     """The dataset as it stands now (online episodes appended by finetuning included), with the
     version the offline policy was trained on marked: growth and returns per source, and a
     table per source and behaviour policy."""
     plt = _plt()
-    with EpisodeStore.open(data["path"], mode="r") as store:
+    with EpisodeStore.open(data.path, mode="r") as store:
         t = store.episodes_table()
-    trained = int(data["episodes"])
+    trained = data.episodes
     sources = sorted(set(t["source"]))
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.4))
     for src in sources:  # growth: cumulative episodes per source over the dataset's history
@@ -63,8 +67,8 @@ def dataset_section(out: Path, data: dict) -> list[str]:
     now = len(t["index"])
     grown = (f" It now holds {now} episodes ({int(t['length'].sum())} steps): {now - trained} appended since."
              if now > trained else "")
-    return [f"## Dataset\n\n`{data['path']}`: the offline policy was trained on version "
-            f"{trained}@{data['fingerprint'][:12]} ({data['transitions']} transitions).{grown}\n", *rows, "",
+    return [f"## Dataset\n\n`{data.path}`: the offline policy was trained on version "
+            f"{trained}@{data.fingerprint[:12]} ({data.transitions} transitions).{grown}\n", *rows, "",
             "![dataset](dataset.png)", ""]
 
 
@@ -136,12 +140,12 @@ def training_figure(metrics: list[dict], hist: list[dict]):
     return fig
 
 
-def training_section(out: Path, ckpt: dict) -> list[str]:
-    lines = [f"## Offline training\n\n{ckpt['algo']}, {ckpt['updates']} updates; checkpoint `{ckpt['path']}` "
-             f"chosen by {ckpt['selection']}.\n"]
-    metrics = Path(ckpt["summary"]).parent / "csv" / "metrics.csv"
-    rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics.exists() else []
-    fig = training_figure(rows, ckpt.get("evaluations") or [])
+def training_section(out: Path, ckpt: CheckpointArtifact) -> list[str]:
+    lines = [f"## Offline training\n\n{ckpt.algo}, {ckpt.updates} updates; checkpoint `{ckpt.path}` "
+             f"chosen by {ckpt.selection}.\n"]
+    metrics = Path(ckpt.summary).parent / "csv" / "metrics.csv" if ckpt.summary else None
+    rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics and metrics.exists() else []
+    fig = training_figure(rows, ckpt.evaluations or [])
     fig.savefig(out / "training.png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
     return [*lines, "![training](training.png)", "",
@@ -149,12 +153,12 @@ def training_section(out: Path, ckpt: dict) -> list[str]:
             f"{LOG_SPAN:g}x); under them, the critic's Q(start) next to the discounted return the policy achieved.", ""]
 
 
-def evaluation_section(ev: dict | None) -> list[str]:
+def evaluation_section(ev: EvaluationArtifact | None) -> list[str]:
     if ev is None:
         return ["## Evaluation\n\nThe evaluate stage did not run.\n"]
-    s, ope, d = ev.get("sim") or {}, ev.get("ope") or {}, ev["data"]
+    s, ope, d = ev.sim or {}, ev.ope or {}, ev.data
     rows = ["| | return | success | discounted return | Q(start) estimated | FQE |", "|---|---:|---:|---:|---:|---:|",
-            f"| dataset behaviour | {d['return_mean']:.1f} | {_fmt(d['success_rate'], '.2f')} | - | - | - |",
+            f"| dataset behaviour | {d.return_mean:.1f} | {_fmt(d.success_rate, '.2f')} | - | - | - |",
             f"| offline policy | {_fmt(s.get('return_mean'), '.1f')} | {_fmt(s.get('success_rate'), '.2f')} | "
             f"{_fmt(s.get('mc_discounted_return_mean'), '.1f')} | {_fmt(s.get('q_start_mean'), '.1f')} | "
             f"{_fmt(ope.get('ope/fqe_value'), '.1f')} |"]
@@ -164,14 +168,14 @@ def evaluation_section(ev: dict | None) -> list[str]:
             f"checkpoint; Q(start) is the critic's own estimate on the start states, {fqe}.\n", *rows, ""]
 
 
-def gate_section(gate: dict | None) -> list[str]:
+def gate_section(gate: GateArtifact | None) -> list[str]:
     if gate is None:
         return ["## Gate\n\nThe gate did not run.\n"]
     rows = ["| criterion | value | threshold | passed | margin |", "|---|---:|---:|:-:|---:|"]
-    for c in gate["criteria"]:
+    for c in gate.criteria:
         rows.append(f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
                     f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |")
-    verdict = "**passed**" if gate["passed"] else "**failed**: the online stages did not run"
+    verdict = "**passed**" if gate.passed else "**failed**: the online stages did not run"
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
 
 
@@ -221,14 +225,14 @@ def finetune_figure(ft: dict):
     return fig
 
 
-def finetune_section(out: Path, ft: dict | None) -> list[str]:
+def finetune_section(out: Path, ft: FinetuneArtifact | None) -> list[str]:
     """The finetuning curve (:func:`finetune_figure`); the final evaluation next to the starting level."""
     if ft is None:
         return ["## Online finetuning\n\nThis stage did not run in this pipeline.\n"]
-    fig = finetune_figure(ft)
+    fig = finetune_figure({"curve": ft.curve, "rollback": ft.rollback})
     fig.savefig(out / "finetune.png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
-    ev, pre, online = ft.get("evaluation") or {}, ft.get("pre_finetune") or {}, ft.get("online") or {}
+    ev, pre, online = ft.evaluation or {}, ft.pre_finetune or {}, ft.online or {}
     rows = ["| | return | success |", "|---|---:|---:|",
             f"| before finetuning (periodic seeds) | {_fmt(pre.get('return_mean'), '.1f')} | "
             f"{_fmt(pre.get('success_rate'), '.2f')} |",
@@ -236,20 +240,20 @@ def finetune_section(out: Path, ft: dict | None) -> list[str]:
             f"{_fmt(online.get('success_rate'), '.2f')} |",
             f"| finetuned policy (evaluation seeds) | {_fmt(ev.get('return_mean'), '.1f')} | "
             f"{_fmt(ev.get('success_rate'), '.2f')} |"]
-    return [f"## Online finetuning\n\n{ft.get('summary', '')}\n", *rows, "", "![finetuning](finetune.png)", ""]
+    return [f"## Online finetuning\n\n{ft.summary}\n", *rows, "", "![finetuning](finetune.png)", ""]
 
 
-def export_section(ex: dict | None) -> list[str]:
+def export_section(ex: ExportedArtifact | None) -> list[str]:
     """Where the exported policy is, and how closely each backend matches the trained policy:
     the largest action difference on recorded observations, and the closed loop in simulation."""
     if ex is None:
         return ["## Export\n\nThis stage did not run in this pipeline.\n"]
-    lines = [f"## Export\n\nThe {ex.get('origin', 'promoted')} policy, in `{ex['dir']}` (manifest "
-             f"`{ex['manifest']}`).\n", "| file | bytes |", "|---|---:|"]
-    lines += [f"| {name} | {_fmt((info or {}).get('bytes'), 'd')} |" for name, info in (ex.get("files") or {}).items()]
+    lines = [f"## Export\n\nThe {ex.origin} policy, in `{ex.dir}` (manifest `{ex.manifest}`).\n",
+             "| file | bytes |", "|---|---:|"]
+    lines += [f"| {name} | {_fmt((info or {}).get('bytes'), 'd')} |" for name, info in (ex.files or {}).items()]
     lines += ["", "| backend | largest action difference vs torch |", "|---|---:|"]
-    lines += [f"| {k} | {_fmt(v, '.1e')} |" for k, v in (ex.get("parity") or {}).items()]
-    cl = ex.get("closed_loop") or {}
+    lines += [f"| {k} | {_fmt(v, '.1e')} |" for k, v in (ex.parity or {}).items()]
+    cl = ex.closed_loop or {}
     if cl.get("runtime"):
         lines += ["", "| closed loop in simulation | return | success |", "|---|---:|---:|"]
         for name, label in (("trained", "trained policy (torch)"), ("runtime", "exported policy (o2o runtime)")):
@@ -260,19 +264,18 @@ def export_section(ex: dict | None) -> list[str]:
 
 def run_stage(ctx) -> dict:
     out = ctx.out_dir
-    i = ctx.inputs
     lines = [f"# o2o run report\n\nRun folder `{ctx.run_dir}`.\n"]
-    lines += dataset_section(out, i["dataset"])
-    if "checkpoint" in i:
-        lines += training_section(out, i["checkpoint"])
-    lines += evaluation_section(i.get("evaluation"))
-    lines += gate_section(i.get("gate"))
-    lines += finetune_section(out, i.get("finetune"))
-    lines += export_section(i.get("exported"))
+    lines += dataset_section(out, ctx.artifact("dataset"))
+    if ctx.artifact("checkpoint") is not None:
+        lines += training_section(out, ctx.artifact("checkpoint"))
+    lines += evaluation_section(ctx.artifact("evaluation"))
+    lines += gate_section(ctx.artifact("gate"))
+    lines += finetune_section(out, ctx.artifact("finetune"))
+    lines += export_section(ctx.artifact("exported"))
     path = out / "report.md"
     path.write_text("\n".join(lines))
     ctx.log(f"  report: {path}")
-    return {"report": {"path": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}}
+    return {"report": ReportArtifact(path=str(path), plots=sorted(p.name for p in out.glob("*.png")))}
 
 
 STAGE = Stage("report", reads=("dataset",), writes=("report",), run=run_stage,

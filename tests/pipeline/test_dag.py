@@ -217,3 +217,21 @@ def test_optional_inputs_order_the_stage_but_never_block_it(tmp_path):
     assert {x.name: x.status for x in r.records} == {"train": "ran", "gate": "failed", "finetune": "blocked",
                                                       "report": "ran"}
     assert seen == {"ckpt": 1, "decision": {"passed": False}}  # the failed gate's decision, no finetune
+
+
+def test_a_changed_program_reruns_instead_of_reusing_old_outputs(tmp_path):
+    """The fingerprint holds the program (o2o's code digest): old outputs are not reused by new code."""
+    from o2o.pipeline.dag import code_digest
+
+    calls = []
+
+    def a(ctx):
+        calls.append("a")
+        return {"a_out": {"v": 1}}
+
+    stages = [Stage("a", (), ("a_out",), a)]
+    cache = StageCache(tmp_path / "state")
+    for code in ("v1", "v1", "v2"):
+        Pipeline(stages, code=code).run({}, cache, tmp_path / "run", log=lambda m: None)
+    assert calls == ["a", "a"]  # skipped once under the same program, rerun under another
+    assert len(code_digest()) == 64 and code_digest() == code_digest()
