@@ -4,7 +4,7 @@ Every committed episode carries a 32-byte ``episodes/digest`` row: ``[:16]`` the
 digest of its arrays and record (:func:`episode_digest`), ``[16:]`` the chained
 fingerprint of every episode up to it (:func:`chain`); ``index.json`` holds the last one.
 
-Three levels of checking use them (the README's "What is checked, when"):
+Three levels of checking use them (docs/dataset.md: What is checked, when):
 
 - **opening** (every reader and writer, always): :func:`structure_problems` — every array's
   metadata opens and holds the committed rows, episode boundaries increase and end at the

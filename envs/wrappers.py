@@ -1,6 +1,6 @@
 """Small wrappers that bring any simulator to the o2o env contract.
 
-The contract (DESIGN.md, envs/): one flat float32 Box observation whose fields are named
+The contract (docs/architecture.md: Layers, envs/): one flat float32 Box observation whose fields are named
 by an :class:`~o2o.envs.spaces.ObsLayout` (``env.get_wrapper_attr("obs_layout")``), a
 float32 Box action space, ``info["is_success"]`` where the task defines success, and
 ``reset(seed=...)`` reproducibility.

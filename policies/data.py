@@ -3,8 +3,9 @@
 The whole selection is loaded once (``EpisodeStore.load_transitions``), normalised once
 (observations standardised, actions mapped to [-1, 1], rewards scaled) and kept as
 tensors on the device; a batch is one ``randint`` plus one gather per field. No
-DataLoader workers, no per-step host-to-device copies (DESIGN.md: data lives where the
-math runs). The same buffer grows during online finetuning (:meth:`TensorReplay.add`).
+DataLoader workers, no per-step host-to-device copies (the data lives where the math runs:
+docs/architecture.md: Principles). The same buffer grows during online finetuning
+(:meth:`TensorReplay.add`).
 """
 
 from __future__ import annotations

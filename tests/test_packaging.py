@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"pyproject.toml", "README.md", "pipeline", "envs", "datasets", "policies", "deploy", "configs", "tests"}
-ALLOWED_EXTRA = {".ci", "bench", "constraints.txt", ".gitignore", ".git"}
+ALLOWED_EXTRA = {".ci", "bench", "docs", "constraints.txt", ".gitignore", ".git"}
 
 
 def _pyproject() -> dict:

@@ -3,7 +3,7 @@
 The critics learn Q of the *current* policy by TD (targets at actions the policy samples
 at s'); the actor maximises the likelihood of dataset actions weighted by
 ``exp(A(s, a) / lambda)`` with ``A(s, a) = Q(s, a) - Q(s, a_pi)``: an implicit KL
-constraint to the data (reference 004), which makes it a natural offline-to-online method.
+constraint to the data (CS 285 offline RL lecture), which makes it a natural offline-to-online method.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 BC regresses dataset actions (MSE for a deterministic actor, negative log-likelihood for
 a Gaussian one). Filtered BC (``top_fraction < 1``) first keeps only the episodes whose
 returns are in the top fraction of the selection — the simplest way to "find the good
-stuff" in mixed data (reference 004), and the baseline every offline RL method must beat.
+stuff" in mixed data (CS 285 offline RL lecture), and the baseline every offline RL method must beat.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Soft Actor-Critic (Haarnoja et al. 2018) with twin critics and automatic entropy tuning.
 
 Online, SAC is the workhorse of finetuning. Offline, as is, it is the textbook failure
-(reference 002, exercise 1): its backups query Q at the policy's own actions, which the
+(offline RL lecture notes, exercise 1): its backups query Q at the policy's own actions, which the
 data never covers, and the overestimation feeds on itself. CQL builds on this module.
 """
 

@@ -6,7 +6,7 @@ action when exploring), normalises the transition and adds it to the online repl
 once; every finished episode goes to ``on_episode`` with provenance ``source: online``,
 the policy id and the policy version (the update count when the episode began). The
 pipeline's sink appends those episodes to the dataset: this package never writes to the
-store itself (DESIGN.md).
+store itself (docs/architecture.md: Layers).
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ def test_cli_import_export(source_store, tmp_path, capsys):
 
 
 def test_import_export_speed(tmp_path):
-    """Figures for the README: 200 episodes x 250 steps of a 17-D task through both formats."""
+    """Figures for docs/results.md: The dataset. 200 episodes x 250 steps of a 17-D task through both formats."""
     rng = np.random.default_rng(3)
     space = gym.spaces.Box(-np.inf, np.inf, (17,), np.float32)
     schema = Schema.from_spaces(space, gym.spaces.Box(-1, 1, (6,), np.float32))

@@ -1,7 +1,7 @@
 """Reading a store through fsspec URLs: a copy in fsspec's in-memory filesystem, and ``file://``.
 
 A store is built locally with ``store_writer.py``'s episodes, copied file by file into
-``memory://`` (``index.json`` last, as the README asks of a sync), and read back by URL:
+``memory://`` (``index.json`` last, as docs/dataset.md asks of a sync), and read back by URL:
 everything a reader does must give exactly what the local store gives. Writing to a URL
 is refused before anything is touched.
 """

@@ -18,7 +18,7 @@ from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.pretrain import pretrain
 
-# Modules the controller-side runtime must never need (DESIGN.md: deploy/).
+# Modules the controller-side runtime must never need (docs/architecture.md: Import rules, deploy/).
 BLOCKED = ("torch", "lightning", "pytorch_lightning", "hydra", "omegaconf", "zarr", "gymnasium", "mujoco", "robosuite")
 
 

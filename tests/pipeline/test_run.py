@@ -114,7 +114,7 @@ def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
 
 @pytest.mark.slow  # 1000 SAC updates: ~1-3 min on 2 cores
 def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_path):
-    """Reference 002, exercise 1: SAC trained offline on scripted-only data believes in actions the
+    """Offline RL lecture notes, exercise 1: SAC trained offline on scripted-only data believes in actions the
     data never shows; its Q(start) sits far above the return it achieves, and the gate says so."""
     cfg = load_config("run", [*ROOM, f"dataset.path={tmp_path / 'narrow.zarr'}", f"run_dir={tmp_path / 'run'}",
                               f"state_dir={tmp_path / '.state'}", "collect.behaviors=[{behavior: scripted, episodes: 20}]",

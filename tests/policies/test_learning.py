@@ -80,7 +80,7 @@ def narrow(tmp_path_factory, make_dataset) -> str:
 
 @pytest.mark.slow
 def test_naive_offline_sac_overestimates_where_cql_does_not(narrow, tmp_path):
-    # Reference 002, exercise 1: SAC's backups query Q at its own, unseen actions. Measured here
+    # Offline RL lecture notes, exercise 1: SAC's backups query Q at its own, unseen actions. Measured here
     # (3000 updates): SAC return -172, success 0, Q(start) -12 vs achieved -55; CQL return -86,
     # success 1.0, Q(start) -39 vs achieved -41.
     sac = train("sac", narrow, tmp_path / "sac", 3000, "algo.gamma=0.95")
