@@ -17,7 +17,7 @@ def _pyproject() -> dict:
 
 
 def test_top_level_is_the_fixed_layout():
-    tracked = {p.name for p in ROOT.iterdir() if not p.name.startswith((".venv", "__pycache__", ".pytest", ".hypothesis", ".ruff_cache"))}
+    tracked = {p.name for p in ROOT.iterdir() if not p.name.startswith((".venv", "__pycache__", ".pytest", ".hypothesis", ".ruff_cache", ".mypy_cache"))}
     tracked -= {"build", "dist", "data", "runs", "outputs", "o2o.egg-info"}
     assert TOP_LEVEL <= tracked
     assert tracked - TOP_LEVEL <= ALLOWED_EXTRA, f"unexpected top-level entries {tracked - TOP_LEVEL - ALLOWED_EXTRA}"
