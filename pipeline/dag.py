@@ -237,7 +237,8 @@ def order_stages(stages: Sequence[Stage], available: Sequence[str] = ()) -> list
 
 def downstream(stages: Sequence[Stage], roots: set[str]) -> set[str]:
     """The stages that (transitively) read an artifact written by one of ``roots``."""
-    out, frontier = set(), set(roots)
+    out: set[str] = set()
+    frontier = set(roots)
     while frontier:
         produced = {a for s in stages if s.name in frontier for a in s.writes}
         frontier = {s.name for s in stages if set(s.reads) & produced} - out
@@ -425,7 +426,7 @@ class Pipeline:
             raise RuntimeError(f"the same run (stages and configs) is in progress in process {earlier_run['pid']} on "
                                f"this host since {earlier_run.get('started')} ({earlier_run.get('run_dir')}); wait for "
                                "it to end or stop it — two copies would resume each other's stages")
-        run_attempt = ({**earlier_run, "resumed": True} if earlier_run is not None else
+        run_attempt: dict[str, Any] = ({**earlier_run, "resumed": True} if earlier_run is not None else
                        {"stage": "<run>", "fingerprint": run_fp, "id": uuid.uuid4().hex[:16], "run_dir": str(run_dir),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": False})
         run_attempt.update(pid=os.getpid(), host=socket.gethostname())

@@ -53,7 +53,7 @@ class TrainerSpec:
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
-    precision: Any = "32-true"
+    precision: Any = "32-true"  # Lightning's precision names, or "auto" (resolve_precision)
     log_every: int = 50
     progress: bool = True
     compile: bool = False
@@ -159,7 +159,7 @@ def native_bf16(accelerator: str = "auto") -> bool:
                                                                          "_is_amx_tile_supported"))
 
 
-def resolve_precision(precision: Any, accelerator: str = "auto") -> str:
+def resolve_precision(precision: Any, accelerator: str = "auto") -> Any:
     """``trainer.precision`` as Lightning takes it: ``auto`` is ``bf16-mixed`` where the hardware
     computes bf16 natively (:func:`native_bf16`), else ``32-true``; other values pass through
     (Lightning checks them)."""

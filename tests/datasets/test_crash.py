@@ -137,6 +137,7 @@ def _crash_rounds(path, store_writer, spawn_writer, truth: Truth, kills: int, se
     return stats
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_sigkill_during_appends_never_loses_or_tears_episodes(tmp_path, store_writer, spawn_writer, truth):
     stats = _crash_rounds(tmp_path / "crash.zarr", store_writer, spawn_writer, truth, kills=10, seed=7)
     assert stats["mid_append"] >= 3, stats  # the kills did hit appends in progress

@@ -273,6 +273,7 @@ def test_cli_import_export(source_store, tmp_path, capsys):
     assert "nothing.hdf5" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_import_export_speed(tmp_path):
     """Figures for docs/results.md: The dataset. 200 episodes x 250 steps of a 17-D task through both formats."""
     rng = np.random.default_rng(3)

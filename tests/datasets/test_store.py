@@ -189,6 +189,7 @@ def assert_table_and_selection(store: EpisodeStore, model: list[dict]) -> None:
     assert store.select(episodes=slice(1, None)).tolist() == list(range(1, n))
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_appends_and_reads_match_model(tmp_path_factory, data):

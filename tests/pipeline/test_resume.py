@@ -98,6 +98,7 @@ def test_a_killed_collect_completes_the_configured_composition(tmp_path, capsys)
     assert dict(R.plan(load_config("run", quiet)))["collect"].startswith("skip")
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp_path, capsys):
     data = tmp_path / "data" / "room.zarr"
     state = tmp_path / "runs" / ".state"

@@ -35,6 +35,7 @@ ONLINE = 3
 PASSABLE_GATE = ["gate.min_success_vs_data=null", "gate.min_return_vs_data=null", "gate.max_q_overestimation=null"]
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
     logs: list[str] = []
     r1 = R.run(cfg_for(tmp_path, "one"), log=logs.append)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -14,6 +16,7 @@ def o2o(tmp_path, *args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_plan_refused_graph_and_failed_gate_exit_codes(tmp_path):
     tiny = [*ROOM, "collect.behaviors=[{behavior: scripted, episodes: 4}]", "algo.hidden=[16,16]",
             "trainer.max_steps=20", "eval.every=20", "eval.episodes=1", "evaluation.episodes=2",

@@ -46,6 +46,7 @@ def final(res) -> dict:
     return res.evaluations[-1]
 
 
+@pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_iql_beats_bc_and_the_data_on_random_heavy_data(random_heavy, tmp_path):
     data_mean = dataset_mean_return(random_heavy)
     bc = train("bc", random_heavy, tmp_path / "bc", 1500)
