@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from o2o.core.hashing import sha256_file
 from o2o.policies.behavior.base import BehaviorPolicy, Provenance
 from o2o.policies.behavior.random_policy import check_bounded_box
 
@@ -50,11 +51,7 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 def file_hash(path: str | Path) -> str:
     """Short content hash (sha256[:12]) of a file, e.g. an ONNX export."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def torch_forward(module: torch.nn.Module) -> Forward:
