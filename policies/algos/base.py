@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from o2o.core.resolve import resolve
 from o2o.policies.algos.losses import LossOut
-from o2o.policies.data import Batch, Normalization, TensorReplay, clip_obs
+from o2o.policies.data import (Batch, Normalization, TensorReplay, action_from_unit_t, clip_obs,
+                               normalize_obs_t)
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,8 @@ class DeterministicPolicy(nn.Module):
         self.register_buffer("obs_clip", torch.tensor(float(obs_clip) if obs_clip > 0 else math.inf))
 
     def forward(self, obs: Tensor) -> Tensor:
-        z = torch.clamp((obs - self.obs_mean) / self.obs_std, -self.obs_clip, self.obs_clip)
-        a = self.actor.act(z)
-        return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
+        z = normalize_obs_t(obs, self.obs_mean, self.obs_std, self.obs_clip)
+        return action_from_unit_t(self.actor.act(z), self.act_center, self.act_half)
 
 
 class OfflineAlgorithm(L.LightningModule):

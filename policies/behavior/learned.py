@@ -20,6 +20,7 @@ import torch
 from o2o.core.hashing import sha256_file
 from o2o.policies.behavior.base import BehaviorPolicy, Provenance
 from o2o.policies.behavior.random_policy import check_bounded_box
+from o2o.policies.data import action_from_unit_np
 
 #: ``unit``: the network outputs [-1, 1] (e.g. a tanh actor), mapped affinely onto
 #: [low, high]; ``env``: the network already outputs env units (only clipped).
@@ -262,7 +263,7 @@ class LearnedPolicy(BehaviorPolicy):
                 f"action {action} for obs {obs}"
             )
         if self.action_scale == "unit":
-            action = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+            action = action_from_unit_np(action, self._low, self._high)
         if self.exploration == "gaussian":
             action = action + self.noise_std * self._noise_scale * self._rng.standard_normal(action.shape)
         elif self.exploration == "epsilon":
