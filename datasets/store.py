@@ -31,7 +31,6 @@ import os
 import shutil
 import time
 import uuid
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,6 +38,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from o2o.core.versions import package_version
 from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes, fsync_dir
 from o2o.datasets.episode import Episode
 from o2o.datasets.integrity import (
@@ -76,10 +76,7 @@ class NotADatasetError(ValueError):
 
 
 def o2o_version() -> str:
-    try:
-        return metadata.version("o2o")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return package_version("o2o") or "unknown"
 
 
 def _chunk_rows(row_bytes: int, target: int, max_rows: int) -> int:

@@ -41,7 +41,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from o2o.core.versions import package_versions
 from o2o.deploy.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME, REFERENCE_NAME, SEAL_KEY,
                                  SIGNATURE_SECTION, TORCHSCRIPT_NAME, bounds_to_json, check_manifest, hash_files,
                                  seal_digests, seal_text, sha256_file, sign, write_manifest)
@@ -226,18 +226,10 @@ def check_parity(reference: nn.Module, observations: np.ndarray, onnx_path: str 
     return diffs, want
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def versions() -> dict[str, str | None]:
     """Versions of what produced an export (recorded in the manifest)."""
-    return {"o2o": _version("o2o"), "torch": torch.__version__, "onnx": _version("onnx"),
-            "onnxruntime": _version("onnxruntime"), "onnxscript": _version("onnxscript"),
-            "numpy": np.__version__, "python": platform.python_version(), "platform": sys.platform}
+    return {**package_versions(("o2o", "torch", "onnx", "onnxruntime", "onnxscript", "numpy")),
+            "python": platform.python_version(), "platform": sys.platform}
 
 
 def _prepare_destination(out_dir: Path) -> None:

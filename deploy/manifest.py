@@ -46,6 +46,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+# Re-exported: the export code and the pipeline stages import them from here.
+from o2o.core.hashing import file_unchanged, sha256_file  # noqa: F401
+
 FORMAT = "o2o-export"
 FORMAT_VERSION = 2  # 2: the manifest is sealed into the ONNX model (1 had no seal: refused, export again)
 MANIFEST_NAME = "manifest.json"
@@ -70,20 +73,6 @@ _REEXPORT = "export the checkpoint again (o2o export ckpt=...)"
 
 class ManifestError(ValueError):
     """An export folder that cannot be trusted: missing or malformed manifest, missing or modified file."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_unchanged(path: str | os.PathLike, sha256: str) -> bool:
-    """True when ``path`` exists and still has the SHA-256 recorded for it."""
-    return Path(path).exists() and sha256_file(path) == sha256
 
 
 def file_entry(path: str | os.PathLike) -> dict[str, Any]:

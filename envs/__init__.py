@@ -8,12 +8,12 @@ so only factories inside ``o2o.envs.`` are accepted: a config can never run arbi
 from __future__ import annotations
 
 import copy
-import importlib
 from functools import partial
 from typing import Any, Callable, Mapping
 
 import gymnasium as gym
 
+from o2o.core.resolve import resolve
 from o2o.envs.spaces import ObsLayout, space_to_dict
 from o2o.envs.wrappers import SeedOnFirstReset
 
@@ -35,19 +35,9 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def resolve_factory(path: str) -> Callable[..., gym.Env]:
     """The env factory function at dotted ``path``, which must lie inside ``o2o.envs.``."""
-    if not isinstance(path, str) or not path.startswith(FACTORY_PREFIX) or path.count(".") < 3:
-        raise ValueError(
-            f"env factory {path!r} refused: factories must be functions inside '{FACTORY_PREFIX}' "
-            f"(e.g. 'o2o.envs.gym_mujoco.make'); env configs are rebuilt from datasets and may not run other code"
-        )
-    module_name, attr = path.rsplit(".", 1)
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"env factory {path!r} not found: {err}") from err
-    if not callable(fn):
-        raise ValueError(f"env factory {path!r} is not callable")
-    return fn
+    return resolve(path, FACTORY_PREFIX, what="env factory",
+                   rule=f"factories must be functions inside '{FACTORY_PREFIX}' (e.g. 'o2o.envs.gym_mujoco.make'); "
+                        "env configs are rebuilt from datasets and may not run other code")
 
 
 def make_env(cfg: Mapping[str, Any], seed: int | None = None) -> gym.Env:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from o2o.core.versions import package_versions
 from o2o.pipeline import lineage
 from o2o.pipeline.dag import GraphError, Pipeline, RunResult, StageCache, code_digest
 
@@ -60,15 +61,7 @@ def stage_configs(cfg: DictConfig, modules: list[StageModule]) -> dict[str, Dict
 
 
 def versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for pkg in ("o2o", *KEY_PACKAGES):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return {"python": platform.python_version(), **package_versions(("o2o", *KEY_PACKAGES))}
 
 
 def build(cfg: DictConfig) -> tuple[Pipeline, dict[str, DictConfig]]:

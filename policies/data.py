@@ -64,7 +64,7 @@ class Normalization:
     """How raw env data maps to what the networks see, saved in every checkpoint.
 
     ``obs_norm = (obs - obs_mean) / obs_std``, clipped to ``[-obs_clip, obs_clip]`` when
-    ``obs_clip > 0``; ``a_norm = (a - action_center) / action_scale`` (so the env's [low, high]
+    ``obs_clip > 0``; ``a_norm = (a - action_center) / action_halfrange`` (so the env's [low, high]
     becomes [-1, 1]); ``r_train = reward_scale * r + reward_shift``.
 
     The clip matters online: statistics fitted on narrow data (scripted demonstrations) give
@@ -83,16 +83,19 @@ class Normalization:
 
     def normalize_obs(self, obs) -> np.ndarray:
         """Raw observations ``[..., O]`` as the networks see them (float32)."""
-        z = (np.asarray(obs, np.float32) - self.obs_mean) / self.obs_std
-        return np.clip(z, -self.obs_clip, self.obs_clip, out=z) if self.obs_clip > 0 else z
+        return normalize_obs_np(obs, self.obs_mean, self.obs_std, self.obs_clip)
+
+    def action_to_unit(self, actions) -> np.ndarray:
+        """Env-unit actions ``[..., A]`` in the networks' [-1, 1] (float32, clipped)."""
+        return action_to_unit_np(actions, self.action_center, self.action_halfrange)
 
     @property
     def action_center(self) -> np.ndarray:
-        return (self.action_high + self.action_low) / 2.0
+        return action_center_halfrange(self.action_low, self.action_high)[0]
 
     @property
     def action_halfrange(self) -> np.ndarray:
-        return (self.action_high - self.action_low) / 2.0
+        return action_center_halfrange(self.action_low, self.action_high)[1]
 
     def to_dict(self) -> dict:
         return {f.name: (np.asarray(v).astype(float).tolist() if isinstance(v, np.ndarray) else float(v))
@@ -111,10 +114,56 @@ class Normalization:
                    np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
 
 
+# -- The maps between env units and what the networks see -------------------------------------
+# The one place this math is written: NumPy for data on the host (replay rows, OPE data, behaviour
+# policies), torch for tensors (acting, the exported graph, model rollouts). Observations are
+# standardised ``(obs - mean) / std`` and clipped to ``[-clip, clip]`` (clip 0: not clipped); actions
+# map the env's [low, high] affinely onto [-1, 1] through the centre and half-range of the bounds.
+
+
+def action_center_halfrange(low, high) -> tuple[np.ndarray, np.ndarray]:
+    """The centre ``(high + low) / 2`` and half-range ``(high - low) / 2`` of action bounds (their dtype)."""
+    return (high + low) / 2.0, (high - low) / 2.0
+
+
+def normalize_obs_np(obs, mean: np.ndarray, std: np.ndarray, clip: float) -> np.ndarray:
+    """Raw observations ``[..., O]`` standardised (float32) and clipped to ``[-clip, clip]`` when ``clip > 0``."""
+    z = (np.asarray(obs, np.float32) - mean) / std
+    return np.clip(z, -clip, clip, out=z) if clip > 0 else z
+
+
+def action_to_unit_np(actions, center: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Env-unit actions ``[..., A]`` in [-1, 1] (float32; outside the bounds: clipped to the edge)."""
+    return np.clip((np.asarray(actions, np.float32) - center) / half, -1.0, 1.0)
+
+
+def action_from_unit_np(unit, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[-1, 1] actions (clipped to it first) in env units ``[low, high]``; -1 gives ``low`` exactly."""
+    return low + (np.clip(unit, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+
+
 def clip_obs(obs_norm: Tensor, clip: float) -> Tensor:
     """Standardised observations (a tensor) clipped to ``[-clip, clip]`` (``clip`` 0: as they are): the
-    torch side of :meth:`Normalization.normalize_obs`, for acting, exported graphs and model rollouts."""
+    torch side of the clip in :func:`normalize_obs_np`, for acting and model rollouts."""
     return obs_norm.clamp(-clip, clip) if clip > 0 else obs_norm
+
+
+def normalize_obs_t(obs: Tensor, mean: Tensor, std: Tensor, clip: float | Tensor) -> Tensor:
+    """The torch side of :func:`normalize_obs_np`. ``clip`` is a number (0: not clipped), or a tensor
+    (an exported graph's buffer, ``inf`` when not clipped), which is always applied: the graph has
+    one form whatever the value, and the value is part of the policy's state."""
+    z = (obs - mean) / std
+    return torch.clamp(z, -clip, clip) if isinstance(clip, Tensor) else clip_obs(z, clip)
+
+
+def denormalize_obs_t(obs_norm: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Standardised observations back in env units (a clipped feature comes back at the clip's edge)."""
+    return obs_norm * std + mean
+
+
+def action_from_unit_t(unit: Tensor, center: Tensor, half: Tensor) -> Tensor:
+    """[-1, 1] actions (clamped to it first) in env units: ``unit * half + center``."""
+    return unit.clamp(-1.0, 1.0) * half + center
 
 
 def episode_returns(rewards: np.ndarray, episode_index: np.ndarray) -> np.ndarray:
@@ -274,7 +323,7 @@ class TensorReplay:
 
         put(self.observations, obs, norm.normalize_obs)
         put(self.next_observations, next_obs, norm.normalize_obs)
-        put(self.actions, actions, lambda a: np.clip((a - norm.action_center) / norm.action_halfrange, -1.0, 1.0))
+        put(self.actions, actions, norm.action_to_unit)
         put(self.rewards, rewards, lambda r: r * norm.reward_scale + norm.reward_shift)
         put(self.terminals, terminals)
         put(self.timeouts, timeouts)

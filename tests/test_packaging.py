@@ -8,7 +8,8 @@ from importlib import metadata, resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL = {"pyproject.toml", "README.md", "pipeline", "envs", "datasets", "policies", "deploy", "configs", "tests"}
+TOP_LEVEL = {"pyproject.toml", "README.md", "core", "pipeline", "envs", "datasets", "policies", "deploy", "configs",
+             "tests"}
 ALLOWED_EXTRA = {".ci", "bench", "docs", "constraints.txt", ".gitignore", ".git"}
 
 

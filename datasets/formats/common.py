@@ -1,4 +1,4 @@
-"""What every importer and exporter shares: selections, file hashes, and the all-or-nothing append.
+"""What every importer and exporter shares: selections, provenance records, and the all-or-nothing append.
 
 An importer reads a foreign file into :class:`ForeignData` (episodes with provenance, the
 schema the data has, the env it came from); :func:`append_foreign` then checks it against the
@@ -12,7 +12,6 @@ bit for bit; foreign readers ignore it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -103,20 +102,6 @@ def open_hdf5(path: str | Path):
         return h5py.File(path, "r")
     except OSError as e:
         raise ForeignFormatError(f"{Path(path).name}: not a readable HDF5 file ({e})") from None
-
-
-def path_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, or of a directory (every file's relative path and bytes, sorted)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for p in files:
-        if p != path:
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -20,11 +20,12 @@ from typing import Mapping
 import gymnasium as gym
 import numpy as np
 
+from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
     O2O_FORMAT, ForeignData, ForeignFormatError, Selection, dataset_record, env_schema, episode_record,
     imported_provenance, open_hdf5,
-    path_sha256, restore_episode, select_plain, select_records,
+    restore_episode, select_plain, select_records,
 )
 from o2o.datasets.schema import FLAT_OBS_KEY, Schema
 from o2o.datasets.store import EpisodeStore
@@ -86,7 +87,7 @@ def read_d4rl(path: str | Path, selection: Selection = Selection(), source: str 
 
     path = Path(path)
     name = path.name
-    origin = {"format": "d4rl", "file": name, "sha256": path_sha256(path)}
+    origin = {"format": "d4rl", "file": name, "sha256": sha256_path(path)}
     with open_hdf5(path) as f:
         arr = {k: _read(f, k, name) for k in REQUIRED}
         nxt = _read(f, "next_observations", name) if "next_observations" in f else None

@@ -23,10 +23,11 @@ from typing import Mapping
 import gymnasium as gym
 import numpy as np
 
+from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
     O2O_FORMAT, ForeignData, ForeignFormatError, Selection, dataset_record, env_schema, episode_record,
-    imported_provenance, path_sha256, restore_episode, select_plain, select_records,
+    imported_provenance, restore_episode, select_plain, select_records,
 )
 from o2o.datasets.schema import FLAT_OBS_KEY, Schema
 from o2o.datasets.store import EpisodeStore
@@ -148,7 +149,7 @@ def read_minari(source: str | Path, root: str | Path | None = None, selection: S
 
     data_dir, name = resolve(source, root)
     data_dir = data_dir.resolve()
-    origin = {"format": "minari", "file": name, "sha256": path_sha256(data_dir)}
+    origin = {"format": "minari", "file": name, "sha256": sha256_path(data_dir)}
     try:
         ds = MinariDataset(data_dir)
     except Exception as e:  # Minari raises assorted errors for damaged metadata

@@ -27,10 +27,10 @@ from typing import Any, Mapping, Sequence
 import gymnasium as gym
 import numpy as np
 
+from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, path_sha256,
-    select_plain,
+    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, select_plain,
 )
 from o2o.datasets.schema import Schema
 from o2o.envs.spaces import ObsLayout
@@ -43,7 +43,7 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
 
     path = Path(path)
     name = path.name
-    origin = {"format": "robomimic", "file": name, "sha256": path_sha256(path)}
+    origin = {"format": "robomimic", "file": name, "sha256": sha256_path(path)}
     schema_env = env_schema(env_cfg) if env_cfg is not None else None
     if obs_keys is None and schema_env is not None and schema_env[0].obs_layout is not None:
         obs_keys = schema_env[0].obs_layout.keys

@@ -37,10 +37,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, path_sha256,
-    select_plain,
+    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, select_plain,
 )
 
 REPLAY_MODES = ("actions", "states")
@@ -82,7 +82,7 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
         raise ValueError(f"replay {replay!r} not one of {REPLAY_MODES}")
     path = Path(path)
     name = path.name
-    origin = {"format": "robosuite", "file": name, "sha256": path_sha256(path)}
+    origin = {"format": "robosuite", "file": name, "sha256": sha256_path(path)}
     with open_hdf5(path) as f:
         if "data" not in f:
             raise ForeignFormatError(f"{name}: group 'data' is missing (not a robosuite demo file)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import logging
 import math
 import os
@@ -30,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from o2o.core.resolve import resolve
 from o2o.policies.algos.losses import LossOut
-from o2o.policies.data import Batch, Normalization, TensorReplay, clip_obs
+from o2o.policies.data import (Batch, Normalization, TensorReplay, action_from_unit_t, clip_obs,
+                               normalize_obs_t)
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,9 @@ def resolve_algorithm(path: str) -> type["OfflineAlgorithm"]:
     Checkpoints name their class; refusing anything else means loading a checkpoint can
     never import arbitrary code.
     """
-    if not isinstance(path, str) or not path.startswith(ALGO_PREFIX):
-        raise ValueError(f"algorithm class {path!r} refused: it must live in '{ALGO_PREFIX}' (e.g. "
-                         f"'{ALGO_PREFIX}iql.IQL')")
-    module, _, attr = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"algorithm class {path!r} not found: {e}") from e
-    if not (isinstance(cls, type) and issubclass(cls, OfflineAlgorithm)):
-        raise ValueError(f"{path!r} is not an o2o algorithm (subclass of OfflineAlgorithm)")
-    return cls
+    return resolve(path, ALGO_PREFIX, base=OfflineAlgorithm, what="algorithm class",
+                   rule=f"it must live in '{ALGO_PREFIX}' (e.g. '{ALGO_PREFIX}iql.IQL')",
+                   kind="an o2o algorithm (subclass of OfflineAlgorithm)")
 
 
 class DeterministicPolicy(nn.Module):
@@ -89,9 +82,8 @@ class DeterministicPolicy(nn.Module):
         self.register_buffer("obs_clip", torch.tensor(float(obs_clip) if obs_clip > 0 else math.inf))
 
     def forward(self, obs: Tensor) -> Tensor:
-        z = torch.clamp((obs - self.obs_mean) / self.obs_std, -self.obs_clip, self.obs_clip)
-        a = self.actor.act(z)
-        return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
+        z = normalize_obs_t(obs, self.obs_mean, self.obs_std, self.obs_clip)
+        return action_from_unit_t(self.actor.act(z), self.act_center, self.act_half)
 
 
 class OfflineAlgorithm(L.LightningModule):

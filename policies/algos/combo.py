@@ -25,7 +25,6 @@ default for ``rho_s`` is ``mix`` (log-sum-exp over the mixed batch's states); se
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import fields
@@ -34,6 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from o2o.core.resolve import resolve
 from o2o.policies.algos import losses as L
 from o2o.policies.algos.cql import CQL
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
@@ -77,17 +77,9 @@ class ModelReplay(TensorReplay):
 
 def resolve_termination_fn(path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """The function at dotted ``path`` (inside ``o2o.``): ``(obs, action, next_obs) -> bool [B]``, env units."""
-    if not isinstance(path, str) or not path.startswith(TERMINATION_PREFIX):
-        raise ValueError(f"termination_fn {path!r} refused: it must live in '{TERMINATION_PREFIX}' "
-                         f"(e.g. 'o2o.envs.<suite>.<fn>'), or be null for no terminations")
-    module, _, attr = path.rpartition(".")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ValueError(f"termination_fn {path!r} not found: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"termination_fn {path!r} is not callable")
-    return fn
+    return resolve(path, TERMINATION_PREFIX, what="termination_fn",
+                   rule=f"it must live in '{TERMINATION_PREFIX}' (e.g. 'o2o.envs.<suite>.<fn>'), or be null for "
+                        "no terminations")
 
 
 def _rows(batch: Batch, stop: int) -> Batch:

@@ -101,7 +101,7 @@ def _build_learned(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, se
     if "checkpoint" not in cfg or OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise ValueError(
             f"behavior 'learned' (env {_env_name(env, env_cfg)!r}): no checkpoint given; set "
-            "behavior.checkpoint=<path to a .onnx or TorchScript .pt file>"
+            "behavior.checkpoint=<an o2o export folder, an o2o .ckpt, or a .onnx or TorchScript .pt file>"
         )
     kwargs: dict[str, Any] = {
         # No default here either: configs/behavior/learned.yaml states it explicitly.

@@ -1,4 +1,5 @@
-"""Drive an env with a trained policy: a torch module, a TorchScript file, an ONNX file or a callable.
+"""Drive an env with a trained policy: a torch module, a TorchScript file, an o2o export (through the
+runtime's checks), a bare ONNX file or a callable.
 
 Every backend is reduced to one function ``forward(obs_batch [1, obs_dim] float32) ->
 actions [1, act_dim]``; exploration noise, scaling to env units and clipping are shared.
@@ -17,8 +18,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from o2o.core.hashing import sha256_file
+from o2o.deploy.manifest import MANIFEST_NAME
+from o2o.deploy.runtime import PolicyRuntime
 from o2o.policies.behavior.base import BehaviorPolicy, Provenance
 from o2o.policies.behavior.random_policy import check_bounded_box
+from o2o.policies.data import action_from_unit_np
 
 #: ``unit``: the network outputs [-1, 1] (e.g. a tanh actor), mapped affinely onto
 #: [low, high]; ``env``: the network already outputs env units (only clipped).
@@ -50,11 +55,7 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 def file_hash(path: str | Path) -> str:
     """Short content hash (sha256[:12]) of a file, e.g. an ONNX export."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return sha256_file(path)[:12]
 
 
 def torch_forward(module: torch.nn.Module) -> Forward:
@@ -158,17 +159,30 @@ class LearnedPolicy(BehaviorPolicy):
     def from_onnx(
         cls, path: str | Path, action_space: gym.spaces.Box, *, num_threads: int = 1, **kwargs: Any
     ) -> "LearnedPolicy":
-        """Load an ONNX export with onnxruntime (CPU); version = hash of the file.
+        """Load an ONNX policy with onnxruntime (CPU); version = hash of the ONNX file.
 
-        The model must have one input, obs [B, obs_dim] float32, and return the action as
-        its first output. One thread by default: a single observation per call gains
-        nothing from a thread pool, and collectors run several envs side by side.
-        ``kwargs`` go to the constructor (``action_scale`` is required); ``policy_id``
-        defaults to the file's stem.
+        An o2o export (the folder ``o2o export`` wrote, or the ``.onnx`` file in it) loads
+        through :class:`~o2o.deploy.runtime.PolicyRuntime`, as on a robot: the manifest, every
+        file's SHA-256 and the seal are checked and the self-test is run, so a modified export
+        is refused. Its graph outputs env units (normalisation and scaling inside), so
+        ``action_scale`` is set to ``env``; the runtime's guards (watchdog, rate limit) are for
+        controllers and do not act here: the actions are the policy's own, like any backend's.
+
+        A bare ``.onnx`` file, with no ``manifest.json`` beside it (a model exported by other
+        tools, or by hand), is loaded as it is: there is nothing to check it against. It must
+        have one input, obs [B, obs_dim] float32, and return the action as its first output.
+
+        One thread by default: a single observation per call gains nothing from a thread pool,
+        and collectors run several envs side by side. ``kwargs`` go to the constructor
+        (``action_scale`` is required for a bare file); ``policy_id`` defaults to the file's
+        stem (the folder's name for an export folder).
         """
+        path = Path(path)
+        if path.is_dir() or (_existing(path).parent / MANIFEST_NAME).is_file():
+            return cls._from_export(path, action_space, num_threads, **kwargs)
+
         import onnxruntime as ort  # only this backend needs it
 
-        path = _existing(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
         options.inter_op_num_threads = 1
@@ -184,6 +198,21 @@ class LearnedPolicy(BehaviorPolicy):
         kwargs.setdefault("policy_id", path.stem)
         kwargs.setdefault("policy_version", file_hash(path))
         return cls(forward, action_space, **kwargs)
+
+    @classmethod
+    def _from_export(cls, path: Path, action_space: gym.spaces.Box, num_threads: int,
+                     **kwargs: Any) -> "LearnedPolicy":
+        folder = path if path.is_dir() else path.parent
+        runtime = PolicyRuntime(folder, num_threads=num_threads, watchdog=False)  # ManifestError if not trusted
+        onnx_name = runtime.manifest["onnx"]["file"]
+        if path != folder and path.name != onnx_name:
+            raise ValueError(f"ONNX policy {path}: it lies in the o2o export {str(folder)!r} but is not its model "
+                             f"{onnx_name!r}; pass the export folder")
+        kwargs["action_scale"] = "env"
+        kwargs.setdefault("policy_id", path.stem if path != folder else folder.name)
+        # The hash the manifest records, which loading checked against the bytes it runs.
+        kwargs.setdefault("policy_version", runtime.manifest["files"][onnx_name]["sha256"][:12])
+        return cls(runtime.infer, action_space, **kwargs)
 
     @classmethod
     def from_torchscript(cls, path: str | Path, action_space: gym.spaces.Box, **kwargs: Any) -> "LearnedPolicy":
@@ -232,7 +261,10 @@ class LearnedPolicy(BehaviorPolicy):
     @classmethod
     def from_file(cls, path: str | Path, action_space: gym.spaces.Box, **kwargs: Any) -> "LearnedPolicy":
         """Load by suffix: ``.onnx`` -> :meth:`from_onnx`; ``.pt`` -> :meth:`from_torchscript`;
-        ``.ckpt`` -> :meth:`from_checkpoint` (o2o training checkpoints, or TorchScript)."""
+        ``.ckpt`` -> :meth:`from_checkpoint` (o2o training checkpoints, or TorchScript); a folder
+        (an o2o export) -> :meth:`from_onnx`."""
+        if Path(path).is_dir():
+            return cls.from_onnx(path, action_space, **kwargs)
         suffix = Path(path).suffix.lower()
         loader = FILE_LOADERS.get(suffix)
         if loader is None:
@@ -265,7 +297,7 @@ class LearnedPolicy(BehaviorPolicy):
                 f"action {action} for obs {obs}"
             )
         if self.action_scale == "unit":
-            action = self._low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self._high - self._low)
+            action = action_from_unit_np(action, self._low, self._high)
         if self.exploration == "gaussian":
             action = action + self.noise_std * self._noise_scale * self._rng.standard_normal(action.shape)
         elif self.exploration == "epsilon":

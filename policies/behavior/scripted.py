@@ -13,13 +13,13 @@ outside this package, and :meth:`ScriptedController.from_env` builds it for an e
 
 from __future__ import annotations
 
-import importlib
 from abc import abstractmethod
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
+from o2o.core.resolve import resolve
 from o2o.envs.spaces import ObsLayout
 from o2o.policies.behavior.base import BehaviorPolicy, Provenance
 
@@ -128,16 +128,7 @@ def load_scripted_controller(path: str) -> type[ScriptedController]:
     Paths come from env configs stored with datasets, hence the prefix check: a config
     may name a controller, not arbitrary code.
     """
-    if not isinstance(path, str) or not path.startswith(CONTROLLER_PREFIX) or "." not in path[len(CONTROLLER_PREFIX):]:
-        raise ValueError(
-            f"scripted controller {path!r} refused: it must be a class inside '{CONTROLLER_PREFIX}*' "
-            f"(e.g. 'o2o.policies.behavior.scripted_lift.LiftController')"
-        )
-    module_name, attr = path.rsplit(".", 1)
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"scripted controller {path!r} not found: {err}") from err
-    if not (isinstance(cls, type) and issubclass(cls, ScriptedController)):
-        raise ValueError(f"{path!r} is not a ScriptedController subclass")
-    return cls
+    return resolve(path, CONTROLLER_PREFIX, base=ScriptedController, what="scripted controller",
+                   rule=f"it must be a class inside '{CONTROLLER_PREFIX}*' "
+                        "(e.g. 'o2o.policies.behavior.scripted_lift.LiftController')",
+                   kind="a ScriptedController subclass")

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from o2o.policies.data import Normalization, TensorReplay, fit_normalization
+from o2o.policies.data import (Normalization, TensorReplay, action_center_halfrange, action_to_unit_np,
+                               denormalize_obs_t, fit_normalization)
 
 ActionFn = Callable[[Tensor], Tensor]
 
@@ -64,9 +65,8 @@ class OPEData:
     def raw(self, obs: Tensor) -> Tensor:
         """Normalised observations back in env units (what a policy checkpoint expects; a clipped
         feature comes back at the clip's edge, which normalises to the same value again)."""
-        mean = torch.as_tensor(self.norm.obs_mean, device=obs.device)
-        std = torch.as_tensor(self.norm.obs_std, device=obs.device)
-        return obs * std + mean
+        return denormalize_obs_t(obs, torch.as_tensor(self.norm.obs_mean, device=obs.device),
+                                 torch.as_tensor(self.norm.obs_std, device=obs.device))
 
     def padded(self, values: Tensor, fill: float = 0.0) -> tuple[Tensor, Tensor]:
         """Per-row ``values [N]`` laid out as ``[E, T_max]`` (episode x step) and the mask of real steps."""
@@ -113,8 +113,7 @@ class OPEData:
         if norm is None:
             norm = fit_normalization(transitions, action_low, action_high)
         f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a, np.float32), device=device)  # noqa: E731
-        act = np.clip((np.asarray(transitions.actions, np.float32) - norm.action_center) / norm.action_halfrange,
-                      -1.0, 1.0)
+        act = norm.action_to_unit(transitions.actions)
         return cls._from_rows(f32(norm.normalize_obs(transitions.observations)), f32(act), f32(transitions.rewards),
                               f32(norm.normalize_obs(transitions.next_observations)), f32(transitions.terminals),
                               f32(transitions.timeouts), torch.as_tensor(starts, device=device), norm, source)
@@ -213,12 +212,11 @@ class TargetPolicy:
                    name: str = "policy") -> "TargetPolicy":
         """Any env-unit policy function ``obs [N, O] -> actions [N, A]`` (NumPy), e.g. an exported
         policy. It must be memoryless: OPE queries states out of episode order."""
-        center = (np.asarray(action_high, np.float32) + np.asarray(action_low, np.float32)) / 2
-        half = (np.asarray(action_high, np.float32) - np.asarray(action_low, np.float32)) / 2
+        center, half = action_center_halfrange(np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
 
         def mean(obs: Tensor) -> Tensor:
-            a = np.asarray(fn(obs.detach().cpu().numpy()), np.float32)
-            return torch.as_tensor(np.clip((a - center) / half, -1.0, 1.0), device=obs.device)
+            a = fn(obs.detach().cpu().numpy())
+            return torch.as_tensor(action_to_unit_np(a, center, half), device=obs.device)
 
         return cls(mean, name=name)
 

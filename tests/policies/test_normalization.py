@@ -98,3 +98,33 @@ def test_pretrain_saves_the_configured_clip_in_the_checkpoint(maze_dataset, tmp_
     assert load_config("pretrain", []).data.obs_clip == 10.0  # the default
     module = load_algorithm(pretrain(cfg).last_checkpoint)
     assert module.norm.obs_clip == 3.5 and float(module.policy().obs_clip) == 3.5
+
+
+def test_the_numpy_and_torch_maps_agree_and_invert_each_other():
+    """policies/data.py writes the maps once: NumPy (replay rows, OPE data, behaviour policies) and torch
+    (acting, the exported graph) give the same numbers."""
+    from o2o.policies.data import (action_center_halfrange, action_from_unit_np, action_from_unit_t,
+                                   action_to_unit_np, denormalize_obs_t, normalize_obs_np, normalize_obs_t)
+
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=3).astype(np.float32), rng.uniform(0.1, 2.0, 3).astype(np.float32)
+    obs = rng.normal(scale=10.0, size=(50, 3)).astype(np.float32)
+    t = torch.from_numpy
+    for clip in (0.0, 2.0):
+        z = normalize_obs_np(obs, mean, std, clip)
+        assert z.dtype == np.float32 and (clip == 0.0 or np.abs(z).max() == clip)
+        np.testing.assert_array_equal(normalize_obs_t(t(obs), t(mean), t(std), clip).numpy(), z)
+        as_buffer = torch.tensor(clip if clip > 0 else float("inf"))  # the exported graph's form
+        np.testing.assert_array_equal(normalize_obs_t(t(obs), t(mean), t(std), as_buffer).numpy(), z)
+    z = normalize_obs_np(obs, mean, std, 0.0)
+    np.testing.assert_allclose(denormalize_obs_t(t(z), t(mean), t(std)).numpy(), obs, rtol=1e-5, atol=1e-5)
+
+    low, high = np.array([-1.0, 0.0], np.float32), np.array([1.0, 4.0], np.float32)
+    center, half = action_center_halfrange(low, high)
+    assert center.tolist() == [0.0, 2.0] and half.tolist() == [1.0, 2.0] and center.dtype == np.float32
+    actions = np.array([[-1.0, 0.0], [0.5, 3.0], [1.0, 4.0], [2.0, -1.0]], np.float32)  # the last one outside
+    unit = action_to_unit_np(actions, center, half)
+    np.testing.assert_array_equal(unit, [[-1.0, -1.0], [0.5, 0.5], [1.0, 1.0], [1.0, -1.0]])
+    back = np.clip(actions, low, high)
+    np.testing.assert_array_equal(action_from_unit_t(t(unit), t(center), t(half)).numpy(), back)
+    np.testing.assert_array_equal(action_from_unit_np(unit, low.astype(np.float64), high.astype(np.float64)), back)
