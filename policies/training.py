@@ -229,7 +229,7 @@ def build_module(cfg: Any, store: EpisodeStore, idx: np.ndarray, device: str = "
         "config": _plain(cfg),
     }
     if warm is not None:
-        from o2o.deploy.manifest import sha256_file
+        from o2o.core.hashing import sha256_file
 
         meta["init_from"] = {"path": str(init), "sha256": sha256_file(str(init)),
                              "dataset": warm["hyper_parameters"].get("meta", {}).get("dataset")}
