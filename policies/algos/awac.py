@@ -8,26 +8,34 @@ constraint to the data (reference 004), which makes it a natural offline-to-onli
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
+
+
+@dataclass(frozen=True)
+class AWACConfig(AlgoConfig):
+    """AWAC's hyperparameters."""
+
+    awac_lambda: float = 1.0  # temperature: weights exp(A / lambda)
+    max_weight: float = 100.0  # clip of the weights
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "gaussian"
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
 
 
 class AWAC(OfflineAlgorithm):
     """AWAC with twin critics and a Gaussian actor."""
 
-    defaults = {
-        "awac_lambda": 1.0,  # temperature: weights exp(A / lambda)
-        "max_weight": 100.0,
-        "tau": 0.005,
-        "n_critics": 2,
-        "actor_kind": "gaussian",
-        "critic_lr": 3e-4,
-        "actor_lr": 3e-4,
-    }
+    config = AWACConfig
+    hp: AWACConfig
     update_order = ("critic", "actor")
 
     def build(self) -> None:

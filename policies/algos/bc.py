@@ -8,23 +8,31 @@ stuff" in mixed data (reference 004), and the baseline every offline RL method m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
 from o2o.policies.data import Batch, episode_returns
 from o2o.policies.networks import make_actor
+
+
+@dataclass(frozen=True)
+class BCConfig(AlgoConfig):
+    """BC's hyperparameters."""
+
+    actor_kind: str = "deterministic"  # deterministic (MSE) | gaussian | tanh_gaussian (NLL)
+    actor_lr: float = 1e-3
+    actor_dropout: float = 0.0
+    top_fraction: float = 1.0  # keep the episodes with the top x of returns (filtered BC)
 
 
 class BC(OfflineAlgorithm):
     """Behaviour cloning; ``top_fraction`` < 1 makes it filtered BC."""
 
-    defaults = {
-        "actor_kind": "deterministic",  # deterministic (MSE) | gaussian | tanh_gaussian (NLL)
-        "actor_lr": 1e-3,
-        "actor_dropout": 0.0,
-        "top_fraction": 1.0,  # keep the episodes with the top x of returns (filtered BC)
-    }
+    config = BCConfig
+    hp: BCConfig
     update_order = ("actor",)
 
     def build(self) -> None:
@@ -37,7 +45,7 @@ class BC(OfflineAlgorithm):
     @classmethod
     def transition_mask(cls, algo: dict, transitions) -> np.ndarray | None:
         """Rows to train on: those of the top ``top_fraction`` episodes by return (None = all)."""
-        frac = float(cls.merge_config(algo)["top_fraction"])
+        frac = float(cls.merge_config(algo).top_fraction)
         if frac >= 1.0:
             return None
         ep = np.asarray(transitions.episode_index)

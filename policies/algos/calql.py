@@ -16,22 +16,30 @@ online rows get theirs when their episode ends (``-inf``, no bound, until then).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.cql import CQL
+from o2o.policies.algos.cql import CQL, CQLConfig
 from o2o.policies.data import Batch, MCBatch, return_to_go
+
+
+@dataclass(frozen=True)
+class CalQLConfig(CQLConfig):
+    """Cal-QL's hyperparameters: CQL's (the paper uses its weight: 5 on AntMaze, 1 on Adroit/Kitchen)
+    and how the MC returns end."""
+
+    # How an episode cut by a time limit continues after its last step in the MC return:
+    # repeat_last (its last reward forever; Cal-QL's rule for failed sparse episodes) | zero (a plain sum)
+    mc_tail: str = "repeat_last"
 
 
 class CalQL(CQL):
     """CQL(H) with the policy proposals' Q-values lower-bounded by the data's MC returns."""
 
-    defaults = {
-        **CQL.defaults,
-        # How an episode cut by a time limit continues after its last step in the MC return:
-        # repeat_last (its last reward forever; Cal-QL's rule for failed sparse episodes) | zero
-        "mc_tail": "repeat_last",
-    }
+    config = CalQLConfig
+    hp: CalQLConfig
 
     def attach_replay(self, replay) -> None:
         """Attach the data, first computing each row's MC return-to-go if the buffer has none."""

@@ -28,14 +28,14 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.cql import CQL
+from o2o.policies.algos.cql import CQL, CQLConfig
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
 from o2o.policies.data import Batch, TensorReplay, clip_obs
 
@@ -98,35 +98,41 @@ def _concat(a: Batch, b: Batch) -> Batch:
     return Batch(**{f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Batch)})
 
 
+@dataclass(frozen=True)
+class COMBOConfig(CQLConfig):
+    """COMBO's hyperparameters: OfflineRL-Kit's run_combo.py and the paper's appendix (see the module)."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])  # actor and critics
+    cql_alpha: float = 1.0  # the paper's beta; tuned per task in {0.5, 1, 5}
+    cql_states: str = "model"  # model: log-sum-exp at model states (paper); mix: at every state of the batch
+    real_ratio: float = 0.5  # fraction of each batch from the dataset (the paper's f)
+    rollout_every: int = 1000  # updates between model rollouts
+    rollout_batch_size: int = 50000  # dataset states each rollout starts from
+    rollout_length: int = 5  # model steps per rollout (the paper's h, 1 or 5)
+    rollout_policy: str = "policy"  # policy: sampled actions of the current actor; uniform: random actions
+    model_buffer_size: int | None = None  # rows of model data kept; null: rollout_batch_size * rollout_length * 5
+    n_models: int = 7
+    n_elites: int = 5  # the lowest held-out error members used in rollouts
+    dynamics_hidden: list[int] = field(default_factory=lambda: [200, 200, 200, 200])
+    dynamics_activation: str = "silu"  # swish, as MBPO
+    dynamics_lr: float = 1e-3
+    # L2 per layer (hidden + output), or one number
+    dynamics_weight_decay: list[float] | float = field(default_factory=lambda: list(MBPO_WEIGHT_DECAY))
+    dynamics_bound_coef: float = 0.01  # pull on the learned log-std bounds
+    dynamics_batch_size: int = 256
+    dynamics_val_fraction: float = 0.1  # held-out share of the transitions (early stopping, elite selection)
+    dynamics_max_val: int = 5000  # at most this many held-out rows
+    dynamics_patience: int = 5  # epochs without a >1% improvement of any member before stopping
+    dynamics_min_improvement: float = 0.01  # relative held-out improvement that counts
+    dynamics_max_epochs: int | None = None  # cap on training epochs (null: until early stopping)
+    termination_fn: str | None = None  # dotted path in o2o. of (obs, act, next_obs) -> bool, env units; null: none
+
+
 class COMBO(CQL):
     """COMBO on top of :class:`CQL`: a dynamics ensemble, model rollouts, mixed batches."""
 
-    defaults = {
-        **CQL.defaults,
-        "hidden": [256, 256, 256],
-        "cql_alpha": 1.0,  # the paper's beta; tuned per task in {0.5, 1, 5}
-        "cql_states": "model",  # model: log-sum-exp at model states (paper); mix: at every state of the batch
-        "real_ratio": 0.5,  # fraction of each batch from the dataset (the paper's f)
-        "rollout_every": 1000,  # updates between model rollouts
-        "rollout_batch_size": 50000,  # dataset states each rollout starts from
-        "rollout_length": 5,  # model steps per rollout (the paper's h, 1 or 5)
-        "rollout_policy": "policy",  # policy: sampled actions of the current actor; uniform: random actions
-        "model_buffer_size": None,  # rows of model data kept; null: rollout_batch_size * rollout_length * 5
-        "n_models": 7,
-        "n_elites": 5,
-        "dynamics_hidden": [200, 200, 200, 200],
-        "dynamics_activation": "silu",
-        "dynamics_lr": 1e-3,
-        "dynamics_weight_decay": list(MBPO_WEIGHT_DECAY),  # per layer (hidden + output), or one number
-        "dynamics_bound_coef": 0.01,  # pull on the learned log-std bounds
-        "dynamics_batch_size": 256,
-        "dynamics_val_fraction": 0.1,
-        "dynamics_max_val": 5000,
-        "dynamics_patience": 5,  # epochs without a >1% improvement of any member before stopping
-        "dynamics_min_improvement": 0.01,
-        "dynamics_max_epochs": None,
-        "termination_fn": None,  # dotted path in o2o. of (obs, act, next_obs) -> bool, env units; null: none
-    }
+    config = COMBOConfig
+    hp: COMBOConfig
 
     def build(self) -> None:
         super().build()

@@ -8,32 +8,39 @@ that the gap stays near ``target_action_gap`` instead of fixing ``cql_alpha``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.sac import SAC
+from o2o.policies.algos.sac import SAC, SACConfig
 from o2o.policies.data import Batch
+
+
+@dataclass(frozen=True)
+class CQLConfig(SACConfig):
+    """CQL's hyperparameters: SAC's, with the reference code's choices, and the regulariser's."""
+
+    actor_lr: float = 1e-4
+    alpha_lr: float = 1e-4
+    backup_entropy: bool = False  # the CQL reference code drops it offline
+    # tanh(mean) at s' in the critic target (d3rlpy's CQL): a lower-variance target; on the
+    # point-maze room benchmark it scored -132.5 vs -134.9 for a sampled a' (3 seeds).
+    target_action: str = "mode"
+    cql_alpha: float = 5.0  # weight of the regulariser (fixed) / its initial value (Lagrangian)
+    n_actions: int = 10  # K samples per proposal (uniform, pi(s), pi(s'))
+    temperature: float = 1.0  # of the log-sum-exp over actions
+    lagrange: bool = False  # true: tune the weight so the gap stays near target_action_gap
+    target_action_gap: float = 10.0  # Lagrangian threshold on the per-critic gap
+    alpha_prime_lr: float = 3e-4
 
 
 class CQL(SAC):
     """CQL(H) on top of :class:`SAC` (fixed alpha or Lagrangian)."""
 
-    defaults = {
-        **SAC.defaults,
-        "actor_lr": 1e-4,
-        "alpha_lr": 1e-4,
-        "backup_entropy": False,  # the CQL reference code drops it offline
-        # tanh(mean) at s' in the critic target (d3rlpy's CQL): a lower-variance target; on the
-        # point-maze room benchmark it scored -132.5 vs -134.9 for a sampled a' (3 seeds).
-        "target_action": "mode",
-        "cql_alpha": 5.0,  # weight of the regulariser (fixed) / its initial value (Lagrangian)
-        "n_actions": 10,  # K samples per proposal (uniform, pi(s), pi(s'))
-        "temperature": 1.0,
-        "lagrange": False,
-        "target_action_gap": 10.0,  # Lagrangian threshold on the per-critic gap
-        "alpha_prime_lr": 3e-4,
-    }
+    config = CQLConfig
+    hp: CQLConfig
     update_order = ("critic", "actor", "alpha", "alpha_prime")
 
     def build(self) -> None:

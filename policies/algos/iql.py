@@ -8,30 +8,38 @@ Q and V are never queried on actions outside the dataset.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, ValueMLP, make_actor
+
+
+@dataclass(frozen=True)
+class IQLConfig(AlgoConfig):
+    """IQL's hyperparameters (the paper's for locomotion)."""
+
+    expectile: float = 0.7  # tau of the expectile regression (0.5 = mean, -> 1 = max)
+    beta: float = 3.0  # inverse temperature of the advantage weights
+    max_weight: float = 100.0  # clip of exp(beta * A)
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "gaussian"
+    actor_dropout: float = 0.0
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    actor_lr_schedule: str = "cosine"  # cosine decay over trainer.max_steps (paper) or constant
 
 
 class IQL(OfflineAlgorithm):
     """IQL with twin critics, a V network and a Gaussian actor (paper defaults)."""
 
-    defaults = {
-        "expectile": 0.7,  # tau of the expectile regression (0.5 = mean, -> 1 = max)
-        "beta": 3.0,  # inverse temperature of the advantage weights
-        "max_weight": 100.0,  # clip of exp(beta * A)
-        "tau": 0.005,  # Polyak rate of the target critics
-        "n_critics": 2,
-        "actor_kind": "gaussian",
-        "actor_dropout": 0.0,
-        "critic_lr": 3e-4,
-        "value_lr": 3e-4,
-        "actor_lr": 3e-4,
-        "actor_lr_schedule": "cosine",  # cosine decay over trainer.max_steps (paper) or constant
-    }
+    config = IQLConfig
+    hp: IQLConfig
     update_order = ("value", "critic", "actor")
 
     def build(self) -> None:

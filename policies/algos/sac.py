@@ -7,32 +7,40 @@ data never covers, and the overestimation feeds on itself. CQL builds on this mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
+
+
+@dataclass(frozen=True)
+class SACConfig(AlgoConfig):
+    """SAC's hyperparameters."""
+
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "tanh_gaussian"
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    auto_alpha: bool = True  # tune alpha towards target_entropy
+    target_entropy: float | None = None  # null: -act_dim
+    backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the critic target
+    critic_layer_norm: bool = False
+    target_action: str = "sample"  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
 
 
 class SAC(OfflineAlgorithm):
     """SAC: critics on the soft Bellman target, a tanh-Gaussian actor, learned temperature."""
 
-    defaults = {
-        "tau": 0.005,
-        "n_critics": 2,
-        "actor_kind": "tanh_gaussian",
-        "critic_lr": 3e-4,
-        "actor_lr": 3e-4,
-        "alpha_lr": 3e-4,
-        "init_alpha": 1.0,
-        "auto_alpha": True,  # tune alpha towards target_entropy (default -act_dim)
-        "target_entropy": None,
-        "backup_entropy": True,  # subtract alpha * log pi(a'|s') in the critic target
-        "critic_layer_norm": False,
-        "target_action": "sample",  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
-    }
+    config = SACConfig
+    hp: SACConfig
     update_order = ("critic", "actor", "alpha")
 
     def build(self) -> None:

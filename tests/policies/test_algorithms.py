@@ -94,6 +94,20 @@ def test_unknown_hyperparameter_is_refused_with_its_name(maze_dataset, tmp_path)
         cls.merge_config({"expectil": 0.9})
 
 
+def test_hyperparameters_are_the_algorithm_s_typed_frozen_config():
+    import dataclasses
+
+    from o2o.policies.algos.iql import IQL, IQLConfig
+    from o2o.policies.data import Normalization
+
+    m = IQL(3, 2, {"hidden": [8], "expectile": 0.8}, Normalization.identity(3, [-1.0, -1.0], [1.0, 1.0]).to_dict())
+    assert type(m.hp) is IQLConfig and m.hp.expectile == 0.8 and m.hp.beta == 3.0 and m.hp.hidden == [8]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.hp.expectile = 0.9
+    with pytest.raises(AttributeError):
+        m.hp.expectil  # noqa: B018
+
+
 def test_checkpoint_class_outside_o2o_is_refused():
     with pytest.raises(ValueError, match="refused"):
         resolve_algorithm("os.system")

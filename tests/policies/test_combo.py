@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import csv
 import math
-from importlib import resources
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
-from o2o.pipeline.config import load_config
+from o2o.pipeline.config import load_config, plain
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos import losses as L
 from o2o.policies.algos.base import load_algorithm
-from o2o.policies.algos.combo import COMBO, ModelReplay
+from o2o.policies.algos.combo import COMBO, COMBOConfig, ModelReplay
 from o2o.policies.algos.dynamics import EnsembleDynamics, soft_clamp
 from o2o.policies.data import Batch, Normalization, TensorReplay, fit_normalization
 
@@ -195,13 +193,10 @@ def test_model_rollouts_stay_inside_the_observation_clip():
     assert float(module.model_replay.observations[:rows].abs().max()) <= 2.0  # later steps start clipped
 
 
-def test_config_matches_class_defaults_and_bad_values_are_refused():
-    text = resources.files("o2o.configs").joinpath("algo", "combo.yaml").read_text()
-    cfg = yaml.safe_load(text)
-    assert cfg["name"] == "combo" and cfg["cls"] == "o2o.policies.algos.combo.COMBO"
-    merged = COMBO.merge_config({k: v for k, v in cfg.items() if k not in ("name", "cls")})
-    for key, value in COMBO.defaults.items():
-        assert merged[key] == value, f"combo.yaml {key}={merged[key]!r} but COMBO.defaults has {value!r}"
+def test_config_is_the_class_defaults_and_bad_values_are_refused():
+    cfg = plain(load_config("pretrain", ["algo=combo", "trainer.seed=4"]).algo)
+    assert cfg == {**COMBOConfig.defaults(), "name": "combo", "cls": "o2o.policies.algos.combo.COMBO", "seed": 4}
+    assert COMBO.merge_config(cfg) == COMBOConfig(**cfg)
     with pytest.raises(ValueError, match="real_ratio=0.0"):
         tiny_module(real_ratio=0.0)
     with pytest.raises(ValueError, match="termination_fn 'os.system' refused"):
