@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
 
@@ -44,7 +44,7 @@ class AWAC(OfflineAlgorithm):
         self.critic_target = self.add_target(self.critic, hp.tau)
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():
             nxt = self.actor(batch.next_observations)
             q_next = self.critic_target(batch.next_observations, nxt.action).min(dim=0).values
@@ -52,7 +52,7 @@ class AWAC(OfflineAlgorithm):
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():
             pi = self.actor(batch.observations)
             # One critic call for the dataset action and the policy's action (the V baseline).

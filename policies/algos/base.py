@@ -3,9 +3,10 @@
 An algorithm declares its hyperparameters as a frozen dataclass extending
 :class:`AlgoConfig` (their one source of defaults: ``configs/algo/<name>.yaml`` starts
 from it), its networks in :meth:`build`, the order of its updates in ``update_order``
-(e.g. ``("value", "critic", "actor")``) and one ``<name>_loss(batch)`` method per entry,
-returning a :class:`LossOut` computed by the pure functions in ``losses.py``. The base
-does the rest: optimisers (one per entry), the update loop,
+(e.g. ``("value", "critic", "actor")``) and one ``<name>_loss(batch, scratch)`` method
+per entry, returning a :class:`LossOut` computed by the pure functions in ``losses.py``;
+what one loss computes for a later one of the same update travels in that update's
+:class:`Scratch`, never on ``self``. The base does the rest: optimisers (one per entry), the update loop,
 gradient clipping, target networks (Polyak), logging, the normaliser buffers and
 everything a checkpoint must hold to rebuild the policy without the training code.
 
@@ -129,10 +130,21 @@ class DeterministicPolicy(nn.Module):
         return (a.clamp(-1.0, 1.0) * self.act_half + self.act_center)
 
 
+class Scratch(dict):
+    """What the losses of one update pass each other (IQL's actor reuses the value step's
+    ``Q_target(s, a)``, SAC's temperature the actor's log-probabilities...): created fresh by each
+    :meth:`OfflineAlgorithm.update`, so a value never outlives the update and batch it was computed
+    on. Reading a key no earlier loss wrote is an error naming it."""
+
+    def __missing__(self, key: str):
+        raise KeyError(f"{key!r} is not in this update's scratch (it holds {sorted(self)}): an earlier loss of "
+                       "update_order writes it; run the losses in update_order with one Scratch per update")
+
+
 class OfflineAlgorithm(L.LightningModule):
     """Base of every algorithm. Subclasses set ``config`` (their :class:`AlgoConfig`; with ``hp:
     <it>`` for type checkers), ``update_order``, build nets in :meth:`build` and define
-    ``<name>_loss(batch) -> LossOut`` for each updated entry.
+    ``<name>_loss(batch, scratch) -> LossOut`` for each updated entry.
 
     Constructor arguments are plain data (saved as hyperparameters, so a checkpoint loads
     with ``torch.load(weights_only=True)``): ``obs_dim``, ``act_dim``, ``algo`` (the
@@ -290,8 +302,11 @@ class OfflineAlgorithm(L.LightningModule):
             self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
         return None
 
-    def update(self, batch: Batch) -> dict[str, Tensor]:
-        """One gradient update of every entry of ``update_order`` on ``batch``; then targets."""
+    def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
+        """One gradient update of every entry of ``update_order`` on ``batch``; then targets. Every
+        loss gets this update's ``scratch`` (a fresh one unless given: COMBO starts it with its
+        batch's layout)."""
+        scratch = Scratch() if scratch is None else scratch
         metrics: dict[str, Tensor] = {}
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -300,7 +315,7 @@ class OfflineAlgorithm(L.LightningModule):
             every = self.update_every.get(name, 1)
             if n % every:
                 continue
-            out: LossOut = getattr(self, f"{name}_loss")(batch)
+            out: LossOut = getattr(self, f"{name}_loss")(batch, scratch)
             self.step_optimizer(opts[self._opt_index[name]], out.loss, counted=(i == 0))
             metrics[f"{name}_loss"] = out.loss.detach()
             metrics.update(out.metrics)

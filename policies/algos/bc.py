@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch, episode_returns
 from o2o.policies.networks import make_actor
 
@@ -56,7 +56,7 @@ class BC(OfflineAlgorithm):
         keep[np.argsort(-rets, kind="stable")[:k]] = True
         return keep[inverse]
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         if self.hp.actor_kind == "deterministic":
             return L.LossOut(L.bc_mse(self.actor.act(batch.observations), batch.actions))
         log_prob = self.actor.log_prob(batch.observations, batch.actions)

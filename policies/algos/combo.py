@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from o2o.policies.algos import losses as L
+from o2o.policies.algos.base import Scratch
 from o2o.policies.algos.cql import CQL, CQLConfig
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
 from o2o.policies.data import Batch, TensorReplay, clip_obs
@@ -152,7 +153,6 @@ class COMBO(CQL):
                                          int(hp.n_elites), hp.dynamics_activation, hp.dynamics_weight_decay,
                                          float(hp.dynamics_bound_coef), termination_fn=term)
         self.model_replay: ModelReplay | None = None  # not in checkpoints: refilled by the first update
-        self._n_real = None
         self._model_metrics: dict[str, Tensor] = {}
 
     def _env_unit_termination(self, fn: Callable) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -233,27 +233,18 @@ class COMBO(CQL):
         n_real = max(1, int(len(batch) * float(self.hp.real_ratio)))
         if n_real < len(batch):
             batch = _concat(_rows(batch, n_real), self.model_replay.sample(len(batch) - n_real))
-        self._n_real = n_real
-        metrics = super().update(batch)
+        metrics = super().update(batch, Scratch(n_real=n_real))  # the penalty needs to know which rows are real
         metrics.update(self._model_metrics)  # the latest model figures ride along with the logged metrics
         return metrics
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
-        target = self.critic_target_value(batch)
+    def cql_penalty_per_member(self, batch: Batch, scratch: Scratch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """COMBO's gap (:func:`~o2o.policies.algos.losses.combo_penalty_per_member`): the log-sum-exp at the
+        model rows' states (``cql_states: model``; every state with ``mix``) against Q on the dataset
+        pairs, the first ``scratch["n_real"]`` rows (every row when the scratch does not say); Q(s, a)
+        of every row for the TD loss."""
         q = self.critic(batch.observations, batch.actions)
-        td = L.critic_regression(q, target)
-        k = self._n_real if self._n_real is not None else len(batch)
+        k = scratch.get("n_real", len(batch))
         # Without model rows (real_ratio 1) this is CQL: the penalty sits at the dataset's states.
         at = slice(k, None) if self.hp.cql_states == "model" and k < len(batch) else slice(None)
-        soft, _ = self.soft_max_q(batch.observations[at], batch.next_observations[at])
-        gap = L.combo_penalty_per_member(soft, q[:, :k])
-        if self.hp.lagrange:
-            alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)
-            reg = (alpha_prime * (gap - self.hp.target_action_gap)).sum()
-        else:
-            alpha_prime = torch.full((), float(self.hp.cql_alpha), device=q.device)  # no host copy
-            reg = alpha_prime * gap.sum()
-        self._gap = gap.detach()
-        return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": self._gap.mean(),
-                                    "q_mean": q.detach().mean(), "q_data_mean": q[:, :k].detach().mean(),
-                                    "alpha_prime": alpha_prime})
+        soft, _, _ = self.soft_max_q(batch.observations[at], batch.next_observations[at])
+        return L.combo_penalty_per_member(soft, q[:, :k]), q, {"q_data_mean": q[:, :k].detach().mean()}

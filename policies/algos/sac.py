@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
 
@@ -51,7 +51,6 @@ class SAC(OfflineAlgorithm):
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
         self.log_alpha = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(float(hp.init_alpha))))))
         self.target_entropy = float(-self.act_dim if hp.target_entropy is None else hp.target_entropy)
-        self._logp = None
         if not hp.auto_alpha:
             self.update_order = tuple(n for n in type(self).update_order if n != "alpha")
 
@@ -71,17 +70,17 @@ class SAC(OfflineAlgorithm):
             v_next = L.soft_value(q_next, nxt.log_prob, alpha)
             return L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         target = self.critic_target_value(batch)
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean(), "target_mean": target.mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         pi = self.actor(batch.observations)
         q = self.critic_q_for_actor(batch.observations, pi.action).min(dim=0).values
-        self._logp = pi.log_prob.detach()
+        scratch["log_prob"] = log_prob = pi.log_prob.detach()  # the temperature's step uses the actor's samples
         loss = L.sac_actor_loss(q, pi.log_prob, self.alpha)
-        return L.LossOut(loss, {"entropy": -self._logp.mean(), "alpha": self.alpha})
+        return L.LossOut(loss, {"entropy": -log_prob.mean(), "alpha": self.alpha})
 
-    def alpha_loss(self, batch: Batch) -> L.LossOut:
-        return L.LossOut(L.entropy_alpha_loss(self.log_alpha, self._logp, self.target_entropy))
+    def alpha_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
+        return L.LossOut(L.entropy_alpha_loss(self.log_alpha, scratch["log_prob"], self.target_entropy))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
 
@@ -64,7 +64,7 @@ class TD3BC(OfflineAlgorithm):
         a = self.actor.act(obs_norm)
         return a + float(self.hp.explore_noise) * torch.randn_like(a)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         hp = self.hp
         with torch.no_grad():
             a_next = self.actor_target.act(batch.next_observations)
@@ -76,7 +76,7 @@ class TD3BC(OfflineAlgorithm):
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         pi = self.actor.act(batch.observations)
         q1 = self.critic_q_for_actor(batch.observations, pi)[0]
         loss, lam, bc = L.td3_bc_actor_loss(q1, pi, batch.actions, float(self.hp.alpha))

@@ -16,7 +16,7 @@ from o2o.pipeline.config import load_config, plain
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import load_algorithm
+from o2o.policies.algos.base import Scratch, load_algorithm
 from o2o.policies.algos.combo import COMBO, COMBOConfig, ModelReplay
 from o2o.policies.algos.dynamics import EnsembleDynamics, soft_clamp
 from o2o.policies.data import Batch, Normalization, TensorReplay, fit_normalization
@@ -149,26 +149,27 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
     seen = {}
     real_soft = module.soft_max_q
 
-    def spy(obs, next_obs, data_actions=None):
+    def spy(obs, next_obs, data_actions=None, lower_bound=None):
         seen["obs"] = obs
-        return real_soft(obs, next_obs, data_actions)
+        return real_soft(obs, next_obs, data_actions, lower_bound)
 
     module.soft_max_q = spy
     g = torch.Generator().manual_seed(0)
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     batch = Batch(rnd(8, 3), rnd(8, 2).clamp(-1, 1), rnd(8), rnd(8, 3), torch.zeros(8), torch.zeros(8))
-    module._n_real = 3  # rows 0-2 from the dataset, 3-7 from the model
+    scratch = Scratch(n_real=3)  # rows 0-2 from the dataset, 3-7 from the model (as COMBO.update says)
     torch.manual_seed(0)
-    out = module.critic_loss(batch)
+    out = module.critic_loss(batch, scratch)
     assert torch.equal(seen["obs"], batch.observations[3:] if states == "model" else batch.observations)
     torch.manual_seed(0)  # same draws in the same order as critic_loss: target first, then the penalty
     target = module.critic_target_value(batch)
-    soft, _ = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
+    soft, _, _ = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
     q = module.critic(batch.observations, batch.actions)
     gap = L.combo_penalty_per_member(soft, q[:, :3])
     td = L.critic_regression(q, target)
     torch.testing.assert_close(out.loss, td + module.hp.cql_alpha * gap.sum())
     torch.testing.assert_close(out.metrics["cql_gap"], gap.mean())
+    torch.testing.assert_close(scratch["cql_gap"], gap)  # the Lagrangian step's input
 
 
 def test_model_rollouts_stay_inside_the_observation_clip():
