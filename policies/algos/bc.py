@@ -9,6 +9,7 @@ stuff" in mixed data (reference 004), and the baseline every offline RL method m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class BC(OfflineAlgorithm):
     @classmethod
     def transition_mask(cls, algo: dict, transitions) -> np.ndarray | None:
         """Rows to train on: those of the top ``top_fraction`` episodes by return (None = all)."""
-        frac = float(cls.merge_config(algo).top_fraction)
+        frac = float(cast(BCConfig, cls.merge_config(algo)).top_fraction)
         if frac >= 1.0:
             return None
         ep = np.asarray(transitions.episode_index)

@@ -221,7 +221,7 @@ class COMBO(CQL):
                 "model_buffer_rows": as_tensor(len(self.model_replay))}
 
     # ------------------------------------------------------------------ the update
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
         """Train the model if it is not yet, roll out when due, then one CQL update on a mixed batch."""
         if not self.dynamics.is_trained:
             self.train_dynamics()
@@ -233,7 +233,9 @@ class COMBO(CQL):
         n_real = max(1, int(len(batch) * float(self.hp.real_ratio)))
         if n_real < len(batch):
             batch = _concat(_rows(batch, n_real), self.model_replay.sample(len(batch) - n_real))
-        metrics = super().update(batch, Scratch(n_real=n_real))  # the penalty needs to know which rows are real
+        scratch = Scratch() if scratch is None else scratch
+        scratch["n_real"] = n_real  # the penalty needs to know which rows are real
+        metrics = super().update(batch, scratch)
         metrics.update(self._model_metrics)  # the latest model figures ride along with the logged metrics
         return metrics
 

@@ -95,6 +95,7 @@ class CQL(SAC):
         Q(s, a_data) from the same critic call."""
         soft, q_data, metrics = self.soft_max_q(batch.observations, batch.next_observations, batch.actions,
                                                 self.proposal_lower_bound(batch))
+        assert q_data is not None  # data actions given
         return L.cql_penalty_per_member(soft, q_data), q_data, metrics
 
     def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
