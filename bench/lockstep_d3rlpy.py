@@ -80,15 +80,15 @@ def as_d3rlpy_iql(module) -> None:
     actor._dist = types.MethodType(_dist, actor)
     value_loss = module.value_loss
 
-    def value_loss_first_v(batch):
+    def value_loss_first_v(batch, scratch):
         with torch.no_grad():
-            module._v_next_before = module.value(batch.next_observations)
-        return value_loss(batch)
+            scratch["v_next_before"] = module.value(batch.next_observations)
+        return value_loss(batch, scratch)
 
-    def critic_loss_old_v(batch):
+    def critic_loss_old_v(batch, scratch):
         with torch.no_grad():
-            target = LS.td_target(batch.rewards, module._v_next_before, batch.terminals, module.hp.gamma)
-            module._v_data = (batch, module.value(batch.observations))
+            target = LS.td_target(batch.rewards, scratch["v_next_before"], batch.terminals, module.hp.gamma)
+            scratch["v"] = module.value(batch.observations)  # V(s) for the actor's advantage, after the value step
         q = module.critic(batch.observations, batch.actions)
         return LS.LossOut(LS.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
@@ -147,7 +147,7 @@ def as_d3rlpy_cql(module) -> None:
     module.update_order = tuple(n for n in module.update_order if n != "alpha")
     temp_opt = adam([module.log_alpha], lr=float(module.hp.alpha_lr))
 
-    def actor_loss_temp_first(batch):
+    def actor_loss_temp_first(batch, scratch):
         pi = module.actor(batch.observations)
         temp_opt.zero_grad(set_to_none=True)
         (-(module.log_alpha.exp() * (pi.log_prob.detach() + module.target_entropy)).mean()).backward()

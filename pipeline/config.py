@@ -6,6 +6,12 @@ adds any key silently: ``+trainer.max_step=10`` would run with the configured
 (``+key=value``, ``++key=value``) that the composed config does not declare, naming the
 key, its section, the nearest known keys and the section's keys — except below the
 sections in :data:`OPEN_SECTIONS`, which are free-form by design.
+
+An algorithm's hyperparameters and their defaults are written once, in its class's config
+dataclass (:class:`o2o.policies.algos.base.AlgoConfig`): :func:`load_config` puts each in
+Hydra's ConfigStore as ``algo_class/<class path>``, and ``configs/algo/<name>.yaml`` starts
+from it (``defaults: [/algo_class@_here_: <class path>, _self_]``), setting only what differs.
+The composed ``algo`` section therefore holds every key the class takes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ if not OmegaConf.has_resolver("now"):
     OmegaConf.register_new_resolver("now", lambda pattern: datetime.now().strftime(pattern), use_cache=True)
 
 CONFIG_MODULE = "o2o.configs"
+# The ConfigStore group holding each algorithm class's keys and defaults (see the module's doc).
+ALGO_CLASS_GROUP = "algo_class"
 
 # Sections whose keys are open by design: an added key below them is passed on to what reads
 # the section, which checks it itself. Every other section refuses keys its config does not declare.
@@ -65,6 +73,23 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition of ``name`` with ``overrides``; ``+algo.<key>=v`` for a key the algorithm
+    declares is taken as ``++algo.<key>=v``: the spelling such a key needed while the algorithm
+    YAMLs left some of their class's keys out."""
+    if any(g.group == "algo" for g in command_groups(name)):
+        register_algorithm_configs()
+    for _ in range(len(overrides) + 1):
+        try:
+            return _compose_once(name, overrides)
+        except ConfigCompositionException as e:
+            m = re.match(r"Could not append to config\. An item is already at '(algo\.[^']+)'", str(e))
+            if not m:
+                raise
+            overrides = [f"+{o}" if o.startswith(f"+{m.group(1)}=") else o for o in overrides]
+    return _compose_once(name, overrides)
+
+
+def _compose_once(name: str, overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
@@ -85,6 +110,28 @@ def _is_group_override(o) -> bool:
         folder = folder.joinpath(part)
     is_group = key.split(".")[0] == "hydra" or folder.is_dir()
     return is_group and not (o.type.name != "DEL" and isinstance(o.value(), dict))
+
+
+_registered = False
+
+
+def register_algorithm_configs() -> None:
+    """Each algorithm class's keys with their defaults (its config dataclass) in Hydra's ConfigStore, as
+    ``algo_class/<class path>`` with ``cls`` set to the class (once per process: it imports every
+    algorithm, so only commands that compose ``algo`` call it). ``seed`` follows ``trainer.seed``
+    unless the algorithm's config sets it (as ``o2o pretrain`` did before the key was shown)."""
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    from o2o.policies.algos.base import algorithm_classes
+
+    store = ConfigStore.instance()
+    for path, cls in algorithm_classes().items():
+        store.store(group=ALGO_CLASS_GROUP, name=path,
+                    node={**cls.config.defaults(), "cls": path, "seed": "${trainer.seed}"})
+    _registered = True
 
 
 def config_root():
@@ -176,9 +223,9 @@ def class_keys(cfg: DictConfig, section: str) -> set[str]:
     defaults): an algorithm's hyperparameters, a behaviour kind's keys."""
     try:
         if section == "algo" and cfg.algo.get("cls"):
-            from o2o.policies.algos.base import BASE_DEFAULTS, resolve_algorithm
+            from o2o.policies.algos.base import resolve_algorithm
 
-            return set(BASE_DEFAULTS) | set(resolve_algorithm(str(cfg.algo.cls)).defaults)
+            return set(resolve_algorithm(str(cfg.algo.cls)).config.keys())
         if section == "behavior" and cfg.behavior.get("kind"):
             from o2o.policies.behavior.factory import BEHAVIOR_BUILDERS
 

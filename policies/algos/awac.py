@@ -8,26 +8,34 @@ constraint to the data (CS 285 offline RL lecture), which makes it a natural off
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
+
+
+@dataclass(frozen=True)
+class AWACConfig(AlgoConfig):
+    """AWAC's hyperparameters."""
+
+    awac_lambda: float = 1.0  # temperature: weights exp(A / lambda)
+    max_weight: float = 100.0  # clip of the weights
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "gaussian"
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
 
 
 class AWAC(OfflineAlgorithm):
     """AWAC with twin critics and a Gaussian actor."""
 
-    defaults = {
-        "awac_lambda": 1.0,  # temperature: weights exp(A / lambda)
-        "max_weight": 100.0,
-        "tau": 0.005,
-        "n_critics": 2,
-        "actor_kind": "gaussian",
-        "critic_lr": 3e-4,
-        "actor_lr": 3e-4,
-    }
+    config = AWACConfig
+    hp: AWACConfig
     update_order = ("critic", "actor")
 
     def build(self) -> None:
@@ -36,7 +44,7 @@ class AWAC(OfflineAlgorithm):
         self.critic_target = self.add_target(self.critic, hp.tau)
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():
             nxt = self.actor(batch.next_observations)
             q_next = self.critic_target(batch.next_observations, nxt.action).min(dim=0).values
@@ -44,7 +52,7 @@ class AWAC(OfflineAlgorithm):
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():
             pi = self.actor(batch.observations)
             # One critic call for the dataset action and the policy's action (the V baseline).

@@ -1,9 +1,12 @@
 """The shared base of every offline/online algorithm: a manual-optimisation LightningModule.
 
-An algorithm declares its networks in :meth:`build`, the order of its updates in
-``update_order`` (e.g. ``("value", "critic", "actor")``) and one ``<name>_loss(batch)``
-method per entry, returning a :class:`LossOut` computed by the pure functions in
-``losses.py``. The base does the rest: optimisers (one per entry), the update loop,
+An algorithm declares its hyperparameters as a frozen dataclass extending
+:class:`AlgoConfig` (their one source of defaults: ``configs/algo/<name>.yaml`` starts
+from it), its networks in :meth:`build`, the order of its updates in ``update_order``
+(e.g. ``("value", "critic", "actor")``) and one ``<name>_loss(batch, scratch)`` method
+per entry, returning a :class:`LossOut` computed by the pure functions in ``losses.py``;
+what one loss computes for a later one of the same update travels in that update's
+:class:`Scratch`, never on ``self``. The base does the rest: optimisers (one per entry), the update loop,
 gradient clipping, target networks (Polyak), logging, the normaliser buffers and
 everything a checkpoint must hold to rebuild the policy without the training code.
 
@@ -21,8 +24,9 @@ import logging
 import math
 import os
 import pickle
-from types import SimpleNamespace
-from typing import Any, ClassVar, Mapping
+import pkgutil
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import lightning as L
 import numpy as np
@@ -39,18 +43,50 @@ log = logging.getLogger(__name__)
 
 ALGO_PREFIX = "o2o.policies.algos."
 
-# Keys every algorithm accepts (merged under the algorithm's own ``defaults``).
-BASE_DEFAULTS: dict[str, Any] = {
-    "name": None,
-    "cls": None,
-    "batch_size": 256,
-    "gamma": 0.99,
-    "hidden": [256, 256],
-    "activation": "relu",
-    "grad_clip": None,  # max gradient norm per network, or null
-    "log_every": 50,  # updates between metric logs (logging each update costs more than a small update)
-    "seed": 0,
-}
+_C = TypeVar("_C", bound="AlgoConfig")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The hyperparameters every algorithm takes; each algorithm extends it with its own
+    (``IQLConfig`` in iql.py...) and names it in ``config``.
+
+    The one place their defaults are written: ``configs/algo/<name>.yaml`` starts from its
+    class's (Hydra's ConfigStore, see ``o2o.pipeline.config``) and sets only what differs,
+    so ``o2o pretrain algo=<name> --cfg`` prints every key. An algorithm's ``self.hp`` is an
+    instance: a key it does not declare is refused by name when it is built; a misspelt
+    attribute is an error a type checker sees.
+    """
+
+    name: str | None = None  # the config's name (configs/algo/<name>.yaml)
+    cls: str | None = None  # the algorithm class, o2o.policies.algos.<module>.<Class>
+    batch_size: int = 256
+    gamma: float = 0.99
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # hidden layer sizes of every network
+    activation: str = "relu"
+    grad_clip: float | None = None  # max gradient norm per network, or null
+    log_every: int = 50  # updates between metric logs (logging each update costs more than a small update)
+    seed: int = 0  # o2o pretrain: trainer.seed unless set
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Every key, in declaration order."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{key: default}`` for every key."""
+        return asdict(cls())
+
+    @classmethod
+    def of(cls: type[_C], algo: Mapping[str, Any], owner: str) -> _C:
+        """The defaults with ``algo``'s values (deep copies); a key ``cls`` does not declare is an
+        error naming ``owner`` (the algorithm), the key and the known keys."""
+        known = cls.keys()
+        unknown = sorted(set(algo) - set(known))
+        if unknown:
+            raise ValueError(f"algorithm {owner}: unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**copy.deepcopy(dict(algo)))
 
 
 def resolve_algorithm(path: str) -> type["OfflineAlgorithm"]:
@@ -86,9 +122,21 @@ class DeterministicPolicy(nn.Module):
         return action_from_unit_t(self.actor.act(z), self.act_center, self.act_half)
 
 
+class Scratch(dict):
+    """What the losses of one update pass each other (IQL's actor reuses the value step's
+    ``Q_target(s, a)``, SAC's temperature the actor's log-probabilities...): created fresh by each
+    :meth:`OfflineAlgorithm.update`, so a value never outlives the update and batch it was computed
+    on. Reading a key no earlier loss wrote is an error naming it."""
+
+    def __missing__(self, key: str):
+        raise KeyError(f"{key!r} is not in this update's scratch (it holds {sorted(self)}): an earlier loss of "
+                       "update_order writes it; run the losses in update_order with one Scratch per update")
+
+
 class OfflineAlgorithm(L.LightningModule):
-    """Base of every algorithm. Subclasses set ``defaults``, ``update_order``, build nets in
-    :meth:`build` and define ``<name>_loss(batch) -> LossOut`` for each updated entry.
+    """Base of every algorithm. Subclasses set ``config`` (their :class:`AlgoConfig`; with ``hp:
+    <it>`` for type checkers), ``update_order``, build nets in :meth:`build` and define
+    ``<name>_loss(batch, scratch) -> LossOut`` for each updated entry.
 
     Constructor arguments are plain data (saved as hyperparameters, so a checkpoint loads
     with ``torch.load(weights_only=True)``): ``obs_dim``, ``act_dim``, ``algo`` (the
@@ -96,7 +144,8 @@ class OfflineAlgorithm(L.LightningModule):
     (dataset version, env, run config: provenance, not used for math).
     """
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    config: ClassVar[type[AlgoConfig]] = AlgoConfig
+    hp: AlgoConfig  # the hyperparameters: ``config`` with the constructor's ``algo``
     update_order: ClassVar[tuple[str, ...]] = ()
     #: entries updated only every k-th update (e.g. {"actor": 2} for delayed actors)
     update_every: ClassVar[dict[str, int]] = {}
@@ -107,7 +156,7 @@ class OfflineAlgorithm(L.LightningModule):
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
-        self.hp = SimpleNamespace(**self.merge_config(algo))
+        self.hp = self.merge_config(algo)
         norm = Normalization.from_dict(normalization)
         self.norm = norm
         f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
@@ -135,13 +184,9 @@ class OfflineAlgorithm(L.LightningModule):
 
     # ------------------------------------------------------------------ configuration
     @classmethod
-    def merge_config(cls, algo: Mapping[str, Any]) -> dict[str, Any]:
-        """Base defaults < the algorithm's defaults < ``algo``; an unknown key is an error."""
-        known = {**BASE_DEFAULTS, **cls.defaults}
-        unknown = sorted(set(algo) - set(known))
-        if unknown:
-            raise ValueError(f"algorithm {cls.__name__}: unknown config keys {unknown}; known keys: {sorted(known)}")
-        return {**copy.deepcopy(known), **copy.deepcopy(dict(algo))}
+    def merge_config(cls, algo: Mapping[str, Any]) -> AlgoConfig:
+        """The hyperparameters: ``config``'s defaults < ``algo``; a key it does not declare is an error."""
+        return cls.config.of(algo, cls.__name__)
 
     @classmethod
     def transition_mask(cls, algo: Mapping[str, Any], transitions) -> np.ndarray | None:
@@ -249,8 +294,11 @@ class OfflineAlgorithm(L.LightningModule):
             self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
         return None
 
-    def update(self, batch: Batch) -> dict[str, Tensor]:
-        """One gradient update of every entry of ``update_order`` on ``batch``; then targets."""
+    def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
+        """One gradient update of every entry of ``update_order`` on ``batch``; then targets. Every
+        loss gets this update's ``scratch`` (a fresh one unless given: COMBO starts it with its
+        batch's layout)."""
+        scratch = Scratch() if scratch is None else scratch
         metrics: dict[str, Tensor] = {}
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
@@ -259,7 +307,7 @@ class OfflineAlgorithm(L.LightningModule):
             every = self.update_every.get(name, 1)
             if n % every:
                 continue
-            out: LossOut = getattr(self, f"{name}_loss")(batch)
+            out: LossOut = getattr(self, f"{name}_loss")(batch, scratch)
             self.step_optimizer(opts[self._opt_index[name]], out.loss, counted=(i == 0))
             metrics[f"{name}_loss"] = out.loss.detach()
             metrics.update(out.metrics)
@@ -404,6 +452,21 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", map_locat
                               f"({str(ev.get('weights_sha256'))[:16]}... != the checkpoint's {str(recorded)[:16]}...): "
                               "the weights or the record changed after it was written")
     return ckpt
+
+
+def algorithm_classes() -> dict[str, type[OfflineAlgorithm]]:
+    """Every algorithm class of ``o2o.policies.algos`` (each module imported), by dotted path."""
+    import importlib
+
+    import o2o.policies.algos as package
+
+    out: dict[str, type[OfflineAlgorithm]] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{ALGO_PREFIX}{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, OfflineAlgorithm) and obj.__module__ == module.__name__:
+                out[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return out
 
 
 def build_algorithm(ckpt: Mapping[str, Any]) -> OfflineAlgorithm:

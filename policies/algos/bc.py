@@ -8,23 +8,32 @@ stuff" in mixed data (CS 285 offline RL lecture), and the baseline every offline
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import cast
+
 import numpy as np
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch, episode_returns
 from o2o.policies.networks import make_actor
+
+
+@dataclass(frozen=True)
+class BCConfig(AlgoConfig):
+    """BC's hyperparameters."""
+
+    actor_kind: str = "deterministic"  # deterministic (MSE) | gaussian | tanh_gaussian (NLL)
+    actor_lr: float = 1e-3
+    actor_dropout: float = 0.0
+    top_fraction: float = 1.0  # keep the episodes with the top x of returns (filtered BC)
 
 
 class BC(OfflineAlgorithm):
     """Behaviour cloning; ``top_fraction`` < 1 makes it filtered BC."""
 
-    defaults = {
-        "actor_kind": "deterministic",  # deterministic (MSE) | gaussian | tanh_gaussian (NLL)
-        "actor_lr": 1e-3,
-        "actor_dropout": 0.0,
-        "top_fraction": 1.0,  # keep the episodes with the top x of returns (filtered BC)
-    }
+    config = BCConfig
+    hp: BCConfig
     update_order = ("actor",)
 
     def build(self) -> None:
@@ -37,7 +46,7 @@ class BC(OfflineAlgorithm):
     @classmethod
     def transition_mask(cls, algo: dict, transitions) -> np.ndarray | None:
         """Rows to train on: those of the top ``top_fraction`` episodes by return (None = all)."""
-        frac = float(cls.merge_config(algo)["top_fraction"])
+        frac = float(cast(BCConfig, cls.merge_config(algo)).top_fraction)
         if frac >= 1.0:
             return None
         ep = np.asarray(transitions.episode_index)
@@ -48,7 +57,7 @@ class BC(OfflineAlgorithm):
         keep[np.argsort(-rets, kind="stable")[:k]] = True
         return keep[inverse]
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         if self.hp.actor_kind == "deterministic":
             return L.LossOut(L.bc_mse(self.actor.act(batch.observations), batch.actions))
         log_prob = self.actor.log_prob(batch.observations, batch.actions)

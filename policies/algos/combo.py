@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -35,7 +35,8 @@ from torch import Tensor
 
 from o2o.core.resolve import resolve
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.cql import CQL
+from o2o.policies.algos.base import Scratch
+from o2o.policies.algos.cql import CQL, CQLConfig
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
 from o2o.policies.data import Batch, TensorReplay, clip_obs
 
@@ -90,35 +91,41 @@ def _concat(a: Batch, b: Batch) -> Batch:
     return Batch(**{f.name: torch.cat([getattr(a, f.name), getattr(b, f.name)]) for f in fields(Batch)})
 
 
+@dataclass(frozen=True)
+class COMBOConfig(CQLConfig):
+    """COMBO's hyperparameters: OfflineRL-Kit's run_combo.py and the paper's appendix (see the module)."""
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256, 256])  # actor and critics
+    cql_alpha: float = 1.0  # the paper's beta; tuned per task in {0.5, 1, 5}
+    cql_states: str = "model"  # model: log-sum-exp at model states (paper); mix: at every state of the batch
+    real_ratio: float = 0.5  # fraction of each batch from the dataset (the paper's f)
+    rollout_every: int = 1000  # updates between model rollouts
+    rollout_batch_size: int = 50000  # dataset states each rollout starts from
+    rollout_length: int = 5  # model steps per rollout (the paper's h, 1 or 5)
+    rollout_policy: str = "policy"  # policy: sampled actions of the current actor; uniform: random actions
+    model_buffer_size: int | None = None  # rows of model data kept; null: rollout_batch_size * rollout_length * 5
+    n_models: int = 7
+    n_elites: int = 5  # the lowest held-out error members used in rollouts
+    dynamics_hidden: list[int] = field(default_factory=lambda: [200, 200, 200, 200])
+    dynamics_activation: str = "silu"  # swish, as MBPO
+    dynamics_lr: float = 1e-3
+    # L2 per layer (hidden + output), or one number
+    dynamics_weight_decay: list[float] | float = field(default_factory=lambda: list(MBPO_WEIGHT_DECAY))
+    dynamics_bound_coef: float = 0.01  # pull on the learned log-std bounds
+    dynamics_batch_size: int = 256
+    dynamics_val_fraction: float = 0.1  # held-out share of the transitions (early stopping, elite selection)
+    dynamics_max_val: int = 5000  # at most this many held-out rows
+    dynamics_patience: int = 5  # epochs without a >1% improvement of any member before stopping
+    dynamics_min_improvement: float = 0.01  # relative held-out improvement that counts
+    dynamics_max_epochs: int | None = None  # cap on training epochs (null: until early stopping)
+    termination_fn: str | None = None  # dotted path in o2o. of (obs, act, next_obs) -> bool, env units; null: none
+
+
 class COMBO(CQL):
     """COMBO on top of :class:`CQL`: a dynamics ensemble, model rollouts, mixed batches."""
 
-    defaults = {
-        **CQL.defaults,
-        "hidden": [256, 256, 256],
-        "cql_alpha": 1.0,  # the paper's beta; tuned per task in {0.5, 1, 5}
-        "cql_states": "model",  # model: log-sum-exp at model states (paper); mix: at every state of the batch
-        "real_ratio": 0.5,  # fraction of each batch from the dataset (the paper's f)
-        "rollout_every": 1000,  # updates between model rollouts
-        "rollout_batch_size": 50000,  # dataset states each rollout starts from
-        "rollout_length": 5,  # model steps per rollout (the paper's h, 1 or 5)
-        "rollout_policy": "policy",  # policy: sampled actions of the current actor; uniform: random actions
-        "model_buffer_size": None,  # rows of model data kept; null: rollout_batch_size * rollout_length * 5
-        "n_models": 7,
-        "n_elites": 5,
-        "dynamics_hidden": [200, 200, 200, 200],
-        "dynamics_activation": "silu",
-        "dynamics_lr": 1e-3,
-        "dynamics_weight_decay": list(MBPO_WEIGHT_DECAY),  # per layer (hidden + output), or one number
-        "dynamics_bound_coef": 0.01,  # pull on the learned log-std bounds
-        "dynamics_batch_size": 256,
-        "dynamics_val_fraction": 0.1,
-        "dynamics_max_val": 5000,
-        "dynamics_patience": 5,  # epochs without a >1% improvement of any member before stopping
-        "dynamics_min_improvement": 0.01,
-        "dynamics_max_epochs": None,
-        "termination_fn": None,  # dotted path in o2o. of (obs, act, next_obs) -> bool, env units; null: none
-    }
+    config = COMBOConfig
+    hp: COMBOConfig
 
     def build(self) -> None:
         super().build()
@@ -138,7 +145,6 @@ class COMBO(CQL):
                                          int(hp.n_elites), hp.dynamics_activation, hp.dynamics_weight_decay,
                                          float(hp.dynamics_bound_coef), termination_fn=term)
         self.model_replay: ModelReplay | None = None  # not in checkpoints: refilled by the first update
-        self._n_real = None
         self._model_metrics: dict[str, Tensor] = {}
 
     def _env_unit_termination(self, fn: Callable) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -207,7 +213,7 @@ class COMBO(CQL):
                 "model_buffer_rows": as_tensor(len(self.model_replay))}
 
     # ------------------------------------------------------------------ the update
-    def update(self, batch: Batch) -> dict[str, Tensor]:
+    def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
         """Train the model if it is not yet, roll out when due, then one CQL update on a mixed batch."""
         if not self.dynamics.is_trained:
             self.train_dynamics()
@@ -219,27 +225,20 @@ class COMBO(CQL):
         n_real = max(1, int(len(batch) * float(self.hp.real_ratio)))
         if n_real < len(batch):
             batch = _concat(_rows(batch, n_real), self.model_replay.sample(len(batch) - n_real))
-        self._n_real = n_real
-        metrics = super().update(batch)
+        scratch = Scratch() if scratch is None else scratch
+        scratch["n_real"] = n_real  # the penalty needs to know which rows are real
+        metrics = super().update(batch, scratch)
         metrics.update(self._model_metrics)  # the latest model figures ride along with the logged metrics
         return metrics
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
-        target = self.critic_target_value(batch)
+    def cql_penalty_per_member(self, batch: Batch, scratch: Scratch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """COMBO's gap (:func:`~o2o.policies.algos.losses.combo_penalty_per_member`): the log-sum-exp at the
+        model rows' states (``cql_states: model``; every state with ``mix``) against Q on the dataset
+        pairs, the first ``scratch["n_real"]`` rows (every row when the scratch does not say); Q(s, a)
+        of every row for the TD loss."""
         q = self.critic(batch.observations, batch.actions)
-        td = L.critic_regression(q, target)
-        k = self._n_real if self._n_real is not None else len(batch)
+        k = scratch.get("n_real", len(batch))
         # Without model rows (real_ratio 1) this is CQL: the penalty sits at the dataset's states.
         at = slice(k, None) if self.hp.cql_states == "model" and k < len(batch) else slice(None)
-        soft, _ = self.soft_max_q(batch.observations[at], batch.next_observations[at])
-        gap = L.combo_penalty_per_member(soft, q[:, :k])
-        if self.hp.lagrange:
-            alpha_prime = self.log_alpha_prime.detach().exp().clamp(0.0, 1e6)
-            reg = (alpha_prime * (gap - self.hp.target_action_gap)).sum()
-        else:
-            alpha_prime = torch.full((), float(self.hp.cql_alpha), device=q.device)  # no host copy
-            reg = alpha_prime * gap.sum()
-        self._gap = gap.detach()
-        return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": self._gap.mean(),
-                                    "q_mean": q.detach().mean(), "q_data_mean": q[:, :k].detach().mean(),
-                                    "alpha_prime": alpha_prime})
+        soft, _, _ = self.soft_max_q(batch.observations[at], batch.next_observations[at])
+        return L.combo_penalty_per_member(soft, q[:, :k]), q, {"q_data_mean": q[:, :k].detach().mean()}

@@ -8,30 +8,38 @@ Q and V are never queried on actions outside the dataset.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, ValueMLP, make_actor
+
+
+@dataclass(frozen=True)
+class IQLConfig(AlgoConfig):
+    """IQL's hyperparameters (the paper's for locomotion)."""
+
+    expectile: float = 0.7  # tau of the expectile regression (0.5 = mean, -> 1 = max)
+    beta: float = 3.0  # inverse temperature of the advantage weights
+    max_weight: float = 100.0  # clip of exp(beta * A)
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "gaussian"
+    actor_dropout: float = 0.0
+    critic_lr: float = 3e-4
+    value_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    actor_lr_schedule: str = "cosine"  # cosine decay over trainer.max_steps (paper) or constant
 
 
 class IQL(OfflineAlgorithm):
     """IQL with twin critics, a V network and a Gaussian actor (paper defaults)."""
 
-    defaults = {
-        "expectile": 0.7,  # tau of the expectile regression (0.5 = mean, -> 1 = max)
-        "beta": 3.0,  # inverse temperature of the advantage weights
-        "max_weight": 100.0,  # clip of exp(beta * A)
-        "tau": 0.005,  # Polyak rate of the target critics
-        "n_critics": 2,
-        "actor_kind": "gaussian",
-        "actor_dropout": 0.0,
-        "critic_lr": 3e-4,
-        "value_lr": 3e-4,
-        "actor_lr": 3e-4,
-        "actor_lr_schedule": "cosine",  # cosine decay over trainer.max_steps (paper) or constant
-    }
+    config = IQLConfig
+    hp: IQLConfig
     update_order = ("value", "critic", "actor")
 
     def build(self) -> None:
@@ -42,37 +50,30 @@ class IQL(OfflineAlgorithm):
         kw = {"dropout": hp.actor_dropout} if hp.actor_kind != "tanh_gaussian" else {}
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation, **kw)
 
-    def value_loss(self, batch: Batch) -> L.LossOut:
+    def value_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():
             q = self.critic_target(batch.observations, batch.actions).min(dim=0).values
-        self._q_data = (batch, q)  # the actor's advantage reuses it: the target critics move only after the update
+        scratch["q_target"] = q  # the actor's advantage reuses it: the target critics move only after the update
         v = self.value(batch.observations)
         diff = q - v
         return L.LossOut(L.expectile_loss(diff, self.hp.expectile), {"v_mean": v.detach().mean()})
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         with torch.no_grad():  # V(s') for the target and V(s) for the actor's advantage, in one pass
             v_next, v = self.value(torch.cat([batch.next_observations, batch.observations])).split(len(batch))
             target = L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
-        self._v_data = (batch, v)
+        scratch["v"] = v
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         """AWR on dataset actions with ``A = min Q_target(s, a) - V(s)``, V after this update's value
-        step (as the reference implementation); values computed earlier in the update are reused."""
+        step (as the reference implementation): both as the value and critic steps computed them."""
         with torch.no_grad():
-            q = self._cached("_q_data", batch, lambda: self.critic_target(batch.observations, batch.actions).min(0).values)
-            adv = q - self._cached("_v_data", batch, lambda: self.value(batch.observations))
+            adv = scratch["q_target"] - scratch["v"]
             w = L.awr_weights(adv, self.hp.beta, self.hp.max_weight)
         log_prob = self.actor.log_prob(batch.observations, batch.actions)
         return L.LossOut(L.weighted_nll(log_prob, w), {"adv_mean": adv.mean(), "weight_mean": w.mean()})
-
-    def _cached(self, name: str, batch: Batch, compute):
-        """The value stored under ``name`` for this very batch by an earlier step of the update, else computed."""
-        hit = getattr(self, name, None)
-        setattr(self, name, None)
-        return hit[1] if hit is not None and hit[0] is batch else compute()
 
     def configure_optimizers(self):
         opts = super().configure_optimizers()
@@ -82,8 +83,8 @@ class IQL(OfflineAlgorithm):
             return opts, [{"scheduler": self._actor_sched, "interval": "step"}]
         return opts
 
-    def update(self, batch: Batch):
-        metrics = super().update(batch)
+    def update(self, batch: Batch, scratch: Scratch | None = None):
+        metrics = super().update(batch, scratch)
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()

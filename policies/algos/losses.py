@@ -73,6 +73,14 @@ def cql_logsumexp(q_uniform: Tensor, q_policy: Tensor, logp_policy: Tensor, q_ne
     return temperature * torch.logsumexp(cat / temperature, dim=-1)
 
 
+def calql_bound_rate(q_policy: Tensor, q_next_policy: Tensor, mc_returns: Tensor) -> Tensor:
+    """How often Cal-QL's bound is active: the share of the policy proposals' Q-values (``[n, B, K]``
+    each, at s from pi(.|s) and pi(.|s')) below the data's return ``mc_returns [B]``; no gradient."""
+    with torch.no_grad():
+        bound = mc_returns.view(1, -1, 1)
+        return torch.cat([q_policy < bound, q_next_policy < bound], dim=-1).float().mean()
+
+
 def calql_lower_bound(q_policy: Tensor, mc_returns: Tensor) -> Tensor:
     """Cal-QL's calibration: ``max(Q(s, a_pi), V_ref(s))`` for the policy proposals ``q_policy
     [n, B, K]``, with ``mc_returns [B]`` the reference (data) policy's Monte-Carlo return from s.
@@ -85,9 +93,31 @@ def calql_lower_bound(q_policy: Tensor, mc_returns: Tensor) -> Tensor:
     return torch.maximum(q_policy, mc_returns.to(q_policy.dtype).view(1, -1, 1))
 
 
-def cql_penalty(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
-    """``mean(softmax_a Q(s,a) - Q(s, a_data))`` per member, summed over members: ``[n, B] -> []``."""
-    return (soft_max_q - q_data).mean(dim=1).sum()
+def cql_penalty_per_member(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
+    """CQL's gap ``mean_s(softmax_a Q(s, a) - Q(s, a_data))`` per member, both at the same states:
+    ``[n, B] -> [n]`` (COMBO's, over different states: :func:`combo_penalty_per_member`)."""
+    return (soft_max_q - q_data).mean(dim=1)
+
+
+def lagrange_weight(log_alpha_prime: Tensor) -> Tensor:
+    """Lagrangian CQL's weight ``alpha' = exp(log alpha')``, clamped to [0, 1e6]."""
+    return log_alpha_prime.exp().clamp(0.0, 1e6)
+
+
+def cql_regularizer(gap_per_member: Tensor, cql_alpha: float, log_alpha_prime: Tensor | None = None,
+                    target_gap: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The conservative term added to the critics' loss, and its weight (for the log).
+
+    With a fixed weight: ``cql_alpha * sum(gap)``. Lagrangian (``log_alpha_prime`` given):
+    ``sum(alpha' * (gap - target_gap))``, ``alpha'`` not differentiated here
+    (:func:`cql_lagrange_loss` moves it). ``gap_per_member [n]``: :func:`cql_penalty_per_member`
+    or :func:`combo_penalty_per_member`.
+    """
+    if log_alpha_prime is not None:
+        alpha_prime = lagrange_weight(log_alpha_prime.detach())
+        return (alpha_prime * (gap_per_member - target_gap)).sum(), alpha_prime
+    alpha_prime = torch.full((), float(cql_alpha), device=gap_per_member.device)  # no host copy
+    return alpha_prime * gap_per_member.sum(), alpha_prime
 
 
 def cql_lagrange_loss(log_alpha_prime: Tensor, penalty_per_member: Tensor, target_gap: float) -> Tensor:
@@ -95,8 +125,7 @@ def cql_lagrange_loss(log_alpha_prime: Tensor, penalty_per_member: Tensor, targe
 
     Minimised over ``log_alpha_prime``: ``-alpha' * (gap - target_gap)`` averaged over members.
     """
-    alpha_prime = log_alpha_prime.exp().clamp(0.0, 1e6)
-    return -(alpha_prime * (penalty_per_member.detach() - target_gap)).mean()
+    return -(lagrange_weight(log_alpha_prime) * (penalty_per_member.detach() - target_gap)).mean()
 
 
 def sac_actor_loss(q_policy: Tensor, log_prob: Tensor, alpha: Tensor | float) -> Tensor:
@@ -155,7 +184,7 @@ def dynamics_nll(mean: Tensor, log_std: Tensor, target: Tensor, max_log_std: Ten
 def combo_penalty_per_member(soft_max_q: Tensor, q_data: Tensor) -> Tensor:
     """COMBO's gap ``E_{s~rho}[softmax_a Q(s, a)] - E_{(s,a)~D}[Q(s, a)]`` per member ``[n]``.
 
-    Unlike :func:`cql_penalty` the two expectations run over different states (``soft_max_q
+    Unlike :func:`cql_penalty_per_member` the two expectations run over different states (``soft_max_q
     [n, B_model]`` at model-rollout states, ``q_data [n, B_real]`` at dataset pairs), so
     they are averaged separately (Yu et al. 2021, eq. 2).
     """

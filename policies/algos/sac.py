@@ -7,32 +7,40 @@ data never covers, and the overestimation feeds on itself. CQL builds on this mo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
+
+
+@dataclass(frozen=True)
+class SACConfig(AlgoConfig):
+    """SAC's hyperparameters."""
+
+    tau: float = 0.005  # Polyak rate of the target critics
+    n_critics: int = 2
+    actor_kind: str = "tanh_gaussian"
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    init_alpha: float = 1.0
+    auto_alpha: bool = True  # tune alpha towards target_entropy
+    target_entropy: float | None = None  # null: -act_dim
+    backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the critic target
+    critic_layer_norm: bool = False
+    target_action: str = "sample"  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
 
 
 class SAC(OfflineAlgorithm):
     """SAC: critics on the soft Bellman target, a tanh-Gaussian actor, learned temperature."""
 
-    defaults = {
-        "tau": 0.005,
-        "n_critics": 2,
-        "actor_kind": "tanh_gaussian",
-        "critic_lr": 3e-4,
-        "actor_lr": 3e-4,
-        "alpha_lr": 3e-4,
-        "init_alpha": 1.0,
-        "auto_alpha": True,  # tune alpha towards target_entropy (default -act_dim)
-        "target_entropy": None,
-        "backup_entropy": True,  # subtract alpha * log pi(a'|s') in the critic target
-        "critic_layer_norm": False,
-        "target_action": "sample",  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
-    }
+    config = SACConfig
+    hp: SACConfig
     update_order = ("critic", "actor", "alpha")
 
     def build(self) -> None:
@@ -43,7 +51,6 @@ class SAC(OfflineAlgorithm):
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
         self.log_alpha = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(float(hp.init_alpha))))))
         self.target_entropy = float(-self.act_dim if hp.target_entropy is None else hp.target_entropy)
-        self._logp = None
         if not hp.auto_alpha:
             self.update_order = tuple(n for n in type(self).update_order if n != "alpha")
 
@@ -63,17 +70,17 @@ class SAC(OfflineAlgorithm):
             v_next = L.soft_value(q_next, nxt.log_prob, alpha)
             return L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         target = self.critic_target_value(batch)
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean(), "target_mean": target.mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         pi = self.actor(batch.observations)
         q = self.critic_q_for_actor(batch.observations, pi.action).min(dim=0).values
-        self._logp = pi.log_prob.detach()
+        scratch["log_prob"] = log_prob = pi.log_prob.detach()  # the temperature's step uses the actor's samples
         loss = L.sac_actor_loss(q, pi.log_prob, self.alpha)
-        return L.LossOut(loss, {"entropy": -self._logp.mean(), "alpha": self.alpha})
+        return L.LossOut(loss, {"entropy": -log_prob.mean(), "alpha": self.alpha})
 
-    def alpha_loss(self, batch: Batch) -> L.LossOut:
-        return L.LossOut(L.entropy_alpha_loss(self.log_alpha, self._logp, self.target_entropy))
+    def alpha_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
+        return L.LossOut(L.entropy_alpha_loss(self.log_alpha, scratch["log_prob"], self.target_entropy))

@@ -11,28 +11,36 @@ Online (``o2o finetune``) it explores as TD3 does: Gaussian noise on the actor's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import OfflineAlgorithm
+from o2o.policies.algos.base import AlgoConfig, OfflineAlgorithm, Scratch
 from o2o.policies.data import Batch
 from o2o.policies.networks import QEnsemble, make_actor
+
+
+@dataclass(frozen=True)
+class TD3BCConfig(AlgoConfig):
+    """TD3+BC's hyperparameters (the paper's)."""
+
+    alpha: float = 2.5  # Q's weight against BC: lambda = alpha / mean|Q1(s, pi(s))|
+    policy_noise: float = 0.2  # std of the target policy smoothing noise (actions in [-1, 1])
+    noise_clip: float = 0.5  # the noise is clipped to +-noise_clip
+    policy_freq: int = 2  # the actor and the targets move every policy_freq updates
+    tau: float = 0.005  # Polyak rate of the target networks
+    n_critics: int = 2
+    critic_lr: float = 3e-4
+    actor_lr: float = 3e-4
+    explore_noise: float = 0.1  # std of TD3's Gaussian exploration noise when acting online (finetune)
 
 
 class TD3BC(OfflineAlgorithm):
     """TD3+BC with twin critics and a deterministic tanh actor (paper defaults)."""
 
-    defaults = {
-        "alpha": 2.5,  # Q's weight against BC: lambda = alpha / mean|Q1(s, pi(s))|
-        "policy_noise": 0.2,  # std of the target policy smoothing noise (actions in [-1, 1])
-        "noise_clip": 0.5,  # the noise is clipped to +-noise_clip
-        "policy_freq": 2,  # the actor and the targets move every policy_freq updates
-        "tau": 0.005,
-        "n_critics": 2,
-        "critic_lr": 3e-4,
-        "actor_lr": 3e-4,
-        "explore_noise": 0.1,  # std of TD3's Gaussian exploration noise when acting online (finetune)
-    }
+    config = TD3BCConfig
+    hp: TD3BCConfig
     update_order = ("critic", "actor")
 
     def build(self) -> None:
@@ -56,7 +64,7 @@ class TD3BC(OfflineAlgorithm):
         a = self.actor.act(obs_norm)
         return a + float(self.hp.explore_noise) * torch.randn_like(a)
 
-    def critic_loss(self, batch: Batch) -> L.LossOut:
+    def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         hp = self.hp
         with torch.no_grad():
             a_next = self.actor_target.act(batch.next_observations)
@@ -68,7 +76,7 @@ class TD3BC(OfflineAlgorithm):
         q = self.critic(batch.observations, batch.actions)
         return L.LossOut(L.critic_regression(q, target), {"q_mean": q.detach().mean()})
 
-    def actor_loss(self, batch: Batch) -> L.LossOut:
+    def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         pi = self.actor.act(batch.observations)
         q1 = self.critic_q_for_actor(batch.observations, pi)[0]
         loss, lam, bc = L.td3_bc_actor_loss(q1, pi, batch.actions, float(self.hp.alpha))

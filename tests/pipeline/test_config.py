@@ -7,7 +7,8 @@ import pytest
 from omegaconf import DictConfig
 
 from o2o.pipeline.cli import main
-from o2o.pipeline.config import OPEN_SECTIONS, UnknownConfigKeyError, command_groups, group_options, load_config
+from o2o.pipeline.config import (OPEN_SECTIONS, UnknownConfigKeyError, command_groups, group_options, load_config,
+                                 plain)
 
 COMMANDS = ("run", "collect", "pretrain", "evaluate", "export")
 REQUIRED = {"export": ["ckpt=x.ckpt"]}  # keys a command needs before it composes
@@ -93,6 +94,30 @@ def test_open_sections_and_keys_the_reading_class_takes_are_accepted():
     # A key the behaviour kind does not take is refused, although another kind takes it.
     with pytest.raises(UnknownConfigKeyError, match=r"'behavior.noise_std'.* known keys of behavior: kind, policy_id"):
         compose("collect", "behavior=random", "+behavior.noise_std=0.3")
+
+
+@pytest.mark.parametrize("algo", group_options("algo"))
+def test_the_algo_section_holds_every_key_of_its_class_with_the_class_defaults(algo):
+    """The algorithm's config dataclass is the one source of its defaults: the YAML sets only what differs."""
+    from o2o.policies.algos.base import resolve_algorithm
+
+    cfg = compose("pretrain", f"algo={algo}", "trainer.seed=5")
+    cls = resolve_algorithm(cfg.algo.cls)
+    assert list(cfg.algo) == cls.config.keys()
+    assert cfg.algo.name == algo and cfg.algo.seed == 5  # the seed follows the trainer's unless set
+    differs = {k: v for k, v in plain(cfg.algo).items() if v != cls.config.defaults()[k]}
+    assert set(differs) <= {"name", "cls", "seed", "top_fraction"}, differs  # bc_filtered: top_fraction 0.1
+    # A class key is set like any declared key; the older `+algo.<key>` spelling still works.
+    assert compose("pretrain", f"algo={algo}", "algo.log_every=7").algo.log_every == 7
+    assert compose("pretrain", f"algo={algo}", "+algo.log_every=8").algo.log_every == 8
+
+
+def test_cfg_prints_every_algorithm_key(capsys):
+    assert main(["pretrain", "algo=cql", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    for line in ("name: cql", "cls: o2o.policies.algos.cql.CQL", "n_critics: 2", "actor_kind: tanh_gaussian",
+                 "critic_layer_norm: false", "cql_alpha: 5.0", "seed: 0"):
+        assert f"\n  {line}\n" in out, line
 
 
 def test_the_cli_refuses_the_typo_in_one_line_and_exits_2(capsys):

@@ -15,8 +15,9 @@ import torch
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import pretrain
+from o2o.policies.algos import losses as L
+from o2o.policies.algos.base import Scratch, load_algorithm, resolve_algorithm
 from o2o.policies.training import native_bf16, resolve_precision
-from o2o.policies.algos.base import load_algorithm, resolve_algorithm
 
 ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
                if p.name.endswith(".yaml"))
@@ -95,6 +96,20 @@ def test_unknown_hyperparameter_is_refused_with_its_name(maze_dataset, tmp_path)
         cls.merge_config({"expectil": 0.9})
 
 
+def test_hyperparameters_are_the_algorithm_s_typed_frozen_config():
+    import dataclasses
+
+    from o2o.policies.algos.iql import IQL, IQLConfig
+    from o2o.policies.data import Normalization
+
+    m = IQL(3, 2, {"hidden": [8], "expectile": 0.8}, Normalization.identity(3, [-1.0, -1.0], [1.0, 1.0]).to_dict())
+    assert type(m.hp) is IQLConfig and m.hp.expectile == 0.8 and m.hp.beta == 3.0 and m.hp.hidden == [8]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.hp.expectile = 0.9
+    with pytest.raises(AttributeError):
+        m.hp.expectil  # noqa: B018
+
+
 def test_checkpoint_class_outside_o2o_is_refused():
     with pytest.raises(ValueError, match="refused"):
         resolve_algorithm("os.system")
@@ -150,7 +165,7 @@ def test_bf16_mixed_update_sees_weights_stepped_earlier_in_the_same_update(maze_
     opt = m.optimizers()[m._opt_index["critic"]]
     with torch.autocast("cpu", torch.bfloat16):
         m.critic(batch.observations, batch.actions)  # fills the cache with the current weights
-        loss = m.critic_loss(batch).loss * 1e4  # a step big enough to change bf16 values
+        loss = m.critic_loss(batch, Scratch()).loss * 1e4  # a step big enough to change bf16 values
         m.step_optimizer(opt, loss)
         q_in_step = m.critic(batch.observations, batch.actions)
     with torch.autocast("cpu", torch.bfloat16):
@@ -205,22 +220,46 @@ def test_compiled_training_matches_eager_and_hands_back_an_eager_module(maze_dat
 
 
 def test_iql_actor_reuses_the_update_s_values_and_gets_what_it_would_compute(maze_dataset, tmp_path):
-    """IQL's actor step reuses Q_target(s, a) from the value step and V(s) from the critic step's
-    pass (after the value step, as the reference): the same advantage as computing them afresh."""
+    """IQL's actor step takes Q_target(s, a) from the value step and V(s) from the critic step's pass
+    (after the value step, as the reference) through the update's scratch: the same advantage as
+    computing them afresh. Nothing travels on the module; without the earlier steps the actor says so."""
     m = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=5", "eval.enabled=false")).module
     batch = m.replay.sample(32)
-    opts = m.optimizers()
+    opts, scratch = m.optimizers(), Scratch()
     for name in ("value", "critic"):
-        m.step_optimizer(opts[m._opt_index[name]], getattr(m, f"{name}_loss")(batch).loss)
-    assert m._q_data[0] is batch and m._v_data[0] is batch
-    reused = m.actor_loss(batch)
-    assert m._q_data is None and m._v_data is None  # consumed
-    fresh = m.actor_loss(batch)
-    torch.testing.assert_close(reused.loss, fresh.loss, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(reused.metrics["adv_mean"], fresh.metrics["adv_mean"], rtol=1e-6, atol=1e-6)
-    other = m.replay.sample(32)  # a cache from another batch is never used
-    m.value_loss(other)
-    torch.testing.assert_close(m.actor_loss(batch).loss, fresh.loss, rtol=1e-6, atol=1e-6)
+        m.step_optimizer(opts[m._opt_index[name]], getattr(m, f"{name}_loss")(batch, scratch).loss)
+    assert set(scratch) == {"q_target", "v"}
+    reused = m.actor_loss(batch, scratch)
+    with torch.no_grad():
+        adv = m.critic_target(batch.observations, batch.actions).min(0).values - m.value(batch.observations)
+    torch.testing.assert_close(reused.metrics["adv_mean"], adv.mean(), rtol=1e-6, atol=1e-6)
+    w = L.awr_weights(adv, m.hp.beta, m.hp.max_weight)
+    fresh = L.weighted_nll(m.actor.log_prob(batch.observations, batch.actions), w)
+    torch.testing.assert_close(reused.loss, fresh, rtol=1e-6, atol=1e-6)
+    with pytest.raises(KeyError, match=r"'q_target' is not in this update's scratch \(it holds \[\]\)"):
+        m.actor_loss(batch, Scratch())
+    assert not any(k.startswith(("_q_", "_v_")) for k in vars(m))
+
+
+def test_an_update_passes_values_between_its_losses_only_through_a_fresh_scratch(maze_dataset, tmp_path):
+    """Each update hands every loss of update_order the same new Scratch; no two updates share one."""
+    m = pretrain(tiny_cfg("cql", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false",
+                          "algo.lagrange=true")).module
+    seen: list[tuple[str, Scratch, list[str]]] = []
+    for name in m.update_order:
+        loss = getattr(m, f"{name}_loss")
+
+        def spy(batch, scratch, _name=name, _loss=loss):
+            seen.append((_name, scratch, sorted(scratch)))
+            return _loss(batch, scratch)
+
+        setattr(m, f"{name}_loss", spy)
+    for _ in range(2):
+        m.update(m.replay.sample(16))
+    assert [n for n, _, _ in seen] == list(m.update_order) * 2 == ["critic", "actor", "alpha", "alpha_prime"] * 2
+    first, second = seen[0][1], seen[4][1]
+    assert all(s is first for _, s, _ in seen[:4]) and all(s is second for _, s, _ in seen[4:]) and first is not second
+    assert [k for _, _, k in seen[:4]] == [[], ["cql_gap"], ["cql_gap", "log_prob"], ["cql_gap", "log_prob"]]
 
 
 def test_td3bc_moves_its_actor_and_targets_only_every_policy_freq_updates(maze_dataset, tmp_path):

@@ -14,6 +14,7 @@ from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.training import build_module
 from o2o.policies.algos import losses as L
+from o2o.policies.algos.base import Scratch
 from o2o.policies.data import MCBatch, TensorReplay, return_to_go
 
 
@@ -112,8 +113,8 @@ def test_calql_needs_episodes_to_compute_its_returns(maze_dataset, tmp_path):
     with pytest.raises(ValueError, match="no episode structure"):
         module.attach_replay(bare)
     with pytest.raises(ValueError, match="carries no mc_returns"):
-        module.cql_penalty_per_member(TensorReplay.from_transitions(
-            _plain_transitions(maze_dataset), module.norm).sample(4))
+        module.critic_loss(TensorReplay.from_transitions(_plain_transitions(maze_dataset), module.norm).sample(4),
+                           Scratch())
 
 
 def _plain_transitions(path):

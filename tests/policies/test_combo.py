@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import csv
 import math
-from importlib import resources
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
-from o2o.pipeline.config import load_config
+from o2o.pipeline.config import load_config, plain
 from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos import losses as L
-from o2o.policies.algos.base import load_algorithm
-from o2o.policies.algos.combo import COMBO, ModelReplay
+from o2o.policies.algos.base import Scratch, load_algorithm
+from o2o.policies.algos.combo import COMBO, COMBOConfig, ModelReplay
 from o2o.policies.algos.dynamics import EnsembleDynamics, soft_clamp
 from o2o.policies.data import Batch, Normalization, TensorReplay, fit_normalization
 
@@ -151,26 +149,27 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
     seen = {}
     real_soft = module.soft_max_q
 
-    def spy(obs, next_obs, data_actions=None):
+    def spy(obs, next_obs, data_actions=None, lower_bound=None):
         seen["obs"] = obs
-        return real_soft(obs, next_obs, data_actions)
+        return real_soft(obs, next_obs, data_actions, lower_bound)
 
     module.soft_max_q = spy
     g = torch.Generator().manual_seed(0)
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     batch = Batch(rnd(8, 3), rnd(8, 2).clamp(-1, 1), rnd(8), rnd(8, 3), torch.zeros(8), torch.zeros(8))
-    module._n_real = 3  # rows 0-2 from the dataset, 3-7 from the model
+    scratch = Scratch(n_real=3)  # rows 0-2 from the dataset, 3-7 from the model (as COMBO.update says)
     torch.manual_seed(0)
-    out = module.critic_loss(batch)
+    out = module.critic_loss(batch, scratch)
     assert torch.equal(seen["obs"], batch.observations[3:] if states == "model" else batch.observations)
     torch.manual_seed(0)  # same draws in the same order as critic_loss: target first, then the penalty
     target = module.critic_target_value(batch)
-    soft, _ = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
+    soft, _, _ = real_soft(seen["obs"], batch.next_observations[3:] if states == "model" else batch.next_observations)
     q = module.critic(batch.observations, batch.actions)
     gap = L.combo_penalty_per_member(soft, q[:, :3])
     td = L.critic_regression(q, target)
     torch.testing.assert_close(out.loss, td + module.hp.cql_alpha * gap.sum())
     torch.testing.assert_close(out.metrics["cql_gap"], gap.mean())
+    torch.testing.assert_close(scratch["cql_gap"], gap)  # the Lagrangian step's input
 
 
 def test_model_rollouts_stay_inside_the_observation_clip():
@@ -195,13 +194,10 @@ def test_model_rollouts_stay_inside_the_observation_clip():
     assert float(module.model_replay.observations[:rows].abs().max()) <= 2.0  # later steps start clipped
 
 
-def test_config_matches_class_defaults_and_bad_values_are_refused():
-    text = resources.files("o2o.configs").joinpath("algo", "combo.yaml").read_text()
-    cfg = yaml.safe_load(text)
-    assert cfg["name"] == "combo" and cfg["cls"] == "o2o.policies.algos.combo.COMBO"
-    merged = COMBO.merge_config({k: v for k, v in cfg.items() if k not in ("name", "cls")})
-    for key, value in COMBO.defaults.items():
-        assert merged[key] == value, f"combo.yaml {key}={merged[key]!r} but COMBO.defaults has {value!r}"
+def test_config_is_the_class_defaults_and_bad_values_are_refused():
+    cfg = plain(load_config("pretrain", ["algo=combo", "trainer.seed=4"]).algo)
+    assert cfg == {**COMBOConfig.defaults(), "name": "combo", "cls": "o2o.policies.algos.combo.COMBO", "seed": 4}
+    assert COMBO.merge_config(cfg) == COMBOConfig(**cfg)
     with pytest.raises(ValueError, match="real_ratio=0.0"):
         tiny_module(real_ratio=0.0)
     with pytest.raises(ValueError, match="termination_fn 'os.system' refused"):

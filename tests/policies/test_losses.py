@@ -65,11 +65,28 @@ def test_cql_logsumexp_and_penalty():
     expected = math.log(math.exp(1 - math.log(0.5)) + math.exp(2 - 0.5) + math.exp(0 + 0.5))
     assert soft.item() == pytest.approx(expected, rel=1e-6)
     q_data = torch.tensor([[1.5]])
-    assert L.cql_penalty(soft, q_data).item() == pytest.approx(expected - 1.5, rel=1e-6)
+    assert L.cql_penalty_per_member(soft, q_data).tolist() == pytest.approx([expected - 1.5], rel=1e-6)
     # Temperature T: T * logsumexp(x / T).
     soft_t = L.cql_logsumexp(q_u, q_pi, lp, q_npi, lpn, act_dim=1, temperature=2.0)
     xs = [1 - math.log(0.5), 2 - 0.5, 0 + 0.5]
     assert soft_t.item() == pytest.approx(2 * math.log(sum(math.exp(x / 2) for x in xs)), rel=1e-6)
+
+
+def test_cql_regularizer_fixed_and_lagrangian():
+    gap = torch.tensor([1.0, 3.0], requires_grad=True)
+    reg, weight = L.cql_regularizer(gap, cql_alpha=5.0)
+    assert reg.item() == pytest.approx(20.0) and weight.item() == 5.0
+    log_ap = torch.tensor(math.log(2.0), requires_grad=True)
+    reg, weight = L.cql_regularizer(gap, 5.0, log_ap, target_gap=0.5)
+    assert reg.item() == pytest.approx(2.0 * (0.5 + 2.5)) and weight.item() == pytest.approx(2.0)
+    reg.backward()  # the critics' loss moves the critics, not alpha' (cql_lagrange_loss does)
+    assert gap.grad.tolist() == pytest.approx([2.0, 2.0]) and log_ap.grad is None
+
+
+def test_calql_bound_rate_counts_policy_values_below_the_return():
+    q_pi, q_next = torch.tensor([[[0.0], [5.0]]]), torch.tensor([[[2.0], [1.0]]])  # [n=1, B=2, K=1]
+    # below the bound: q_pi 0 < 1 and q_next 1 < 3, not 5 >= 3 nor 2 >= 1.
+    assert L.calql_bound_rate(q_pi, q_next, torch.tensor([1.0, 3.0])).item() == 0.5
 
 
 def test_cql_lagrange_raises_alpha_when_gap_exceeds_target():
