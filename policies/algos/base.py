@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from o2o.core.resolve import resolve
 from o2o.policies.algos.losses import LossOut
-from o2o.policies.data import (Batch, Normalization, TensorReplay, action_from_unit_t, clip_obs,
-                               normalize_obs_t)
+from o2o.policies.data import (
+    Batch, Normalization, TensorReplay, action_from_unit_t, normalize_obs_t,
+)
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,7 @@ class OfflineAlgorithm(L.LightningModule):
         return compile_mlps(self)
 
     def normalize_obs(self, obs: Tensor) -> Tensor:
-        return clip_obs((obs - self.obs_mean) / self.obs_std, self.norm.obs_clip)
+        return normalize_obs_t(obs, self.obs_mean, self.obs_std, self.norm.obs_clip)
 
     def policy(self) -> DeterministicPolicy:
         """A standalone deterministic policy module (raw obs -> env-unit action), on CPU, for export."""
@@ -254,7 +255,7 @@ class OfflineAlgorithm(L.LightningModule):
         o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
         o = self.normalize_obs(o)
         a = self.actor.act(o) if deterministic else self.explore_action(o)
-        return (a.clamp(-1, 1) * self.act_half + self.act_center).cpu().numpy()
+        return action_from_unit_t(a, self.act_center, self.act_half).cpu().numpy()
 
     def explore_action(self, obs_norm: Tensor) -> Tensor:
         """A non-deterministic action (normalised space) for online exploration: a sample of the policy

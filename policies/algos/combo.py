@@ -38,7 +38,7 @@ from o2o.policies.algos import losses as L
 from o2o.policies.algos.base import Scratch
 from o2o.policies.algos.cql import CQL, CQLConfig
 from o2o.policies.algos.dynamics import MBPO_WEIGHT_DECAY, EnsembleDynamics
-from o2o.policies.data import Batch, TensorReplay, clip_obs
+from o2o.policies.data import Batch, TensorReplay, action_from_unit_t, clip_obs, denormalize_obs_t
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +150,9 @@ class COMBO(CQL):
     def _env_unit_termination(self, fn: Callable) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         # The model works in the replay's normalised space; the env's rule is written in env units.
         def terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
-            raw = lambda o: o * self.obs_std + self.obs_mean  # noqa: E731
-            return fn(raw(obs), act * self.act_half + self.act_center, raw(next_obs))
+            return fn(denormalize_obs_t(obs, self.obs_mean, self.obs_std),
+                      action_from_unit_t(act, self.act_center, self.act_half),  # in [-1, 1] already: the clamp is moot
+                      denormalize_obs_t(next_obs, self.obs_mean, self.obs_std))
         return terminal
 
     def model_buffer_capacity(self) -> int:
