@@ -52,7 +52,12 @@ class _Timers:
     """Wall time spent inside named methods/functions while active (restored on exit)."""
 
     def __init__(self, targets: dict[str, tuple[object, str]]):
-        self.targets, self.totals, self.calls, self._orig = targets, {k: 0.0 for k in targets}, {k: 0 for k in targets}, {}
+        self.targets, self.totals, self.calls, self._orig = (
+            targets,
+            {k: 0.0 for k in targets},
+            {k: 0 for k in targets},
+            {},
+        )
 
     def __enter__(self) -> "_Timers":
         for label, (owner, attr) in self.targets.items():
@@ -118,14 +123,26 @@ def full_collect(cfg) -> dict:
         assert store.num_steps == result.steps, (store.num_steps, result.steps)
     shutil.rmtree(path)
     parts = dict(tm.totals)
-    return {"wall_s": wall, "loop_s": result.seconds, "steps": result.steps, "returns": result.returns,
-            "logging_s": sum(parts.values()), "logging_parts": parts,
-            "commits": tm.calls["append_many (validate+write+commit)"]}
+    return {
+        "wall_s": wall,
+        "loop_s": result.seconds,
+        "steps": result.steps,
+        "returns": result.returns,
+        "logging_s": sum(parts.values()),
+        "logging_parts": parts,
+        "commits": tm.calls["append_many (validate+write+commit)"],
+    }
 
 
 def compose(args, tmp: Path, extra: list[str]):
-    overrides = [f"env={args.env}", f"behavior={args.behavior}", f"collect.episodes={args.episodes}",
-                 f"dataset.path={tmp}", "collect.progress=false", "collect.seed=0"]
+    overrides = [
+        f"env={args.env}",
+        f"behavior={args.behavior}",
+        f"collect.episodes={args.episodes}",
+        f"dataset.path={tmp}",
+        "collect.progress=false",
+        "collect.seed=0",
+    ]
     if args.max_steps is not None:
         overrides.append(f"env.max_episode_steps={args.max_steps}")
     return load_config("collect", overrides + list(args.override) + extra)
@@ -157,8 +174,12 @@ def verdict(ok: bool | None) -> str:
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
     a = runs["step_only"]
-    out = {"step_only": {"steps_per_s": statistics.median(r["steps"] / r["wall_s"] for r in a),
-                         "wall_s": statistics.median(r["wall_s"] for r in a)}}
+    out = {
+        "step_only": {
+            "steps_per_s": statistics.median(r["steps"] / r["wall_s"] for r in a),
+            "wall_s": statistics.median(r["wall_s"] for r in a),
+        }
+    }
     for name, rs in runs.items():
         if name == "step_only":
             continue
@@ -169,10 +190,13 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
         out[name] = {
             "steps_per_s": statistics.median(r["steps"] / r["wall_s"] for r in rs),
             "wall_s": statistics.median(r["wall_s"] for r in rs),
-            "overhead": statistics.median(paired), "overhead_rounds": paired,
+            "overhead": statistics.median(paired),
+            "overhead_rounds": paired,
             "overhead_loop": statistics.median(paired_loop),
-            "overhead_direct": statistics.median(direct), "overhead_direct_rounds": direct,
-            "logging_parts_s": parts, "commits": rs[0]["commits"],
+            "overhead_direct": statistics.median(direct),
+            "overhead_direct_rounds": direct,
+            "logging_parts_s": parts,
+            "commits": rs[0]["commits"],
             "same_returns_as_step_only": all(np.allclose(b["returns"], ra["returns"]) for b, ra in zip(rs, a)),
         }
     return out
@@ -180,20 +204,45 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
 
 def rows_of(summary: dict, labels: dict[str, str], steps: int) -> list[list[str]]:
     a = summary["step_only"]
-    rows = [["(a) stepping alone", f"{a['steps_per_s']:,.1f}", f"{a['wall_s']:.2f} s", "", "-",
-             f"{steps} steps per run"]]
+    rows = [
+        ["(a) stepping alone", f"{a['steps_per_s']:,.1f}", f"{a['wall_s']:.2f} s", "", "-", f"{steps} steps per run"]
+    ]
     for name, s in summary.items():
         if name == "step_only":
             continue
-        rows.append([f"(b) collect(), {labels[name]} ({s['commits']} commits)", f"{s['steps_per_s']:,.1f}", f"{s['wall_s']:.2f} s",
-                     f"{100 * s['overhead']:+.2f} %", verdict(s["overhead"] <= OVERHEAD_TARGET),
-                     "paired per round: " + ", ".join(f"{100 * x:+.1f}" for x in s["overhead_rounds"])
-                     + (" | same returns as (a)" if s["same_returns_as_step_only"] else " | RETURNS DIFFER from (a)")])
-        rows.append(["    loop + commits only (result.seconds)", "", "", f"{100 * s['overhead_loop']:+.2f} %",
-                     verdict(s["overhead_loop"] <= OVERHEAD_TARGET), "vs (a) loop alone; without store creation/close"])
+        rows.append(
+            [
+                f"(b) collect(), {labels[name]} ({s['commits']} commits)",
+                f"{s['steps_per_s']:,.1f}",
+                f"{s['wall_s']:.2f} s",
+                f"{100 * s['overhead']:+.2f} %",
+                verdict(s["overhead"] <= OVERHEAD_TARGET),
+                "paired per round: "
+                + ", ".join(f"{100 * x:+.1f}" for x in s["overhead_rounds"])
+                + (" | same returns as (a)" if s["same_returns_as_step_only"] else " | RETURNS DIFFER from (a)"),
+            ]
+        )
+        rows.append(
+            [
+                "    loop + commits only (result.seconds)",
+                "",
+                "",
+                f"{100 * s['overhead_loop']:+.2f} %",
+                verdict(s["overhead_loop"] <= OVERHEAD_TARGET),
+                "vs (a) loop alone; without store creation/close",
+            ]
+        )
         parts = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in s["logging_parts_s"].items() if v >= 5e-4)
-        rows.append(["    time inside logging code / t_a", "", "", f"{100 * s['overhead_direct']:+.2f} %",
-                     verdict(s["overhead_direct"] <= OVERHEAD_TARGET), parts])
+        rows.append(
+            [
+                "    time inside logging code / t_a",
+                "",
+                "",
+                f"{100 * s['overhead_direct']:+.2f} %",
+                verdict(s["overhead_direct"] <= OVERHEAD_TARGET),
+                parts,
+            ]
+        )
     return rows
 
 
@@ -221,13 +270,22 @@ def main(argv=None) -> int:
     variants = {"collect_default": [], "collect_every_episode": ["collect.commit_every_episodes=1"]}
     cfgs = {name: compose(args, work / f"{name}.zarr", extra) for name, extra in variants.items()}
     base = cfgs["collect_default"]
-    labels = {"collect_default": f"commit_every_s={base.collect.commit_every_s}, "
-                                 f"commit_every_episodes={base.collect.commit_every_episodes}",
-              "collect_every_episode": "commit_every_episodes=1"}
-    res: dict = {"bench": "collect", "args": {k: str(v) for k, v in vars(args).items()},
-                 "machine": {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": platform.node(),
-                             "cpus": os.cpu_count(), "python": platform.python_version(),
-                             "loadavg_start": os.getloadavg()}}
+    labels = {
+        "collect_default": f"commit_every_s={base.collect.commit_every_s}, "
+        f"commit_every_episodes={base.collect.commit_every_episodes}",
+        "collect_every_episode": "commit_every_episodes=1",
+    }
+    res: dict = {
+        "bench": "collect",
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "machine": {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_start": os.getloadavg(),
+        },
+    }
     t_start = time.perf_counter()
     seeds = list(range(args.episodes))
     t0 = time.perf_counter()
@@ -246,7 +304,7 @@ def main(argv=None) -> int:
         shutil.rmtree(work / "warmup.zarr")
         order = ["step_only", *variants]
         for r in range(args.repeats):
-            for name in order[r % len(order):] + order[: r % len(order)]:  # rotate: no variant always first
+            for name in order[r % len(order) :] + order[: r % len(order)]:  # rotate: no variant always first
                 if name == "step_only":
                     if args.fresh_env:
                         own = make_env(base.env)
@@ -257,8 +315,11 @@ def main(argv=None) -> int:
                 else:
                     runs[name].append(full_collect(cfgs[name]))
                 last = runs[name][-1]
-                print(f"round {r + 1}/{args.repeats} {name:22s} {last['steps']} steps {last['wall_s']:.2f} s "
-                      f"({last['steps'] / last['wall_s']:.1f} steps/s)", flush=True)
+                print(
+                    f"round {r + 1}/{args.repeats} {name:22s} {last['steps']} steps {last['wall_s']:.2f} s "
+                    f"({last['steps'] / last['wall_s']:.1f} steps/s)",
+                    flush=True,
+                )
     finally:
         collect_mod.make_env = real_make_env
         env.close = real_close
@@ -269,11 +330,14 @@ def main(argv=None) -> int:
     res["machine"]["loadavg_end"] = os.getloadavg()
     steps = runs["step_only"][0]["steps"]
     rows = rows_of(summary, labels, steps)
-    print_table(f"o2o collect logging overhead: {args.env}/{args.behavior}, {args.episodes} episodes x "
-                f"{steps // args.episodes} steps, {args.repeats} interleaved rounds ({res['machine']['date']}, "
-                f"{res['machine']['cpus']} cpus{', quick' if args.quick else ''}); env built once in "
-                f"{res['env_build_s']:.1f} s",
-                rows, ["measure", "steps/s", "time/run", "overhead", "pass (<= 5 %)", "note"])
+    print_table(
+        f"o2o collect logging overhead: {args.env}/{args.behavior}, {args.episodes} episodes x "
+        f"{steps // args.episodes} steps, {args.repeats} interleaved rounds ({res['machine']['date']}, "
+        f"{res['machine']['cpus']} cpus{', quick' if args.quick else ''}); env built once in "
+        f"{res['env_build_s']:.1f} s",
+        rows,
+        ["measure", "steps/s", "time/run", "overhead", "pass (<= 5 %)", "note"],
+    )
     res["table"] = rows
     res["passed"] = all(r[4] != "FAIL" for r in rows)
     name = f"bench_collect{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"

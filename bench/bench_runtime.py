@@ -55,25 +55,68 @@ def build(root: Path, env: str, episodes: int, algo: str, updates: int, closed_l
     """collect -> pretrain -> export (with its closed-loop check); returns what was built and how long it took."""
     t0 = time.perf_counter()
     data = root / f"{env}.zarr"
-    collect(load_config("collect", [f"env={env}", "behavior=scripted", f"collect.episodes={episodes}",
-                                    f"dataset.path={data}", "collect.progress=false"]))
+    collect(
+        load_config(
+            "collect",
+            [
+                f"env={env}",
+                "behavior=scripted",
+                f"collect.episodes={episodes}",
+                f"dataset.path={data}",
+                "collect.progress=false",
+            ],
+        )
+    )
     t1 = time.perf_counter()
-    run = pretrain(load_config("pretrain", [
-        f"env={env}", f"algo={algo}", f"dataset.path={data}", f"run_dir={root / (env + '-' + algo)}",
-        f"algo.hidden={hidden}", f"trainer.max_steps={updates}", "eval.enabled=false", "ope.select=false",
-        "trainer.progress=false"]))
+    run = pretrain(
+        load_config(
+            "pretrain",
+            [
+                f"env={env}",
+                f"algo={algo}",
+                f"dataset.path={data}",
+                f"run_dir={root / (env + '-' + algo)}",
+                f"algo.hidden={hidden}",
+                f"trainer.max_steps={updates}",
+                "eval.enabled=false",
+                "ope.select=false",
+                "trainer.progress=false",
+            ],
+        )
+    )
     t2 = time.perf_counter()
-    res = export(load_config("export", [f"ckpt={run.last_checkpoint}", f"out={root / (env + '-export')}",
-                                        f"closed_loop.episodes={closed_loop}", "closed_loop.max_success_drop=null"]))
+    res = export(
+        load_config(
+            "export",
+            [
+                f"ckpt={run.last_checkpoint}",
+                f"out={root / (env + '-export')}",
+                f"closed_loop.episodes={closed_loop}",
+                "closed_loop.max_success_drop=null",
+            ],
+        )
+    )
     t3 = time.perf_counter()
-    return {"env": env, "algo": algo, "hidden": hidden, "episodes": episodes, "updates": updates, "export": res,
-            "seconds": {"collect": t1 - t0, "pretrain": t2 - t1, "export": t3 - t2}}
+    return {
+        "env": env,
+        "algo": algo,
+        "hidden": hidden,
+        "episodes": episodes,
+        "updates": updates,
+        "export": res,
+        "seconds": {"collect": t1 - t0, "pretrain": t2 - t1, "export": t3 - t2},
+    }
 
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     a = np.asarray(samples_ns, np.float64) / 1e3
-    return {"median_us": float(np.median(a)), "p99_us": float(np.percentile(a, 99)), "mean_us": float(a.mean()),
-            "max_us": float(a.max()), "calls": int(len(a))}
+    return {
+        "median_us": float(np.median(a)),
+        "p99_us": float(np.percentile(a, 99)),
+        "mean_us": float(a.mean()),
+        "max_us": float(a.max()),
+        "calls": int(len(a)),
+    }
 
 
 def latency(export_dir: str, checkpoint: str, obs: np.ndarray, rounds: int, calls: int) -> dict[str, dict]:
@@ -105,12 +148,16 @@ def latency(export_dir: str, checkpoint: str, obs: np.ndarray, rounds: int, call
         with torch.no_grad():
             scripted(tensors[i])
 
-    variants = {"runtime (PolicyRuntime.step, all guards)": run_runtime, "onnxruntime session.run (raw)": run_ort,
-                "torch eager": run_eager, "TorchScript": run_ts}
+    variants = {
+        "runtime (PolicyRuntime.step, all guards)": run_runtime,
+        "onnxruntime session.run (raw)": run_ort,
+        "torch eager": run_eager,
+        "TorchScript": run_ts,
+    }
     samples: dict[str, list[int]] = {k: [] for k in variants}
     names = list(variants)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate the order each round
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order each round
             fn, out = variants[name], samples[name]
             for i in range(50):  # warm-up
                 fn(i % len(obs))
@@ -129,8 +176,13 @@ def server_latency(export_dir: str, obs: np.ndarray, calls: int) -> dict:
     import zmq
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={export_dir}", "port=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={export_dir}", "port=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         if not line.startswith("serving"):
@@ -157,10 +209,17 @@ def server_latency(export_dir: str, obs: np.ndarray, calls: int) -> dict:
 
 def closed_loop_row(built: dict) -> dict:
     cl = built["export"].closed_loop
-    return {"env": built["env"], "algo": built["algo"], "episodes": cl["episodes"],
-            "runtime_success": cl["runtime"]["success_rate"], "trained_success": cl["trained"]["success_rate"],
-            "runtime_return": cl["runtime"]["return_mean"], "trained_return": cl["trained"]["return_mean"],
-            "noise": cl["success_noise"], "guards": cl["guards"]}
+    return {
+        "env": built["env"],
+        "algo": built["algo"],
+        "episodes": cl["episodes"],
+        "runtime_success": cl["runtime"]["success_rate"],
+        "trained_success": cl["trained"]["success_rate"],
+        "runtime_return": cl["runtime"]["return_mean"],
+        "trained_return": cl["trained"]["return_mean"],
+        "noise": cl["success_noise"],
+        "guards": cl["guards"],
+    }
 
 
 def main(argv=None) -> int:
@@ -189,39 +248,61 @@ def main(argv=None) -> int:
             obs = np.asarray(d["observations"], np.float32)
         lat = latency(ex.out_dir, ex.checkpoint, obs, a.rounds, a.calls)
         if not a.no_server:
-            lat["action server round trip (o2o serve, ZeroMQ localhost)"] = server_latency(ex.out_dir, obs,
-                                                                                              a.rounds * a.calls)
+            lat["action server round trip (o2o serve, ZeroMQ localhost)"] = server_latency(
+                ex.out_dir, obs, a.rounds * a.calls
+            )
         rows = [closed_loop_row(lift), closed_loop_row(maze)]
 
-    print(f"\nper-action latency, Lift policy {obs.shape[1]}-256-256-7 ({a.algo}), 1 observation per call, 1 thread, "
-          f"{a.rounds} rounds x {a.calls} calls")
+    print(
+        f"\nper-action latency, Lift policy {obs.shape[1]}-256-256-7 ({a.algo}), 1 observation per call, 1 thread, "
+        f"{a.rounds} rounds x {a.calls} calls"
+    )
     print(f"{'variant':58s} {'median us':>10s} {'p99 us':>10s} {'mean us':>10s}")
     for name, s in lat.items():
         print(f"{name:58s} {s['median_us']:10.1f} {s['p99_us']:10.1f} {s['mean_us']:10.1f}")
     print(f"\nclosed loop in simulation, same seeds ({a.closed_loop_episodes} episodes)")
-    print(f"{'task':12s} {'algo':6s} {'runtime success':>16s} {'trained success':>16s} {'noise':>7s} "
-          f"{'runtime return':>15s} {'trained return':>15s}  guards")
+    print(
+        f"{'task':12s} {'algo':6s} {'runtime success':>16s} {'trained success':>16s} {'noise':>7s} "
+        f"{'runtime return':>15s} {'trained return':>15s}  guards"
+    )
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
-        print(f"{r['env']:12s} {r['algo']:6s} {fmt(r['runtime_success']):>16s} {fmt(r['trained_success']):>16s} "
-              f"{r['noise']:7.2f} {r['runtime_return']:15.2f} {r['trained_return']:15.2f}  {r['guards'] or 'none'}")
+        print(
+            f"{r['env']:12s} {r['algo']:6s} {fmt(r['runtime_success']):>16s} {fmt(r['trained_success']):>16s} "
+            f"{r['noise']:7.2f} {r['runtime_return']:15.2f} {r['trained_return']:15.2f}  {r['guards'] or 'none'}"
+        )
     for b in (lift, maze):
         s = b["seconds"]
-        print(f"built {b['env']}: collect {s['collect']:.0f} s, pretrain {b['updates']} updates {s['pretrain']:.0f} s, "
-              f"export + closed loop {s['export']:.0f} s; parity {b['export'].parity}")
+        print(
+            f"built {b['env']}: collect {s['collect']:.0f} s, pretrain {b['updates']} updates {s['pretrain']:.0f} s, "
+            f"export + closed loop {s['export']:.0f} s; parity {b['export'].parity}"
+        )
 
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = RESULTS / f"bench_runtime{'-quick' if a.quick else ''}-{stamp}.json"
-    out.write_text(json.dumps({
-        "args": vars(a), "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                     "platform": platform.platform(), "torch": torch.__version__},
-        "latency": lat, "closed_loop": rows,
-        "builds": [{k: v for k, v in b.items() if k != "export"} | {"parity": b["export"].parity}
-                   for b in (lift, maze)],
-        "runtime_over_raw_onnxruntime_median": lat["runtime (PolicyRuntime.step, all guards)"]["median_us"]
-        / lat["onnxruntime session.run (raw)"]["median_us"],
-    }, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "args": vars(a),
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "torch": torch.__version__,
+                },
+                "latency": lat,
+                "closed_loop": rows,
+                "builds": [
+                    {k: v for k, v in b.items() if k != "export"} | {"parity": b["export"].parity} for b in (lift, maze)
+                ],
+                "runtime_over_raw_onnxruntime_median": lat["runtime (PolicyRuntime.step, all guards)"]["median_us"]
+                / lat["onnxruntime session.run (raw)"]["median_us"],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nresults: {out}")
     return 0
 

@@ -77,11 +77,20 @@ def episodes_of(data: dict[str, np.ndarray], ep_len: int) -> list[Episode]:
     eps = []
     for i in range(len(data["final_obs"])):
         s = slice(i * ep_len, (i + 1) * ep_len)
-        eps.append(Episode(
-            observations=data["obs"][s], actions=data["actions"][s], rewards=data["rewards"][s],
-            terminals=data["terminals"][s], timeouts=data["timeouts"][s], final_observation=data["final_obs"][i],
-            provenance=PROVENANCE, interventions=data["interventions"][s], seed=i, success=None,
-        ))
+        eps.append(
+            Episode(
+                observations=data["obs"][s],
+                actions=data["actions"][s],
+                rewards=data["rewards"][s],
+                terminals=data["terminals"][s],
+                timeouts=data["timeouts"][s],
+                final_observation=data["final_obs"][i],
+                provenance=PROVENANCE,
+                interventions=data["interventions"][s],
+                seed=i,
+                success=None,
+            )
+        )
     return eps
 
 
@@ -92,8 +101,9 @@ def schema_for(obs_dim: int, act_dim: int) -> Schema:
 
 
 # ---------------------------------------------------------------------------- timing
-def interleaved(cases: dict[str, Callable[[int], object]], repeats: int,
-                cleanup: Callable[[str, int], None] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    cases: dict[str, Callable[[int], object]], repeats: int, cleanup: Callable[[str, int], None] | None = None
+) -> dict[str, list[float]]:
     """Wall times of each case, run round-robin (a, b, c, a, b, c, ...) so drift hits all alike.
 
     The order is rotated each round so that no case always runs first; ``cleanup(name, r)``
@@ -102,7 +112,7 @@ def interleaved(cases: dict[str, Callable[[int], object]], repeats: int,
     names = list(cases)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             cases[name](r)
             times[name].append(time.perf_counter() - t0)
@@ -143,8 +153,16 @@ def write_zarr(path: Path, data: dict[str, np.ndarray]) -> None:
     for k, v in data.items():
         row = int(np.prod(v.shape[1:])) * v.dtype.itemsize
         chunks = (_chunk_rows(row, CHUNK_BYTES, MAX_STEP_CHUNK_ROWS), *v.shape[1:])
-        a = zarr.create_array(str(path), name=k, shape=v.shape, chunks=chunks, dtype=v.dtype,
-                              compressors=_compressor(v.dtype), fill_value=0, config={"write_empty_chunks": True})
+        a = zarr.create_array(
+            str(path),
+            name=k,
+            shape=v.shape,
+            chunks=chunks,
+            dtype=v.dtype,
+            compressors=_compressor(v.dtype),
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
         a[:] = v
 
 
@@ -158,15 +176,21 @@ def bench_append(args, work: Path, data, episodes, schema) -> dict:
     write_zarr(work / "warmup-zarr", small)
     batches = sorted({min(b, len(episodes)) for b in args.batch_sizes})
     path = {f"o2o b{b}": (lambda r, b=b: work / f"append-b{b}-{r}.zarr") for b in batches}
-    path.update({name: (lambda r, name=name: work / f"{name.replace('+', '-')}-{r}")
-                 for name in ("np.save", "np.save+fsync", "zarr", "zarr+fsync")})
+    path.update(
+        {
+            name: (lambda r, name=name: work / f"{name.replace('+', '-')}-{r}")
+            for name in ("np.save", "np.save+fsync", "zarr", "zarr+fsync")
+        }
+    )
     cases = {f"o2o b{b}": (lambda r, b=b: write_o2o(path[f"o2o b{b}"](r), schema, episodes, b)) for b in batches}
-    cases.update({
-        "np.save": lambda r: write_npy(path["np.save"](r), data, fsync=False),
-        "np.save+fsync": lambda r: write_npy(path["np.save+fsync"](r), data, fsync=True),
-        "zarr": lambda r: write_zarr(path["zarr"](r), data),
-        "zarr+fsync": lambda r: (write_zarr(path["zarr+fsync"](r), data), fsync_tree(path["zarr+fsync"](r))),
-    })
+    cases.update(
+        {
+            "np.save": lambda r: write_npy(path["np.save"](r), data, fsync=False),
+            "np.save+fsync": lambda r: write_npy(path["np.save+fsync"](r), data, fsync=True),
+            "zarr": lambda r: write_zarr(path["zarr"](r), data),
+            "zarr+fsync": lambda r: (write_zarr(path["zarr+fsync"](r), data), fsync_tree(path["zarr+fsync"](r))),
+        }
+    )
     keep = {f"o2o b{batches[-1]}", "np.save"}  # read back below
 
     def cleanup(name: str, r: int) -> None:
@@ -195,26 +219,37 @@ def bench_load(args, store_path: str, npy_dir: str) -> tuple[dict, object]:
         def run(_):
             held.pop("tr", None)  # free the previous copy first: time a load, not an allocator under pressure
             held["tr"] = store.load_transitions(verify=verify)
+
         return run
 
     def open_writer(verify: bool):
         def run(_):
             EpisodeStore.open(store_path, mode="a", verify=verify).close()
+
         return run
 
-    times = interleaved({
-        "load_transitions": load(True),
-        "load_transitions(verify=False)": load(False),
-        "zarr": lambda _: [zarr.open_array(os.path.join(store_path, k), mode="r")[:] for k in keys],
-        "np.load": lambda _: [np.load(os.path.join(npy_dir, f"{k}.npy")) for k in npy_keys],
-        "open(mode=a)": open_writer(True),
-        "open(mode=a, verify=False)": open_writer(False),
-    }, args.repeats)
+    times = interleaved(
+        {
+            "load_transitions": load(True),
+            "load_transitions(verify=False)": load(False),
+            "zarr": lambda _: [zarr.open_array(os.path.join(store_path, k), mode="r")[:] for k in keys],
+            "np.load": lambda _: [np.load(os.path.join(npy_dir, f"{k}.npy")) for k in npy_keys],
+            "open(mode=a)": open_writer(True),
+            "open(mode=a, verify=False)": open_writer(False),
+        },
+        args.repeats,
+    )
     tr = held["tr"]
-    return {"transitions": len(tr), "seconds": times["load_transitions"], "zarr_seconds": times["zarr"],
-            "npy_seconds": times["np.load"], "noverify_seconds": times["load_transitions(verify=False)"],
-            "open_a_seconds": times["open(mode=a)"], "open_a_noverify_seconds": times["open(mode=a, verify=False)"],
-            "episodes": store.num_episodes}, tr
+    return {
+        "transitions": len(tr),
+        "seconds": times["load_transitions"],
+        "zarr_seconds": times["zarr"],
+        "npy_seconds": times["np.load"],
+        "noverify_seconds": times["load_transitions(verify=False)"],
+        "open_a_seconds": times["open(mode=a)"],
+        "open_a_noverify_seconds": times["open(mode=a, verify=False)"],
+        "episodes": store.num_episodes,
+    }, tr
 
 
 def bench_sampling(args, tr, store_path: str) -> dict:
@@ -268,6 +303,7 @@ def bench_sampling(args, tr, store_path: str) -> dict:
                 fn(iters)
             finally:
                 torch.set_num_threads(default_threads)
+
         return run
 
     for fn, iters, _ in runs.values():  # warm-up
@@ -275,8 +311,12 @@ def bench_sampling(args, tr, store_path: str) -> dict:
     times = interleaved({name: case(name) for name in runs}, args.repeats)
     out = {"batch": B, "torch_threads_default": default_threads}
     for name, (fn, iters, threads) in runs.items():
-        out[name] = {"iters": iters, "threads": threads, "seconds": times[name],
-                     "rate": iters / statistics.median(times[name])}
+        out[name] = {
+            "iters": iters,
+            "threads": threads,
+            "seconds": times[name],
+            "rate": iters / statistics.median(times[name]),
+        }
     return out
 
 
@@ -290,8 +330,13 @@ def bench_commit_latency(args, work: Path, schema: Schema) -> dict:
             store.append(ep)
             lat.append(time.perf_counter() - t0)
     lat_ms = np.asarray(lat) * 1e3
-    return {"episode_len": args.latency_len, "episodes": len(eps), "ms": lat_ms.tolist(),
-            "median_ms": float(np.median(lat_ms)), "p90_ms": float(np.percentile(lat_ms, 90))}
+    return {
+        "episode_len": args.latency_len,
+        "episodes": len(eps),
+        "ms": lat_ms.tolist(),
+        "median_ms": float(np.median(lat_ms)),
+        "p90_ms": float(np.percentile(lat_ms, 90)),
+    }
 
 
 class _Timers:
@@ -342,10 +387,17 @@ def breakdown(args, work: Path, data, episodes, schema) -> dict:
         "index write (atomic_write_bytes)": (store_mod, "atomic_write_bytes"),
     }
     out = {}
-    cases = [(f"bulk, {min(max(args.batch_sizes), len(episodes))} ep/commit", episodes,
-              min(max(args.batch_sizes), len(episodes)))]
-    lat = episodes_of(make_data(args.latency_episodes * args.latency_len, args.latency_len, args.obs_dim,
-                                args.act_dim, seed=2), args.latency_len)
+    cases = [
+        (
+            f"bulk, {min(max(args.batch_sizes), len(episodes))} ep/commit",
+            episodes,
+            min(max(args.batch_sizes), len(episodes)),
+        )
+    ]
+    lat = episodes_of(
+        make_data(args.latency_episodes * args.latency_len, args.latency_len, args.obs_dim, args.act_dim, seed=2),
+        args.latency_len,
+    )
     cases.append((f"1 episode of {args.latency_len} steps per commit", lat, 1))
     for label, eps, batch in cases:
         path = work / f"breakdown-{batch}-{len(eps)}.zarr"
@@ -357,26 +409,39 @@ def breakdown(args, work: Path, data, episodes, schema) -> dict:
                     store.append_many(eps[i : i + batch])
                 total = time.perf_counter() - t0
         commits = -(-(len(eps) - 1) // batch)
-        out[label] = {"commits": commits, "total_s": total, "per_commit_ms": total / commits * 1e3,
-                      "parts": {k: {"s": tm.totals[k], "calls": tm.counts[k],
-                                    "share": tm.totals[k] / total} for k in targets}}
+        out[label] = {
+            "commits": commits,
+            "total_s": total,
+            "per_commit_ms": total / commits * 1e3,
+            "parts": {k: {"s": tm.totals[k], "calls": tm.counts[k], "share": tm.totals[k] / total} for k in targets},
+        }
     return out
 
 
 def print_breakdown(bd: dict) -> None:
     for label, b in bd.items():
-        rows = [[k, f"{v['calls']}", f"{v['s'] * 1e3 / b['commits']:.1f}", f"{100 * v['share']:.0f}%"]
-                for k, v in b["parts"].items()]
-        print_table(f"where an append's time goes: {label} ({b['commits']} commits, "
-                    f"{b['per_commit_ms']:.1f} ms per commit)", rows, ["measure", "calls", "ms/commit", "share"])
+        rows = [
+            [k, f"{v['calls']}", f"{v['s'] * 1e3 / b['commits']:.1f}", f"{100 * v['share']:.0f}%"]
+            for k, v in b["parts"].items()
+        ]
+        print_table(
+            f"where an append's time goes: {label} ({b['commits']} commits, {b['per_commit_ms']:.1f} ms per commit)",
+            rows,
+            ["measure", "calls", "ms/commit", "share"],
+        )
 
 
 # ---------------------------------------------------------------------------- report
 def machine_info() -> dict:
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": platform.node(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "numpy": np.__version__, "zarr": zarr.__version__,
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "zarr": zarr.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -410,47 +475,97 @@ def report(res: dict) -> list[list[str]]:
     p = a["peers"]
     for b, r in a["by_batch"].items():
         rate = r["rate"]
-        rows.append([f"append_many, {b} ep/commit ({r['commits']} commits)", f"{rate:,.0f} tr/s",
-                     f">= {APPEND_TARGET:,}", verdict(rate >= APPEND_TARGET),
-                     f"x{rate / p['np.save']['rate']:.2f} of np.save, x{rate / p['np.save+fsync']['rate']:.2f} of "
-                     f"np.save+fsync, x{rate / p['zarr']['rate']:.2f} of zarr, "
-                     f"x{rate / p['zarr+fsync']['rate']:.2f} of zarr+fsync"])
+        rows.append(
+            [
+                f"append_many, {b} ep/commit ({r['commits']} commits)",
+                f"{rate:,.0f} tr/s",
+                f">= {APPEND_TARGET:,}",
+                verdict(rate >= APPEND_TARGET),
+                f"x{rate / p['np.save']['rate']:.2f} of np.save, x{rate / p['np.save+fsync']['rate']:.2f} of "
+                f"np.save+fsync, x{rate / p['zarr']['rate']:.2f} of zarr, "
+                f"x{rate / p['zarr+fsync']['rate']:.2f} of zarr+fsync",
+            ]
+        )
     for name, r in p.items():
         rows.append([f"  peer: {name}", f"{r['rate']:,.0f} tr/s", "", "-", "same arrays, same disk"])
     ld = res["load"]
     t = statistics.median(ld["seconds"])
     scale = 1_000_000 / ld["transitions"]
     zt, nt = statistics.median(ld["zarr_seconds"]), statistics.median(ld["npy_seconds"])
-    rows.append([f"load_transitions() ({ld['transitions']:,} tr, with next_obs)", f"{t:.3f} s",
-                 f"<= {LOAD_TARGET_S:.0f} s per 1M" + (f" (-> {LOAD_TARGET_S / scale:.3f} s)" if scale != 1 else ""),
-                 verdict(t * scale <= LOAD_TARGET_S),
-                 f"x{t / zt:.2f} of zarr [:], x{t / nt:.2f} of np.load"])
+    rows.append(
+        [
+            f"load_transitions() ({ld['transitions']:,} tr, with next_obs)",
+            f"{t:.3f} s",
+            f"<= {LOAD_TARGET_S:.0f} s per 1M" + (f" (-> {LOAD_TARGET_S / scale:.3f} s)" if scale != 1 else ""),
+            verdict(t * scale <= LOAD_TARGET_S),
+            f"x{t / zt:.2f} of zarr [:], x{t / nt:.2f} of np.load",
+        ]
+    )
     vt = statistics.median(ld["noverify_seconds"])
-    rows.append(["  peer: load_transitions(verify=False)", f"{vt:.3f} s", "", "-",
-                 f"the digest check costs x{t / vt:.2f} ({t - vt:+.3f} s for {ld['episodes']:,} episodes)"])
+    rows.append(
+        [
+            "  peer: load_transitions(verify=False)",
+            f"{vt:.3f} s",
+            "",
+            "-",
+            f"the digest check costs x{t / vt:.2f} ({t - vt:+.3f} s for {ld['episodes']:,} episodes)",
+        ]
+    )
     rows.append(["  peer: zarr.open_array(...)[:] per key", f"{zt:.3f} s", "", "-", "obs, actions, rewards, flags"])
     rows.append(["  peer: np.load per key", f"{nt:.3f} s", "", "-", "same keys, .npy files"])
     oa, on = statistics.median(ld["open_a_seconds"]), statistics.median(ld["open_a_noverify_seconds"])
-    rows.append(["open(mode='a'): lock, structure, tail check", f"{oa:.3f} s", "(info)", "-",
-                 f"x{oa / on:.2f} of open(mode='a', verify=False) ({on:.3f} s)"])
+    rows.append(
+        [
+            "open(mode='a'): lock, structure, tail check",
+            f"{oa:.3f} s",
+            "(info)",
+            "-",
+            f"x{oa / on:.2f} of open(mode='a', verify=False) ({on:.3f} s)",
+        ]
+    )
     s = res["sampling"]
     th = s["torch_threads_default"]
     for key, label, note in (
         ("torch", f"torch x[idx], {th} threads", f"x{s['torch']['rate'] / s['numpy']['rate']:.2f} of numpy x[idx]"),
-        ("torch_index_select", f"torch x.index_select(0, idx), {th} threads",
-         f"x{s['torch_index_select']['rate'] / s['torch']['rate']:.2f} of torch x[idx]"),
+        (
+            "torch_index_select",
+            f"torch x.index_select(0, idx), {th} threads",
+            f"x{s['torch_index_select']['rate'] / s['torch']['rate']:.2f} of torch x[idx]",
+        ),
         ("torch_1thread", "torch x[idx], 1 thread", "torch.set_num_threads(1)"),
     ):
         rate = s[key]["rate"]
-        rows.append([f"sample {s['batch']} from memory, {label}", f"{rate:,.0f} batch/s", f">= {SAMPLE_TARGET:,}",
-                     verdict(rate >= SAMPLE_TARGET), note])
-    rows.append([f"sample {s['batch']} from memory, numpy x[idx]", f"{s['numpy']['rate']:,.0f} batch/s", "(info)",
-                 "-", "peer"])
-    rows.append([f"sample {s['batch']} straight from Zarr (oindex)", f"{s['zarr']['rate']:,.1f} batch/s", "(info)",
-                 "-", f"in-memory torch x[idx] is x{s['torch']['rate'] / s['zarr']['rate']:,.0f} faster"])
+        rows.append(
+            [
+                f"sample {s['batch']} from memory, {label}",
+                f"{rate:,.0f} batch/s",
+                f">= {SAMPLE_TARGET:,}",
+                verdict(rate >= SAMPLE_TARGET),
+                note,
+            ]
+        )
+    rows.append(
+        [f"sample {s['batch']} from memory, numpy x[idx]", f"{s['numpy']['rate']:,.0f} batch/s", "(info)", "-", "peer"]
+    )
+    rows.append(
+        [
+            f"sample {s['batch']} straight from Zarr (oindex)",
+            f"{s['zarr']['rate']:,.1f} batch/s",
+            "(info)",
+            "-",
+            f"in-memory torch x[idx] is x{s['torch']['rate'] / s['zarr']['rate']:,.0f} faster",
+        ]
+    )
     c = res["commit_latency"]
-    rows.append([f"commit latency, 1 episode of {c['episode_len']} steps", f"{c['median_ms']:.1f} ms median",
-                 "(info)", "-", f"p90 {c['p90_ms']:.1f} ms over {c['episodes']} appends"])
+    rows.append(
+        [
+            f"commit latency, 1 episode of {c['episode_len']} steps",
+            f"{c['median_ms']:.1f} ms median",
+            "(info)",
+            "-",
+            f"p90 {c['p90_ms']:.1f} ms over {c['episodes']} appends",
+        ]
+    )
     return rows
 
 
@@ -460,8 +575,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--episode-len", type=int, default=1000)
     ap.add_argument("--obs-dim", type=int, default=17)
     ap.add_argument("--act-dim", type=int, default=6)
-    ap.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 10, 100],
-                    help="episodes per append_many commit, comma-separated")
+    ap.add_argument(
+        "--batch-sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 10, 100],
+        help="episodes per append_many commit, comma-separated",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="repeats per figure (median reported)")
     ap.add_argument("--sample-batch", type=int, default=256)
     ap.add_argument("--sample-iters", type=int, default=5000, help="in-memory batches per repeat")
@@ -470,8 +589,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--latency-len", type=int, default=200)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir in bench/results)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    ap.add_argument("--no-breakdown", dest="breakdown", action="store_false",
-                    help="skip the timing of an append's parts (validation, zarr writes, fsync, index)")
+    ap.add_argument(
+        "--no-breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip the timing of an append's parts (validation, zarr writes, fsync, index)",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes for a CI smoke run (< 30 s)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -502,8 +625,9 @@ def main(argv=None) -> int:
         schema = schema_for(args.obs_dim, args.act_dim)
         print(f"{len(data['actions']):,} transitions in {len(episodes)} episodes", flush=True)
         res["append"] = section("append", lambda: bench_append(args, work, data, episodes, schema))
-        res["load"], tr = section("load", lambda: bench_load(args, res["append"]["store_path"],
-                                                              res["append"]["npy_dir"]))
+        res["load"], tr = section(
+            "load", lambda: bench_load(args, res["append"]["store_path"], res["append"]["npy_dir"])
+        )
         res["sampling"] = section("sampling", lambda: bench_sampling(args, tr, res["append"]["store_path"]))
         tr = None  # free the loaded transitions before the next section
         res["commit_latency"] = section("commit latency", lambda: bench_commit_latency(args, work, schema))
@@ -515,17 +639,23 @@ def main(argv=None) -> int:
     res["machine"]["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - t_start
     rows = report(res)
-    print_table(f"o2o store benchmark ({res['machine']['date']}, {res['machine']['cpus']} cpus, "
-                f"median of {args.repeats}{', quick' if args.quick else ''})",
-                rows, ["measure", "figure", "target", "pass", "peer / note"])
+    print_table(
+        f"o2o store benchmark ({res['machine']['date']}, {res['machine']['cpus']} cpus, "
+        f"median of {args.repeats}{', quick' if args.quick else ''})",
+        rows,
+        ["measure", "figure", "target", "pass", "peer / note"],
+    )
     if "breakdown" in res:
         print_breakdown(res["breakdown"])
     res["table"] = rows
     res["passed"] = all(r[3] != "FAIL" for r in rows)
     name = f"bench_store{'-quick' if args.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     (RESULTS / name).write_text(json.dumps(res, indent=1, default=str))
-    print(f"wrote {RESULTS / name} ({res['wall_s']:.0f} s: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in res["section_s"].items()) + ")")
+    print(
+        f"wrote {RESULTS / name} ({res['wall_s']:.0f} s: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in res["section_s"].items())
+        + ")"
+    )
     return 0
 
 

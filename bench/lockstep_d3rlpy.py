@@ -56,9 +56,9 @@ from bench_train import d3rlpy_config, import_d3rlpy, make_dataset, quiet_fit  #
 
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
-from o2o.policies.training import TrainerSpec, build_module, make_trainer, select_episodes, step_loader  # noqa: E402
 from o2o.policies.algos import losses as LS  # noqa: E402
 from o2o.policies.networks import LOG_STD_MAX, LOG_STD_MIN, adam  # noqa: E402
+from o2o.policies.training import TrainerSpec, build_module, make_trainer, select_episodes, step_loader  # noqa: E402
 
 REPORT_AT = (1, 2, 5, 10, 30, 100, 300, 1000, 3000)
 # Relative parameter difference that float32 rounding stays under for the first 30 updates
@@ -99,8 +99,10 @@ def critic_pairs(qfs, ensemble) -> list:
     """d3rlpy's per-critic Linear layers with the matching views of o2o's stacked ensemble weights."""
     out = []
     for i, q in enumerate(qfs):
-        out += [(q._encoder._layers[k], ensemble.net.hidden[j].weight[i].T, ensemble.net.hidden[j].bias[i, 0])
-                for j, k in ((0, 0), (1, 2))]
+        out += [
+            (q._encoder._layers[k], ensemble.net.hidden[j].weight[i].T, ensemble.net.hidden[j].bias[i, 0])
+            for j, k in ((0, 0), (1, 2))
+        ]
         out.append((q._fc, ensemble.net.out.weight[i].T, ensemble.net.out.bias[i, 0]))
     return out
 
@@ -109,17 +111,21 @@ def mlp_pairs(enc, heads: list, s) -> list:
     """d3rlpy's encoder layers and output heads with o2o's ``nn.Sequential`` MLP ``s``: each head
     takes its rows ``(start, stop)`` of the MLP's last layer (CQL's actor: mean, then log-std)."""
     last = s[len(s) - 1]
-    return ([(d, s[k].weight, s[k].bias) for d, k in ((enc._layers[0], 0), (enc._layers[2], 2))]
-            + [(d, last.weight[a:b], last.bias[a:b]) for d, (a, b) in heads])
+    return [(d, s[k].weight, s[k].bias) for d, k in ((enc._layers[0], 0), (enc._layers[2], 2))] + [
+        (d, last.weight[a:b], last.bias[a:b]) for d, (a, b) in heads
+    ]
 
 
 def iql_pairs(module, impl) -> dict[str, list]:
     """Per network, every d3rlpy ``nn.Linear`` with the o2o (weight, bias) it corresponds to, as
     live views in d3rlpy's layout (o2o's ensembles store weights [n, in, out], Linear [out, in])."""
     M, A = impl.modules, module.act_dim
-    return {"critic": critic_pairs(M.q_funcs, module.critic), "target": critic_pairs(M.targ_q_funcs, module.critic_target),
-            "value": mlp_pairs(M.value_func._encoder, [(M.value_func._fc, (0, 1))], module.value.net),
-            "actor": mlp_pairs(M.policy._encoder, [(M.policy._mu, (0, A))], module.actor.mean)}
+    return {
+        "critic": critic_pairs(M.q_funcs, module.critic),
+        "target": critic_pairs(M.targ_q_funcs, module.critic_target),
+        "value": mlp_pairs(M.value_func._encoder, [(M.value_func._fc, (0, 1))], module.value.net),
+        "actor": mlp_pairs(M.policy._encoder, [(M.policy._mu, (0, A))], module.actor.mean),
+    }
 
 
 def copy_iql_extras(module, impl, as_is: bool) -> None:
@@ -134,9 +140,11 @@ def copy_iql_extras(module, impl, as_is: bool) -> None:
 
 
 def iql_losses(o: dict, d: dict, module) -> list[str]:
-    return [f"{float(o['critic_loss']):.5f} / {float(d['q_loss']):.5f}",
-            f"{float(o['value_loss']):.5f} / {float(d['v_loss']):.5f}",
-            f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}"]
+    return [
+        f"{float(o['critic_loss']):.5f} / {float(d['q_loss']):.5f}",
+        f"{float(o['value_loss']):.5f} / {float(d['v_loss']):.5f}",
+        f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}",
+    ]
 
 
 # ---------------------------------------------------------------------------------- CQL
@@ -160,9 +168,13 @@ def as_d3rlpy_cql(module) -> None:
 
 def cql_pairs(module, impl) -> dict[str, list]:
     M, A = impl.modules, module.act_dim
-    return {"critic": critic_pairs(M.q_funcs, module.critic), "target": critic_pairs(M.targ_q_funcs, module.critic_target),
-            "actor": mlp_pairs(M.policy._encoder, [(M.policy._mu, (0, A)), (M.policy._logstd, (A, 2 * A))],
-                               module.actor.trunk)}
+    return {
+        "critic": critic_pairs(M.q_funcs, module.critic),
+        "target": critic_pairs(M.targ_q_funcs, module.critic_target),
+        "actor": mlp_pairs(
+            M.policy._encoder, [(M.policy._mu, (0, A)), (M.policy._logstd, (A, 2 * A))], module.actor.trunk
+        ),
+    }
 
 
 def d3rlpy_param(p) -> torch.Tensor:
@@ -180,22 +192,26 @@ def copy_cql_extras(module, impl, as_is: bool) -> None:
 
 def cql_losses(o: dict, d: dict, module) -> list[str]:
     shift = float(module.hp.cql_alpha) * 10.0 * int(module.hp.n_critics)  # d3rlpy's alpha_threshold (10) term
-    return [f"{float(o['critic_loss']):.4f} / {float(d['critic_loss']) + shift:.4f}",
-            f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}",
-            f"{float(module.alpha):.6f} / {float(d['temp']):.6f}"]
+    return [
+        f"{float(o['critic_loss']):.4f} / {float(d['critic_loss']) + shift:.4f}",
+        f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}",
+        f"{float(module.alpha):.6f} / {float(d['temp']):.6f}",
+    ]
 
 
 # ---------------------------------------------------------------------------------- TD3+BC
 def td3bc_pairs(module, impl) -> dict[str, list]:
     M, A = impl.modules, module.act_dim
-    return {"critic": critic_pairs(M.q_funcs, module.critic), "target": critic_pairs(M.targ_q_funcs, module.critic_target),
-            "actor": mlp_pairs(M.policy._encoder, [(M.policy._fc, (0, A))], module.actor.net),
-            "actor target": mlp_pairs(M.targ_policy._encoder, [(M.targ_policy._fc, (0, A))], module.actor_target.net)}
+    return {
+        "critic": critic_pairs(M.q_funcs, module.critic),
+        "target": critic_pairs(M.targ_q_funcs, module.critic_target),
+        "actor": mlp_pairs(M.policy._encoder, [(M.policy._fc, (0, A))], module.actor.net),
+        "actor target": mlp_pairs(M.targ_policy._encoder, [(M.targ_policy._fc, (0, A))], module.actor_target.net),
+    }
 
 
 def td3bc_losses(o: dict, d: dict, module) -> list[str]:
-    actor = (f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}" if "actor_loss" in d
-             else "(not this update)")
+    actor = f"{float(o['actor_loss']):.5f} / {float(d['actor_loss']):.5f}" if "actor_loss" in d else "(not this update)"
     return [f"{float(o['critic_loss']):.5f} / {float(d['critic_loss']):.5f}", actor]
 
 
@@ -228,14 +244,16 @@ class SharedNoise:
             if noise.normal is None or kw.get("generator") is not None:
                 return noise._randn(*size, **kw)
             shape = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
-            return noise._pop(noise.normal, shape, "Gaussian").to(dtype=kw.get("dtype") or torch.float32,
-                                                                   device=kw.get("device"))
+            return noise._pop(noise.normal, shape, "Gaussian").to(
+                dtype=kw.get("dtype") or torch.float32, device=kw.get("device")
+            )
 
         def randn_like(t, **kw):
             if noise.normal is None:
                 return noise._randn_like(t, **kw)
-            return noise._pop(noise.normal, tuple(t.shape), "Gaussian").to(dtype=kw.get("dtype") or t.dtype,
-                                                                            device=t.device)
+            return noise._pop(noise.normal, tuple(t.shape), "Gaussian").to(
+                dtype=kw.get("dtype") or t.dtype, device=t.device
+            )
 
         def uniform_(t, a=0.0, b=1.0, *, generator=None):
             if noise.uniform is None:
@@ -253,39 +271,56 @@ class SharedNoise:
     @staticmethod
     def _pop(queue: list, shape, kind: str) -> torch.Tensor:
         if not queue:
-            raise RuntimeError(f"lockstep: an unexpected extra {kind} draw{'' if shape is None else f' of shape {shape}'}")
+            raise RuntimeError(
+                f"lockstep: an unexpected extra {kind} draw{'' if shape is None else f' of shape {shape}'}"
+            )
         t = queue.pop(0)
         if shape is not None and tuple(t.shape) != shape:
-            raise RuntimeError(f"lockstep: a {kind} draw of shape {shape}, expected {tuple(t.shape)}: the draws changed")
+            raise RuntimeError(
+                f"lockstep: a {kind} draw of shape {shape}, expected {tuple(t.shape)}: the draws changed"
+            )
         return t
 
     def draw(self, batch: int, k: int, act_dim: int) -> dict[str, torch.Tensor]:
         g = self.gen
-        return {"s": torch.randn(k, batch, act_dim, generator=g), "next": torch.randn(k, batch, act_dim, generator=g),
-                "uniform": torch.rand(batch, k, act_dim, generator=g) * 2.0 - 1.0,
-                "actor": torch.randn(batch, act_dim, generator=g), "target": torch.randn(batch, act_dim, generator=g)}
+        return {
+            "s": torch.randn(k, batch, act_dim, generator=g),
+            "next": torch.randn(k, batch, act_dim, generator=g),
+            "uniform": torch.rand(batch, k, act_dim, generator=g) * 2.0 - 1.0,
+            "actor": torch.randn(batch, act_dim, generator=g),
+            "target": torch.randn(batch, act_dim, generator=g),
+        }
 
     @contextmanager
     def serving(self, normal: list[torch.Tensor], uniform: list[torch.Tensor]):
-        (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn,
-         torch.randn_like) = self._patches
+        (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn, torch.randn_like) = (
+            self._patches
+        )
         self.normal, self.uniform = list(normal), list(uniform)
         try:
             yield
             if self.normal or self.uniform:
-                raise RuntimeError(f"lockstep: {len(self.normal)} Gaussian and {len(self.uniform)} uniform draws "
-                                   "served but never taken: the update draws less than expected")
+                raise RuntimeError(
+                    f"lockstep: {len(self.normal)} Gaussian and {len(self.uniform)} uniform draws "
+                    "served but never taken: the update draws less than expected"
+                )
         finally:
             self.normal = self.uniform = None
-            (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn,
-             torch.randn_like) = self._std_normal, self._uniform_, self._randn, self._randn_like
+            (torch.distributions.normal._standard_normal, torch.Tensor.uniform_, torch.randn, torch.randn_like) = (
+                self._std_normal,
+                self._uniform_,
+                self._randn,
+                self._randn_like,
+            )
 
 
 # ---------------------------------------------------------------------------------- both
 def cql_draws(e: dict) -> tuple[tuple[list, list], tuple[list, list]]:
     """(Gaussian, uniform) queues for d3rlpy's CQL update (pi(s), pi(s'), actor) and o2o's ([s; s'], actor)."""
-    return ([e["s"], e["next"], e["actor"]], [e["uniform"]]), ([torch.cat([e["s"], e["next"]], dim=1), e["actor"]],
-                                                               [e["uniform"]])
+    return ([e["s"], e["next"], e["actor"]], [e["uniform"]]), (
+        [torch.cat([e["s"], e["next"]], dim=1), e["actor"]],
+        [e["uniform"]],
+    )
 
 
 def td3bc_draws(e: dict) -> tuple[tuple[list, list], tuple[list, list]]:
@@ -298,12 +333,30 @@ def no_switch(module) -> None:
 
 
 SPECS = {
-    "iql": {"switch": as_d3rlpy_iql, "pairs": iql_pairs, "extras": copy_iql_extras, "losses": iql_losses,
-            "loss_names": ["critic loss", "value loss", "actor loss"], "draws": None},
-    "cql": {"switch": as_d3rlpy_cql, "pairs": cql_pairs, "extras": copy_cql_extras, "losses": cql_losses,
-            "loss_names": ["critic loss (incl. regulariser)", "actor loss", "temperature"], "draws": cql_draws},
-    "td3bc": {"switch": no_switch, "pairs": td3bc_pairs, "extras": lambda *a: None, "losses": td3bc_losses,
-              "loss_names": ["critic loss", "actor loss"], "draws": td3bc_draws},
+    "iql": {
+        "switch": as_d3rlpy_iql,
+        "pairs": iql_pairs,
+        "extras": copy_iql_extras,
+        "losses": iql_losses,
+        "loss_names": ["critic loss", "value loss", "actor loss"],
+        "draws": None,
+    },
+    "cql": {
+        "switch": as_d3rlpy_cql,
+        "pairs": cql_pairs,
+        "extras": copy_cql_extras,
+        "losses": cql_losses,
+        "loss_names": ["critic loss (incl. regulariser)", "actor loss", "temperature"],
+        "draws": cql_draws,
+    },
+    "td3bc": {
+        "switch": no_switch,
+        "pairs": td3bc_pairs,
+        "extras": lambda *a: None,
+        "losses": td3bc_losses,
+        "loss_names": ["critic loss", "actor loss"],
+        "draws": td3bc_draws,
+    },
 }
 
 
@@ -318,8 +371,11 @@ def copy_weights(pairs: dict[str, list]) -> None:
 
 def rel_diff(layers: list) -> float:
     """max over the layers' weights and biases of max|d3rlpy - o2o| / max|o2o|."""
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-               for d, w, bias in layers for a, b in ((d.weight, w), (d.bias, bias)))
+    return max(
+        float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+        for d, w, bias in layers
+        for a, b in ((d.weight, w), (d.bias, bias))
+    )
 
 
 def main(argv=None) -> int:
@@ -336,10 +392,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="o2o-lockstep-") as tmp:
         work = Path(tmp)
         path = make_dataset(work / "reacher.zarr", ["env=reacher"], [("scripted", 10), ("random", 30)])
-        cfg = load_config("pretrain", ["env=reacher", f"algo={args.algo}", f"algo.hidden=[{args.hidden}]",
-                                       f"dataset.path={path}", f"trainer.max_steps={args.steps}",
-                                       f"trainer.seed={args.seed}", "eval.enabled=false", "trainer.progress=false",
-                                       "trainer.accelerator=cpu", f"run_dir={work / 'run'}"])
+        cfg = load_config(
+            "pretrain",
+            [
+                "env=reacher",
+                f"algo={args.algo}",
+                f"algo.hidden=[{args.hidden}]",
+                f"dataset.path={path}",
+                f"trainer.max_steps={args.steps}",
+                f"trainer.seed={args.seed}",
+                "eval.enabled=false",
+                "trainer.progress=false",
+                "trainer.accelerator=cpu",
+                f"run_dir={work / 'run'}",
+            ],
+        )
         L.seed_everything(args.seed, verbose=False)
         with EpisodeStore.open(path, mode="r") as store:
             module, _ = build_module(cfg, store, select_episodes(store, cfg.data))
@@ -362,10 +429,17 @@ def main(argv=None) -> int:
         def both(batch):
             n = len(batch)
             col = lambda t: t.view(-1, 1).clone()  # noqa: E731
-            tb = TorchMiniBatch(observations=batch.observations.clone(), actions=batch.actions.clone(),
-                                rewards=col(batch.rewards), next_observations=batch.next_observations.clone(),
-                                next_actions=torch.zeros_like(batch.actions), returns_to_go=torch.zeros(n, 1),
-                                terminals=col(batch.terminals), intervals=torch.ones(n, 1), device="cpu:0")
+            tb = TorchMiniBatch(
+                observations=batch.observations.clone(),
+                actions=batch.actions.clone(),
+                rewards=col(batch.rewards),
+                next_observations=batch.next_observations.clone(),
+                next_actions=torch.zeros_like(batch.actions),
+                returns_to_go=torch.zeros(n, 1),
+                terminals=col(batch.terminals),
+                intervals=torch.ones(n, 1),
+                device="cpu:0",
+            )
             if noise is None:
                 d = agent.impl.update(tb, module.update_count)
                 o = update(batch)
@@ -387,17 +461,23 @@ def main(argv=None) -> int:
 
         module.update = both
         with quiet_fit():
-            trainer = make_trainer(TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50))),
-                                   work / "run", [])
+            trainer = make_trainer(
+                TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50))), work / "run", []
+            )
             trainer.fit(module, train_dataloaders=step_loader())
     mode = "o2o as is" if args.as_is else "o2o switched to d3rlpy's documented choices"
     same = "same initial weights, same batches" + (", same sampled noise" if spec["draws"] else "")
-    print_table(f"{args.algo.upper()} lockstep, o2o vs d3rlpy {d3rlpy.__version__} ({mode}): {same}; "
-                "relative parameter difference per network, losses o2o / d3rlpy",
-                rows, ["update", *pairs, *spec["loss_names"]])
+    print_table(
+        f"{args.algo.upper()} lockstep, o2o vs d3rlpy {d3rlpy.__version__} ({mode}): {same}; "
+        "relative parameter difference per network, losses o2o / d3rlpy",
+        rows,
+        ["update", *pairs, *spec["loss_names"]],
+    )
     ok = worst_early < TOLERANCE
-    print(f"\nworst relative difference in updates 1-30: {worst_early:.1e} (tolerance {TOLERANCE:.0e}): "
-          f"{verdict(ok)} ({'within float rounding' if args.as_is and ok else 'the same computation' if ok else 'the updates differ'})")
+    print(
+        f"\nworst relative difference in updates 1-30: {worst_early:.1e} (tolerance {TOLERANCE:.0e}): "
+        f"{verdict(ok)} ({'within float rounding' if args.as_is and ok else 'the same computation' if ok else 'the updates differ'})"
+    )
     return 0 if ok or args.as_is else 1
 
 

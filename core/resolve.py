@@ -12,8 +12,7 @@ import importlib
 from typing import Any
 
 
-def resolve(path: Any, prefix: str, *, what: str, rule: str, base: type | None = None,
-            kind: str | None = None) -> Any:
+def resolve(path: Any, prefix: str, *, what: str, rule: str, base: type | None = None, kind: str | None = None) -> Any:
     """The object at dotted ``path`` (``module.attribute``), whose module must start with ``prefix``.
 
     ``prefix`` is matched against the module's dotted name as a string: ``"o2o.envs."``

@@ -8,6 +8,16 @@ from o2o.datasets.schema import SOURCES, EpisodeValidationError, Schema
 from o2o.datasets.store import DatasetVersion, EpisodeStore, NotADatasetError
 
 __all__ = [
-    "DatasetDamagedError", "DatasetVersion", "Episode", "EpisodeRecorder", "EpisodeStore", "EpisodeValidationError",
-    "NormStats", "NotADatasetError", "SOURCES", "Schema", "StoreLockedError", "Transitions",
+    "DatasetDamagedError",
+    "DatasetVersion",
+    "Episode",
+    "EpisodeRecorder",
+    "EpisodeStore",
+    "EpisodeValidationError",
+    "NormStats",
+    "NotADatasetError",
+    "SOURCES",
+    "Schema",
+    "StoreLockedError",
+    "Transitions",
 ]

@@ -86,8 +86,16 @@ class EpisodeRecorder:
         self._obs.append(obs)
         self._start = time.time()
 
-    def add(self, action, reward: float, terminated: bool, truncated: bool, next_obs, info: Mapping | None = None,
-            intervention: bool = False) -> None:
+    def add(
+        self,
+        action,
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+        next_obs,
+        info: Mapping | None = None,
+        intervention: bool = False,
+    ) -> None:
         """Record one step; ``info['is_success']`` (if present) updates the episode's success."""
         self._actions.append(np.asarray(action))
         self._rewards.append(float(reward))

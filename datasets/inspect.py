@@ -13,7 +13,13 @@ import numpy as np
 import zarr
 
 from o2o.datasets.integrity import (
-    EMPTY_FINGERPRINT, check_contents, chunk_text, content_problems, episode_ranges, episodes_in_rows, why,
+    EMPTY_FINGERPRINT,
+    check_contents,
+    chunk_text,
+    content_problems,
+    episode_ranges,
+    episodes_in_rows,
+    why,
 )
 from o2o.datasets.reading import INDEX_FORMAT, INDEX_KEY, StoreLocation
 from o2o.datasets.schema import SOURCES, Schema
@@ -27,8 +33,10 @@ def dataset_info(store: EpisodeStore) -> dict:
     import time
 
     t0 = time.perf_counter()
-    integrity = {"checked": "structure and contents" if store.verify else "structure only (verify off)",
-                 "problems": store.check_contents() if store.verify else []}
+    integrity = {
+        "checked": "structure and contents" if store.verify else "structure only (verify off)",
+        "problems": store.check_contents() if store.verify else [],
+    }
     integrity["seconds"] = time.perf_counter() - t0
     table = store.episodes_table()
     per_source: dict[str, dict] = {}
@@ -96,8 +104,9 @@ def verify_report(path: str | Path) -> VerifyReport:
     try:
         _verify(str(path), r)
     except Exception as e:  # whatever is damaged, verify reports instead of crashing
-        r.problems.append(f"the check stopped early on an unexpected error ({why(e)}); the problems above were "
-                          "found before it")
+        r.problems.append(
+            f"the check stopped early on an unexpected error ({why(e)}); the problems above were found before it"
+        )
     return r
 
 
@@ -118,8 +127,9 @@ class _Arrays:
             arr = zarr.open_array(self.zstore, path=name, mode="r")
         except Exception as e:
             self.missing.add(name)
-            self.r.problems.append(f"array {name} cannot be opened ({why(e)}): its metadata {name}/zarr.json is "
-                                   "missing or damaged")
+            self.r.problems.append(
+                f"array {name} cannot be opened ({why(e)}): its metadata {name}/zarr.json is missing or damaged"
+            )
             return None
         rows = arr.shape[0]
         if n is None:
@@ -128,8 +138,10 @@ class _Arrays:
             self.r.problems.append(f"array {name} has {rows} rows but {n} are committed")
             n = rows
         elif rows > n:
-            self.r.notes.append(f"array {name} has {rows - n} rows past the commit (a writer's spare room or an "
-                                "interrupted append; readers ignore them, the next writer trims them)")
+            self.r.notes.append(
+                f"array {name} has {rows - n} rows past the commit (a writer's spare room or an "
+                "interrupted append; readers ignore them, the next writer trims them)"
+            )
         out = np.zeros((n, *arr.shape[1:]), arr.dtype)
         c = int(arr.chunks[0])
         bad = []
@@ -160,8 +172,10 @@ class _Arrays:
             eps = episodes_in_rows(ends, a, b) if name.startswith("data/") else (a, b)
             hit = sorted(damaged & set(range(*eps)))
             if hit:
-                self.r.problems.append(f"{chunk_text(name, k, a, b, eps)}: its file {key} is missing (it reads as "
-                                       f"zeros), and episodes {episode_ranges(hit)} in it fail their digests")
+                self.r.problems.append(
+                    f"{chunk_text(name, k, a, b, eps)}: its file {key} is missing (it reads as "
+                    f"zeros), and episodes {episode_ranges(hit)} in it fail their digests"
+                )
 
     def ok(self, name: str) -> bool:
         return name in self.values and not self.bad.get(name)
@@ -232,8 +246,9 @@ def _verify(path: str, r: VerifyReport) -> None:
 
     arrays = _Arrays(loc, r)
     keys = list(schema.obs)
-    data_names = [f"data/obs/{k}" for k in keys] + [f"data/{f}" for f in
-                                                    ("actions", "rewards", "terminals", "timeouts", "interventions")]
+    data_names = [f"data/obs/{k}" for k in keys] + [
+        f"data/{f}" for f in ("actions", "rewards", "terminals", "timeouts", "interventions")
+    ]
     episode_names = [f"episodes/final_obs/{k}" for k in keys] + [f"episodes/{f}" for f in EPISODE_FIELDS]
     for name in data_names:
         arrays.read(name, T)
@@ -249,18 +264,23 @@ def _verify(path: str, r: VerifyReport) -> None:
         lengths = np.diff(np.concatenate([[0], ends]))
         if E and np.any(lengths < 1):
             i = int(np.argmax(lengths < 1))
-            r.problems.append(f"episodes/ends does not increase at episode {i} (ends {int(ends[i - 1]) if i else 0} -> "
-                              f"{int(ends[i])}): episode boundaries are lost{arrays.absent_in('episodes/ends')}")
+            r.problems.append(
+                f"episodes/ends does not increase at episode {i} (ends {int(ends[i - 1]) if i else 0} -> "
+                f"{int(ends[i])}): episode boundaries are lost{arrays.absent_in('episodes/ends')}"
+            )
             ends = None
         elif E and int(ends[-1]) != T:
-            r.problems.append(f"episodes/ends ends at step {int(ends[-1])}, {INDEX_KEY} commits {T} steps"
-                              f"{arrays.absent_in('episodes/ends')}")
+            r.problems.append(
+                f"episodes/ends ends at step {int(ends[-1])}, {INDEX_KEY} commits {T} steps"
+                f"{arrays.absent_in('episodes/ends')}"
+            )
             ends = None
         elif E == 0 and T != 0:
             r.problems.append(f"{INDEX_KEY} commits 0 episodes but {T} steps")
     elif "episodes/ends" in arrays.values or "episodes/ends" in arrays.missing:
-        r.problems.append("episode boundaries (episodes/ends) cannot be read: the episodes that other problems touch "
-                          "cannot be named")
+        r.problems.append(
+            "episode boundaries (episodes/ends) cannot be read: the episodes that other problems touch cannot be named"
+        )
     arrays.report_chunks(ends)
     if ends is None:
         r.affected.clear()  # cannot be told
@@ -286,13 +306,16 @@ def _verify(path: str, r: VerifyReport) -> None:
     prov_rows = arrays.values["episodes/provenance"]
     bad_prov = np.flatnonzero(((prov_rows < 0) | (prov_rows >= len(table))) & ~bad_eps)
     if len(bad_prov):
-        r.problems.append(f"episodes/provenance of episodes {episode_ranges(bad_prov)} point outside the provenance "
-                          f"table of {len(table)} rows")
+        r.problems.append(
+            f"episodes/provenance of episodes {episode_ranges(bad_prov)} point outside the provenance "
+            f"table of {len(table)} rows"
+        )
         r.affected.update(bad_prov.tolist())
     for i, p in enumerate(table):
         if not isinstance(p, dict) or p.get("source") not in SOURCES:
-            r.problems.append(f"provenance {i}: source {p.get('source') if isinstance(p, dict) else p!r} not in "
-                              f"{SOURCES}")
+            r.problems.append(
+                f"provenance {i}: source {p.get('source') if isinstance(p, dict) else p!r} not in {SOURCES}"
+            )
 
     v = arrays.values
     good_rows = ~bad_rows
@@ -302,8 +325,9 @@ def _verify(path: str, r: VerifyReport) -> None:
             rows = np.flatnonzero(~np.isfinite(_rows(arr)).all(1) & good_rows)
             if len(rows):
                 eps = np.searchsorted(ends, rows, side="right")
-                r.problems.append(f"{name} has non-finite values at steps {rows[:3].tolist()} (episodes "
-                                  f"{episode_ranges(eps)})")
+                r.problems.append(
+                    f"{name} has non-finite values at steps {rows[:3].tolist()} (episodes {episode_ranges(eps)})"
+                )
                 r.affected.update(eps.tolist())
     space = schema.action_space
     if schema.action_bounds != "ignore":
@@ -311,8 +335,10 @@ def _verify(path: str, r: VerifyReport) -> None:
         out = _rows((acts < space.low - 1e-6) | (acts > space.high + 1e-6)).any(1) & good_rows
         if out.any():
             eps = np.searchsorted(ends, np.flatnonzero(out), side="right")
-            r.problems.append(f"actions outside the action space at steps {np.flatnonzero(out)[:3].tolist()} (episodes "
-                              f"{episode_ranges(eps)})")
+            r.problems.append(
+                f"actions outside the action space at steps {np.flatnonzero(out)[:3].tolist()} (episodes "
+                f"{episode_ranges(eps)})"
+            )
             r.affected.update(eps.tolist())
     last = np.zeros(T, bool)
     last[ends - 1] = True
@@ -320,8 +346,10 @@ def _verify(path: str, r: VerifyReport) -> None:
         early = np.flatnonzero(v[f"data/{flag}"] & ~last & good_rows)
         if len(early):
             eps = np.searchsorted(ends, early, side="right")
-            r.problems.append(f"{flag} set before an episode's last step at steps {early[:3].tolist()} (episodes "
-                              f"{episode_ranges(eps)})")
+            r.problems.append(
+                f"{flag} set before an episode's last step at steps {early[:3].tolist()} (episodes "
+                f"{episode_ranges(eps)})"
+            )
             r.affected.update(eps.tolist())
 
     rewards = v["data/rewards"].astype(np.float64)
@@ -331,13 +359,16 @@ def _verify(path: str, r: VerifyReport) -> None:
         r.problems.append(f"stored returns differ from the sums of rewards in episodes {episode_ranges(off)}")
         r.affected.update(off.tolist())
 
-    data = {("obs/" + n.removeprefix("data/obs/")) if n.startswith("data/obs/") else n.removeprefix("data/"): v[n]
-            for n in data_names}
+    data = {
+        ("obs/" + n.removeprefix("data/obs/")) if n.startswith("data/obs/") else n.removeprefix("data/"): v[n]
+        for n in data_names
+    }
     final = {f"final_obs/{k}": v[f"episodes/final_obs/{k}"] for k in keys}
     records = {f: v[f"episodes/{f}"] for f in ("returns", "success", "seed", "times", "provenance")}
     spans = [(i, int(starts[i]), int(ends[i])) for i in range(E) if not bad_eps[i]]
-    content_bad, chain_bad = check_contents(spans, data, 0, final, records, v["episodes/digest"], 0,
-                                            bytes.fromhex(EMPTY_FINGERPRINT), table)
+    content_bad, chain_bad = check_contents(
+        spans, data, 0, final, records, v["episodes/digest"], 0, bytes.fromhex(EMPTY_FINGERPRINT), table
+    )
     bad_digest = np.zeros(E, bool)
     for _, a, b in arrays.bad.get("episodes/digest", []):
         bad_digest[a:b] = True
@@ -350,7 +381,9 @@ def _verify(path: str, r: VerifyReport) -> None:
     if E and not bad_eps[-1]:
         last_fp = bytes(v["episodes/digest"][E - 1][16:]).hex()
         if last_fp != fingerprint:
-            r.problems.append(f"{INDEX_KEY} fingerprint {fingerprint[:12]} != the chain value {last_fp[:12]} stored "
-                              f"with the last episode ({E - 1})")
+            r.problems.append(
+                f"{INDEX_KEY} fingerprint {fingerprint[:12]} != the chain value {last_fp[:12]} stored "
+                f"with the last episode ({E - 1})"
+            )
     elif E == 0 and fingerprint != EMPTY_FINGERPRINT:
         r.problems.append(f"{INDEX_KEY} fingerprint {fingerprint[:12]} for an empty dataset (should be zeros)")

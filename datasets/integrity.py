@@ -47,8 +47,10 @@ class DatasetDamagedError(ValueError):
         shown = "; ".join(self.problems[:4])
         if len(self.problems) > 4:
             shown += f"; and {len(self.problems) - 4} more"
-        super().__init__(f"dataset {self.path!r} is damaged: {shown}. {what}Run `o2o dataset verify {self.path}` to "
-                         "list every problem and the episodes they touch")
+        super().__init__(
+            f"dataset {self.path!r} is damaged: {shown}. {what}Run `o2o dataset verify {self.path}` to "
+            "list every problem and the episodes they touch"
+        )
 
 
 def episode_digest(arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> bytes:
@@ -119,8 +121,9 @@ def structure_problems(store) -> list[str]:
         try:
             arr = store.array(name)
         except Exception as e:  # zarr raises several types for missing or unreadable metadata
-            problems.append(f"array {name} cannot be opened ({why(e)}): its metadata {name}/zarr.json is missing "
-                            "or damaged")
+            problems.append(
+                f"array {name} cannot be opened ({why(e)}): its metadata {name}/zarr.json is missing or damaged"
+            )
             continue
         n = store._committed_len(name)
         if arr.shape[0] < n:
@@ -140,9 +143,11 @@ def structure_problems(store) -> list[str]:
             lengths = np.diff(np.concatenate([[0], ends]))
             if np.any(lengths < 1):
                 i = int(np.argmax(lengths < 1))
-                problems.append(f"episodes/ends does not increase at episode {i} (ends {int(ends[i - 1]) if i else 0}"
-                                f" -> {int(ends[i])}): episode boundaries are lost (a chunk of episodes/ends missing "
-                                "or overwritten)")
+                problems.append(
+                    f"episodes/ends does not increase at episode {i} (ends {int(ends[i - 1]) if i else 0}"
+                    f" -> {int(ends[i])}): episode boundaries are lost (a chunk of episodes/ends missing "
+                    "or overwritten)"
+                )
             elif int(ends[-1]) != T:
                 problems.append(f"episodes/ends ends at step {int(ends[-1])}, index.json commits {T} steps")
     if "episodes/provenance" in arrays:
@@ -154,8 +159,10 @@ def structure_problems(store) -> list[str]:
             n = len(store.provenance_table)
             bad = np.flatnonzero((rows < 0) | (rows >= n))
             if len(bad):
-                problems.append(f"episodes/provenance of episodes {episode_ranges(bad)} point outside the provenance "
-                                f"table of {n} rows")
+                problems.append(
+                    f"episodes/provenance of episodes {episode_ranges(bad)} point outside the provenance "
+                    f"table of {n} rows"
+                )
     if "episodes/digest" in arrays:
         try:
             last = bytes(np.asarray(arrays["episodes/digest"][E - 1], np.uint8)[16:]).hex()
@@ -163,14 +170,24 @@ def structure_problems(store) -> list[str]:
             problems.append(f"array episodes/digest cannot be read at episode {E - 1} ({why(e)})")
         else:
             if last != store.version.fingerprint:
-                problems.append(f"index.json fingerprint {store.version.fingerprint[:12]} != the chain value "
-                                f"{last[:12]} stored with the last episode ({E - 1})")
+                problems.append(
+                    f"index.json fingerprint {store.version.fingerprint[:12]} != the chain value "
+                    f"{last[:12]} stored with the last episode ({E - 1})"
+                )
     return problems
 
 
-def check_contents(spans: Iterable[tuple[int, int, int]], data: Mapping[str, np.ndarray], row0: int,
-                   final: Mapping[str, np.ndarray], records: Mapping[str, np.ndarray], digests: np.ndarray,
-                   ep0: int, prev_fingerprint: bytes, table: Sequence[Mapping]) -> tuple[list[int], list[int]]:
+def check_contents(
+    spans: Iterable[tuple[int, int, int]],
+    data: Mapping[str, np.ndarray],
+    row0: int,
+    final: Mapping[str, np.ndarray],
+    records: Mapping[str, np.ndarray],
+    digests: np.ndarray,
+    ep0: int,
+    prev_fingerprint: bytes,
+    table: Sequence[Mapping],
+) -> tuple[list[int], list[int]]:
     """Recompute the digests of the episodes in ``spans`` (``(episode, first step, end step)``, in
     increasing order) from what was read; returns ``(content_bad, chain_bad)``.
 
@@ -189,9 +206,13 @@ def check_contents(spans: Iterable[tuple[int, int, int]], data: Mapping[str, np.
         arrays.update({k: v[j] for k, v in final.items()})
         p = int(records["provenance"][j])
         times = records["times"][j]
-        rec = {"returns": float(records["returns"][j]), "success": int(records["success"][j]),
-               "seed": record_seed(records["seed"][j]), "times": [float(times[0]), float(times[1])],
-               "provenance": table[p] if 0 <= p < len(table) else None}
+        rec = {
+            "returns": float(records["returns"][j]),
+            "success": int(records["success"][j]),
+            "seed": record_seed(records["seed"][j]),
+            "times": [float(times[0]), float(times[1])],
+            "provenance": table[p] if 0 <= p < len(table) else None,
+        }
         content = episode_digest(arrays, rec)
         stored = bytes(np.asarray(digests[j], np.uint8))
         if stored[:16] != content:
@@ -206,11 +227,15 @@ def content_problems(content_bad: Sequence[int], chain_bad: Sequence[int]) -> li
     """The findings of :func:`check_contents` as sentences."""
     out = []
     if content_bad:
-        out.append(f"content digest mismatch in {len(content_bad)} episode{'s' if len(content_bad) > 1 else ''} "
-                   f"({episode_ranges(content_bad)}): their stored steps or records changed after they were committed")
+        out.append(
+            f"content digest mismatch in {len(content_bad)} episode{'s' if len(content_bad) > 1 else ''} "
+            f"({episode_ranges(content_bad)}): their stored steps or records changed after they were committed"
+        )
     if chain_bad:
-        out.append(f"fingerprint chain broken at episode{'s' if len(chain_bad) > 1 else ''} "
-                   f"{episode_ranges(chain_bad)} (episodes/digest changed after commit)")
+        out.append(
+            f"fingerprint chain broken at episode{'s' if len(chain_bad) > 1 else ''} "
+            f"{episode_ranges(chain_bad)} (episodes/digest changed after commit)"
+        )
     return out
 
 
@@ -229,7 +254,14 @@ def unreadable_chunks(arr, n: int) -> list[tuple[int, int, int, str]]:
 
 def chunk_text(name: str, chunk: int, a: int, b: int, episodes: tuple[int, int] | None) -> str:
     """``array data/obs/state chunk 3 (rows 12288-16383, episodes 410-455)``."""
-    eps = "" if episodes is None or episodes[1] <= episodes[0] else (
-        f", episode {episodes[0]}" if episodes[1] - episodes[0] == 1 else f", episodes {episodes[0]}-{episodes[1] - 1}")
+    eps = (
+        ""
+        if episodes is None or episodes[1] <= episodes[0]
+        else (
+            f", episode {episodes[0]}"
+            if episodes[1] - episodes[0] == 1
+            else f", episodes {episodes[0]}-{episodes[1] - 1}"
+        )
+    )
     unit = "episodes" if name.startswith("episodes/") else "rows"
     return f"array {name} chunk {chunk} ({unit} {a}-{b - 1}{eps if unit == 'rows' else ''})"

@@ -21,8 +21,15 @@ import numpy as np
 from o2o.datasets.durable import DurableLocalStore
 from o2o.datasets.episode import Episode
 from o2o.datasets.integrity import (
-    EMPTY_FINGERPRINT, DatasetDamagedError, check_contents, chunk_text, content_problems, episodes_in_rows,
-    seed_or_none, unreadable_chunks, why,
+    EMPTY_FINGERPRINT,
+    DatasetDamagedError,
+    check_contents,
+    chunk_text,
+    content_problems,
+    episodes_in_rows,
+    seed_or_none,
+    unreadable_chunks,
+    why,
 )
 
 INDEX_KEY = "index.json"
@@ -44,7 +51,7 @@ def local_path(path: str | os.PathLike) -> Path | None:
     if m is None:
         return Path(path)
     if m.group(1).lower() in _LOCAL_SCHEMES and m.group(2) == "://":
-        return Path(path[m.end():])
+        return Path(path[m.end() :])
     return None
 
 
@@ -192,12 +199,20 @@ class NormStats:
     count: int
 
     def to_dict(self) -> dict:
-        return {f.name: (v.tolist() if isinstance(v, np.ndarray) else v) for f in fields(self) for v in [getattr(self, f.name)]}
+        return {
+            f.name: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
 
     @classmethod
     def from_dict(cls, d) -> "NormStats":
-        return cls(**{f.name: (np.asarray(d[f.name], np.float32) if isinstance(d[f.name], list) else d[f.name])
-                      for f in fields(cls)})
+        return cls(
+            **{
+                f.name: (np.asarray(d[f.name], np.float32) if isinstance(d[f.name], list) else d[f.name])
+                for f in fields(cls)
+            }
+        )
 
 
 class StoreReading:
@@ -272,27 +287,43 @@ class StoreReading:
                 ends = np.asarray(self.array("episodes/ends")[: self.num_episodes], np.int64)
             except Exception:  # the boundaries are damaged too: name the rows only
                 ends = None
-        parts = [chunk_text(name, k, a, b, None if ends is None else episodes_in_rows(ends, a, b))
-                 for k, a, b, _ in bad]
+        parts = [
+            chunk_text(name, k, a, b, None if ends is None else episodes_in_rows(ends, a, b)) for k, a, b, _ in bad
+        ]
         return f"{'; '.join(parts)} cannot be decoded ({bad[0][3]})"
 
-    def _findings(self, spans: list[tuple[int, int, int]], data: Mapping[str, np.ndarray], row0: int,
-                  final: Mapping[str, np.ndarray], ep0: int) -> tuple[list[int], list[int]]:
+    def _findings(
+        self,
+        spans: list[tuple[int, int, int]],
+        data: Mapping[str, np.ndarray],
+        row0: int,
+        final: Mapping[str, np.ndarray],
+        ep0: int,
+    ) -> tuple[list[int], list[int]]:
         """Episodes of ``spans`` whose content digest / chain link differ from what was committed
         (``data`` rows from step ``row0``, ``final`` rows from episode ``ep0``: what the caller read)."""
         if not spans:
             return [], []
         hi = spans[-1][0] + 1
-        records = {name: self._read(f"episodes/{name}", slice(ep0, hi))
-                   for name in ("returns", "success", "seed", "times", "provenance")}
+        records = {
+            name: self._read(f"episodes/{name}", slice(ep0, hi))
+            for name in ("returns", "success", "seed", "times", "provenance")
+        }
         first = max(ep0 - 1, 0)
         digests = self._read("episodes/digest", slice(first, hi))
         prev = bytes.fromhex(EMPTY_FINGERPRINT) if ep0 == 0 else bytes(np.asarray(digests[0], np.uint8)[16:])
-        return check_contents(spans, data, row0, final, records, digests[ep0 - first:], ep0, prev,
-                              self._index["provenance"])
+        return check_contents(
+            spans, data, row0, final, records, digests[ep0 - first :], ep0, prev, self._index["provenance"]
+        )
 
-    def _check_loaded(self, spans: list[tuple[int, int, int]], data: Mapping[str, np.ndarray], row0: int,
-                      final: Mapping[str, np.ndarray], ep0: int) -> None:
+    def _check_loaded(
+        self,
+        spans: list[tuple[int, int, int]],
+        data: Mapping[str, np.ndarray],
+        row0: int,
+        final: Mapping[str, np.ndarray],
+        ep0: int,
+    ) -> None:
         """Raise :class:`DatasetDamagedError` unless every episode of ``spans`` matches its digest."""
         problems = content_problems(*self._findings(spans, data, row0, final, ep0))
         if problems:
@@ -426,8 +457,9 @@ class StoreReading:
         out = {"index": idx, "start": starts[idx], "length": (ends - starts)[idx]}
         for name in ("returns", "success"):
             out[name] = self._episode_column(name, n)[idx]
-        out["seed"] = np.array([seed_or_none(v) for v in self._episode_column("seed", n)[idx]] + [None],
-                               dtype=object)[:-1]
+        out["seed"] = np.array([seed_or_none(v) for v in self._episode_column("seed", n)[idx]] + [None], dtype=object)[
+            :-1
+        ]
         times = self._episode_column("times", n)[idx]
         out["start_time"], out["end_time"] = times[:, 0], times[:, 1]
         last = np.asarray(ends[idx] - 1, np.int64)
@@ -469,19 +501,26 @@ class StoreReading:
                 # A chunk no selected episode may need fails to decode: read each run of episodes alone.
                 cut = np.flatnonzero(np.diff(idx) != 1) + 1
                 parts = [self._block(int(r[0]), int(r[-1]) + 1, starts, ends, verify) for r in np.split(idx, cut)]
-        cat = {k: (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
-               for k in ("actions", "rewards", "terminals", "timeouts")}
-        obs = {k: np.concatenate([p["obs"][k] for p in parts]) if len(parts) > 1 else parts[0]["obs"][k]
-               for k in self.schema.obs}
-        nxt = {k: np.concatenate([p["next"][k] for p in parts]) if len(parts) > 1 else parts[0]["next"][k]
-               for k in self.schema.obs}
+        cat = {
+            k: (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k])
+            for k in ("actions", "rewards", "terminals", "timeouts")
+        }
+        obs = {
+            k: np.concatenate([p["obs"][k] for p in parts]) if len(parts) > 1 else parts[0]["obs"][k]
+            for k in self.schema.obs
+        }
+        nxt = {
+            k: np.concatenate([p["next"][k] for p in parts]) if len(parts) > 1 else parts[0]["next"][k]
+            for k in self.schema.obs
+        }
         if flatten:
             obs, nxt = self._flatten(obs), self._flatten(nxt)
         out = Transitions(observations=obs, next_observations=nxt, episode_index=np.repeat(idx, lengths), **cat)
         return out.to_torch(device) if device is not None else out
 
-    def _block(self, a: int, b: int, starts: np.ndarray, ends: np.ndarray, verify: bool,
-               select: np.ndarray | None = None) -> dict[str, Any]:
+    def _block(
+        self, a: int, b: int, starts: np.ndarray, ends: np.ndarray, verify: bool, select: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """The steps of episodes ``a..b-1`` (one read per array), or of the episodes ``select`` among them
         (in that order), with next observations; the returned episodes checked against their digests."""
         r0 = int(starts[a]) if b > a else 0
@@ -522,10 +561,15 @@ class StoreReading:
         a = tr.actions.astype(np.float64)
         r = tr.rewards.astype(np.float64)
         return NormStats(
-            obs_mean=o.mean(0).astype(np.float32), obs_std=np.maximum(o.std(0), eps).astype(np.float32),
-            action_mean=a.mean(0).astype(np.float32), action_std=np.maximum(a.std(0), eps).astype(np.float32),
-            reward_mean=float(r.mean()), reward_std=float(r.std()), reward_min=float(r.min()),
-            reward_max=float(r.max()), count=len(tr),
+            obs_mean=o.mean(0).astype(np.float32),
+            obs_std=np.maximum(o.std(0), eps).astype(np.float32),
+            action_mean=a.mean(0).astype(np.float32),
+            action_std=np.maximum(a.std(0), eps).astype(np.float32),
+            reward_mean=float(r.mean()),
+            reward_std=float(r.std()),
+            reward_min=float(r.min()),
+            reward_max=float(r.max()),
+            count=len(tr),
         )
 
     # ------------------------------------------------------------------ episodes one by one
@@ -554,17 +598,24 @@ class StoreReading:
         success = int(col("success"))
         start_time, end_time = (float(t) for t in col("times"))
         return Episode(
-            observations=obs, actions=data["actions"], rewards=data["rewards"], terminals=data["terminals"],
-            timeouts=data["timeouts"], final_observation=last,
+            observations=obs,
+            actions=data["actions"],
+            rewards=data["rewards"],
+            terminals=data["terminals"],
+            timeouts=data["timeouts"],
+            final_observation=last,
             provenance=copy.deepcopy(self.provenance_table[int(col("provenance"))]),
-            interventions=data["interventions"], seed=seed_or_none(col("seed")),
-            success=None if success < 0 else bool(success), start_time=start_time,
-            end_time=end_time, index=i,
+            interventions=data["interventions"],
+            seed=seed_or_none(col("seed")),
+            success=None if success < 0 else bool(success),
+            start_time=start_time,
+            end_time=end_time,
+            index=i,
         )
 
     def iter_episodes(self, indices: Iterable[int] | None = None, verify: bool | None = None) -> Iterator[Episode]:
         """Episodes one by one (a selection from :meth:`select`, or all), each checked as :meth:`episode` does."""
-        for i in (range(self.num_episodes) if indices is None else indices):
+        for i in range(self.num_episodes) if indices is None else indices:
             yield self.episode(int(i), verify=verify)
 
 

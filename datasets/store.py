@@ -42,7 +42,12 @@ from o2o.core.versions import package_version
 from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes, fsync_dir
 from o2o.datasets.episode import Episode
 from o2o.datasets.integrity import (
-    EMPTY_FINGERPRINT, NO_SEED, DatasetDamagedError, chain, episode_digest, structure_problems,
+    EMPTY_FINGERPRINT,
+    NO_SEED,
+    DatasetDamagedError,
+    chain,
+    episode_digest,
+    structure_problems,
 )
 from o2o.datasets.reading import INDEX_FORMAT, INDEX_KEY, DatasetVersion, StoreLocation, StoreReading
 from o2o.datasets.schema import SOURCES, Schema, validate_episode
@@ -65,14 +70,21 @@ EPISODE_FIELDS = {  # per-episode arrays: dtype, trailing shape
 }
 # Each zarr operation costs milliseconds whatever its size, so a commit touches as few
 # arrays as it can: terminated/truncated are read from data/terminals|timeouts at the ends.
-__all__ = ["EpisodeStore", "DatasetVersion", "DatasetDamagedError", "NotADatasetError", "StoreLockedError",
-           "o2o_version", "episode_digest", "chain"]
+__all__ = [
+    "EpisodeStore",
+    "DatasetVersion",
+    "DatasetDamagedError",
+    "NotADatasetError",
+    "StoreLockedError",
+    "o2o_version",
+    "episode_digest",
+    "chain",
+]
 CREATING = ".creating-"  # <parent>/.<name>.creating-<pid>-<id>: a store being built, renamed into place when whole
 
 
 class NotADatasetError(ValueError):
     """The path holds something that is not an o2o dataset (a file, or a folder with other files)."""
-
 
 
 def o2o_version() -> str:
@@ -133,8 +145,11 @@ class EpisodeStore(StoreReading):
                 self.group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "r+")
                 attrs = dict(self.group.attrs).get("o2o")
             except Exception as e:  # unreadable root metadata
-                raise DatasetDamagedError(self.path, [f"root zarr.json cannot be read ({type(e).__name__}: {e})"],
-                                          "Nothing was read or written. ") from None
+                raise DatasetDamagedError(
+                    self.path,
+                    [f"root zarr.json cannot be read ({type(e).__name__}: {e})"],
+                    "Nothing was read or written. ",
+                ) from None
             if attrs is None:
                 raise ValueError(f"dataset {self.path!r}: zarr group has no 'o2o' attributes")
             self.attrs: dict = attrs
@@ -194,8 +209,10 @@ class EpisodeStore(StoreReading):
                 os.rename(staging, root)  # atomic; replaces an empty folder, fails on a non-empty one
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise FileExistsError(f"dataset {str(path)!r} was created by another process meanwhile; open it "
-                                          "with mode='a' to append") from None
+                    raise FileExistsError(
+                        f"dataset {str(path)!r} was created by another process meanwhile; open it "
+                        "with mode='a' to append"
+                    ) from None
                 if not (was_empty_dir and root.is_dir()):
                     raise
                 lock.release()
@@ -264,8 +281,9 @@ class EpisodeStore(StoreReading):
         for tmp in self.root.rglob("*.partial"):
             tmp.unlink(missing_ok=True)
         if trimmed:
-            log.warning("dataset %r: removed uncommitted rows left by an interrupted append (%s)",
-                        self.path, ", ".join(trimmed))
+            log.warning(
+                "dataset %r: removed uncommitted rows left by an interrupted append (%s)", self.path, ", ".join(trimmed)
+            )
 
     def _check_tail(self) -> None:
         """Refuse to append onto a damaged tail: an append rewrites the last chunk of every array, so every
@@ -283,8 +301,12 @@ class EpisodeStore(StoreReading):
                 lo = min(lo, ((E - 1) // c) * c)
         problems = self.check_contents(np.arange(lo, E))
         if problems:
-            raise DatasetDamagedError(self.path, problems, "Nothing was appended: an append rewrites the last chunk "
-                                      f"of every array, and episodes {lo}-{E - 1} share them. ")
+            raise DatasetDamagedError(
+                self.path,
+                problems,
+                "Nothing was appended: an append rewrites the last chunk "
+                f"of every array, and episodes {lo}-{E - 1} share them. ",
+            )
 
     # ------------------------------------------------------------------ writing
     def append(self, episode: Episode) -> int:
@@ -314,13 +336,15 @@ class EpisodeStore(StoreReading):
                 prov_rows[key] = len(prov_table)
                 prov_table.append(prov)
             validated.append(arrays)
-            records.append({
-                "returns": float(np.sum(arrays["rewards"], dtype=np.float64)),
-                "success": -1 if ep.success is None else int(bool(ep.success)),
-                "seed": -1 if ep.seed is None else _check_seed(ep.seed, where, seed_dtype),
-                "times": _check_times(ep, where),
-                "provenance": prov_rows[key],
-            })
+            records.append(
+                {
+                    "returns": float(np.sum(arrays["rewards"], dtype=np.float64)),
+                    "success": -1 if ep.success is None else int(bool(ep.success)),
+                    "seed": -1 if ep.seed is None else _check_seed(ep.seed, where, seed_dtype),
+                    "times": _check_times(ep, where),
+                    "provenance": prov_rows[key],
+                }
+            )
         # Digests chain each episode to all before it: one hash names the whole history.
         fp = bytes.fromhex(self._index["fingerprint"])
         digests = []
@@ -356,8 +380,14 @@ class EpisodeStore(StoreReading):
             arr[start:need] = values
         self._zstore.sync_dirs()
         # ... the index last: the commit point.
-        index = dict(self._index, episodes=E0 + len(episodes), steps=int(ends[-1]), fingerprint=fp.hex(),
-                     provenance=prov_table, updated=time.time())
+        index = dict(
+            self._index,
+            episodes=E0 + len(episodes),
+            steps=int(ends[-1]),
+            fingerprint=fp.hex(),
+            provenance=prov_table,
+            updated=time.time(),
+        )
         atomic_write_bytes(self.root / INDEX_KEY, json.dumps(index).encode())
         self._index = index
         return list(range(E0, E0 + len(episodes)))
@@ -416,8 +446,10 @@ def _check_new_path(root: Path, path: str) -> bool:
     if EpisodeStore.is_dataset(root):
         raise FileExistsError(f"dataset {path!r} already exists; open it with mode='a' to append")
     shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
-    raise NotADatasetError(f"dataset {path!r}: the folder exists, is not empty and is not an o2o dataset ({shown}); "
-                           "nothing was written. Choose another dataset path or empty the folder")
+    raise NotADatasetError(
+        f"dataset {path!r}: the folder exists, is not empty and is not an o2o dataset ({shown}); "
+        "nothing was written. Choose another dataset path or empty the folder"
+    )
 
 
 def _remove_abandoned(root: Path) -> None:
@@ -444,8 +476,9 @@ def _build_in_place(root: Path, path: str, schema: Schema, env, chunk_bytes: int
     lock.acquire(path)
     try:
         if any(p.name != lock.path.name for p in root.iterdir()):
-            raise FileExistsError(f"dataset {path!r} was created by another process meanwhile; open it with mode='a' "
-                                  "to append")
+            raise FileExistsError(
+                f"dataset {path!r} was created by another process meanwhile; open it with mode='a' to append"
+            )
         _build(root, schema, env, chunk_bytes)  # index.json last: readers see no store until it is whole
     except BaseException:
         lock.release()
@@ -480,8 +513,12 @@ def _build(root: Path, schema: Schema, env: Mapping[str, Any] | None, chunk_byte
         row = int(np.prod(shape)) * dt.itemsize
         cap = MAX_STEP_CHUNK_ROWS if name.startswith("data/") else MAX_EPISODE_CHUNK_ROWS
         g.create_array(
-            name, shape=(0, *shape), chunks=(_chunk_rows(row, chunk_bytes, cap), *shape), dtype=dt,
-            compressors=_compressor(dt), fill_value=0,
+            name,
+            shape=(0, *shape),
+            chunks=(_chunk_rows(row, chunk_bytes, cap), *shape),
+            dtype=dt,
+            compressors=_compressor(dt),
+            fill_value=0,
             config={"write_empty_chunks": True},  # skips a full-chunk comparison on every write
         )
 
@@ -495,8 +532,14 @@ def _build(root: Path, schema: Schema, env: Mapping[str, Any] | None, chunk_byte
     for name, (dtype, shape) in EPISODE_FIELDS.items():
         make(f"episodes/{name}", shape, dtype)
     zstore.sync_dirs()
-    index = {"format": INDEX_FORMAT, "episodes": 0, "steps": 0, "fingerprint": EMPTY_FINGERPRINT,
-             "provenance": [], "updated": time.time()}
+    index = {
+        "format": INDEX_FORMAT,
+        "episodes": 0,
+        "steps": 0,
+        "fingerprint": EMPTY_FINGERPRINT,
+        "provenance": [],
+        "updated": time.time(),
+    }
     atomic_write_bytes(root / INDEX_KEY, json.dumps(index).encode())
 
 
@@ -505,9 +548,12 @@ def _check_seed(seed, where: str, dtype: np.dtype = np.dtype(np.uint64)) -> int:
     in a store made before seeds went uint64 (its column is int64)."""
     top = int(NO_SEED) if dtype == np.uint64 else 2**63
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < top:
-        older = ("" if dtype == np.uint64 else
-                 "; this dataset was made by an older o2o that stores seeds as int64 — import into a new dataset "
-                 "for 64-bit seeds")
+        older = (
+            ""
+            if dtype == np.uint64
+            else "; this dataset was made by an older o2o that stores seeds as int64 — import into a new dataset "
+            "for 64-bit seeds"
+        )
         limit = "2**64 - 1" if dtype == np.uint64 else "2**63"
         raise ValueError(f"{where}: seed must be a non-negative integer < {limit} or None, got {seed!r}{older}")
     return int(seed)
@@ -530,8 +576,12 @@ def _check_provenance(prov: Mapping[str, Any] | Any, where: str) -> dict:
         raise ValueError(f"{where}: provenance source {src!r} is not one of {SOURCES}")
     if not prov.get("policy_id"):
         raise ValueError(f"{where}: provenance needs a policy_id")
-    out = {"source": src, "policy_id": str(prov["policy_id"]),
-           "policy_version": str(prov.get("policy_version", "1")), "params": dict(prov.get("params") or {})}
+    out = {
+        "source": src,
+        "policy_id": str(prov["policy_id"]),
+        "policy_version": str(prov.get("policy_version", "1")),
+        "params": dict(prov.get("params") or {}),
+    }
     run = prov.get("run")
     if run is not None:  # which run (and part of it) wrote the episode: what a resumed run counts
         if not isinstance(run, Mapping) or not run.get("id"):

@@ -44,9 +44,13 @@ class Episodes:
         return float(self.successes[known].mean()) if known.any() else None
 
     def summary(self) -> dict[str, Any]:
-        return {"episodes": int(len(self.returns)), "success_rate": self.success_rate,
-                "return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
-                "length_mean": float(self.lengths.mean())}
+        return {
+            "episodes": int(len(self.returns)),
+            "success_rate": self.success_rate,
+            "return_mean": float(self.returns.mean()),
+            "return_std": float(self.returns.std()),
+            "length_mean": float(self.lengths.mean()),
+        }
 
 
 class _EnvIO:
@@ -105,8 +109,9 @@ def run_runtime(runtime: PolicyRuntime, env_cfg: Mapping[str, Any], episodes: in
     return out, {"guards": guards, "inference_median_s": float(np.median(latencies)) if latencies else None}
 
 
-def run_policy(policy: Callable[[np.ndarray], np.ndarray], env_cfg: Mapping[str, Any], episodes: int,
-               seed: int) -> Episodes:
+def run_policy(
+    policy: Callable[[np.ndarray], np.ndarray], env_cfg: Mapping[str, Any], episodes: int, seed: int
+) -> Episodes:
     """Episodes of ``policy`` (``obs [1, O] -> action [1, A]``), with no guards."""
     env = make_env(env_cfg)
     io = _EnvIO(env)
@@ -136,11 +141,17 @@ def return_noise(std_a: float, n: int, std_b: float, m: int) -> float:
     """Standard error of a difference of two mean returns (per-episode standard deviations, episode counts)."""
     if n < 1 or m < 1:
         return math.nan
-    return math.sqrt(std_a ** 2 / n + std_b ** 2 / m)
+    return math.sqrt(std_a**2 / n + std_b**2 / m)
 
 
-def compare_with_evaluation(got: Mapping[str, Any], episodes: int, reference: Mapping[str, Any], noise_z: float = 2.0,
-                            success_margin: float = 0.1, return_margin: float = 0.1) -> dict[str, Any]:
+def compare_with_evaluation(
+    got: Mapping[str, Any],
+    episodes: int,
+    reference: Mapping[str, Any],
+    noise_z: float = 2.0,
+    success_margin: float = 0.1,
+    return_margin: float = 0.1,
+) -> dict[str, Any]:
     """The runtime's closed-loop outcome ``got`` (:meth:`Episodes.summary` of ``episodes`` episodes) against
     ``reference`` (``success_rate``/``return_mean``/``return_std``, ``episodes`` and ``source``: what the
     checkpoint was evaluated at).
@@ -167,16 +178,30 @@ def compare_with_evaluation(got: Mapping[str, Any], episodes: int, reference: Ma
     else:
         out.update(metric=None, passed=True, reason="the reference holds neither a success rate nor a return")
         return out
-    out.update(evaluated=want, runtime=have, noise=noise, noise_z=float(noise_z), allowed_drop=allowed,
-               passed=bool(have >= want - allowed))
+    out.update(
+        evaluated=want,
+        runtime=have,
+        noise=noise,
+        noise_z=float(noise_z),
+        allowed_drop=allowed,
+        passed=bool(have >= want - allowed),
+    )
     return out
 
 
-def closed_loop_check(export_dir: str | os.PathLike, env_cfg: Mapping[str, Any],
-                      trained: Callable[[np.ndarray], np.ndarray], episodes: int = 10, seed: int = 20_000,
-                      max_success_drop: float | None = None, reference: Mapping[str, Any] | None = None,
-                      noise_z: float = 2.0, success_margin: float = 0.1, return_margin: float = 0.1,
-                      **runtime_kwargs: Any) -> dict[str, Any]:
+def closed_loop_check(
+    export_dir: str | os.PathLike,
+    env_cfg: Mapping[str, Any],
+    trained: Callable[[np.ndarray], np.ndarray],
+    episodes: int = 10,
+    seed: int = 20_000,
+    max_success_drop: float | None = None,
+    reference: Mapping[str, Any] | None = None,
+    noise_z: float = 2.0,
+    success_margin: float = 0.1,
+    return_margin: float = 0.1,
+    **runtime_kwargs: Any,
+) -> dict[str, Any]:
     """Success of the export through the runtime next to the trained policy's, on the same episodes,
     and next to what the checkpoint was evaluated at (``reference``, see :func:`compare_with_evaluation`).
 
@@ -191,15 +216,23 @@ def closed_loop_check(export_dir: str | os.PathLike, env_cfg: Mapping[str, Any],
     got, extra = run_runtime(runtime, env_cfg, episodes, seed)
     want = run_policy(trained, env_cfg, episodes, seed)
     rt, tr = got.summary(), want.summary()
-    out = {"episodes": int(episodes), "seed": int(seed), "runtime": rt, "trained": tr, **extra,
-           "success_noise": success_noise(tr["success_rate"], episodes)}
+    out = {
+        "episodes": int(episodes),
+        "seed": int(seed),
+        "runtime": rt,
+        "trained": tr,
+        **extra,
+        "success_noise": success_noise(tr["success_rate"], episodes),
+    }
     guards = extra["guards"] or "none"
     if max_success_drop is not None and rt["success_rate"] is not None and tr["success_rate"] is not None:
         if rt["success_rate"] < tr["success_rate"] - float(max_success_drop):
-            raise ExportRefused(f"export refused: closed loop in simulation, the exported policy through the runtime "
-                                f"succeeds in {rt['success_rate']:.2f} of {episodes} episodes, the trained policy in "
-                                f"{tr['success_rate']:.2f} (allowed drop {max_success_drop}); guards that fired: "
-                                f"{guards}")
+            raise ExportRefused(
+                f"export refused: closed loop in simulation, the exported policy through the runtime "
+                f"succeeds in {rt['success_rate']:.2f} of {episodes} episodes, the trained policy in "
+                f"{tr['success_rate']:.2f} (allowed drop {max_success_drop}); guards that fired: "
+                f"{guards}"
+            )
     if reference is not None:
         vs = compare_with_evaluation(rt, episodes, reference, noise_z, success_margin, return_margin)
         out["vs_evaluation"] = vs
@@ -214,7 +247,11 @@ def closed_loop_check(export_dir: str | os.PathLike, env_cfg: Mapping[str, Any],
                 f"{fmt(vs['evaluated'])} over {vs['evaluated_episodes']} episodes ({vs['source']}); allowed drop "
                 f"{vs['allowed_drop']:.3g} ({vs['noise_z']:g} standard errors of the difference, {vs['noise']:.3g}, + "
                 f"margin {vs['margin']:.3g}). The trained torch policy scores {fmt(torch_now)} on the same episodes"
-                + (", as low: the checkpoint's weights do not behave as they did when it was evaluated"
-                   if (torch_now is not None and torch_now < vs["evaluated"] - vs["allowed_drop"]) else "")
-                + f"; guards that fired: {guards}")
+                + (
+                    ", as low: the checkpoint's weights do not behave as they did when it was evaluated"
+                    if (torch_now is not None and torch_now < vs["evaluated"] - vs["allowed_drop"])
+                    else ""
+                )
+                + f"; guards that fired: {guards}"
+            )
     return out

@@ -49,9 +49,24 @@ import torch
 from torch import Tensor, nn
 
 from o2o.core.versions import package_versions
-from o2o.deploy.manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, ONNX_NAME, REFERENCE_NAME, SEAL_KEY,
-                                 SIGNATURE_SECTION, TORCHSCRIPT_NAME, bounds_to_json, check_manifest, hash_files,
-                                 seal_digests, seal_text, sha256_file, sign, write_manifest)
+from o2o.deploy.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    ONNX_NAME,
+    REFERENCE_NAME,
+    SEAL_KEY,
+    SIGNATURE_SECTION,
+    TORCHSCRIPT_NAME,
+    bounds_to_json,
+    check_manifest,
+    hash_files,
+    seal_digests,
+    seal_text,
+    sha256_file,
+    sign,
+    write_manifest,
+)
 
 OPSET = 18  # pinned: onnxruntime >= 1.14 runs it; the torch.export-based exporter starts at 18
 TOLERANCE = 1e-5
@@ -141,9 +156,18 @@ def export_onnx(model: nn.Module, example: Tensor, path: str | os.PathLike, opse
 
     with _quiet_exporters():
         program = torch.onnx.export(
-            model, (example,), None, dynamo=True, opset_version=int(opset), input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            external_data=False, verbose=False, optimize=True)
+            model,
+            (example,),
+            None,
+            dynamo=True,
+            opset_version=int(opset),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            external_data=False,
+            verbose=False,
+            optimize=True,
+        )
         program.save(str(path), external_data=False)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -169,9 +193,14 @@ def _max_diff(got: np.ndarray, want: np.ndarray) -> tuple[float, int, int]:
     return float(d.reshape(-1)[i]), row, col
 
 
-def check_parity(reference: nn.Module, observations: np.ndarray, onnx_path: str | os.PathLike,
-                 torchscript_path: str | os.PathLike, tolerance: float = TOLERANCE,
-                 source: str = "given observations") -> tuple[dict[str, float], np.ndarray]:
+def check_parity(
+    reference: nn.Module,
+    observations: np.ndarray,
+    onnx_path: str | os.PathLike,
+    torchscript_path: str | os.PathLike,
+    tolerance: float = TOLERANCE,
+    source: str = "given observations",
+) -> tuple[dict[str, float], np.ndarray]:
     """Max abs diff of onnxruntime and TorchScript (loaded from their files) vs ``reference`` (eager torch).
 
     Returns ``({"onnxruntime": d1, "torchscript": d2}, reference actions)``; raises
@@ -187,12 +216,16 @@ def check_parity(reference: nn.Module, observations: np.ndarray, onnx_path: str 
         again = reference(x).numpy()
     if not np.array_equal(want, again, equal_nan=True):
         d = float(np.nanmax(np.abs(want - again)))
-        raise ExportRefused(f"the torch policy is not deterministic (two calls on the same {len(obs)} observations "
-                            f"differ by up to {d:.3g}): export the deterministic mode of the actor")
+        raise ExportRefused(
+            f"the torch policy is not deterministic (two calls on the same {len(obs)} observations "
+            f"differ by up to {d:.3g}): export the deterministic mode of the actor"
+        )
     if not np.all(np.isfinite(want)):
         rows = np.flatnonzero(~np.isfinite(want).all(1))
-        raise ExportRefused(f"the torch policy returns non-finite actions on {len(rows)} of the {len(obs)} "
-                            f"observations from {source} (first at row {rows[0]}); the checkpoint is broken")
+        raise ExportRefused(
+            f"the torch policy returns non-finite actions on {len(rows)} of the {len(obs)} "
+            f"observations from {source} (first at row {rows[0]}); the checkpoint is broken"
+        )
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -213,23 +246,31 @@ def check_parity(reference: nn.Module, observations: np.ndarray, onnx_path: str 
     for name, path, run in (("onnxruntime", onnx_path, run_onnx), ("torchscript", torchscript_path, run_ts)):
         got = run(obs)
         worst = _max_diff(got, want)
-        ones = np.concatenate([run(obs[i:i + 1]) for i in range(single)]) if single else want[:0]
+        ones = np.concatenate([run(obs[i : i + 1]) for i in range(single)]) if single else want[:0]
         worst_one = _max_diff(ones, want[:single])
         worst = max(worst, worst_one, key=lambda t: t[0])
         diffs[name] = worst[0]
         if not worst[0] <= tolerance:
-            where = (f"shape {got.shape} != {want.shape}" if worst[1] < 0
-                     else f"at observation row {worst[1]}, action dim {worst[2]}")
-            raise ExportRefused(f"export refused: {name} output of {str(path)!r} differs from the torch policy by "
-                                f"max abs diff {worst[0]:.3g} > tolerance {tolerance:g} ({where}) on {len(obs)} "
-                                f"observations from {source}")
+            where = (
+                f"shape {got.shape} != {want.shape}"
+                if worst[1] < 0
+                else f"at observation row {worst[1]}, action dim {worst[2]}"
+            )
+            raise ExportRefused(
+                f"export refused: {name} output of {str(path)!r} differs from the torch policy by "
+                f"max abs diff {worst[0]:.3g} > tolerance {tolerance:g} ({where}) on {len(obs)} "
+                f"observations from {source}"
+            )
     return diffs, want
 
 
 def versions() -> dict[str, str | None]:
     """Versions of what produced an export (recorded in the manifest)."""
-    return {**package_versions(("o2o", "torch", "onnx", "onnxruntime", "onnxscript", "numpy")),
-            "python": platform.python_version(), "platform": sys.platform}
+    return {
+        **package_versions(("o2o", "torch", "onnx", "onnxruntime", "onnxscript", "numpy")),
+        "python": platform.python_version(),
+        "platform": sys.platform,
+    }
 
 
 def _prepare_destination(out_dir: Path) -> None:
@@ -264,8 +305,9 @@ def write_onnx_metadata(path: str | os.PathLike, entries: Mapping[str, str]) -> 
     os.replace(tmp, path)
 
 
-def seal_export(folder: str | os.PathLike, manifest: Mapping[str, Any], files: Sequence[str],
-                signing_key: bytes | str | None = None) -> dict[str, Any]:
+def seal_export(
+    folder: str | os.PathLike, manifest: Mapping[str, Any], files: Sequence[str], signing_key: bytes | str | None = None
+) -> dict[str, Any]:
     """Hash ``files``, seal the manifest into its ONNX model, sign it with ``signing_key`` if given,
     and write ``manifest.json``; returns the manifest as written (see :mod:`o2o.deploy.manifest`).
 
@@ -289,10 +331,18 @@ def seal_export(folder: str | os.PathLike, manifest: Mapping[str, Any], files: S
     return m
 
 
-def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: np.ndarray, spec: ExportSpec, *,
-                  opset: int = OPSET, tolerance: float = TOLERANCE, reference_rows: int = 256,
-                  check: Callable[[Path], Mapping[str, Any]] | None = None,
-                  signing_key: bytes | str | None = None) -> ExportReport:
+def export_policy(
+    policy: nn.Module,
+    out_dir: str | os.PathLike,
+    observations: np.ndarray,
+    spec: ExportSpec,
+    *,
+    opset: int = OPSET,
+    tolerance: float = TOLERANCE,
+    reference_rows: int = 256,
+    check: Callable[[Path], Mapping[str, Any]] | None = None,
+    signing_key: bytes | str | None = None,
+) -> ExportReport:
     """Export ``policy`` (raw obs -> env-unit actions) to ``out_dir``, verified; see the module docstring.
 
     ``observations`` ``[N, obs_dim]``: recorded observations the parity check runs on.
@@ -306,8 +356,10 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
     obs = np.asarray(observations, np.float32)
     dim = spec.obs_layout[-1]["stop"] if spec.obs_layout else 0
     if obs.ndim != 2 or len(obs) == 0 or obs.shape[1] != dim:
-        raise ExportRefused(f"parity observations have shape {obs.shape}; need [N >= 1, {dim}] (the observation layout "
-                            f"{[f['key'] for f in spec.obs_layout]})")
+        raise ExportRefused(
+            f"parity observations have shape {obs.shape}; need [N >= 1, {dim}] (the observation layout "
+            f"{[f['key'] for f in spec.obs_layout]})"
+        )
     finite = np.isfinite(obs).all(1)
     obs = obs[finite]
     if len(obs) == 0:
@@ -317,8 +369,10 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
     with torch.no_grad():
         probe = graph(torch.from_numpy(obs[:2]))
     if probe.shape != (min(2, len(obs)), act_dim):
-        raise ExportRefused(f"the policy maps [N, {dim}] observations to {tuple(probe.shape)}, not [N, {act_dim}] "
-                            "actions (action bounds)")
+        raise ExportRefused(
+            f"the policy maps [N, {dim}] observations to {tuple(probe.shape)}, not [N, {act_dim}] "
+            "actions (action bounds)"
+        )
     _prepare_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned(out_dir)
@@ -334,8 +388,9 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
             raise
         except Exception as e:  # the exporters raise many types; say which step failed
             raise ExportRefused(f"export refused: the policy could not be exported ({type(e).__name__}: {e})") from e
-        diffs, want = check_parity(graph, obs, staging / ONNX_NAME, staging / TORCHSCRIPT_NAME, tolerance,
-                                   spec.observations_source)
+        diffs, want = check_parity(
+            graph, obs, staging / ONNX_NAME, staging / TORCHSCRIPT_NAME, tolerance, spec.observations_source
+        )
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(obs), size=min(reference_rows, len(obs)), replace=False))
         np.savez(staging / REFERENCE_NAME, observations=obs[pick], actions=want[pick])
@@ -354,8 +409,15 @@ def export_policy(policy: nn.Module, out_dir: str | os.PathLike, observations: n
     return ExportReport(str(out_dir), manifest, diffs, time.perf_counter() - start)
 
 
-def build_manifest(spec: ExportSpec, obs: np.ndarray, act_dim: int, diffs: Mapping[str, float], tolerance: float,
-                   opset: int, reference_count: int) -> dict[str, Any]:
+def build_manifest(
+    spec: ExportSpec,
+    obs: np.ndarray,
+    act_dim: int,
+    diffs: Mapping[str, float],
+    tolerance: float,
+    opset: int,
+    reference_count: int,
+) -> dict[str, Any]:
     """The manifest without its ``files`` section (see :mod:`o2o.deploy.manifest`)."""
     freq = spec.control_frequency_hz
     return {
@@ -363,23 +425,49 @@ def build_manifest(spec: ExportSpec, obs: np.ndarray, act_dim: int, diffs: Mappi
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "policy": dict(spec.policy),
-        "observation": {"dim": int(obs.shape[1]), "dtype": "float32", "layout": list(spec.obs_layout),
-                        "keys": [f["key"] for f in spec.obs_layout], "space": spec.observation_space},
-        "action": {"dim": int(act_dim), "dtype": "float32", "low": bounds_to_json(spec.action_low),
-                   "high": bounds_to_json(spec.action_high)},
-        "control": {"frequency_hz": None if freq is None else float(freq),
-                    "period_s": None if not freq else 1.0 / float(freq), "controller_type": spec.controller_type},
+        "observation": {
+            "dim": int(obs.shape[1]),
+            "dtype": "float32",
+            "layout": list(spec.obs_layout),
+            "keys": [f["key"] for f in spec.obs_layout],
+            "space": spec.observation_space,
+        },
+        "action": {
+            "dim": int(act_dim),
+            "dtype": "float32",
+            "low": bounds_to_json(spec.action_low),
+            "high": bounds_to_json(spec.action_high),
+        },
+        "control": {
+            "frequency_hz": None if freq is None else float(freq),
+            "period_s": None if not freq else 1.0 / float(freq),
+            "controller_type": spec.controller_type,
+        },
         "env": dict(spec.env),
         "dataset": None if spec.dataset is None else dict(spec.dataset),
         "evaluation": dict(spec.evaluation),
-        "onnx": {"file": ONNX_NAME, "opset": int(opset), "input": INPUT_NAME, "output": OUTPUT_NAME,
-                 "input_shape": ["batch", int(obs.shape[1])], "output_shape": ["batch", int(act_dim)]},
+        "onnx": {
+            "file": ONNX_NAME,
+            "opset": int(opset),
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "input_shape": ["batch", int(obs.shape[1])],
+            "output_shape": ["batch", int(act_dim)],
+        },
         "torchscript": {"file": TORCHSCRIPT_NAME, "method": "trace", "input_shape": ["batch", int(obs.shape[1])]},
-        "parity": {"tolerance": float(tolerance), "observations": int(len(obs)), "source": spec.observations_source,
-                   "max_abs_diff": {k: float(v) for k, v in diffs.items()}, "reference_file": REFERENCE_NAME,
-                   "reference_rows": int(reference_count)},
-        "runtime": {"safe_action": spec.runtime.get("safe_action"), "max_delta": spec.runtime.get("max_delta"),
-                    "deadline_s": spec.runtime.get("deadline_s")},
+        "parity": {
+            "tolerance": float(tolerance),
+            "observations": int(len(obs)),
+            "source": spec.observations_source,
+            "max_abs_diff": {k: float(v) for k, v in diffs.items()},
+            "reference_file": REFERENCE_NAME,
+            "reference_rows": int(reference_count),
+        },
+        "runtime": {
+            "safe_action": spec.runtime.get("safe_action"),
+            "max_delta": spec.runtime.get("max_delta"),
+            "deadline_s": spec.runtime.get("deadline_s"),
+        },
         "notes": list(spec.notes),
         "versions": versions(),
     }
@@ -406,7 +494,9 @@ def remove_abandoned(out_dir: str | os.PathLike) -> list[str]:
         if not out_dir.exists() and not (pid.isdigit() and _alive(int(pid))):
             os.replace(old, out_dir)
             removed.append(f"{old} (restored as {out_dir})")
-    for d in list(out_dir.parent.glob(f".{out_dir.name}.staging-*")) + list(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+    for d in list(out_dir.parent.glob(f".{out_dir.name}.staging-*")) + list(
+        out_dir.parent.glob(f".{out_dir.name}.old-*")
+    ):
         pid = d.name.rpartition("-")[2]
         if pid.isdigit() and _alive(int(pid)):
             continue  # an export in progress in another process

@@ -57,8 +57,24 @@ TORCHSCRIPT_NAME = "policy.pt"
 REFERENCE_NAME = "reference.npz"
 
 #: Top-level sections every manifest has (``evaluation`` may be empty, never absent).
-REQUIRED_SECTIONS = ("format", "format_version", "created", "policy", "observation", "action", "control", "env",
-                     "dataset", "evaluation", "onnx", "torchscript", "parity", "runtime", "versions", "files")
+REQUIRED_SECTIONS = (
+    "format",
+    "format_version",
+    "created",
+    "policy",
+    "observation",
+    "action",
+    "control",
+    "env",
+    "dataset",
+    "evaluation",
+    "onnx",
+    "torchscript",
+    "parity",
+    "runtime",
+    "versions",
+    "files",
+)
 
 
 #: ``metadata_props`` key of the seal in the ONNX model, and the seal's own format tag.
@@ -131,13 +147,17 @@ def verify_files(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> N
             raise ManifestError(f"export {str(directory)!r}: file {name!r} listed in the manifest is missing")
         size = path.stat().st_size
         if size != entry.get("bytes"):
-            raise ManifestError(f"export {str(directory)!r}: file {name!r} has {size} bytes, the manifest says "
-                                f"{entry.get('bytes')} (modified after export; export the checkpoint again)")
+            raise ManifestError(
+                f"export {str(directory)!r}: file {name!r} has {size} bytes, the manifest says "
+                f"{entry.get('bytes')} (modified after export; export the checkpoint again)"
+            )
         digest = sha256_file(path)
         if digest != entry.get("sha256"):
-            raise ManifestError(f"export {str(directory)!r}: file {name!r} sha256 {digest[:16]}... != manifest's "
-                                f"{str(entry.get('sha256'))[:16]}... (modified after export; export the checkpoint "
-                                "again)")
+            raise ManifestError(
+                f"export {str(directory)!r}: file {name!r} sha256 {digest[:16]}... != manifest's "
+                f"{str(entry.get('sha256'))[:16]}... (modified after export; export the checkpoint "
+                "again)"
+            )
 
 
 # ---------------------------------------------------------------------- seal and signature
@@ -173,9 +193,11 @@ def check_seal(manifest: Mapping[str, Any], seal: str | None, where: str) -> dic
     """
     onnx_name = (manifest.get("onnx") or {}).get("file")
     if seal is None:
-        raise ManifestError(f"{where}: {onnx_name!r} carries no manifest seal (metadata {SEAL_KEY!r}): the export "
-                            f"predates sealed manifests or its model was replaced, so manifest.json cannot be checked; "
-                            f"{_REEXPORT}")
+        raise ManifestError(
+            f"{where}: {onnx_name!r} carries no manifest seal (metadata {SEAL_KEY!r}): the export "
+            f"predates sealed manifests or its model was replaced, so manifest.json cannot be checked; "
+            f"{_REEXPORT}"
+        )
     try:
         record = json.loads(seal)
         sealed = dict(record["sections"])
@@ -183,20 +205,31 @@ def check_seal(manifest: Mapping[str, Any], seal: str | None, where: str) -> dic
     except (ValueError, TypeError, KeyError):
         ok = False
     if not ok:
-        raise ManifestError(f"{where}: the manifest seal in {onnx_name!r} is malformed or of an unknown format (want "
-                            f"{SEAL_FORMAT!r}); {_REEXPORT}")
+        raise ManifestError(
+            f"{where}: the manifest seal in {onnx_name!r} is malformed or of an unknown format (want "
+            f"{SEAL_FORMAT!r}); {_REEXPORT}"
+        )
     now = seal_digests(manifest)
     changed = sorted(k for k in sealed.keys() & now.keys() if not hmac.compare_digest(sealed[k], now[k]))
     added, removed = sorted(now.keys() - sealed.keys()), sorted(sealed.keys() - now.keys())
     if changed or added or removed:
-        parts = [f"{'section' if len(v) == 1 else 'sections'} {', '.join(repr(k) for k in v)} {what}"
-                 for v, what in ((changed, "changed"), (added, "added"), (removed, "removed")) if v]
-        swapped = (f"; 'created' differs too: {onnx_name!r} and manifest.json come from different exports"
-                   if "created" in changed else "")
-        raise ManifestError(f"{where}: manifest.json {'; '.join(parts)} after export (the seal in {onnx_name!r} binds "
-                            f"the manifest as exported{swapped}): restore the exported manifest.json or " + _REEXPORT
-                            + "; to change guard settings, pass them to PolicyRuntime / o2o serve instead of editing "
-                            "the manifest")
+        parts = [
+            f"{'section' if len(v) == 1 else 'sections'} {', '.join(repr(k) for k in v)} {what}"
+            for v, what in ((changed, "changed"), (added, "added"), (removed, "removed"))
+            if v
+        ]
+        swapped = (
+            f"; 'created' differs too: {onnx_name!r} and manifest.json come from different exports"
+            if "created" in changed
+            else ""
+        )
+        raise ManifestError(
+            f"{where}: manifest.json {'; '.join(parts)} after export (the seal in {onnx_name!r} binds "
+            f"the manifest as exported{swapped}): restore the exported manifest.json or "
+            + _REEXPORT
+            + "; to change guard settings, pass them to PolicyRuntime / o2o serve instead of editing "
+            "the manifest"
+        )
     return sealed
 
 
@@ -212,8 +245,10 @@ def read_signing_key(path: str | os.PathLike) -> bytes:
 def _check_key(key: bytes | str, where: str) -> bytes:
     key = key.encode() if isinstance(key, str) else bytes(key)
     if len(key) < MIN_KEY_BYTES:
-        raise ManifestError(f"{where}: the key has {len(key)} bytes, fewer than {MIN_KEY_BYTES}: too short to be a "
-                            "secret (make one with: openssl rand -hex 32 > o2o-signing.key)")
+        raise ManifestError(
+            f"{where}: the key has {len(key)} bytes, fewer than {MIN_KEY_BYTES}: too short to be a "
+            "secret (make one with: openssl rand -hex 32 > o2o-signing.key)"
+        )
     return key
 
 
@@ -229,29 +264,39 @@ def _signature_message(sealed: Mapping[str, str], onnx_sha256: str) -> bytes:
 def sign(sealed: Mapping[str, str], onnx_sha256: str, key: bytes | str) -> dict[str, str]:
     """The ``signature`` section: HMAC-SHA256 under ``key`` over the sealed digests and the ONNX file's SHA-256."""
     key = _check_key(key, "signing key")
-    return {"algorithm": SIGNATURE_ALGORITHM, "key_id": key_id(key),
-            "value": hmac.new(key, _signature_message(sealed, onnx_sha256), hashlib.sha256).hexdigest()}
+    return {
+        "algorithm": SIGNATURE_ALGORITHM,
+        "key_id": key_id(key),
+        "value": hmac.new(key, _signature_message(sealed, onnx_sha256), hashlib.sha256).hexdigest(),
+    }
 
 
-def check_signature(manifest: Mapping[str, Any], sealed: Mapping[str, str], onnx_sha256: str, key: bytes | str,
-                    where: str) -> None:
+def check_signature(
+    manifest: Mapping[str, Any], sealed: Mapping[str, str], onnx_sha256: str, key: bytes | str, where: str
+) -> None:
     """Refuse an export that is not signed, or not signed with ``key``, over exactly this seal and model."""
     key = _check_key(key, f"{where}: signing key")
     sig = manifest.get(SIGNATURE_SECTION)
     if not isinstance(sig, Mapping) or not sig.get("value"):
-        raise ManifestError(f"{where}: the export is not signed and this runtime requires a signature (a signing key "
-                            "was given): use an export made with export.signing_key_file set to this deployment's "
-                            "key")
+        raise ManifestError(
+            f"{where}: the export is not signed and this runtime requires a signature (a signing key "
+            "was given): use an export made with export.signing_key_file set to this deployment's "
+            "key"
+        )
     if sig.get("algorithm") != SIGNATURE_ALGORITHM:
         raise ManifestError(f"{where}: signature algorithm {sig.get('algorithm')!r} is not {SIGNATURE_ALGORITHM!r}")
     want = hmac.new(key, _signature_message(sealed, onnx_sha256), hashlib.sha256).hexdigest()
     if not hmac.compare_digest(str(sig["value"]), want):
         other = sig.get("key_id") not in (None, key_id(key))
-        raise ManifestError(f"{where}: the signature does not match: "
-                            + (f"it was signed with another key (key id {sig.get('key_id')}, this key's is "
-                               f"{key_id(key)})" if other else "the export changed after it was signed, or the "
-                               "signature was forged")
-                            + "; use an export signed with this deployment's key")
+        raise ManifestError(
+            f"{where}: the signature does not match: "
+            + (
+                f"it was signed with another key (key id {sig.get('key_id')}, this key's is {key_id(key)})"
+                if other
+                else "the export changed after it was signed, or the signature was forged"
+            )
+            + "; use an export signed with this deployment's key"
+        )
 
 
 def check_manifest(manifest: Any, where: str) -> None:
@@ -262,10 +307,15 @@ def check_manifest(manifest: Any, where: str) -> None:
         raise ManifestError(f"{where}: not an o2o export manifest (format {manifest.get('format')!r}, want {FORMAT!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         old = isinstance(manifest.get("format_version"), int) and manifest["format_version"] < FORMAT_VERSION
-        raise ManifestError(f"{where}: manifest format_version {manifest.get('format_version')!r} is not supported "
-                            f"(this o2o reads {FORMAT_VERSION})"
-                            + (f": exports before format 2 carry no seal binding manifest.json to the model; "
-                               f"{_REEXPORT}" if old else ""))
+        raise ManifestError(
+            f"{where}: manifest format_version {manifest.get('format_version')!r} is not supported "
+            f"(this o2o reads {FORMAT_VERSION})"
+            + (
+                f": exports before format 2 carry no seal binding manifest.json to the model; {_REEXPORT}"
+                if old
+                else ""
+            )
+        )
     missing = [k for k in REQUIRED_SECTIONS if k not in manifest]
     if missing:
         raise ManifestError(f"{where}: manifest lacks sections {missing}")
@@ -285,9 +335,11 @@ def check_manifest(manifest: Any, where: str) -> None:
     for i, f in enumerate(layout):
         size = math.prod(int(s) for s in f.get("shape", [])) if f.get("shape") else 1
         if f.get("start") != pos or f.get("stop") != pos + size:
-            raise ManifestError(f"{where}: observation.layout[{i}] ({f.get('key')!r}) spans "
-                                f"[{f.get('start')}, {f.get('stop')}), expected [{pos}, {pos + size}) for shape "
-                                f"{f.get('shape')}")
+            raise ManifestError(
+                f"{where}: observation.layout[{i}] ({f.get('key')!r}) spans "
+                f"[{f.get('start')}, {f.get('stop')}), expected [{pos}, {pos + size}) for shape "
+                f"{f.get('shape')}"
+            )
         pos += size
     if pos != obs_dim:
         raise ManifestError(f"{where}: observation layout covers {pos} values, observation.dim is {obs_dim}")
@@ -305,8 +357,10 @@ def load_manifest(directory: str | os.PathLike, verify: bool = True) -> dict[str
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not path.is_file():
-        raise ManifestError(f"export {str(directory)!r}: no {MANIFEST_NAME} (not an o2o export folder; create one with "
-                            "`o2o export ckpt=...`)")
+        raise ManifestError(
+            f"export {str(directory)!r}: no {MANIFEST_NAME} (not an o2o export folder; create one with "
+            "`o2o export ckpt=...`)"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

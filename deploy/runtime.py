@@ -61,8 +61,15 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from o2o.deploy.manifest import (SEAL_KEY, ManifestError, bounds_from_json, check_seal, check_signature, load_manifest,
-                                 read_signing_key)
+from o2o.deploy.manifest import (
+    SEAL_KEY,
+    ManifestError,
+    bounds_from_json,
+    check_seal,
+    check_signature,
+    load_manifest,
+    read_signing_key,
+)
 
 _FROM_MANIFEST: Any = object()  # "use the export's default" (None is a meaningful value for several settings)
 
@@ -113,8 +120,15 @@ class StepResult(NamedTuple):
 
 #: Array kinds a real-valued input may have: bool, signed and unsigned integers, floats.
 REAL_KINDS = frozenset("biuf")
-_KIND_NAMES = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects", "M": "dates",
-               "m": "time intervals", "V": "raw/structured records"}
+_KIND_NAMES = {
+    "U": "strings",
+    "S": "bytes",
+    "c": "complex numbers",
+    "O": "Python objects",
+    "M": "dates",
+    "m": "time intervals",
+    "V": "raw/structured records",
+}
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -138,8 +152,9 @@ def _first_nonreal(values: Any) -> tuple[int, Any] | None:
     return None
 
 
-def real_array(value: Any, what: str, error: type[Exception] = ValueError,
-               layout: list[dict] | None = None) -> np.ndarray:
+def real_array(
+    value: Any, what: str, error: type[Exception] = ValueError, layout: list[dict] | None = None
+) -> np.ndarray:
     """``value`` as an array of a real kind (bool/int/uint/float), else ``error`` naming ``what``, the
     type and, for a list or tuple, the first value that is not a real number (and its ``layout`` field)."""
     try:
@@ -152,11 +167,19 @@ def real_array(value: Any, what: str, error: type[Exception] = ValueError,
     found = _first_nonreal(value) if isinstance(value, (list, tuple)) else None
     if found is not None:
         field = next((f["key"] for f in layout or () if f["start"] <= found[0] < f["stop"]), None)
-        where = (f" (value [{found[0]}]" + (f", field {field!r}," if field else "")
-                 + f" is a {type(found[1]).__name__}: {found[1]!r})")
-    raise error(f"{what} has {_kind(a.dtype)}{where}: "
-                + ("observations must be real numbers (bool, int or float)" if error is ObservationError
-                   else "it must be real numbers"))
+        where = (
+            f" (value [{found[0]}]"
+            + (f", field {field!r}," if field else "")
+            + f" is a {type(found[1]).__name__}: {found[1]!r})"
+        )
+    raise error(
+        f"{what} has {_kind(a.dtype)}{where}: "
+        + (
+            "observations must be real numbers (bool, int or float)"
+            if error is ObservationError
+            else "it must be real numbers"
+        )
+    )
 
 
 def _vector(value: Any, n: int, what: str) -> np.ndarray:
@@ -194,10 +217,21 @@ class PolicyRuntime:
     The manifest's seal is always checked (``verify=False`` skips only the files' hashes).
     """
 
-    def __init__(self, export_dir: str | os.PathLike, *, safe_action: Any = _FROM_MANIFEST,
-                 max_delta: Any = _FROM_MANIFEST, deadline_s: Any = _FROM_MANIFEST, watchdog: bool = True,
-                 watchdog_latch: bool = False, verify: bool = True, self_test: bool = True, num_threads: int = 1,
-                 signing_key: bytes | str | None = None, key_file: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        *,
+        safe_action: Any = _FROM_MANIFEST,
+        max_delta: Any = _FROM_MANIFEST,
+        deadline_s: Any = _FROM_MANIFEST,
+        watchdog: bool = True,
+        watchdog_latch: bool = False,
+        verify: bool = True,
+        self_test: bool = True,
+        num_threads: int = 1,
+        signing_key: bytes | str | None = None,
+        key_file: str | os.PathLike | None = None,
+    ):
         import onnxruntime as ort  # here, so `import o2o.deploy.runtime` alone needs only NumPy
 
         self.export_dir = Path(export_dir)
@@ -239,9 +273,11 @@ class PolicyRuntime:
             check_signature(m, sealed, onnx_sha256, signing_key, where)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or inputs[0].shape[-1] != self.obs_dim or outputs[0].shape[-1] != self.act_dim:
-            raise ManifestError(f"{where}: {onnx_name!r} maps {[i.shape for i in inputs]} -> "
-                                f"{[o.shape for o in outputs]}, the manifest says obs [batch, {self.obs_dim}] -> "
-                                f"action [batch, {self.act_dim}]")
+            raise ManifestError(
+                f"{where}: {onnx_name!r} maps {[i.shape for i in inputs]} -> "
+                f"{[o.shape for o in outputs]}, the manifest says obs [batch, {self.obs_dim}] -> "
+                f"action [batch, {self.act_dim}]"
+            )
         self._buf = np.zeros((1, self.obs_dim), np.float32)
         self._feed = {inputs[0].name: self._buf}
         self._outputs = [outputs[0].name]
@@ -277,8 +313,10 @@ class PolicyRuntime:
             raise ValueError(f"safe_action must be finite, got {a.tolist()}")
         out = np.flatnonzero((a < self.low) | (a > self.high))
         if len(out):
-            raise ValueError(f"safe_action {a.tolist()} lies outside the action bounds at dims {out.tolist()} "
-                             f"(low {self.low[out].tolist()}, high {self.high[out].tolist()})")
+            raise ValueError(
+                f"safe_action {a.tolist()} lies outside the action bounds at dims {out.tolist()} "
+                f"(low {self.low[out].tolist()}, high {self.high[out].tolist()})"
+            )
         return a
 
     def _self_test(self, where: str) -> None:
@@ -294,8 +332,10 @@ class PolicyRuntime:
         diff = float(np.max(np.abs(got - want))) if len(obs) else 0.0
         tol = float(self.manifest["parity"].get("tolerance", 1e-5))
         if not diff <= tol:
-            raise ManifestError(f"{where}: self-test failed: onnxruntime here reproduces the {len(obs)} recorded "
-                                f"actions of {ref!r} only to max abs diff {diff:.3g} > {tol:g}")
+            raise ManifestError(
+                f"{where}: self-test failed: onnxruntime here reproduces the {len(obs)} recorded "
+                f"actions of {ref!r} only to max abs diff {diff:.3g} > {tol:g}"
+            )
 
     # ------------------------------------------------------------------ observations
     @property
@@ -315,9 +355,11 @@ class PolicyRuntime:
                 v = real_array(v, f"observation field {f['key']!r}", ObservationError)
             want = f["stop"] - f["start"]
             if v.size != want:
-                raise ObservationError(f"observation field {f['key']!r} has shape {v.shape} ({v.size} values), the "
-                                       f"policy needs shape {tuple(f['shape'])} ({want} values)")
-            out[f["start"]:f["stop"]] = v.reshape(-1)
+                raise ObservationError(
+                    f"observation field {f['key']!r} has shape {v.shape} ({v.size} values), the "
+                    f"policy needs shape {tuple(f['shape'])} ({want} values)"
+                )
+            out[f["start"] : f["stop"]] = v.reshape(-1)
         return out
 
     def _as_vector(self, obs: Any) -> np.ndarray:
@@ -325,16 +367,21 @@ class PolicyRuntime:
             return self.flatten(obs)
         if type(obs) is np.ndarray and obs.dtype == np.float32 and obs.shape == (self.obs_dim,):
             return obs  # the common case, checked cheaply
-        v = obs if type(obs) is np.ndarray and obs.dtype.kind in REAL_KINDS else real_array(
-            obs, "observation", ObservationError, self.layout)
+        v = (
+            obs
+            if type(obs) is np.ndarray and obs.dtype.kind in REAL_KINDS
+            else real_array(obs, "observation", ObservationError, self.layout)
+        )
         if v.size != self.obs_dim or v.ndim > 2 or (v.ndim == 2 and v.shape[0] != 1):
-            raise ObservationError(f"observation has shape {v.shape}, the policy needs ({self.obs_dim},) float32 "
-                                   f"(fields {self.obs_keys}) or a dict of those fields")
+            raise ObservationError(
+                f"observation has shape {v.shape}, the policy needs ({self.obs_dim},) float32 "
+                f"(fields {self.obs_keys}) or a dict of those fields"
+            )
         return v.reshape(self.obs_dim).astype(np.float32, copy=False)
 
     def _nonfinite_fields(self, v: np.ndarray) -> list[str]:
         bad = ~np.isfinite(v)
-        return [f["key"] for f in self.layout if bad[f["start"]:f["stop"]].any()]
+        return [f["key"] for f in self.layout if bad[f["start"] : f["stop"]].any()]
 
     # ------------------------------------------------------------------ acting
     def infer(self, obs_batch: np.ndarray) -> np.ndarray:
@@ -369,20 +416,32 @@ class PolicyRuntime:
             if self._tripped:
                 return self._safe(Guard.LATCHED, 0.0, None, None)
             if not np.isfinite(v).all():
-                return self._safe(Guard.NONFINITE_OBS, 0.0, None,
-                                  f"non-finite observation in fields {self._nonfinite_fields(v)}: safe action issued")
+                return self._safe(
+                    Guard.NONFINITE_OBS,
+                    0.0,
+                    None,
+                    f"non-finite observation in fields {self._nonfinite_fields(v)}: safe action issued",
+                )
             t0 = time.perf_counter()
             raw = self._infer_one(v)
             dt = time.perf_counter() - t0
             if self.deadline_s is not None and dt > self.deadline_s:
                 self._tripped = self.watchdog_latch
                 latched = " (latched until reset())" if self.watchdog_latch else ""
-                return self._safe(Guard.WATCHDOG, dt, raw,
-                                  f"watchdog: inference took {dt * 1e3:.2f} ms > deadline "
-                                  f"{self.deadline_s * 1e3:.2f} ms: safe action issued{latched}")
+                return self._safe(
+                    Guard.WATCHDOG,
+                    dt,
+                    raw,
+                    f"watchdog: inference took {dt * 1e3:.2f} ms > deadline "
+                    f"{self.deadline_s * 1e3:.2f} ms: safe action issued{latched}",
+                )
             if not np.isfinite(raw).all():
-                return self._safe(Guard.NONFINITE_ACTION, dt, raw,
-                                  f"policy returned a non-finite action {raw.tolist()}: safe action issued")
+                return self._safe(
+                    Guard.NONFINITE_ACTION,
+                    dt,
+                    raw,
+                    f"policy returned a non-finite action {raw.tolist()}: safe action issued",
+                )
             # float32 throughout (what the policy returns and the controller receives); plain int
             # flags until the end: enum arithmetic would cost more than the checks themselves.
             flags, a = 0, raw
@@ -452,10 +511,16 @@ class ControlLoop:
         rate_hz: loop rate; default: the export's control frequency.
     """
 
-    def __init__(self, runtime: PolicyRuntime, read_obs: Callable[[], Any],
-                 send_action: Callable[[np.ndarray, StepResult], None], rate_hz: float | None = None,
-                 realtime: bool = True, clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        runtime: PolicyRuntime,
+        read_obs: Callable[[], Any],
+        send_action: Callable[[np.ndarray, StepResult], None],
+        rate_hz: float | None = None,
+        realtime: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.runtime = runtime
         self.read_obs, self.send_action = read_obs, send_action
         if rate_hz is None and runtime.period_s is None and realtime:
@@ -501,6 +566,14 @@ class ControlLoop:
         elapsed = self._clock() - start  # from the first step (t0 is re-anchored after an overrun)
         t = np.asarray(times) if times else np.zeros(1)
         guards = {k: v - before.get(k, 0) for k, v in self.runtime.counts.items() if v - before.get(k, 0)}
-        return LoopReport(n, elapsed, self.period_s, overruns, missed, guards, float(np.median(t)),
-                          float(np.percentile(t, 99)), float(t.max()))
-
+        return LoopReport(
+            n,
+            elapsed,
+            self.period_s,
+            overruns,
+            missed,
+            guards,
+            float(np.median(t)),
+            float(np.percentile(t, 99)),
+            float(t.max()),
+        )

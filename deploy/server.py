@@ -66,8 +66,10 @@ class ActionServer:
         import zmq
 
         if host not in LOOPBACK and not allow_remote:
-            raise ValueError(f"action server: host {host!r} is not a loopback address; the protocol has no "
-                             "authentication (pass allow_remote=true to serve other hosts anyway)")
+            raise ValueError(
+                f"action server: host {host!r} is not a loopback address; the protocol has no "
+                "authentication (pass allow_remote=true to serve other hosts anyway)"
+            )
         self.runtime = runtime
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.REP)
@@ -93,13 +95,23 @@ class ActionServer:
     def info(self) -> dict[str, Any]:
         """What ``b"info"`` answers."""
         rt = self.runtime
-        return {"protocol": PROTOCOL, "obs_dim": rt.obs_dim, "act_dim": rt.act_dim, "obs_keys": rt.obs_keys,
-                "obs_layout": rt.layout, "action_low": rt.low.tolist(), "action_high": rt.high.tolist(),
-                "period_s": rt.period_s, "deadline_s": rt.deadline_s,
-                "max_delta": None if rt.max_delta is None else rt.max_delta.tolist(),
-                "safe_action": rt.safe_action.tolist(), "watchdog_latch": rt.watchdog_latch,
-                "signed": rt.signed, "signature_checked": rt.signature_checked,
-                "flags": {g.name: int(g) for g in Guard if g is not Guard.NONE}}
+        return {
+            "protocol": PROTOCOL,
+            "obs_dim": rt.obs_dim,
+            "act_dim": rt.act_dim,
+            "obs_keys": rt.obs_keys,
+            "obs_layout": rt.layout,
+            "action_low": rt.low.tolist(),
+            "action_high": rt.high.tolist(),
+            "period_s": rt.period_s,
+            "deadline_s": rt.deadline_s,
+            "max_delta": None if rt.max_delta is None else rt.max_delta.tolist(),
+            "safe_action": rt.safe_action.tolist(),
+            "watchdog_latch": rt.watchdog_latch,
+            "signed": rt.signed,
+            "signature_checked": rt.signature_checked,
+            "flags": {g.name: int(g) for g in Guard if g is not Guard.NONE},
+        }
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
         """The reply frames for one request's frames."""
@@ -108,8 +120,13 @@ class ActionServer:
         cmd, payload = bytes(frames[0]), bytes(frames[1])
         if cmd == b"act":
             if len(payload) != self._act.size:
-                return [b"error", (f"act: payload has {len(payload)} bytes, expected {self._act.size} "
-                                   f"({self.runtime.obs_dim} float32 little-endian: {self.runtime.obs_keys})").encode()]
+                return [
+                    b"error",
+                    (
+                        f"act: payload has {len(payload)} bytes, expected {self._act.size} "
+                        f"({self.runtime.obs_dim} float32 little-endian: {self.runtime.obs_keys})"
+                    ).encode(),
+                ]
             obs = np.frombuffer(payload, dtype="<f4")
             try:
                 result = self.runtime.step(obs)
@@ -210,22 +227,35 @@ def serve(args: dict[str, Any], out=sys.stdout) -> int:
         if key in args:
             kwargs[key] = args[key]
     key_file = args.get("key_file")
-    runtime = PolicyRuntime(Path(str(args["export_dir"])), watchdog=bool(args.get("watchdog", True)),
-                            watchdog_latch=bool(args.get("watchdog_latch", False)),
-                            num_threads=int(args.get("threads", 1)),
-                            key_file=None if key_file in (None, "") else str(key_file), **kwargs)
-    with ActionServer(runtime, str(args.get("host", "127.0.0.1")), int(args.get("port", 5555)),
-                      bool(args.get("allow_remote", False))) as server:
+    runtime = PolicyRuntime(
+        Path(str(args["export_dir"])),
+        watchdog=bool(args.get("watchdog", True)),
+        watchdog_latch=bool(args.get("watchdog_latch", False)),
+        num_threads=int(args.get("threads", 1)),
+        key_file=None if key_file in (None, "") else str(key_file),
+        **kwargs,
+    )
+    with ActionServer(
+        runtime, str(args.get("host", "127.0.0.1")), int(args.get("port", 5555)), bool(args.get("allow_remote", False))
+    ) as server:
+
         def _stop(*_):
             server.stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _stop)
-        signature = ("signature checked" if runtime.signature_checked else
-                     "signed, signature not checked (no key_file)" if runtime.signed else "unsigned")
-        out.write(f"serving {args['export_dir']} ({runtime.manifest['policy'].get('algorithm')}, obs {runtime.obs_dim} "
-                  f"float32 -> action {runtime.act_dim} float32) on {server.endpoint}, protocol {PROTOCOL}; "
-                  f"manifest seal checked, {signature}\n")
+        signature = (
+            "signature checked"
+            if runtime.signature_checked
+            else "signed, signature not checked (no key_file)"
+            if runtime.signed
+            else "unsigned"
+        )
+        out.write(
+            f"serving {args['export_dir']} ({runtime.manifest['policy'].get('algorithm')}, obs {runtime.obs_dim} "
+            f"float32 -> action {runtime.act_dim} float32) on {server.endpoint}, protocol {PROTOCOL}; "
+            f"manifest seal checked, {signature}\n"
+        )
         out.flush()
         server.serve_forever()
         out.write(f"stopped after {server.requests} requests; guard counts {runtime.counts}\n")

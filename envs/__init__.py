@@ -35,9 +35,13 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def resolve_factory(path: str) -> Callable[..., gym.Env]:
     """The env factory function at dotted ``path``, which must lie inside ``o2o.envs.``."""
-    return resolve(path, FACTORY_PREFIX, what="env factory",
-                   rule=f"factories must be functions inside '{FACTORY_PREFIX}' (e.g. 'o2o.envs.gym_mujoco.make'); "
-                        "env configs are rebuilt from datasets and may not run other code")
+    return resolve(
+        path,
+        FACTORY_PREFIX,
+        what="env factory",
+        rule=f"factories must be functions inside '{FACTORY_PREFIX}' (e.g. 'o2o.envs.gym_mujoco.make'); "
+        "env configs are rebuilt from datasets and may not run other code",
+    )
 
 
 def make_env(cfg: Mapping[str, Any], seed: int | None = None) -> gym.Env:

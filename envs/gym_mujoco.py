@@ -64,4 +64,3 @@ def make(env_id: str, max_episode_steps: int, success_distance: float | None = N
             raise ValueError(f"env {env_id!r} has no success notion; remove 'success_distance' from its config")
         layout = ObsLayout.single("state", int(np.prod(env.observation_space.shape)))
     return FlatObs(env, layout)
-

@@ -195,7 +195,11 @@ class PointMazeEnv(gym.Env):
         self.model.site_pos[self._goal_site, :2] = self.goal
         mujoco.mj_forward(self.model, self.data)
         dist = self._distance()
-        return self._obs(), {"is_success": dist < self.goal_radius, "start_cell": np.array(start), "goal_cell": np.array(goal)}
+        return self._obs(), {
+            "is_success": dist < self.goal_radius,
+            "start_cell": np.array(start),
+            "goal_cell": np.array(goal),
+        }
 
     def step(self, action):
         self.data.ctrl[:] = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)

@@ -130,7 +130,9 @@ class RobosuiteEnv(gym.Env):
         )
         params.update(suite_kwargs)
         self._env = suite.make(
-            env_id, robots=robots, controller_configs=ctrl_cfg,
+            env_id,
+            robots=robots,
+            controller_configs=ctrl_cfg,
             control_freq=control_freq,
             horizon=int(horizon),
             seed=int(model_seed),
@@ -145,9 +147,7 @@ class RobosuiteEnv(gym.Env):
         spec = self._env.observation_spec()
         missing = [k for k in obs_keys if k not in spec]
         if missing:
-            raise ValueError(
-                f"robosuite {env_id}: observation keys {missing} not produced; available: {sorted(spec)}"
-            )
+            raise ValueError(f"robosuite {env_id}: observation keys {missing} not produced; available: {sorted(spec)}")
         self.obs_layout = ObsLayout([(k, np.shape(spec[k])) for k in obs_keys])
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(self.obs_layout.dim,), dtype=np.float32)
         low, high = self._env.action_spec

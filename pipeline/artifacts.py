@@ -47,8 +47,10 @@ class Artifact:
             elif f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
                 missing.append(f.name)
         if missing:
-            raise ArtifactError(f"artifact {cls.NAME or cls.__name__} lacks {missing} (it has {sorted(d)}): recorded "
-                                "by another version of o2o; rerun the stage that writes it (--force)")
+            raise ArtifactError(
+                f"artifact {cls.NAME or cls.__name__} lacks {missing} (it has {sorted(d)}): recorded "
+                "by another version of o2o; rerun the stage that writes it (--force)"
+            )
         return cls(**kwargs)
 
 
@@ -224,9 +226,19 @@ class ReportArtifact(Artifact):
     plots: list = field(default_factory=list)
 
 
-ARTIFACTS: dict[str, type[Artifact]] = {a.NAME: a for a in (
-    DatasetArtifact, CheckpointArtifact, EvaluationArtifact, GateArtifact, FinetuneArtifact, PolicyArtifact,
-    ExportedArtifact, ReportArtifact)}
+ARTIFACTS: dict[str, type[Artifact]] = {
+    a.NAME: a
+    for a in (
+        DatasetArtifact,
+        CheckpointArtifact,
+        EvaluationArtifact,
+        GateArtifact,
+        FinetuneArtifact,
+        PolicyArtifact,
+        ExportedArtifact,
+        ReportArtifact,
+    )
+}
 
 
 def typed(name: str, value: Any) -> Any:

@@ -1,14 +1,14 @@
 """The ``o2o`` command line.
 
-    o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
-    o2o pretrain [key=value ...]         train an offline algorithm on the dataset
-    o2o evaluate [key=value ...]         off-policy estimates of checkpoints (+ simulated returns)
-    o2o export ckpt=PATH [key=value ...] ONNX + TorchScript + manifest, verified against the torch policy
-    o2o serve export_dir=DIR [key=value] guarded actions for controllers over ZeroMQ on localhost
-    o2o dataset info PATH [--json]       what a dataset holds
-    o2o dataset verify PATH              check every invariant (exit 1 with reasons)
-    o2o dataset import FORMAT SRC --to PATH   append a Minari/D4RL/robosuite/robomimic file's episodes
-    o2o dataset export FORMAT PATH OUT   write episodes as a Minari dataset or D4RL-style HDF5
+o2o collect [key=value ...]          log episodes into the dataset (Hydra overrides)
+o2o pretrain [key=value ...]         train an offline algorithm on the dataset
+o2o evaluate [key=value ...]         off-policy estimates of checkpoints (+ simulated returns)
+o2o export ckpt=PATH [key=value ...] ONNX + TorchScript + manifest, verified against the torch policy
+o2o serve export_dir=DIR [key=value] guarded actions for controllers over ZeroMQ on localhost
+o2o dataset info PATH [--json]       what a dataset holds
+o2o dataset verify PATH              check every invariant (exit 1 with reasons)
+o2o dataset import FORMAT SRC --to PATH   append a Minari/D4RL/robosuite/robomimic file's episodes
+o2o dataset export FORMAT PATH OUT   write episodes as a Minari dataset or D4RL-style HDF5
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ def _hydra_command(sub, name: str, func, help: str) -> argparse.ArgumentParser:
     lists the config groups, main keys and examples (:mod:`o2o.pipeline.cli_help`)."""
     from o2o.pipeline.cli_help import command_epilog
 
-    c = sub.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. Takes Hydra overrides: "
-                                                    "group=option and key=value.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c = sub.add_parser(
+        name,
+        help=help,
+        description=f"{help[0].upper()}{help[1:]}. Takes Hydra overrides: group=option and key=value.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.epilog_factory = lambda: command_epilog(name)
     c.add_argument("overrides", nargs="*", help="Hydra overrides: group=option, key=value")
     c.add_argument("--cfg", action="store_true", help="print the composed config and exit")
@@ -88,22 +91,33 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     result = pretrain(cfg)
     if result.selection.startswith("process "):  # a DDP worker other than rank 0: rank 0 reports
         return 0
-    t = Table(title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
-                    f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)")
+    t = Table(
+        title=f"pretrained {cfg.algo.name} for {result.updates} updates in {result.seconds:.0f} s "
+        f"on {result.dataset['episodes']} episodes ({result.dataset['transitions']} transitions)"
+    )
     for col in ("step", "return", "success", "score", "Q(start)", "MC return"):
         t.add_column(col, justify="right")
     fmt = lambda d, k: "-" if d.get(k) is None else f"{d[k]:.3g}"  # noqa: E731
     for h in result.evaluations:
-        t.add_row(str(h["step"]), fmt(h, "return_mean"), fmt(h, "success_rate"), fmt(h, "normalized_score"),
-                  fmt(h, "q_start_mean"), fmt(h, "mc_discounted_return_mean"))
+        t.add_row(
+            str(h["step"]),
+            fmt(h, "return_mean"),
+            fmt(h, "success_rate"),
+            fmt(h, "normalized_score"),
+            fmt(h, "q_start_mean"),
+            fmt(h, "mc_discounted_return_mean"),
+        )
     if result.evaluations:
         console.print(t)
     v = result.dataset["version"]
-    console.print(f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
-                  f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
-                  f"  trained in {result.precision} precision"
-                  f"{' (trainer.precision=auto)' if str(cfg.trainer.precision) == 'auto' else ''}\n"
-                  f"  run folder {result.run_dir} (summary.json, tb/, csv/)", markup=False)
+    console.print(
+        f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
+        f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
+        f"  trained in {result.precision} precision"
+        f"{' (trainer.precision=auto)' if str(cfg.trainer.precision) == 'auto' else ''}\n"
+        f"  run folder {result.run_dir} (summary.json, tb/, csv/)",
+        markup=False,
+    )
     return 0
 
 
@@ -115,8 +129,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
 
     def done(row: dict) -> None:
-        console.print(f"evaluated {row['checkpoint']}: FQE {row['ope/fqe_value']:.4g} in {row['ope/seconds']:.0f} s",
-                      markup=False)
+        console.print(
+            f"evaluated {row['checkpoint']}: FQE {row['ope/fqe_value']:.4g} in {row['ope/seconds']:.0f} s", markup=False
+        )
 
     result = evaluate(cfg, progress=done)
     _print_evaluate_table(result)
@@ -142,14 +157,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     cl = r.closed_loop
     if cl:
         fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731  (None/NaN: no success signal)
-        console.print(f"closed loop, {cl['episodes']} episodes: success {fmt(cl['runtime']['success_rate'])} through "
-                      f"the runtime vs {fmt(cl['trained']['success_rate'])} trained (noise +-"
-                      f"{fmt(cl.get('success_noise'))}); return {cl['runtime']['return_mean']:.4g} vs "
-                      f"{cl['trained']['return_mean']:.4g}; guards fired: {cl['guards'] or 'none'}", markup=False)
+        console.print(
+            f"closed loop, {cl['episodes']} episodes: success {fmt(cl['runtime']['success_rate'])} through "
+            f"the runtime vs {fmt(cl['trained']['success_rate'])} trained (noise +-"
+            f"{fmt(cl.get('success_noise'))}); return {cl['runtime']['return_mean']:.4g} vs "
+            f"{cl['trained']['return_mean']:.4g}; guards fired: {cl['guards'] or 'none'}",
+            markup=False,
+        )
     for note in r.notes:
         console.print(f"note: {note}", markup=False)
-    console.print(f"export folder {r.out_dir} (manifest.json); serve it with: o2o serve export_dir={r.out_dir}",
-                  markup=False)
+    console.print(
+        f"export folder {r.out_dir} (manifest.json); serve it with: o2o serve export_dir={r.out_dir}", markup=False
+    )
     return 0
 
 
@@ -176,10 +195,14 @@ def _print_evaluate_table(result) -> None:
     from o2o.policies.ope.selection import OPE_METRICS, estimate_text
 
     ds = result.dataset
-    t = Table(title=f"off-policy evaluation on {ds['episodes']} episodes ({ds['transitions']} transitions) of "
-                    f"{ds['path']}, {result.seconds:.0f} s on {result.device}")
+    t = Table(
+        title=f"off-policy evaluation on {ds['episodes']} episodes ({ds['transitions']} transitions) of "
+        f"{ds['path']}, {result.seconds:.0f} s on {result.device}"
+    )
     sim = result.sim is not None
-    cols = ["checkpoint", "FQE", "IS", "WIS", "DR", "ESS"] + (["sim disc. return", "sim return", "success"] if sim else [])
+    cols = ["checkpoint", "FQE", "IS", "WIS", "DR", "ESS"] + (
+        ["sim disc. return", "sim return", "success"] if sim else []
+    )
     for col in cols:
         t.add_column(col, justify="left" if col == "checkpoint" else "right")
     fmt = lambda v: "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}"  # noqa: E731
@@ -187,8 +210,11 @@ def _print_evaluate_table(result) -> None:
         # Each estimate with its bootstrap interval under it.
         cells = [name, *(estimate_text(r, m, "\n") for m in OPE_METRICS), f"{r['ope/ess']:.1f}"]
         if sim:
-            cells += [fmt(r.get("eval/mc_discounted_return_mean")), fmt(r.get("eval/return_mean")),
-                      fmt(r.get("eval/success_rate"))]
+            cells += [
+                fmt(r.get("eval/mc_discounted_return_mean")),
+                fmt(r.get("eval/return_mean")),
+                fmt(r.get("eval/success_rate")),
+            ]
         t.add_row(*cells)
     if result.spearman:
         rho = result.spearman
@@ -199,16 +225,23 @@ def _print_evaluate_table(result) -> None:
     out = console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 180))
     out.print(t)
     ope = result.ope
-    fqe_ci = (f"FQE's from {ope['fqe_refits']} refits on resampled episodes" if ope.get("fqe_refits")
-              else "FQE's holds its fitted critic fixed")
+    fqe_ci = (
+        f"FQE's from {ope['fqe_refits']} refits on resampled episodes"
+        if ope.get("fqe_refits")
+        else "FQE's holds its fitted critic fixed"
+    )
     ci = ""
     if ope.get("bootstrap") or ope.get("fqe_refits"):
-        ci = (f" In brackets: {ope['confidence']:.0%} bootstrap intervals over the dataset's episodes ("
-              + (f"{ope['bootstrap']} resamples; " if ope.get("bootstrap") else "IS/WIS/DR: none, ope.bootstrap=0; ")
-              + f"{fqe_ci}).")
-    console.print(f"note: {result.note}{ci} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
-                  "clipped weights. The report holds every other figure (FQE ensemble spread, clipped fractions).",
-                  markup=False)
+        ci = (
+            f" In brackets: {ope['confidence']:.0%} bootstrap intervals over the dataset's episodes ("
+            + (f"{ope['bootstrap']} resamples; " if ope.get("bootstrap") else "IS/WIS/DR: none, ope.bootstrap=0; ")
+            + f"{fqe_ci})."
+        )
+    console.print(
+        f"note: {result.note}{ci} ESS: Kish effective number of episodes (of {ds['episodes']}) under the "
+        "clipped weights. The report holds every other figure (FQE ensemble spread, clipped fractions).",
+        markup=False,
+    )
     for w in result.warnings:
         console.print(f"warning: {w}", markup=False)
     if result.output:
@@ -219,8 +252,10 @@ def _print_collect_summary(result) -> None:
     from o2o.datasets import EpisodeStore
     from o2o.datasets.inspect import dataset_info
 
-    t = Table(title=f"collected {len(result.episodes)} episodes, {result.steps} steps in {result.seconds:.1f} s "
-                    f"({result.steps / max(result.seconds, 1e-9):.0f} steps/s)")
+    t = Table(
+        title=f"collected {len(result.episodes)} episodes, {result.steps} steps in {result.seconds:.1f} s "
+        f"({result.steps / max(result.seconds, 1e-9):.0f} steps/s)"
+    )
     for col in ("source", "episodes", "steps", "return (mean)", "success"):
         t.add_column(col, justify="right")
     if not result.episodes and not EpisodeStore.is_dataset(result.path):
@@ -233,9 +268,11 @@ def _print_collect_summary(result) -> None:
         t.add_row(src, str(s["episodes"]), str(s["transitions"]), f"{s['return_mean']:.2f}", rate)
     console.print(t)
     rate = result.success_rate
-    console.print(f"this run: return {sum(result.returns) / max(1, len(result.returns)):.2f} mean, success "
-                  f"{'-' if rate is None else f'{rate:.2f}'}; dataset {result.path}: {info['episodes']} episodes, "
-                  f"{info['transitions']} transitions, version {info['version']['fingerprint'][:12]}")
+    console.print(
+        f"this run: return {sum(result.returns) / max(1, len(result.returns)):.2f} mean, success "
+        f"{'-' if rate is None else f'{rate:.2f}'}; dataset {result.path}: {info['episodes']} episodes, "
+        f"{info['transitions']} transitions, version {info['version']['fingerprint'][:12]}"
+    )
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -249,38 +286,54 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 1 if damaged else 0
     env = info["env"] or {}
-    console.print(f"[bold]{info['path']}[/]  env {env.get('name')} ({env.get('id')}), "
-                  f"created {info['created']} by o2o {info['o2o_version']}")
-    console.print(f"{info['episodes']} episodes, {info['transitions']} transitions, "
-                  f"{info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk, version "
-                  f"{info['version']['episodes']}@{info['version']['fingerprint'][:12]}")
+    console.print(
+        f"[bold]{info['path']}[/]  env {env.get('name')} ({env.get('id')}), "
+        f"created {info['created']} by o2o {info['o2o_version']}"
+    )
+    console.print(
+        f"{info['episodes']} episodes, {info['transitions']} transitions, "
+        f"{info['size_on_disk_bytes'] / 2**20:.1f} MiB on disk, version "
+        f"{info['version']['episodes']}@{info['version']['fingerprint'][:12]}"
+    )
     t = Table()
     for col in ("source", "episodes", "transitions", "return mean [min, max]", "success", "interventions", "policies"):
         t.add_column(col)
     for src, s in info["sources"].items():
         rate = "-" if s["success_rate"] is None else f"{s['success_rate']:.2f}"
-        t.add_row(src, str(s["episodes"]), str(s["transitions"]),
-                  f"{s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}]", rate,
-                  str(s["interventions"]), ", ".join(s["policies"]))
+        t.add_row(
+            src,
+            str(s["episodes"]),
+            str(s["transitions"]),
+            f"{s['return_mean']:.2f} [{s['return_min']:.2f}, {s['return_max']:.2f}]",
+            rate,
+            str(s["interventions"]),
+            ", ".join(s["policies"]),
+        )
     console.print(t)
     obs = ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in info["observation_keys"].items())
     a = info["action_space"]
-    console.print(f"observations: {obs}\nactions: {tuple(a['shape'])} {a['dtype']} in [{min(a['low'])}, {max(a['high'])}]",
-                  markup=False)
+    console.print(
+        f"observations: {obs}\nactions: {tuple(a['shape'])} {a['dtype']} in [{min(a['low'])}, {max(a['high'])}]",
+        markup=False,
+    )
     if damaged:
         for p in damaged:
             err_console.print(f"DAMAGED {args.path}: {p}", markup=False)
-        err_console.print(f"the figures above include the damaged episodes; run `o2o dataset verify {args.path}` for "
-                          "every problem", markup=False)
+        err_console.print(
+            f"the figures above include the damaged episodes; run `o2o dataset verify {args.path}` for every problem",
+            markup=False,
+        )
         return 1
-    console.print(f"integrity: {info['integrity']['checked']} checked, intact "
-                  f"({info['integrity']['seconds']:.2f} s)", markup=False)
+    console.print(
+        f"integrity: {info['integrity']['checked']} checked, intact ({info['integrity']['seconds']:.2f} s)",
+        markup=False,
+    )
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from o2o.datasets.integrity import episode_ranges
     from o2o.datasets.inspect import verify_report
+    from o2o.datasets.integrity import episode_ranges
 
     r = verify_report(args.path)
     for n in r.notes:
@@ -290,10 +343,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             err_console.print(f"FAIL {args.path}: {p}", markup=False)
         if r.episodes and r.affected:
             intact = r.episodes - len(r.affected)
-            err_console.print(f"{len(r.problems)} problem{'s' if len(r.problems) > 1 else ''}; episodes affected: "
-                              f"{episode_ranges(r.affected)} ({len(r.affected)} of {r.episodes}; the other {intact} "
-                              "are intact: a selection without the affected ones still loads, e.g. `o2o dataset export "
-                              "... --episodes` or `data.episodes=[start,stop]`)", markup=False)
+            err_console.print(
+                f"{len(r.problems)} problem{'s' if len(r.problems) > 1 else ''}; episodes affected: "
+                f"{episode_ranges(r.affected)} ({len(r.affected)} of {r.episodes}; the other {intact} "
+                "are intact: a selection without the affected ones still loads, e.g. `o2o dataset export "
+                "... --episodes` or `data.episodes=[start,stop]`)",
+                markup=False,
+            )
         return 1
     console.print(f"OK {args.path}: every invariant holds", markup=False)
     return 0
@@ -313,8 +369,11 @@ def _run_summary(res) -> None:
     t.add_row("offline policy", fmt(sim.get("return_mean"), ".1f"), fmt(sim.get("success_rate"), ".2f"))
     if ft is not None:
         e = ft.evaluation or {}
-        t.add_row("finetuned policy" + (" (rolled back)" if ft.rolled_back else ""),
-                  fmt(e.get("return_mean"), ".1f"), fmt(e.get("success_rate"), ".2f"))
+        t.add_row(
+            "finetuned policy" + (" (rolled back)" if ft.rolled_back else ""),
+            fmt(e.get("return_mean"), ".1f"),
+            fmt(e.get("success_rate"), ".2f"),
+        )
     console.print(t)
     if pol is not None:
         console.print(f"promoted: {pol.origin} ({pol.reason})", markup=False)
@@ -359,25 +418,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from o2o.pipeline.cli_help import command_epilog
 
-    p = _Parser(prog="o2o", description="Offline-to-online robot learning pipelines.",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="o2o",
+        description="Offline-to-online robot learning pipelines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.epilog_factory = lambda: command_epilog(None)
     sub = p.add_subparsers(dest="command", required=True)
-    r = _hydra_command(sub, "run", _cmd_run,
-                       "the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)")
+    r = _hydra_command(
+        sub, "run", _cmd_run, "the whole workflow as a DAG of stages (collect, pretrain, evaluate, gate, ...)"
+    )
     r.add_argument("--dry-run", action="store_true", help="print the plan (what runs, what is unchanged) and exit")
     r.add_argument("--force", default=None, help="comma-separated stages to rerun even if unchanged")
     _hydra_command(sub, "collect", _cmd_collect, "log episodes of a behaviour policy into the dataset")
-    _hydra_command(sub, "pretrain", _cmd_pretrain,
-                   "train an offline algorithm (BC, IQL, CQL, Cal-QL, AWAC, TD3+BC, COMBO, SAC) on the dataset")
-    _hydra_command(sub, "evaluate", _cmd_evaluate,
-                   "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation")
-    _hydra_command(sub, "export", _cmd_export,
-                   "export a checkpoint to ONNX + TorchScript + manifest, verified against torch")
-    s = sub.add_parser("serve", help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
-                       description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
-                                   "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "
-                                   "[key_file=PATH: require the export's signature] (no Hydra: runtime side)")
+    _hydra_command(
+        sub,
+        "pretrain",
+        _cmd_pretrain,
+        "train an offline algorithm (BC, IQL, CQL, Cal-QL, AWAC, TD3+BC, COMBO, SAC) on the dataset",
+    )
+    _hydra_command(
+        sub, "evaluate", _cmd_evaluate, "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation"
+    )
+    _hydra_command(
+        sub, "export", _cmd_export, "export a checkpoint to ONNX + TorchScript + manifest, verified against torch"
+    )
+    s = sub.add_parser(
+        "serve",
+        help="serve an export's guarded actions on localhost (ZeroMQ, o2o-action/1)",
+        description="key=value arguments: export_dir=DIR [host=127.0.0.1] [port=5555] "
+        "[max_delta=...] [safe_action=[...]] [deadline_s=...] [watchdog_latch=true] "
+        "[key_file=PATH: require the export's signature] (no Hydra: runtime side)",
+    )
     s.add_argument("overrides", nargs="*", help="key=value")
     s.set_defaults(func=_cmd_serve)
     d = sub.add_parser("dataset", help="inspect and check datasets")
@@ -385,8 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="episodes, transitions, per-source returns, spaces, size")
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="machine-readable output")
-    i.add_argument("--no-verify", action="store_true",
-                   help="skip the content check (every episode's digest; the structure is always checked)")
+    i.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip the content check (every episode's digest; the structure is always checked)",
+    )
     i.set_defaults(func=_cmd_info)
     v = dsub.add_parser("verify", help="check every invariant; exit 1 with the reasons when one fails")
     v.add_argument("path")

@@ -20,20 +20,37 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from o2o.datasets.formats import import_file, make_selection
     from o2o.pipeline.config import load_config
 
-    env_cfg = OmegaConf.to_container(load_config("collect", [f"env={args.env}"]).env, resolve=True) if args.env else None
-    opts = {"minari_root": args.minari_root, "replay": args.replay, "max_state_error": args.max_state_error,
-            "obs_keys": args.obs_keys, "filter_key": args.filter_key}
-    r = import_file(args.format, args.src, args.to, make_selection(args.source, args.episodes, args.version),
-                    source=args.set_source, policy_id=args.policy_id, env_cfg=env_cfg,
-                    action_bounds=args.action_bounds, **opts)
+    env_cfg = (
+        OmegaConf.to_container(load_config("collect", [f"env={args.env}"]).env, resolve=True) if args.env else None
+    )
+    opts = {
+        "minari_root": args.minari_root,
+        "replay": args.replay,
+        "max_state_error": args.max_state_error,
+        "obs_keys": args.obs_keys,
+        "filter_key": args.filter_key,
+    }
+    r = import_file(
+        args.format,
+        args.src,
+        args.to,
+        make_selection(args.source, args.episodes, args.version),
+        source=args.set_source,
+        policy_id=args.policy_id,
+        env_cfg=env_cfg,
+        action_bounds=args.action_bounds,
+        **opts,
+    )
     if args.json:
         print(json.dumps(r.to_dict(), indent=2, default=str))
         return 0
     first, last = (r.episodes[0], r.episodes[-1]) if r.episodes else (0, -1)
-    console.print(f"imported {len(r.episodes)} episodes ({r.steps} steps) from {r.origin['format']} {r.origin['file']} "
-                  f"(sha256 {r.origin['sha256'][:16]}) into {'new ' if r.created else ''}dataset {r.path} as episodes "
-                  f"{first}..{last} in {r.seconds:.1f} s; version {r.version['episodes']}@{r.version['fingerprint'][:12]}",
-                  markup=False)
+    console.print(
+        f"imported {len(r.episodes)} episodes ({r.steps} steps) from {r.origin['format']} {r.origin['file']} "
+        f"(sha256 {r.origin['sha256'][:16]}) into {'new ' if r.created else ''}dataset {r.path} as episodes "
+        f"{first}..{last} in {r.seconds:.1f} s; version {r.version['episodes']}@{r.version['fingerprint'][:12]}",
+        markup=False,
+    )
     for k, v in r.stats.items():
         if k != "demos":
             console.print(f"  {k}: {v:.3g}" if isinstance(v, float) else f"  {k}: {v}", markup=False)
@@ -47,15 +64,24 @@ def _cmd_export_dataset(args: argparse.Namespace) -> int:
     from o2o.datasets.formats import export_store, make_selection
 
     opts = {"minari_root": args.minari_root, "data_format": args.data_format, "author": args.author}
-    r = export_store(args.format, args.path, args.out, make_selection(args.source, args.episodes, args.version),
-                     verify=not args.no_verify, **opts)
+    r = export_store(
+        args.format,
+        args.path,
+        args.out,
+        make_selection(args.source, args.episodes, args.version),
+        verify=not args.no_verify,
+        **opts,
+    )
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return 0
     v = r["version"]
-    console.print(f"exported {r['episodes']} episodes ({r['steps']} steps) of {args.path} (up to version "
-                  f"{v['episodes']}@{v['fingerprint'][:12]}) to {r['path']}"
-                  + (f"; env spec {r['env_spec']}" if r.get("env_spec") else ""), markup=False)
+    console.print(
+        f"exported {r['episodes']} episodes ({r['steps']} steps) of {args.path} (up to version "
+        f"{v['episodes']}@{v['fingerprint'][:12]}) to {r['path']}"
+        + (f"; env spec {r['env_spec']}" if r.get("env_spec") else ""),
+        markup=False,
+    )
     for n in r.get("notes", []):
         console.print(f"note: {n}", markup=False)
     return 0
@@ -70,8 +96,11 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
 
 def add_dataset_io_parsers(dsub) -> None:
     """Add ``import`` and ``export`` to the ``o2o dataset`` sub-commands."""
-    m = dsub.add_parser("import", help="append episodes of a Minari / D4RL-style / robosuite / robomimic file",
-                        description="e.g. o2o dataset import robosuite demo.hdf5 --to data/lift.zarr --env lift")
+    m = dsub.add_parser(
+        "import",
+        help="append episodes of a Minari / D4RL-style / robosuite / robomimic file",
+        description="e.g. o2o dataset import robosuite demo.hdf5 --to data/lift.zarr --env lift",
+    )
     m.add_argument("format", choices=["minari", "d4rl", "robosuite", "robomimic"])
     m.add_argument("src", help="file, Minari dataset folder, or Minari dataset id")
     m.add_argument("--to", required=True, help="target dataset (created if absent)")
@@ -86,15 +115,19 @@ def add_dataset_io_parsers(dsub) -> None:
     m.add_argument("--filter-key", help="robomimic: only demos of mask/<key> (train, valid...)")
     _add_selection_args(m)
     m.set_defaults(func=_cmd_import)
-    x = dsub.add_parser("export", help="write episodes as a Minari dataset or a D4RL-style HDF5 file",
-                        description="e.g. o2o dataset export minari data/lift.zarr o2o/lift-human-v0 --source human")
+    x = dsub.add_parser(
+        "export",
+        help="write episodes as a Minari dataset or a D4RL-style HDF5 file",
+        description="e.g. o2o dataset export minari data/lift.zarr o2o/lift-human-v0 --source human",
+    )
     x.add_argument("format", choices=["minari", "d4rl"])
     x.add_argument("path", help="dataset to export from")
     x.add_argument("out", help="Minari dataset id (minari) or output .hdf5 file (d4rl)")
     x.add_argument("--minari-root", help="Minari datasets root (default MINARI_DATASETS_PATH or ~/.minari/datasets)")
     x.add_argument("--data-format", choices=["hdf5", "arrow"], help="Minari storage (default hdf5)")
     x.add_argument("--author", help="Minari: author recorded in the dataset")
-    x.add_argument("--no-verify", action="store_true",
-                   help="skip checking each exported episode against its committed digest")
+    x.add_argument(
+        "--no-verify", action="store_true", help="skip checking each exported episode against its committed digest"
+    )
     _add_selection_args(x)
     x.set_defaults(func=_cmd_export_dataset)

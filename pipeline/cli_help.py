@@ -28,18 +28,76 @@ GROUP_MEANINGS = {
 
 # Each command's main keys, in the order shown. `o2o <command> --cfg` prints all of them.
 MAIN_KEYS = {
-    "run": ["pipeline.stages", "collect.behaviors", "dataset.path", "trainer.max_steps", "eval.every",
-            "evaluation.episodes", "finetune.steps", "finetune.warmup_steps", "pretrain.init", "run_dir", "state_dir",
-            "collect.progress", "trainer.progress", "evaluation.progress", "finetune.progress"],
-    "collect": ["collect.episodes", "collect.seed", "dataset.path", "dataset.action_bounds", "behavior.noise_std",
-                "behavior.policy_id", "collect.commit_every_s", "collect.progress"],
-    "pretrain": ["trainer.max_steps", "trainer.accelerator", "trainer.devices", "trainer.precision", "algo.batch_size",
-                 "algo.hidden", "data.sources", "data.obs_clip", "eval.enabled", "eval.every", "eval.episodes",
-                 "checkpoint.monitor", "init_from", "trainer.ckpt_path", "dataset.path", "run_dir", "trainer.progress"],
-    "evaluate": ["ckpts", "dataset.path", "data.sources", "ope.fqe_updates", "ope.bootstrap", "ope.fqe_refits",
-                 "sim.enabled", "sim.episodes", "device", "output", "progress"],
-    "export": ["ckpt", "out", "tolerance", "parity.observations", "closed_loop.episodes", "closed_loop.max_success_drop",
-               "runtime.max_delta", "runtime.safe_action", "runtime.deadline_s"],
+    "run": [
+        "pipeline.stages",
+        "collect.behaviors",
+        "dataset.path",
+        "trainer.max_steps",
+        "eval.every",
+        "evaluation.episodes",
+        "finetune.steps",
+        "finetune.warmup_steps",
+        "pretrain.init",
+        "run_dir",
+        "state_dir",
+        "collect.progress",
+        "trainer.progress",
+        "evaluation.progress",
+        "finetune.progress",
+    ],
+    "collect": [
+        "collect.episodes",
+        "collect.seed",
+        "dataset.path",
+        "dataset.action_bounds",
+        "behavior.noise_std",
+        "behavior.policy_id",
+        "collect.commit_every_s",
+        "collect.progress",
+    ],
+    "pretrain": [
+        "trainer.max_steps",
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.precision",
+        "algo.batch_size",
+        "algo.hidden",
+        "data.sources",
+        "data.obs_clip",
+        "eval.enabled",
+        "eval.every",
+        "eval.episodes",
+        "checkpoint.monitor",
+        "init_from",
+        "trainer.ckpt_path",
+        "dataset.path",
+        "run_dir",
+        "trainer.progress",
+    ],
+    "evaluate": [
+        "ckpts",
+        "dataset.path",
+        "data.sources",
+        "ope.fqe_updates",
+        "ope.bootstrap",
+        "ope.fqe_refits",
+        "sim.enabled",
+        "sim.episodes",
+        "device",
+        "output",
+        "progress",
+    ],
+    "export": [
+        "ckpt",
+        "out",
+        "tolerance",
+        "parity.observations",
+        "closed_loop.episodes",
+        "closed_loop.max_success_drop",
+        "runtime.max_delta",
+        "runtime.safe_action",
+        "runtime.deadline_s",
+    ],
 }
 
 # Meanings of main keys whose YAML line carries no comment (or one too long or too terse for help);
@@ -75,34 +133,46 @@ MEANINGS = {
 }
 
 EXAMPLES = {
-    None: ["o2o run +experiment=room                  # the whole workflow on the fast built-in task (~1 min)",
-           "o2o run                                   # the default: robosuite Lift (minutes)",
-           "o2o collect env=lift behavior=noisy collect.episodes=50",
-           "o2o pretrain env=pointmaze algo=cql trainer.max_steps=20000",
-           "o2o <command> --help                      # its config groups, main keys and examples"],
-    "run": ["o2o run +experiment=room                  # the fast built-in task (point-maze room)",
-            "o2o run                                   # the default: robosuite Lift",
-            "o2o run env=reacher                       # any env is one override away",
-            "o2o run --dry-run                         # the plan: which stages run, which are unchanged",
-            "o2o run algo=cql                          # reruns pretraining and what follows; collect is skipped",
-            "o2o run 'collect.behaviors=[{behavior: random, episodes: 20}]'   # more data: appends, retrains",
-            "o2o run --force pretrain                  # rerun a stage although nothing changed",
-            "o2o run pipeline.stages=[collect,pretrain,evaluate,report]       # a subset",
-            "o2o run +experiment=room run_dir=/tmp/r state_dir=/tmp/r/.state dataset.path=/tmp/room.zarr"],
-    "collect": ["o2o collect env=lift behavior=scripted collect.episodes=50 dataset.path=data/lift.zarr",
-                "o2o collect env=lift behavior=noisy collect.episodes=50      # appends to the same dataset",
-                "o2o collect env=pointmaze behavior=mixed collect.episodes=200",
-                "o2o collect env=lift behavior=human behavior.operator=alice collect.episodes=5",
-                "o2o collect env=pointmaze behavior=learned behavior.checkpoint=exports/maze/policy.onnx"],
-    "pretrain": ["o2o pretrain env=pointmaze algo=iql trainer.max_steps=20000",
-                 "o2o pretrain env=lift algo=cql data.sources=[scripted] eval.every=2000 eval.num_envs=2",
-                 "o2o pretrain env=lift algo=iql trainer.ckpt_path=runs/pretrain/iql-.../checkpoints/last.ckpt  # resume",
-                 "o2o pretrain env=pointmaze algo=iql eval.enabled=false     # best checkpoint by FQE, no simulator"],
-    "evaluate": ["o2o evaluate env=pointmaze ckpts=[runs/pretrain/iql-a/checkpoints,runs/pretrain/cql-b/checkpoints/last.ckpt]",
-                 "o2o evaluate env=lift ckpts=[...] sim.enabled=false ope.fqe_updates=50000    # no simulator: OPE only"],
-    "export": ["o2o export ckpt=runs/pretrain/iql-20261123-120000/checkpoints/best-3000.ckpt",
-               "o2o export ckpt=runs/pretrain/iql-20261123-120000        # a run folder: its best checkpoint",
-               "o2o export ckpt=... out=exports/lift-iql runtime.max_delta=0.2 closed_loop.episodes=20"],
+    None: [
+        "o2o run +experiment=room                  # the whole workflow on the fast built-in task (~1 min)",
+        "o2o run                                   # the default: robosuite Lift (minutes)",
+        "o2o collect env=lift behavior=noisy collect.episodes=50",
+        "o2o pretrain env=pointmaze algo=cql trainer.max_steps=20000",
+        "o2o <command> --help                      # its config groups, main keys and examples",
+    ],
+    "run": [
+        "o2o run +experiment=room                  # the fast built-in task (point-maze room)",
+        "o2o run                                   # the default: robosuite Lift",
+        "o2o run env=reacher                       # any env is one override away",
+        "o2o run --dry-run                         # the plan: which stages run, which are unchanged",
+        "o2o run algo=cql                          # reruns pretraining and what follows; collect is skipped",
+        "o2o run 'collect.behaviors=[{behavior: random, episodes: 20}]'   # more data: appends, retrains",
+        "o2o run --force pretrain                  # rerun a stage although nothing changed",
+        "o2o run pipeline.stages=[collect,pretrain,evaluate,report]       # a subset",
+        "o2o run +experiment=room run_dir=/tmp/r state_dir=/tmp/r/.state dataset.path=/tmp/room.zarr",
+    ],
+    "collect": [
+        "o2o collect env=lift behavior=scripted collect.episodes=50 dataset.path=data/lift.zarr",
+        "o2o collect env=lift behavior=noisy collect.episodes=50      # appends to the same dataset",
+        "o2o collect env=pointmaze behavior=mixed collect.episodes=200",
+        "o2o collect env=lift behavior=human behavior.operator=alice collect.episodes=5",
+        "o2o collect env=pointmaze behavior=learned behavior.checkpoint=exports/maze/policy.onnx",
+    ],
+    "pretrain": [
+        "o2o pretrain env=pointmaze algo=iql trainer.max_steps=20000",
+        "o2o pretrain env=lift algo=cql data.sources=[scripted] eval.every=2000 eval.num_envs=2",
+        "o2o pretrain env=lift algo=iql trainer.ckpt_path=runs/pretrain/iql-.../checkpoints/last.ckpt  # resume",
+        "o2o pretrain env=pointmaze algo=iql eval.enabled=false     # best checkpoint by FQE, no simulator",
+    ],
+    "evaluate": [
+        "o2o evaluate env=pointmaze ckpts=[runs/pretrain/iql-a/checkpoints,runs/pretrain/cql-b/checkpoints/last.ckpt]",
+        "o2o evaluate env=lift ckpts=[...] sim.enabled=false ope.fqe_updates=50000    # no simulator: OPE only",
+    ],
+    "export": [
+        "o2o export ckpt=runs/pretrain/iql-20261123-120000/checkpoints/best-3000.ckpt",
+        "o2o export ckpt=runs/pretrain/iql-20261123-120000        # a run folder: its best checkpoint",
+        "o2o export ckpt=... out=exports/lift-iql runtime.max_delta=0.2 closed_loop.episodes=20",
+    ],
 }
 
 
@@ -167,8 +237,10 @@ def main_keys(name: str) -> list[tuple[str, str, str]]:
 
     tree = OmegaConf.to_container(load_config(name), resolve=False)  # defaults as written: ${now:...} unresolved
     comments = key_comments(name)
-    return [(k, _inline(_select(tree, k)), MEANINGS.get(f"{name}:{k}") or MEANINGS.get(k) or comments.get(k, ""))
-            for k in MAIN_KEYS[name]]
+    return [
+        (k, _inline(_select(tree, k)), MEANINGS.get(f"{name}:{k}") or MEANINGS.get(k) or comments.get(k, ""))
+        for k in MAIN_KEYS[name]
+    ]
 
 
 def command_epilog(name: str | None) -> str:
@@ -188,11 +260,16 @@ def command_epilog(name: str | None) -> str:
         rows = [(f"{k}={d}", m) for k, d, m in main_keys(name)]
         width = min(44, max(len(a) for a, _ in rows) + 2)
         lines += [f"  {a:<{width}}{m}" if len(a) < width else f"  {a}\n  {'':<{width}}{m}" for a, m in rows]
-        lines += ["", f"`o2o {name} --cfg` prints every key. A key no config declares is refused by name; "
-                      f"+key=value adds one only below {', '.join(OPEN_SECTIONS)}."]
+        lines += [
+            "",
+            f"`o2o {name} --cfg` prints every key. A key no config declares is refused by name; "
+            f"+key=value adds one only below {', '.join(OPEN_SECTIONS)}.",
+        ]
         if name != "export":
-            lines.append("Progress: a bar on a terminal; in a file, a pipe or CI a plain line every "
-                         "O2O_PROGRESS_EVERY_S seconds (default 10); *.progress=false: none.")
+            lines.append(
+                "Progress: a bar on a terminal; in a file, a pipe or CI a plain line every "
+                "O2O_PROGRESS_EVERY_S seconds (default 10); *.progress=false: none."
+            )
         lines.append("")
     lines += ["examples:", *(f"  {e}" for e in EXAMPLES[name])]
     return "\n".join(lines)

@@ -41,7 +41,7 @@ ALGO_CLASS_GROUP = "algo_class"
 OPEN_SECTIONS = {
     "env.kwargs": "keyword arguments of the env's factory (o2o.envs.*.make), which refuses those it does not take",
     "finetune.algo": "online changes to the checkpoint's algorithm config, whichever algorithm it is: the algorithm "
-                     "class refuses unknown keys, naming finetune.algo",
+    "class refuses unknown keys, naming finetune.algo",
     "finetune.algo_overrides": "online changes per algorithm name (iql, cql, ...), checked by that algorithm's class",
 }
 
@@ -129,8 +129,9 @@ def register_algorithm_configs() -> None:
 
     store = ConfigStore.instance()
     for path, cls in algorithm_classes().items():
-        store.store(group=ALGO_CLASS_GROUP, name=path,
-                    node={**cls.config.defaults(), "cls": path, "seed": "${trainer.seed}"})
+        store.store(
+            group=ALGO_CLASS_GROUP, name=path, node={**cls.config.defaults(), "cls": path, "seed": "${trainer.seed}"}
+        )
     _registered = True
 
 
@@ -159,7 +160,7 @@ def command_groups(name: str) -> list[GroupChoice]:
     for entry in OmegaConf.create(config_root().joinpath(f"{name}.yaml").read_text()).get("defaults", []):
         if not OmegaConf.is_config(entry) or len(entry) != 1:
             continue  # _self_
-        (key, option), = entry.items()
+        ((key, option),) = entry.items()
         group, _, package = str(key).partition("@")
         out.append(GroupChoice(group, str(option), group if not package else f"{group}@_global_"))
     return out
@@ -175,8 +176,10 @@ def _check_added(name: str, base_overrides: list[str], added: list) -> None:
             if problem:
                 what, rest = problem
                 rest = rest.replace("known top-level keys", f"known top-level keys of configs/{name}.yaml")
-                raise UnknownConfigKeyError(f"{what} (from {o.input_line}){rest} (keys can be added freely only below "
-                                            f"{', '.join(OPEN_SECTIONS)})")
+                raise UnknownConfigKeyError(
+                    f"{what} (from {o.input_line}){rest} (keys can be added freely only below "
+                    f"{', '.join(OPEN_SECTIONS)})"
+                )
 
 
 def _paths(key: str, value: Any) -> Iterator[str]:
@@ -204,7 +207,10 @@ def unknown_key(cfg: DictConfig, path: str) -> tuple[str, str] | None:
             continue
         section = ".".join(parts[:i])
         if not isinstance(node, (DictConfig, ListConfig)):
-            return f"config key {here!r} is not declared", f": {section!r} is a value ({node._value()!r}), not a section"
+            return (
+                f"config key {here!r} is not declared",
+                f": {section!r} is a value ({node._value()!r}), not a section",
+            )
         known = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
         extra = class_keys(cfg, section)
         if i == len(parts) - 1 and part in extra:

@@ -62,8 +62,15 @@ Outputs = dict[str, Any]
 # what a stage computes: left out of fingerprints (turning the dataset's checks off to get past a
 # damaged episode must not re-collect). Names at any depth, and dotted paths from a stage's config.
 DISPLAY_KEYS = frozenset({"progress"})
-NON_SEMANTIC_PATHS = frozenset({"dataset.verify", "collect.commit_every_s", "collect.commit_every_episodes",
-                                "finetune.commit_every_s", "finetune.commit_every_episodes"})
+NON_SEMANTIC_PATHS = frozenset(
+    {
+        "dataset.verify",
+        "collect.commit_every_s",
+        "collect.commit_every_episodes",
+        "finetune.commit_every_s",
+        "finetune.commit_every_episodes",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +182,11 @@ def code_digest() -> str:
     h = hashlib.sha256()
     for pkg in CODE_PACKAGES:
         folder = root / pkg
-        for f in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".yaml", ".xml") and p.is_file()
-                        and "__pycache__" not in p.parts):
+        for f in sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix in (".py", ".yaml", ".xml") and p.is_file() and "__pycache__" not in p.parts
+        ):
             h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -219,16 +229,20 @@ def order_stages(stages: Sequence[Stage], available: Sequence[str] = ()) -> list
             raise GraphError(f"stage {s.name!r} appends to {grown} without reading it (appends must be among reads)")
         missing = [a for a in s.reads if a not in writer]
         if missing:
-            raise GraphError(f"stage {s.name!r} reads {missing}, which no selected stage writes "
-                             f"(writers: {sorted(writer.items())}); add the stage that writes it or give it")
+            raise GraphError(
+                f"stage {s.name!r} reads {missing}, which no selected stage writes "
+                f"(writers: {sorted(writer.items())}); add the stage that writes it or give it"
+            )
     deps = {s.name: {writer[a] for a in (*s.reads, *s.optional) if a in writer} - {"<given>"} for s in stages}
     done: list[str] = []
     pending = list(names)
     while pending:
         ready = [n for n in pending if deps[n] <= set(done)]
         if not ready:
-            raise GraphError(f"the stages {pending} form a cycle through their artifacts: "
-                             + "; ".join(f"{n} reads from {sorted(deps[n] - set(done))}" for n in pending))
+            raise GraphError(
+                f"the stages {pending} form a cycle through their artifacts: "
+                + "; ".join(f"{n} reads from {sorted(deps[n] - set(done))}" for n in pending)
+            )
         done.append(ready[0])
         pending.remove(ready[0])
     by_name = {s.name: s for s in stages}
@@ -367,13 +381,24 @@ class Pipeline:
 
     def run_fingerprint(self, configs: Mapping[str, Any]) -> str:
         """The key of a run's attempt: its stages and their configs (display keys aside)."""
-        return "run-" + fingerprint({"stages": [s.name for s in self.stages], "code": self.code,
-                                     "configs": {s.name: _semantic(plain(configs.get(s.name))) for s in self.stages}})
+        return "run-" + fingerprint(
+            {
+                "stages": [s.name for s in self.stages],
+                "code": self.code,
+                "configs": {s.name: _semantic(plain(configs.get(s.name))) for s in self.stages},
+            }
+        )
 
     def stage_fingerprint(self, stage: Stage, config: Any, inputs: Mapping[str, Any]) -> str:
         names = [a for a in (*stage.reads, *stage.optional) if a in inputs]
-        return fingerprint({"stage": stage.name, "config": _semantic(plain(config)), "code": self.code,
-                            "inputs": {a: artifact_fingerprint(inputs[a]) for a in names}})
+        return fingerprint(
+            {
+                "stage": stage.name,
+                "config": _semantic(plain(config)),
+                "code": self.code,
+                "inputs": {a: artifact_fingerprint(inputs[a]) for a in names},
+            }
+        )
 
     def plan(self, configs: Mapping[str, Any], cache: StageCache) -> list[tuple[str, str]]:
         """``(stage, what happens)`` for each stage, as far as it can be known before running:
@@ -394,23 +419,41 @@ class Pipeline:
             if hit is not None and (s.valid is None or s.valid(hit["outputs"])):
                 outputs = hit["outputs"]
                 if s.refresh is not None:  # what a run would see: the dataset as it stands now (read only)
-                    ctx = StageContext(s.name, configs.get(s.name), inputs, Path(hit.get("run_dir", ".")),
-                                       log=lambda m: None, cache=cache, run_attempt=run_attempt or {"id": None},
-                                       read_only=True)
+                    ctx = StageContext(
+                        s.name,
+                        configs.get(s.name),
+                        inputs,
+                        Path(hit.get("run_dir", ".")),
+                        log=lambda m: None,
+                        cache=cache,
+                        run_attempt=run_attempt or {"id": None},
+                        read_only=True,
+                    )
                     outputs = _plain_outputs(s.refresh(ctx, outputs))
                 artifacts.update(outputs)
                 out.append((s.name, f"skip (unchanged, fingerprint {fp[:12]})"))
             else:
                 attempt = cache.get_attempt(fp)
-                why = (f" (resumes the attempt interrupted in {attempt.get('run_dir')})" if attempt is not None else
-                       " (no finished record: new, changed or failed)" if hit is None else " (recorded outputs gone)")
+                why = (
+                    f" (resumes the attempt interrupted in {attempt.get('run_dir')})"
+                    if attempt is not None
+                    else " (no finished record: new, changed or failed)"
+                    if hit is None
+                    else " (recorded outputs gone)"
+                )
                 out.append((s.name, "run" + why))
                 will_run.add(s.name)
         return out
 
-    def run(self, configs: Mapping[str, Any], cache: StageCache, run_dir: str | os.PathLike,
-            log: Callable[[str], None] = print, force: Sequence[str] = (),
-            manifest: Callable[[RunResult], None] | None = None) -> RunResult:
+    def run(
+        self,
+        configs: Mapping[str, Any],
+        cache: StageCache,
+        run_dir: str | os.PathLike,
+        log: Callable[[str], None] = print,
+        force: Sequence[str] = (),
+        manifest: Callable[[RunResult], None] | None = None,
+    ) -> RunResult:
         """Run every stage in order (skipping unchanged ones); ``force`` reruns the named stages.
 
         ``manifest(result)`` is called after every stage, so an interrupted run leaves a
@@ -423,12 +466,23 @@ class Pipeline:
         run_fp = self.run_fingerprint(configs)
         earlier_run = cache.get_attempt(run_fp)
         if earlier_run is not None and _running_elsewhere(earlier_run):
-            raise RuntimeError(f"the same run (stages and configs) is in progress in process {earlier_run['pid']} on "
-                               f"this host since {earlier_run.get('started')} ({earlier_run.get('run_dir')}); wait for "
-                               "it to end or stop it — two copies would resume each other's stages")
-        run_attempt: dict[str, Any] = ({**earlier_run, "resumed": True} if earlier_run is not None else
-                       {"stage": "<run>", "fingerprint": run_fp, "id": uuid.uuid4().hex[:16], "run_dir": str(run_dir),
-                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": False})
+            raise RuntimeError(
+                f"the same run (stages and configs) is in progress in process {earlier_run['pid']} on "
+                f"this host since {earlier_run.get('started')} ({earlier_run.get('run_dir')}); wait for "
+                "it to end or stop it — two copies would resume each other's stages"
+            )
+        run_attempt: dict[str, Any] = (
+            {**earlier_run, "resumed": True}
+            if earlier_run is not None
+            else {
+                "stage": "<run>",
+                "fingerprint": run_fp,
+                "id": uuid.uuid4().hex[:16],
+                "run_dir": str(run_dir),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "resumed": False,
+            }
+        )
         run_attempt.update(pid=os.getpid(), host=socket.gethostname())
         if earlier_run is not None:
             log(f"resuming the run interrupted in {earlier_run.get('run_dir')} (same stages and configs)")
@@ -440,8 +494,14 @@ class Pipeline:
                 continue
             inputs = {a: result.artifacts[a] for a in (*s.reads, *s.optional) if a in result.artifacts}
             fp = self.stage_fingerprint(s, configs.get(s.name), inputs)
-            rec = StageRecord(s.name, "ran", fp, {a: artifact_fingerprint(v) for a, v in inputs.items()},
-                              appends=list(s.appends), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            rec = StageRecord(
+                s.name,
+                "ran",
+                fp,
+                {a: artifact_fingerprint(v) for a, v in inputs.items()},
+                appends=list(s.appends),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            )
             ctx = StageContext(s.name, configs.get(s.name), inputs, run_dir, log, cache=cache, run_attempt=run_attempt)
             hit = None if s.name in force else cache.get(fp)
             t0 = time.perf_counter()
@@ -455,8 +515,14 @@ class Pipeline:
                     ctx.attempt = {**earlier, "resumed": True}
                     log(f"[{s.name}] running: resuming the attempt interrupted in {earlier.get('run_dir')}")
                 else:
-                    ctx.attempt = {"stage": s.name, "fingerprint": fp, "id": uuid.uuid4().hex[:16],
-                                   "run_dir": str(run_dir), "started": rec.started, "resumed": False}
+                    ctx.attempt = {
+                        "stage": s.name,
+                        "fingerprint": fp,
+                        "id": uuid.uuid4().hex[:16],
+                        "run_dir": str(run_dir),
+                        "started": rec.started,
+                        "resumed": False,
+                    }
                     log(f"[{s.name}] running")
                 cache.put_attempt(fp, ctx.attempt)
                 try:
@@ -481,9 +547,19 @@ class Pipeline:
                     raise
                 missing = [a for a in s.writes if a not in outputs]
                 if missing:
-                    raise RuntimeError(f"stage {s.name!r} did not produce {missing} (it declares writes={list(s.writes)})")
-                cache.put(fp, {"stage": s.name, "fingerprint": fp, "outputs": outputs, "run_dir": str(run_dir),
-                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                    raise RuntimeError(
+                        f"stage {s.name!r} did not produce {missing} (it declares writes={list(s.writes)})"
+                    )
+                cache.put(
+                    fp,
+                    {
+                        "stage": s.name,
+                        "fingerprint": fp,
+                        "outputs": outputs,
+                        "run_dir": str(run_dir),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    },
+                )
                 cache.end_attempt(fp)
                 if s.finished is not None:
                     s.finished(ctx, outputs)

@@ -72,8 +72,10 @@ class GateDecision:
         return "gate failed: " + "; ".join(c.message() for c in self.failed)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "criteria": [{**asdict(c), "margin": c.margin, "message": c.message()}
-                                                    for c in self.criteria]}
+        return {
+            "passed": self.passed,
+            "criteria": [{**asdict(c), "margin": c.margin, "message": c.message()} for c in self.criteria],
+        }
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ class Evidence:
     action_violation: float = 0.0  # largest distance outside the bounds
 
 
-def _check(name: str, value: float | None, threshold: float | None, op: str, required: bool,
-           missing: str, detail: str = "") -> Criterion | None:
+def _check(
+    name: str, value: float | None, threshold: float | None, op: str, required: bool, missing: str, detail: str = ""
+) -> Criterion | None:
     if threshold is None:
         return None
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -106,7 +109,7 @@ def value_upper_bound(reward_max: float, gamma: float, horizon: int | None) -> f
     """The largest discounted return rewards allow: ``r_max (1 - gamma^H) / (1 - gamma)``."""
     if horizon is None:
         return reward_max / (1.0 - gamma)
-    return reward_max * (1.0 - gamma ** horizon) / (1.0 - gamma)
+    return reward_max * (1.0 - gamma**horizon) / (1.0 - gamma)
 
 
 def decide(cfg: Mapping[str, Any], ev: Evidence) -> GateDecision:
@@ -119,31 +122,83 @@ def decide(cfg: Mapping[str, Any], ev: Evidence) -> GateDecision:
     out.append(_check("success_rate", sim.get("success_rate"), g("min_success"), ">=", need_sim, no_sim))
     out.append(_check("return_mean", sim.get("return_mean"), g("min_return"), ">=", need_sim, no_sim))
     if g("min_success_vs_data") is not None and ev.data_success_rate is not None:
-        out.append(_check("success_rate vs data", sim.get("success_rate"),
-                          ev.data_success_rate - float(g("min_success_vs_data")), ">=", need_sim, no_sim,
-                          f"data success {ev.data_success_rate:.3g} minus margin {g('min_success_vs_data')}"))
+        out.append(
+            _check(
+                "success_rate vs data",
+                sim.get("success_rate"),
+                ev.data_success_rate - float(g("min_success_vs_data")),
+                ">=",
+                need_sim,
+                no_sim,
+                f"data success {ev.data_success_rate:.3g} minus margin {g('min_success_vs_data')}",
+            )
+        )
     if g("min_return_vs_data") is not None and ev.data_return_mean is not None:
         thr = ev.data_return_mean - float(g("min_return_vs_data")) * abs(ev.data_return_mean)
-        out.append(_check("return_mean vs data", sim.get("return_mean"), thr, ">=", need_sim, no_sim,
-                          f"data mean {ev.data_return_mean:.4g} minus {g('min_return_vs_data')} x |mean|"))
-    out.append(_check("ope_value", ev.ope_value, g("min_ope_value"), ">=", bool(g("require_ope", False)),
-                      "no OPE estimate"))
+        out.append(
+            _check(
+                "return_mean vs data",
+                sim.get("return_mean"),
+                thr,
+                ">=",
+                need_sim,
+                no_sim,
+                f"data mean {ev.data_return_mean:.4g} minus {g('min_return_vs_data')} x |mean|",
+            )
+        )
+    out.append(
+        _check("ope_value", ev.ope_value, g("min_ope_value"), ">=", bool(g("require_ope", False)), "no OPE estimate")
+    )
 
     q = sim.get("q_start_mean")
     if g("value_bound", True) and ev.reward_max is not None:
         bound = value_upper_bound(ev.reward_max, ev.gamma, ev.horizon) + float(g("q_abs_tolerance", 1.0))
-        out.append(_check("Q(start) <= reward bound", q, bound, "<=", False, "the algorithm has no critic",
-                          f"r_max {ev.reward_max:.4g}, gamma {ev.gamma}, horizon {ev.horizon}"))
+        out.append(
+            _check(
+                "Q(start) <= reward bound",
+                q,
+                bound,
+                "<=",
+                False,
+                "the algorithm has no critic",
+                f"r_max {ev.reward_max:.4g}, gamma {ev.gamma}, horizon {ev.horizon}",
+            )
+        )
     mc = sim.get("mc_discounted_return_mean")
     if g("max_q_overestimation") is not None and mc is not None:
         slack = max(float(g("q_abs_tolerance", 1.0)), float(g("max_q_overestimation")) * abs(mc))
-        out.append(_check("Q(start) vs achieved", q, mc + slack, "<=", False, "the algorithm has no critic",
-                          f"achieved discounted return {mc:.4g} + {slack:.4g}"))
+        out.append(
+            _check(
+                "Q(start) vs achieved",
+                q,
+                mc + slack,
+                "<=",
+                False,
+                "the algorithm has no critic",
+                f"achieved discounted return {mc:.4g} + {slack:.4g}",
+            )
+        )
     if g("check_actions", True):
-        out.append(_check("actions finite", None if ev.actions_finite is None else float(ev.actions_finite),
-                          1.0, ">=", True, "no actions checked"))
-        out.append(_check("actions within bounds", ev.action_violation if ev.actions_in_bounds is not None else None,
-                          float(g("action_tolerance", 1e-6)), "<=", True, "no actions checked",
-                          "largest distance outside the action bounds"))
+        out.append(
+            _check(
+                "actions finite",
+                None if ev.actions_finite is None else float(ev.actions_finite),
+                1.0,
+                ">=",
+                True,
+                "no actions checked",
+            )
+        )
+        out.append(
+            _check(
+                "actions within bounds",
+                ev.action_violation if ev.actions_in_bounds is not None else None,
+                float(g("action_tolerance", 1e-6)),
+                "<=",
+                True,
+                "no actions checked",
+                "largest distance outside the action bounds",
+            )
+        )
     criteria = [c for c in out if c is not None]
     return GateDecision(all(c.passed for c in criteria), criteria)

@@ -20,7 +20,8 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 
 EVERY_S_ENV = "O2O_PROGRESS_EVERY_S"
 DEFAULT_EVERY_S = 10.0
@@ -75,8 +76,17 @@ def rate_text(rate: float, unit: str) -> str:
     return f"{rate:,.{digits}f} {unit}/s"
 
 
-def line(label: str, done: int, total: int | None, unit: str, elapsed: float, stats: Mapping[str, Any] | None = None,
-         *, final: bool = False, initial: int = 0) -> str:
+def line(
+    label: str,
+    done: int,
+    total: int | None,
+    unit: str,
+    elapsed: float,
+    stats: Mapping[str, Any] | None = None,
+    *,
+    final: bool = False,
+    initial: int = 0,
+) -> str:
     """One progress line: ``[label] done/total unit (pct), rate, ETA`` and the stats; ``final``:
     the closing line, with the time taken (``stopped at`` when it ended short of the total)."""
     rate = (done - initial) / elapsed if elapsed > 0 else 0.0
@@ -103,9 +113,19 @@ class Progress:
     a line or frame is due (e.g. losses held on a GPU). ``clock``: for tests.
     """
 
-    def __init__(self, label: str, total: int | None, unit: str = "steps", *, enabled: bool = True,
-                 every_s: float | None = None, stream: TextIO | None = None, terminal: bool | None = None,
-                 initial: int = 0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        unit: str = "steps",
+        *,
+        enabled: bool = True,
+        every_s: float | None = None,
+        stream: TextIO | None = None,
+        terminal: bool | None = None,
+        initial: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.total, self.unit, self.enabled = label, (int(total) if total else None), unit, bool(enabled)
         self.every_s = default_every_s() if every_s is None else float(every_s)
         self.stream, self._terminal, self.clock = stream, terminal, clock
@@ -142,8 +162,17 @@ class Progress:
             if self._bar is None or now - self._last >= REDRAW_S or (self.total and self.done >= self.total):
                 self._draw(now)
         elif now - self._last >= self.every_s:
-            self._write(line(self.label, self.done, self.total, self.unit, now - self.started, self._stat_values(),
-                             initial=self.initial))
+            self._write(
+                line(
+                    self.label,
+                    self.done,
+                    self.total,
+                    self.unit,
+                    now - self.started,
+                    self._stat_values(),
+                    initial=self.initial,
+                )
+            )
             self._last = now
 
     def advance(self, n: int = 1, stats: Stats = None) -> None:
@@ -159,8 +188,18 @@ class Progress:
             self._bar.stop()
             _live.remove(self)
         elif self._updated and not self._terminal:
-            self._write(line(self.label, self.done, self.total, self.unit, self.elapsed, self._stat_values(),
-                             final=True, initial=self.initial))
+            self._write(
+                line(
+                    self.label,
+                    self.done,
+                    self.total,
+                    self.unit,
+                    self.elapsed,
+                    self._stat_values(),
+                    final=True,
+                    initial=self.initial,
+                )
+            )
 
     # ------------------------------------------------------------------ output
     def _stat_values(self) -> Mapping[str, Any]:
@@ -175,9 +214,14 @@ class Progress:
     def _draw(self, now: float) -> None:
         if self._bar is None:  # drawn from the first update on, after set-up errors had their say
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-                TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"), TimeElapsedColumn(),
-                TextColumn("{task.fields[stats]}"), console=Console(file=self.stream) if self.stream else None,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]}"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[stats]}"),
+                console=Console(file=self.stream) if self.stream else None,
             )
             self._bar.start()
             _live.append(self)
@@ -187,8 +231,9 @@ class Progress:
         count = f"{self.done:,}/{self.total:,} {self.unit}" if self.total else f"{self.done:,} {self.unit}"
         eta = duration((self.total - self.done) / rate) if self.total and rate > 0 else "?"
         stats = ", ".join(f"{k} {number(v)}" for k, v in self._stat_values().items())
-        self._bar.update(self._task, completed=self.done, count=count, rate=rate_text(rate, self.unit), eta=eta,
-                         stats=stats)
+        self._bar.update(
+            self._task, completed=self.done, count=count, rate=rate_text(rate, self.unit), eta=eta, stats=stats
+        )
         self._last = now
 
 
@@ -209,8 +254,10 @@ class CollectProgress:
         def stats() -> dict[str, Any]:
             recent = result.returns[-20:]
             known = [s for s in result.successes[-20:] if s is not None]
-            out = {"steps/s": result.steps / max(self.progress.elapsed, 1e-9),
-                   "return": sum(recent) / max(1, len(recent))}
+            out = {
+                "steps/s": result.steps / max(self.progress.elapsed, 1e-9),
+                "return": sum(recent) / max(1, len(recent)),
+            }
             if known:
                 out["success"] = sum(known) / len(known)
             return out

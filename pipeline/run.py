@@ -22,8 +22,18 @@ from o2o.pipeline import lineage
 from o2o.pipeline.dag import GraphError, Pipeline, RunResult, StageCache, code_digest
 
 STAGE_PACKAGE = "o2o.pipeline.stages."
-KEY_PACKAGES = ("torch", "lightning", "numpy", "zarr", "mujoco", "robosuite", "gymnasium", "hydra-core", "onnx",
-                "onnxruntime")
+KEY_PACKAGES = (
+    "torch",
+    "lightning",
+    "numpy",
+    "zarr",
+    "mujoco",
+    "robosuite",
+    "gymnasium",
+    "hydra-core",
+    "onnx",
+    "onnxruntime",
+)
 
 
 @dataclass
@@ -54,8 +64,11 @@ def stage_configs(cfg: DictConfig, modules: list[StageModule]) -> dict[str, Dict
     """Each stage's slice of the run config (its ``CONFIG_KEYS``), resolved."""
     out = {}
     for m in modules:
-        part = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in m.config_keys if k in cfg}
+        part = {
+            k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in m.config_keys
+            if k in cfg
+        }
         out[m.name] = OmegaConf.create(part)
     return out
 
@@ -80,21 +93,29 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
     run_dir = Path(str(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    info = {"command": " ".join(sys.argv), "versions": {**versions(), "o2o_code_sha256": code_digest()},
-            "state_dir": str(cfg.state_dir),
-            "stages_selected": list(cfg.pipeline.stages)}
+    info = {
+        "command": " ".join(sys.argv),
+        "versions": {**versions(), "o2o_code_sha256": code_digest()},
+        "state_dir": str(cfg.state_dir),
+        "stages_selected": list(cfg.pipeline.stages),
+    }
 
     def manifest(res: RunResult) -> None:
         data = res.artifact("dataset")
-        res.write(run_dir / "manifest.json", **info, dataset_version=None if data is None else data.selector,
-                  lineage=_lineage(res))
+        res.write(
+            run_dir / "manifest.json",
+            **info,
+            dataset_version=None if data is None else data.selector,
+            lineage=_lineage(res),
+        )
 
     res = pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
     entry = _lineage(res)
     if entry is not None and any(r.name == "pretrain" and r.status == "ran" for r in res.records):
         policy = res.artifact("policy")
-        lineage.append(cfg.state_dir, {**entry, "run_dir": str(run_dir),
-                                       "policy": None if policy is None else policy.path})
+        lineage.append(
+            cfg.state_dir, {**entry, "run_dir": str(run_dir), "policy": None if policy is None else policy.path}
+        )
     return res
 
 
@@ -103,5 +124,9 @@ def _lineage(res: RunResult) -> dict | None:
     ckpt = res.artifact("checkpoint")
     if ckpt is None:
         return None
-    return {"checkpoint": ckpt.path, "dataset_version": ckpt.dataset.selector, "algo": ckpt.algo,
-            "updates": ckpt.updates}
+    return {
+        "checkpoint": ckpt.path,
+        "dataset_version": ckpt.dataset.selector,
+        "algo": ckpt.algo,
+        "updates": ckpt.updates,
+    }

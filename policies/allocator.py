@@ -41,6 +41,9 @@ def tune_cpu_allocator(mode: str = "tuned") -> str:
         return f"unchanged (not glibc: {platform.system()} {platform.libc_ver()[0] or '?'})"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    _applied = (f"glibc mallopt: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB"
-                if ok else "unchanged (mallopt refused the settings)")
+    _applied = (
+        f"glibc mallopt: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold {TRIM_THRESHOLD >> 20} MiB"
+        if ok
+        else "unchanged (mallopt refused the settings)"
+    )
     return _applied

@@ -73,8 +73,13 @@ class SimEvaluation(L.Callback):
         metrics = self.evaluate(pl_module)
         self.history.append({"step": step, **metrics})
         self._last_eval_step = step
-        pl_module.log_dict({f"eval/{k}": float(v) for k, v in metrics.items()}, on_step=True, on_epoch=False,
-                           prog_bar=False, batch_size=1)
+        pl_module.log_dict(
+            {f"eval/{k}": float(v) for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+            batch_size=1,
+        )
         shown = {k: metrics[k] for k in ("return_mean", "success_rate", "q_start_mean") if k in metrics}
         line = ", ".join(f"{k} {v:.3f}" for k, v in shown.items())
         if "q_start_mean" in shown:  # the value diagnostic: what the critic expects vs what the policy got
@@ -134,8 +139,9 @@ class TrainingProgress(L.Callback):
             self.display.update(int(trainer.global_step), lambda: self.stats(trainer))
 
     def stats(self, trainer) -> dict[str, Any]:
-        out: dict[str, Any] = {k.removeprefix("train/"): v for k, v in trainer.progress_bar_metrics.items()
-                               if k.endswith("_loss")}
+        out: dict[str, Any] = {
+            k.removeprefix("train/"): v for k, v in trainer.progress_bar_metrics.items() if k.endswith("_loss")
+        }
         if self.extra is not None:
             out.update(self.extra())
         return out

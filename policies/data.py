@@ -98,20 +98,32 @@ class Normalization:
         return action_center_halfrange(self.action_low, self.action_high)[1]
 
     def to_dict(self) -> dict:
-        return {f.name: (np.asarray(v).astype(float).tolist() if isinstance(v, np.ndarray) else float(v))
-                for f in fields(self) for v in [getattr(self, f.name)]}
+        return {
+            f.name: (np.asarray(v).astype(float).tolist() if isinstance(v, np.ndarray) else float(v))
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Normalization":
         arr = {"obs_mean", "obs_std", "action_low", "action_high"}
         # A field with a default may be missing (a checkpoint from before it existed): the default.
-        return cls(**{k: (np.asarray(d[k], np.float32) if k in arr else float(d[k]))
-                      for k in (f.name for f in fields(cls)) if k in d or k in arr})
+        return cls(
+            **{
+                k: (np.asarray(d[k], np.float32) if k in arr else float(d[k]))
+                for k in (f.name for f in fields(cls))
+                if k in d or k in arr
+            }
+        )
 
     @classmethod
     def identity(cls, obs_dim: int, action_low, action_high) -> "Normalization":
-        return cls(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
-                   np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
+        return cls(
+            np.zeros(obs_dim, np.float32),
+            np.ones(obs_dim, np.float32),
+            np.asarray(action_low, np.float32),
+            np.asarray(action_high, np.float32),
+        )
 
 
 # -- The maps between env units and what the networks see -------------------------------------
@@ -172,8 +184,9 @@ def episode_returns(rewards: np.ndarray, episode_index: np.ndarray) -> np.ndarra
     return np.bincount(inverse, weights=rewards.astype(np.float64))
 
 
-def return_to_go(rewards: np.ndarray, episode_index: np.ndarray, terminals: np.ndarray, gamma: float,
-                 tail: str = "repeat_last") -> np.ndarray:
+def return_to_go(
+    rewards: np.ndarray, episode_index: np.ndarray, terminals: np.ndarray, gamma: float, tail: str = "repeat_last"
+) -> np.ndarray:
     """Discounted return-to-go ``G_t = r_t + gamma G_{t+1}`` of every row, per episode.
 
     Rows of one episode must be contiguous and in time order (as ``load_transitions``
@@ -190,15 +203,19 @@ def return_to_go(rewards: np.ndarray, episode_index: np.ndarray, terminals: np.n
     ep = np.asarray(episode_index)
     term = np.asarray(terminals).astype(bool)
     if not (len(r) == len(ep) == len(term)):
-        raise ValueError(f"return_to_go: rewards ({len(r)}), episode_index ({len(ep)}) and terminals ({len(term)}) "
-                         "must have one entry per row")
+        raise ValueError(
+            f"return_to_go: rewards ({len(r)}), episode_index ({len(ep)}) and terminals ({len(term)}) "
+            "must have one entry per row"
+        )
     if len(r) == 0:
         return np.zeros(0, np.float32)
     change = np.flatnonzero(ep[1:] != ep[:-1]) + 1
     starts = np.concatenate([[0], change])
     if len(np.unique(ep[starts])) != len(starts):
-        raise ValueError("return_to_go: the rows of an episode are not contiguous (an episode index reappears "
-                         "after another one); load whole episodes in order")
+        raise ValueError(
+            "return_to_go: the rows of an episode are not contiguous (an episode index reappears "
+            "after another one); load whole episodes in order"
+        )
     out = np.empty_like(r)
     for s, e in zip(starts, np.concatenate([change, [len(r)]])):
         # The value after the last step: nothing, or the last reward forever (r / (1 - gamma)).
@@ -209,9 +226,16 @@ def return_to_go(rewards: np.ndarray, episode_index: np.ndarray, terminals: np.n
     return out.astype(np.float32)
 
 
-def fit_normalization(transitions, action_low, action_high, normalize_obs: bool = True,
-                      reward_scaling: str = "none", max_episode_steps: int | None = None,
-                      eps: float = 1e-3, obs_clip: float = 0.0) -> Normalization:
+def fit_normalization(
+    transitions,
+    action_low,
+    action_high,
+    normalize_obs: bool = True,
+    reward_scaling: str = "none",
+    max_episode_steps: int | None = None,
+    eps: float = 1e-3,
+    obs_clip: float = 0.0,
+) -> Normalization:
     """Normalisation statistics from a selection's transitions (NumPy).
 
     ``obs_clip``: standardised observations are clipped to ``[-obs_clip, obs_clip]`` (0: not
@@ -243,9 +267,15 @@ def fit_normalization(transitions, action_low, action_high, normalize_obs: bool 
         spread = rets.max() - rets.min()
         horizon = max_episode_steps or 1000
         scale = horizon / spread if spread > eps else 1.0
-    return Normalization(mean.astype(np.float32), std.astype(np.float32),
-                         np.asarray(action_low, np.float32), np.asarray(action_high, np.float32),
-                         float(scale), float(shift), float(obs_clip) if normalize_obs else 0.0)
+    return Normalization(
+        mean.astype(np.float32),
+        std.astype(np.float32),
+        np.asarray(action_low, np.float32),
+        np.asarray(action_high, np.float32),
+        float(scale),
+        float(shift),
+        float(obs_clip) if normalize_obs else 0.0,
+    )
 
 
 class TensorReplay:
@@ -275,15 +305,23 @@ class TensorReplay:
         self.episode_index: np.ndarray | None = None
 
     @classmethod
-    def from_transitions(cls, transitions, norm: Normalization, device: Any = "cpu", capacity: int | None = None,
-                         seed: int = 0) -> "TensorReplay":
+    def from_transitions(
+        cls, transitions, norm: Normalization, device: Any = "cpu", capacity: int | None = None, seed: int = 0
+    ) -> "TensorReplay":
         """A buffer holding ``transitions`` (raw NumPy, from the store) normalised by ``norm``."""
         n = len(transitions)
         obs_dim = int(np.asarray(transitions.observations).shape[1])
         act_dim = int(np.asarray(transitions.actions).shape[1])
         buf = cls(obs_dim, act_dim, max(n, capacity or 0, 1), device, seed)
-        buf.add_raw(transitions.observations, transitions.actions, transitions.rewards,
-                    transitions.next_observations, transitions.terminals, transitions.timeouts, norm)
+        buf.add_raw(
+            transitions.observations,
+            transitions.actions,
+            transitions.rewards,
+            transitions.next_observations,
+            transitions.terminals,
+            transitions.timeouts,
+            norm,
+        )
         if getattr(transitions, "episode_index", None) is not None:
             buf.episode_index = np.asarray(transitions.episode_index)
         return buf
@@ -306,7 +344,7 @@ class TensorReplay:
         v = torch.as_tensor(np.asarray(values, np.float32), device=self.device)
         if start < 0 or start + len(v) > self.size:
             raise ValueError(f"MC returns for rows {start}..{start + len(v)} but the buffer holds {self.size} rows")
-        self.mc_returns[start:start + len(v)] = v
+        self.mc_returns[start : start + len(v)] = v
 
     def add_raw(self, obs, actions, rewards, next_obs, terminals, timeouts, norm: Normalization) -> None:
         """Append raw (env-unit) steps, normalising them on the way in."""
@@ -343,15 +381,27 @@ class TensorReplay:
         """The rows ``idx``. ``index_select``, not ``x[idx]``: on CPU it is ~20x faster
         (bench/bench_store.py: 23k vs 1.1k batches of 256 per second on 2 threads)."""
         take = lambda t: t.index_select(0, idx)  # noqa: E731
-        parts = (take(self.observations), take(self.actions), take(self.rewards), take(self.next_observations),
-                 take(self.terminals), take(self.timeouts))
+        parts = (
+            take(self.observations),
+            take(self.actions),
+            take(self.rewards),
+            take(self.next_observations),
+            take(self.terminals),
+            take(self.timeouts),
+        )
         return Batch(*parts) if self.mc_returns is None else MCBatch(*parts, take(self.mc_returns))
 
     def all(self) -> Batch:
         """Every stored transition (views, no copy)."""
         s = slice(0, self.size)
-        parts = (self.observations[s], self.actions[s], self.rewards[s], self.next_observations[s],
-                 self.terminals[s], self.timeouts[s])
+        parts = (
+            self.observations[s],
+            self.actions[s],
+            self.rewards[s],
+            self.next_observations[s],
+            self.terminals[s],
+            self.timeouts[s],
+        )
         return Batch(*parts) if self.mc_returns is None else MCBatch(*parts, self.mc_returns[s])
 
     def to(self, device: Any) -> "TensorReplay":

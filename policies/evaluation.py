@@ -63,8 +63,15 @@ class Evaluator:
     episodes draw from that copy's RNG), so two policies are compared on the same starts.
     """
 
-    def __init__(self, env_cfg: Mapping[str, Any], episodes: int = 10, num_envs: int = 1, seed: int = 10_000,
-                 gamma: float = 0.99, asynchronous: bool = False):
+    def __init__(
+        self,
+        env_cfg: Mapping[str, Any],
+        episodes: int = 10,
+        num_envs: int = 1,
+        seed: int = 10_000,
+        gamma: float = 0.99,
+        asynchronous: bool = False,
+    ):
         if episodes < 1:
             raise ValueError(f"evaluation needs >= 1 episode, got {episodes}")
         self.env_cfg = env_cfg
@@ -77,8 +84,13 @@ class Evaluator:
 
     def _env(self) -> gym.vector.VectorEnv:
         if self._venv is None:
-            self._venv = make_vector_env(self.env_cfg, self.num_envs, seed=None, asynchronous=self.asynchronous,
-                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+            self._venv = make_vector_env(
+                self.env_cfg,
+                self.num_envs,
+                seed=None,
+                asynchronous=self.asynchronous,
+                autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            )
         return self._venv
 
     def __call__(self, policy: PolicyFn, progress: Callable[[int], None] | None = None) -> EvalResult:
@@ -91,8 +103,13 @@ class Evaluator:
         ret, dret, length, disc = np.zeros(n), np.zeros(n), np.zeros(n, int), np.ones(n)
         succ = np.full(n, np.nan)
         starts = [obs[i].copy() for i in range(n)]
-        out: dict[str, list] = {"returns": [], "discounted_returns": [], "lengths": [], "successes": [],
-                                "start_observations": []}
+        out: dict[str, list] = {
+            "returns": [],
+            "discounted_returns": [],
+            "lengths": [],
+            "successes": [],
+            "start_observations": [],
+        }
         while (done_count < quota).any():
             actions = np.asarray(policy(np.asarray(obs, np.float32)), np.float32).reshape(n, -1)
             obs, reward, terminated, truncated, info = venv.step(actions)
@@ -117,9 +134,13 @@ class Evaluator:
                 # SAME_STEP autoreset: obs[i] is already the next episode's first observation.
                 ret[i], dret[i], length[i], disc[i], succ[i] = 0.0, 0.0, 0, 1.0, np.nan
                 starts[i] = np.asarray(obs[i]).copy()
-        return EvalResult(np.asarray(out["returns"], float), np.asarray(out["discounted_returns"], float),
-                          np.asarray(out["lengths"], int), np.asarray(out["successes"], float),
-                          np.asarray(out["start_observations"], np.float32))
+        return EvalResult(
+            np.asarray(out["returns"], float),
+            np.asarray(out["discounted_returns"], float),
+            np.asarray(out["lengths"], int),
+            np.asarray(out["successes"], float),
+            np.asarray(out["start_observations"], np.float32),
+        )
 
     def close(self) -> None:
         if self._venv is not None:

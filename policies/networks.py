@@ -58,8 +58,9 @@ class HeadLinear(nn.Linear):
         return super().forward(x)
 
 
-def mlp(in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False,
-        dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False, dropout: float = 0.0
+) -> nn.Sequential:
     """Linear layers with ``act`` between them (optional LayerNorm and dropout after each hidden layer)."""
     layers: list[nn.Module] = []
     d = in_dim
@@ -180,8 +181,9 @@ class EnsembleHead(EnsembleLinear):
 class EnsembleMLP(nn.Module):
     """An MLP per ensemble member, all evaluated together: ``[B, in] or [n, B, in] -> [n, B, out]``."""
 
-    def __init__(self, n: int, in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu",
-                 layer_norm: bool = False):
+    def __init__(
+        self, n: int, in_dim: int, out_dim: int, hidden: Sequence[int], act: str = "relu", layer_norm: bool = False
+    ):
         super().__init__()
         self.n = n
         dims = [in_dim, *hidden]
@@ -203,8 +205,15 @@ class QEnsemble(nn.Module):
     CQL needs), giving ``[n, B, K]``. Every member sees the same input.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), n: int = 2,
-                 act: str = "relu", layer_norm: bool = False):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        n: int = 2,
+        act: str = "relu",
+        layer_norm: bool = False,
+    ):
         super().__init__()
         self.n = n
         self.net = EnsembleMLP(n, obs_dim + act_dim, 1, hidden, act, layer_norm)
@@ -249,8 +258,16 @@ class TanhGaussianActor(nn.Module):
     actions are clipped just inside (-1, 1) before ``atanh``.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
-                 layer_norm: bool = False, log_std_min: float = LOG_STD_MIN, log_std_max: float = LOG_STD_MAX):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        act: str = "relu",
+        layer_norm: bool = False,
+        log_std_min: float = LOG_STD_MIN,
+        log_std_max: float = LOG_STD_MAX,
+    ):
         super().__init__()
         self.trunk = mlp(obs_dim, 2 * act_dim, hidden, act, layer_norm)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
@@ -272,8 +289,9 @@ class TanhGaussianActor(nn.Module):
         dist, mu = self._dist(obs)
         u = dist.rsample((n,))  # [n, B, A]
         log_prob = (dist.log_prob(u) - _tanh_log_det(u)).sum(-1)
-        return ActorOutput(torch.tanh(u).transpose(0, 1), log_prob.transpose(0, 1),
-                           torch.tanh(mu).unsqueeze(1).expand(-1, n, -1))
+        return ActorOutput(
+            torch.tanh(u).transpose(0, 1), log_prob.transpose(0, 1), torch.tanh(mu).unsqueeze(1).expand(-1, n, -1)
+        )
 
     def log_prob(self, obs: Tensor, action: Tensor, eps: float = 1e-6) -> Tensor:
         dist, _ = self._dist(obs)
@@ -292,8 +310,16 @@ class GaussianActor(nn.Module):
     Likelihoods of dataset actions need no ``atanh``, so actions at the bounds are fine.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
-                 layer_norm: bool = False, dropout: float = 0.0, init_log_std: float = 0.0):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        act: str = "relu",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+        init_log_std: float = 0.0,
+    ):
         super().__init__()
         self.mean = mlp(obs_dim, act_dim, hidden, act, layer_norm, dropout)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
@@ -311,8 +337,11 @@ class GaussianActor(nn.Module):
         """``n`` actions per state from one pass: ``obs [B, O] -> action [B, n, A]``, ``log_prob [B, n]``."""
         dist, mu = self._dist(obs)
         a = dist.rsample((n,))  # [n, B, A]
-        return ActorOutput(a.clamp(-1.0, 1.0).transpose(0, 1), dist.log_prob(a).sum(-1).transpose(0, 1),
-                           mu.unsqueeze(1).expand(-1, n, -1))
+        return ActorOutput(
+            a.clamp(-1.0, 1.0).transpose(0, 1),
+            dist.log_prob(a).sum(-1).transpose(0, 1),
+            mu.unsqueeze(1).expand(-1, n, -1),
+        )
 
     def log_prob(self, obs: Tensor, action: Tensor) -> Tensor:
         dist, _ = self._dist(obs)
@@ -325,8 +354,15 @@ class GaussianActor(nn.Module):
 class DeterministicActor(nn.Module):
     """a = tanh(f(s)) in [-1, 1] (BC with an MSE loss, TD3-style actors)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (256, 256), act: str = "relu",
-                 layer_norm: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (256, 256),
+        act: str = "relu",
+        layer_norm: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.net = mlp(obs_dim, act_dim, hidden, act, layer_norm, dropout)
 

@@ -62,16 +62,26 @@ class TrainerSpec:
     def from_config(cls, trainer: Mapping[str, Any], log_every: int = 50, **changes: Any) -> "TrainerSpec":
         """From a ``trainer`` config section (other keys of it are ignored), with ``changes`` applied."""
         t = dict(_plain(trainer))
-        spec = cls(max_steps=int(t["max_steps"]), accelerator=str(t.get("accelerator", "auto")),
-                   devices=t.get("devices", 1), strategy=str(t.get("strategy", "auto")),
-                   precision=t.get("precision", "32-true"), log_every=int(log_every),
-                   progress=bool(t.get("progress", True)), compile=bool(t.get("compile", False)))
+        spec = cls(
+            max_steps=int(t["max_steps"]),
+            accelerator=str(t.get("accelerator", "auto")),
+            devices=t.get("devices", 1),
+            strategy=str(t.get("strategy", "auto")),
+            precision=t.get("precision", "32-true"),
+            log_every=int(log_every),
+            progress=bool(t.get("progress", True)),
+            compile=bool(t.get("compile", False)),
+        )
         return spec if not changes else cls(**{**spec.__dict__, **changes})
 
 
-def make_trainer(spec: TrainerSpec, run_dir: str | Path, callbacks: list,
-                 progress: Callable[[int, int], Any] | None = None,
-                 stats: Callable[[], dict] | None = None) -> L.Trainer:
+def make_trainer(
+    spec: TrainerSpec,
+    run_dir: str | Path,
+    callbacks: list,
+    progress: Callable[[int, int], Any] | None = None,
+    stats: Callable[[], dict] | None = None,
+) -> L.Trainer:
     """The Lightning trainer of ``spec``, logging to ``run_dir`` (``tb/``, ``csv/``).
 
     With ``spec.progress`` and a ``progress(initial_updates, total_updates)`` factory of a
@@ -89,13 +99,23 @@ def make_trainer(spec: TrainerSpec, run_dir: str | Path, callbacks: list,
         # that network's parameters: DDP must treat the others as unused in that pass.
         strategy = "ddp_find_unused_parameters_true"
     return L.Trainer(
-        accelerator=spec.accelerator, devices=spec.devices, strategy=strategy,
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        strategy=strategy,
         precision=resolve_precision(spec.precision, spec.accelerator),
-        max_steps=int(spec.max_steps), max_epochs=-1, logger=loggers, callbacks=callbacks,
-        log_every_n_steps=int(spec.log_every), enable_progress_bar=False,
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=run_dir,
-        use_distributed_sampler=False, deterministic=False,
+        max_steps=int(spec.max_steps),
+        max_epochs=-1,
+        logger=loggers,
+        callbacks=callbacks,
+        log_every_n_steps=int(spec.log_every),
+        enable_progress_bar=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=run_dir,
+        use_distributed_sampler=False,
+        deterministic=False,
     )
 
 
@@ -117,9 +137,13 @@ def compile_if_asked(spec: TrainerSpec, trainer: L.Trainer, module: OfflineAlgor
     if not spec.compile:
         return
     if trainer.strategy.root_device.type == "cpu":
-        warnings.warn("trainer.compile=true on a CPU: torch.compile'd networks measured slower than eager "
-                      "there (bf16 CQL ~1.5x slower, IQL/AWAC slower, float32 CQL level; bench/README.md); "
-                      "it is meant for GPUs", UserWarning, stacklevel=3)
+        warnings.warn(
+            "trainer.compile=true on a CPU: torch.compile'd networks measured slower than eager "
+            "there (bf16 CQL ~1.5x slower, IQL/AWAC slower, float32 CQL level; bench/README.md); "
+            "it is meant for GPUs",
+            UserWarning,
+            stacklevel=3,
+        )
     module.compile_networks()
 
 
@@ -132,9 +156,13 @@ class _QuietLightning(logging.Filter):
 
 def quiet_lightning() -> None:
     """Silence warnings that do not apply to o2o's design (data sampled on the device, manual optimisation)."""
-    for pattern in (".*does not have many workers.*", ".*is an invalid value for `num_workers`.*",
-                    ".*no pre-optimization state was saved.*", ".*isinstance\\(treespec, LeafSpec\\).*",
-                    ".*`training_step` returned `None`.*"):
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*is an invalid value for `num_workers`.*",
+        ".*no pre-optimization state was saved.*",
+        ".*isinstance\\(treespec, LeafSpec\\).*",
+        ".*`training_step` returned `None`.*",
+    ):
         warnings.filterwarnings("ignore", pattern)
     for name in ("lightning.pytorch", "lightning.fabric"):
         lg = logging.getLogger(name)
@@ -155,8 +183,9 @@ def native_bf16(accelerator: str = "auto") -> bool:
     if acc not in ("cpu", "auto"):
         return False
     cpu = torch.cpu  # private probes (torch >= 2.1); absent means unknown, i.e. no
-    return any(bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported",
-                                                                         "_is_amx_tile_supported"))
+    return any(
+        bool(getattr(cpu, probe, lambda: False)()) for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
 
 
 def resolve_precision(precision: Any, accelerator: str = "auto") -> Any:
@@ -173,11 +202,17 @@ def select_episodes(store: EpisodeStore, data_cfg: Any) -> np.ndarray:
     """Episode indices chosen by ``data.{sources, episodes, version, success}``."""
     ep = data_cfg.get("episodes")
     episodes = None if ep is None else range(int(ep[0]), int(ep[1]))
-    idx = store.select(sources=_plain(data_cfg.get("sources")), episodes=episodes,
-                       version=parse_version(data_cfg.get("version")), success=data_cfg.get("success"))
+    idx = store.select(
+        sources=_plain(data_cfg.get("sources")),
+        episodes=episodes,
+        version=parse_version(data_cfg.get("version")),
+        success=data_cfg.get("success"),
+    )
     if len(idx) == 0:
-        raise ValueError(f"dataset {store.path!r}: the selection {_plain(data_cfg)} holds no episodes "
-                         f"(the dataset has {store.num_episodes}); collect data first or widen the selection")
+        raise ValueError(
+            f"dataset {store.path!r}: the selection {_plain(data_cfg)} holds no episodes "
+            f"(the dataset has {store.num_episodes}); collect data first or widen the selection"
+        )
     return idx
 
 
@@ -185,11 +220,16 @@ def check_env(store: EpisodeStore, env_cfg: Any) -> None:
     """The dataset must come from the env the config names (it is rebuilt for evaluation)."""
     have = store.env or {}
     want = _plain(env_cfg)
-    diff = [f"{k} {want.get(k)!r} != dataset's {have.get(k)!r}" for k in ENV_IDENTITY_KEYS
-            if k in have and have.get(k) != want.get(k)]
+    diff = [
+        f"{k} {want.get(k)!r} != dataset's {have.get(k)!r}"
+        for k in ENV_IDENTITY_KEYS
+        if k in have and have.get(k) != want.get(k)
+    ]
     if diff:
-        raise ValueError(f"dataset {store.path!r} was collected in env {have.get('name')!r}, not the configured "
-                         f"env {want.get('name')!r}: " + "; ".join(diff) + f" (pass env={have.get('name')})")
+        raise ValueError(
+            f"dataset {store.path!r} was collected in env {have.get('name')!r}, not the configured "
+            f"env {want.get('name')!r}: " + "; ".join(diff) + f" (pass env={have.get('name')})"
+        )
 
 
 def algorithm_transitions(cls: type[OfflineAlgorithm], algo_cfg: Mapping[str, Any], tr: Transitions) -> Transitions:
@@ -201,8 +241,9 @@ def algorithm_transitions(cls: type[OfflineAlgorithm], algo_cfg: Mapping[str, An
     return type(tr)(**{k: np.asarray(v)[mask] for k, v in tr.__dict__.items()})
 
 
-def build_module(cfg: Any, store: EpisodeStore, idx: np.ndarray, device: str = "cpu"
-                 ) -> tuple[OfflineAlgorithm, TensorReplay]:
+def build_module(
+    cfg: Any, store: EpisodeStore, idx: np.ndarray, device: str = "cpu"
+) -> tuple[OfflineAlgorithm, TensorReplay]:
     """Load the selection once, fit normalisation, and build the algorithm and its replay buffer.
 
     ``cfg``: the pretrain config (``algo``, ``trainer.seed``, ``data``, ``env``, ``init_from``)."""
@@ -216,23 +257,37 @@ def build_module(cfg: Any, store: EpisodeStore, idx: np.ndarray, device: str = "
     if warm is not None:  # keep the weights' input scaling: the previous run's normalisation
         norm = Normalization.from_dict(warm["hyper_parameters"]["normalization"])
     else:
-        norm = fit_normalization(tr, space.low, space.high, bool(cfg.data.normalize_obs),
-                                 str(cfg.data.reward_scaling), int(cfg.env.max_episode_steps),
-                                 obs_clip=obs_clip(cfg.data))
+        norm = fit_normalization(
+            tr,
+            space.low,
+            space.high,
+            bool(cfg.data.normalize_obs),
+            str(cfg.data.reward_scaling),
+            int(cfg.env.max_episode_steps),
+            obs_clip=obs_clip(cfg.data),
+        )
     replay = TensorReplay.from_transitions(tr, norm, device=device, seed=int(cfg.trainer.seed))
     # The version that contains every selected episode: a later run can reload exactly this data.
     version = store.version_at(int(idx.max()) + 1)
     meta = {
-        "dataset": {"path": str(store.path), "version": version.to_dict(), "episodes": int(len(idx)),
-                    "transitions": int(len(tr)), "selection": _plain(cfg.data)},
+        "dataset": {
+            "path": str(store.path),
+            "version": version.to_dict(),
+            "episodes": int(len(idx)),
+            "transitions": int(len(tr)),
+            "selection": _plain(cfg.data),
+        },
         "env": store.env,
         "config": _plain(cfg),
     }
     if warm is not None:
         from o2o.core.hashing import sha256_file
 
-        meta["init_from"] = {"path": str(init), "sha256": sha256_file(str(init)),
-                             "dataset": warm["hyper_parameters"].get("meta", {}).get("dataset")}
+        meta["init_from"] = {
+            "path": str(init),
+            "sha256": sha256_file(str(init)),
+            "dataset": warm["hyper_parameters"].get("meta", {}).get("dataset"),
+        }
     module = cls(int(tr.observations.shape[1]), int(tr.actions.shape[1]), algo_cfg, norm.to_dict(), meta)
     if warm is not None:
         state = dict(warm["state_dict"])
@@ -265,6 +320,7 @@ def _warm_start_checkpoint(path: str, cls: type, tr) -> dict:
     hp = ckpt["hyper_parameters"]
     dims = (int(np.asarray(tr.observations).shape[1]), int(np.asarray(tr.actions).shape[1]))
     if (int(hp["obs_dim"]), int(hp["act_dim"])) != dims:
-        raise ValueError(f"init_from {path!r}: obs/action dims {(hp['obs_dim'], hp['act_dim'])} != this "
-                         f"dataset's {dims}")
+        raise ValueError(
+            f"init_from {path!r}: obs/action dims {(hp['obs_dim'], hp['act_dim'])} != this dataset's {dims}"
+        )
     return ckpt

@@ -152,9 +152,10 @@ def test_no_citation_of_files_the_repository_does_not_have():
         for n, line in enumerate(page.read_text().splitlines(), 1):
             if FORBIDDEN.search(line):
                 found.append(f"{page.relative_to(ROOT)}:{n}: {line.strip()}")
-    assert not found, ("cite the repository's docs (docs/architecture.md: Layers) or the material by author and "
-                       "topic (docs/architecture.md: Background reading), not files the repository lacks:\n"
-                       + "\n".join(found))
+    assert not found, (
+        "cite the repository's docs (docs/architecture.md: Layers) or the material by author and "
+        "topic (docs/architecture.md: Background reading), not files the repository lacks:\n" + "\n".join(found)
+    )
 
 
 def test_slug_follows_github():

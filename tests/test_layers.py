@@ -43,9 +43,12 @@ def o2o_imports(path: Path) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("package", sorted(p for p in ALLOWED if (ROOT / p).is_dir()))
 def test_packages_import_only_the_layers_below(package):
     allowed = ALLOWED[package] | {package, "core"}
-    bad = [f"{f.relative_to(ROOT)}:{line} imports {mod}"
-           for f in sorted((ROOT / package).rglob("*.py")) for mod, line in o2o_imports(f)
-           if mod.split(".")[1] not in allowed]
+    bad = [
+        f"{f.relative_to(ROOT)}:{line} imports {mod}"
+        for f in sorted((ROOT / package).rglob("*.py"))
+        for mod, line in o2o_imports(f)
+        if mod.split(".")[1] not in allowed
+    ]
     assert not bad, f"{package} may import only {sorted(allowed)}:\n" + "\n".join(bad)
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata, resources
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
-TOP_LEVEL = {"pyproject.toml", "README.md", "core", "pipeline", "envs", "datasets", "policies", "deploy", "configs",
-             "tests"}
+TOP_LEVEL = {
+    "pyproject.toml",
+    "README.md",
+    "core",
+    "pipeline",
+    "envs",
+    "datasets",
+    "policies",
+    "deploy",
+    "configs",
+    "tests",
+}
 ALLOWED_EXTRA = {".ci", "bench", "docs", "constraints.txt", ".gitignore", ".git"}
 
 
@@ -18,7 +29,11 @@ def _pyproject() -> dict:
 
 
 def test_top_level_is_the_fixed_layout():
-    tracked = {p.name for p in ROOT.iterdir() if not p.name.startswith((".venv", "__pycache__", ".pytest", ".hypothesis", ".ruff_cache", ".mypy_cache"))}
+    tracked = {
+        p.name
+        for p in ROOT.iterdir()
+        if not p.name.startswith((".venv", "__pycache__", ".pytest", ".hypothesis", ".ruff_cache", ".mypy_cache"))
+    }
     tracked -= {"build", "dist", "data", "runs", "outputs", "o2o.egg-info"}
     assert TOP_LEVEL <= tracked
     assert tracked - TOP_LEVEL <= ALLOWED_EXTRA, f"unexpected top-level entries {tracked - TOP_LEVEL - ALLOWED_EXTRA}"

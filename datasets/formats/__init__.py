@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, ImportResult, Selection, append_foreign, env_problems, make_selection,
+    ForeignData,
+    ForeignFormatError,
+    ImportResult,
+    Selection,
+    append_foreign,
+    env_problems,
+    make_selection,
 )
 from o2o.datasets.store import EpisodeStore
 
@@ -88,9 +94,17 @@ def _options(kind: str, table: dict[str, Format], fmt: str, options: Mapping[str
     return spec, given
 
 
-def import_file(fmt: str, src: str | Path, target: str | Path, selection: Selection = Selection(),
-                source: str | None = None, policy_id: str | None = None, env_cfg: Mapping | None = None,
-                action_bounds: str | None = None, **options: Any) -> ImportResult:
+def import_file(
+    fmt: str,
+    src: str | Path,
+    target: str | Path,
+    selection: Selection = Selection(),
+    source: str | None = None,
+    policy_id: str | None = None,
+    env_cfg: Mapping | None = None,
+    action_bounds: str | None = None,
+    **options: Any,
+) -> ImportResult:
     """Read ``src`` (format ``fmt``) and append the selected episodes to the store at ``target``.
 
     ``source``/``policy_id`` label episodes that carry no o2o provenance (default source
@@ -105,27 +119,46 @@ def import_file(fmt: str, src: str | Path, target: str | Path, selection: Select
     if env_cfg is not None:
         problems = env_problems(data.env, env_cfg)
         if problems:
-            raise ForeignFormatError(f"{data.origin['file']} records another env than --env "
-                                     f"{env_cfg.get('name')!r}: " + "; ".join(problems) + " (nothing appended)")
+            raise ForeignFormatError(
+                f"{data.origin['file']} records another env than --env "
+                f"{env_cfg.get('name')!r}: " + "; ".join(problems) + " (nothing appended)"
+            )
     return append_foreign(target, data, action_bounds)
 
 
-def export_store(fmt: str, store_path: str | Path, out: str | Path, selection: Selection = Selection(),
-                 verify: bool = True, **options: Any) -> dict:
+def export_store(
+    fmt: str,
+    store_path: str | Path,
+    out: str | Path,
+    selection: Selection = Selection(),
+    verify: bool = True,
+    **options: Any,
+) -> dict:
     """Write the selected episodes of the store at ``store_path`` to ``out`` in format ``fmt``.
 
     Every exported episode is checked against its committed digest first (``verify=False`` skips
     that): select the intact episodes (``o2o dataset verify`` names the others) to rescue them."""
     spec, opts = _options("export", EXPORTERS, fmt, options)
     with EpisodeStore.open(store_path, mode="r", verify=verify) as store:
-        idx = store.select(sources=list(selection.sources) if selection.sources else None,
-                           episodes=selection.episodes if isinstance(selection.episodes, slice) else
-                           (list(selection.episodes) if selection.episodes else None),
-                           version=selection.version)
+        idx = store.select(
+            sources=list(selection.sources) if selection.sources else None,
+            episodes=selection.episodes
+            if isinstance(selection.episodes, slice)
+            else (list(selection.episodes) if selection.episodes else None),
+            version=selection.version,
+        )
         result = spec.run(store, idx, out, selection, **opts)
         result["version"] = store.version_at(int(idx.max()) + 1).to_dict() if len(idx) else None
     return result
 
 
-__all__ = ["EXPORTERS", "IMPORTERS", "ForeignFormatError", "ImportResult", "Selection", "export_store",
-           "import_file", "make_selection"]
+__all__ = [
+    "EXPORTERS",
+    "IMPORTERS",
+    "ForeignFormatError",
+    "ImportResult",
+    "Selection",
+    "export_store",
+    "import_file",
+    "make_selection",
+]

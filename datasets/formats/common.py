@@ -67,8 +67,11 @@ class Selection:
         ep = self.episodes
         if isinstance(ep, slice):
             ep = f"{'' if ep.start is None else ep.start}:{'' if ep.stop is None else ep.stop}"
-        return {"sources": list(self.sources) if self.sources else None,
-                "episodes": list(ep) if isinstance(ep, tuple) else ep, "version": self.version}
+        return {
+            "sources": list(self.sources) if self.sources else None,
+            "episodes": list(ep) if isinstance(ep, tuple) else ep,
+            "version": self.version,
+        }
 
 
 def parse_episodes(text: str | None) -> slice | tuple[int, ...] | None:
@@ -85,8 +88,9 @@ def parse_episodes(text: str | None) -> slice | tuple[int, ...] | None:
         raise ValueError(f"episode range {text!r}: expected START:STOP, N or N,M,... (integers)") from None
 
 
-def make_selection(sources: Sequence[str] | None = None, episodes: str | None = None,
-                   version: str | None = None) -> Selection:
+def make_selection(
+    sources: Sequence[str] | None = None, episodes: str | None = None, version: str | None = None
+) -> Selection:
     """A :class:`Selection` from command-line style strings (checked here, not later)."""
     bad = [s for s in (sources or ()) if s not in SOURCES]
     if bad:
@@ -152,12 +156,16 @@ def env_problems(have: Mapping | None, want: Mapping | None) -> list[str]:
     """Env identity differences between a store's env record and the incoming data's."""
     if not have or not want:
         return []
-    return [f"env {k} {want.get(k)!r} != {have.get(k)!r}" for k in ENV_IDENTITY_KEYS
-            if k in have and k in want and _canon(have[k]) != _canon(want[k])]
+    return [
+        f"env {k} {want.get(k)!r} != {have.get(k)!r}"
+        for k in ENV_IDENTITY_KEYS
+        if k in have and k in want and _canon(have[k]) != _canon(want[k])
+    ]
 
 
-def spaces_problems(store_schema: Schema, data_schema: Schema, bounds_known: bool = True,
-                    layout_known: bool = True) -> list[str]:
+def spaces_problems(
+    store_schema: Schema, data_schema: Schema, bounds_known: bool = True, layout_known: bool = True
+) -> list[str]:
     """Why data of ``data_schema`` cannot go into a store of ``store_schema`` (empty: it can).
 
     Shapes and keys must match; a dtype may differ within its kind (float64 data into a
@@ -174,7 +182,9 @@ def spaces_problems(store_schema: Schema, data_schema: Schema, bounds_known: boo
     if a.shape != b.shape:
         problems.append(f"action shape {b.shape} != store {a.shape}")
     elif bounds_known and not (np.allclose(a.low, b.low) and np.allclose(a.high, b.high)):
-        problems.append(f"action bounds [{b.low.tolist()}, {b.high.tolist()}] != store [{a.low.tolist()}, {a.high.tolist()}]")
+        problems.append(
+            f"action bounds [{b.low.tolist()}, {b.high.tolist()}] != store [{a.low.tolist()}, {a.high.tolist()}]"
+        )
     la, lb = store_schema.obs_layout, data_schema.obs_layout
     if layout_known and la is not None and lb is not None and la != lb:
         problems.append(f"observation fields {lb.keys} != store {la.keys}")
@@ -197,10 +207,15 @@ def append_foreign(target: str | Path, data: ForeignData, action_bounds: str | N
     if exists:
         with EpisodeStore.open(target, mode="r") as existing:
             schema = existing.schema
-            problems = spaces_problems(schema, data.schema, data.bounds_known, data.layout_known) + env_problems(existing.env, data.env)
+            problems = spaces_problems(schema, data.schema, data.bounds_known, data.layout_known) + env_problems(
+                existing.env, data.env
+            )
         if problems:
-            raise ForeignFormatError(f"{name} does not fit dataset '{target}': " + "; ".join(problems)
-                                     + " (nothing appended; import into another dataset path)")
+            raise ForeignFormatError(
+                f"{name} does not fit dataset '{target}': "
+                + "; ".join(problems)
+                + " (nothing appended; import into another dataset path)"
+            )
     else:
         schema = data.schema
         if action_bounds is not None:
@@ -211,16 +226,27 @@ def append_foreign(target: str | Path, data: ForeignData, action_bounds: str | N
         except EpisodeValidationError as e:
             raise ForeignFormatError(f"{e} (nothing appended to '{target}')") from None
     # A new dataset that gets no episode (a refusal at commit) is removed again: nothing half-made stays.
-    store = (EpisodeStore.open(target, mode="a") if exists
-             else EpisodeStore.create(target, schema, env=data.env, remove_if_empty=True))
+    store = (
+        EpisodeStore.open(target, mode="a")
+        if exists
+        else EpisodeStore.create(target, schema, env=data.env, remove_if_empty=True)
+    )
     try:
         indices = store.append_many(data.episodes)
         version = store.version.to_dict()
     finally:
         store.close()
-    return ImportResult(path=str(target), origin=data.origin, episodes=indices,
-                        steps=int(sum(len(e) for e in data.episodes)), created=not exists,
-                        seconds=time.perf_counter() - start, version=version, notes=data.notes, stats=data.stats)
+    return ImportResult(
+        path=str(target),
+        origin=data.origin,
+        episodes=indices,
+        steps=int(sum(len(e) for e in data.episodes)),
+        created=not exists,
+        seconds=time.perf_counter() - start,
+        version=version,
+        notes=data.notes,
+        stats=data.stats,
+    )
 
 
 def env_schema(env_cfg: Mapping) -> tuple[Schema, dict]:
@@ -235,28 +261,46 @@ def env_schema(env_cfg: Mapping) -> tuple[Schema, dict]:
         env.close()
 
 
-def imported_provenance(origin: Mapping, source: str, policy_id: str, params: Mapping | None = None,
-                        policy_version: str = "1") -> dict:
+def imported_provenance(
+    origin: Mapping, source: str, policy_id: str, params: Mapping | None = None, policy_version: str = "1"
+) -> dict:
     """Provenance of an imported episode: the given source/policy plus where it was imported from."""
     if source not in SOURCES:
         raise ValueError(f"source {source!r} is not one of {SOURCES}")
-    return {"source": source, "policy_id": str(policy_id), "policy_version": str(policy_version),
-            "params": dict(params or {}, imported=dict(origin))}
+    return {
+        "source": source,
+        "policy_id": str(policy_id),
+        "policy_version": str(policy_version),
+        "params": dict(params or {}, imported=dict(origin)),
+    }
 
 
 # --------------------------------------------------------------------------- the o2o record of exports
 def episode_record(store: EpisodeStore, i: int, ep: Episode) -> dict:
     """Everything about episode ``i`` besides its arrays, as written into an export."""
     digest = bytes(store.array("episodes/digest")[i])
-    return {"index": int(i), "provenance": ep.provenance, "seed": ep.seed, "success": ep.success,
-            "times": [float(ep.start_time), float(ep.end_time)], "content": digest[:16].hex(),
-            "fingerprint": digest[16:].hex()}
+    return {
+        "index": int(i),
+        "provenance": ep.provenance,
+        "seed": ep.seed,
+        "success": ep.success,
+        "times": [float(ep.start_time), float(ep.end_time)],
+        "content": digest[:16].hex(),
+        "fingerprint": digest[16:].hex(),
+    }
 
 
 def dataset_record(store: EpisodeStore, indices: np.ndarray, selection: Selection) -> dict:
     """The dataset-level ``o2o`` record of an export: schema, env, version, selection."""
-    return {"format": O2O_FORMAT, "schema": store.schema.to_attrs(), "env": store.env, "store": store.path,
-            "version": store.version.to_dict(), "selection": selection.to_dict(), "episodes": len(indices)}
+    return {
+        "format": O2O_FORMAT,
+        "schema": store.schema.to_attrs(),
+        "env": store.env,
+        "store": store.path,
+        "version": store.version.to_dict(),
+        "selection": selection.to_dict(),
+        "episodes": len(indices),
+    }
 
 
 def restore_episode(ep: Episode, rec: Mapping, origin: Mapping) -> Episode:
@@ -282,8 +326,10 @@ def select_records(records: Sequence[Mapping], selection: Selection, name: str) 
             if not last:
                 raise ForeignFormatError(f"{name}: holds no episode {n - 1}, cannot check version {n}@{fp}")
             if len(fp) < 8 or not last[0]["fingerprint"].startswith(fp):
-                raise ForeignFormatError(f"{name}: fingerprint at {n} episodes is {last[0]['fingerprint'][:12]}, "
-                                         f"not {fp[:12]}: the file is not from that dataset version")
+                raise ForeignFormatError(
+                    f"{name}: fingerprint at {n} episodes is {last[0]['fingerprint'][:12]}, "
+                    f"not {fp[:12]}: the file is not from that dataset version"
+                )
         keep = [j for j in keep if int(records[j]["index"]) < n]
     return keep
 
@@ -291,8 +337,10 @@ def select_records(records: Sequence[Mapping], selection: Selection, name: str) 
 def select_plain(n: int, selection: Selection, sources: Sequence[str], name: str) -> list[int]:
     """Positions kept from a foreign file without o2o records (all episodes share ``sources``)."""
     if selection.version is not None:
-        raise ForeignFormatError(f"{name}: a dataset version selects episodes of an o2o store; this file was "
-                                 "not exported by o2o (select by episode range instead)")
+        raise ForeignFormatError(
+            f"{name}: a dataset version selects episodes of an o2o store; this file was "
+            "not exported by o2o (select by episode range instead)"
+        )
     keep = selection.positions(n).tolist()
     if selection.sources is not None:
         keep = [j for j in keep if sources[j] in selection.sources]

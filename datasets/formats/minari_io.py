@@ -26,8 +26,17 @@ import numpy as np
 from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    O2O_FORMAT, ForeignData, ForeignFormatError, Selection, dataset_record, env_schema, episode_record,
-    imported_provenance, restore_episode, select_plain, select_records,
+    O2O_FORMAT,
+    ForeignData,
+    ForeignFormatError,
+    Selection,
+    dataset_record,
+    env_schema,
+    episode_record,
+    imported_provenance,
+    restore_episode,
+    select_plain,
+    select_records,
 )
 from o2o.datasets.schema import FLAT_OBS_KEY, Schema
 from o2o.datasets.store import EpisodeStore
@@ -52,13 +61,24 @@ def env_spec_of(env: Mapping | None) -> gym.envs.registration.EnvSpec | None:
     config = {k: env.get(k) for k in ("name", "factory", "id", "max_episode_steps", "kwargs", "scripted_controller")}
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in str(env.get("name") or env["id"]))
     # The o2o env already has its time limit: no second TimeLimit, no passive checker around it.
-    return gym.envs.registration.EnvSpec(id=f"o2o/{name}-v0", entry_point="o2o.envs:make_from_spec",
-                                         kwargs={"config": json.loads(json.dumps(config))},
-                                         max_episode_steps=None, disable_env_checker=True)
+    return gym.envs.registration.EnvSpec(
+        id=f"o2o/{name}-v0",
+        entry_point="o2o.envs:make_from_spec",
+        kwargs={"config": json.loads(json.dumps(config))},
+        max_episode_steps=None,
+        disable_env_checker=True,
+    )
 
 
-def export_minari(store: EpisodeStore, indices: np.ndarray, dataset_id: str, root: str | Path | None = None,
-                  data_format: str = "hdf5", selection: Selection = Selection(), author: str | None = None) -> dict:
+def export_minari(
+    store: EpisodeStore,
+    indices: np.ndarray,
+    dataset_id: str,
+    root: str | Path | None = None,
+    data_format: str = "hdf5",
+    selection: Selection = Selection(),
+    author: str | None = None,
+) -> dict:
     """Write the selected episodes as Minari dataset ``dataset_id`` under ``root`` (or Minari's default root)."""
     from minari.dataset.minari_dataset import parse_dataset_id
 
@@ -79,19 +99,36 @@ def export_minari(store: EpisodeStore, indices: np.ndarray, dataset_id: str, roo
         shutil.rmtree(ds_dir, ignore_errors=True)  # no half-written dataset for Minari to list
         raise
     steps = int(np.sum(store.episodes_table(indices)["length"]))
-    return {"path": str(ds_dir), "dataset_id": dataset_id, "episodes": len(indices), "steps": steps,
-            "env_spec": spec.id if spec else None}
+    return {
+        "path": str(ds_dir),
+        "dataset_id": dataset_id,
+        "episodes": len(indices),
+        "steps": steps,
+        "env_spec": spec.id if spec else None,
+    }
 
 
-def _write(store: EpisodeStore, indices: np.ndarray, data_dir: Path, dataset_id: str, data_format: str,
-           selection: Selection, author: str | None):
+def _write(
+    store: EpisodeStore,
+    indices: np.ndarray,
+    data_dir: Path,
+    dataset_id: str,
+    data_format: str,
+    selection: Selection,
+    author: str | None,
+):
     from minari import __version__ as minari_version
     from minari.data_collector import EpisodeBuffer
     from minari.dataset.minari_storage import MinariStorage
 
     spec = env_spec_of(store.env)
-    storage = MinariStorage.new(data_dir, observation_space=_obs_space(store.schema),
-                                action_space=store.schema.action_space, env_spec=spec, data_format=data_format)
+    storage = MinariStorage.new(
+        data_dir,
+        observation_space=_obs_space(store.schema),
+        action_space=store.schema.action_space,
+        env_spec=spec,
+        data_format=data_format,
+    )
     buffers, metas = [], []
     for i in indices:
         ep = store.episode(int(i))
@@ -101,17 +138,30 @@ def _write(store: EpisodeStore, indices: np.ndarray, data_dir: Path, dataset_id:
             obs = {k: np.concatenate([v, ep.final_observation[k][None]]) for k, v in ep.observations.items()}
         # A list, not an array: Minari 0.5.3's Arrow storage cannot read back 1-D info arrays.
         iv = [False] + np.asarray(ep.interventions, bool).tolist()
-        buffers.append(EpisodeBuffer(id=None, seed=ep.seed, observations=obs, actions=ep.actions, rewards=ep.rewards,
-                                     terminations=ep.terminals, truncations=ep.timeouts,
-                                     infos={"interventions": iv}))
+        buffers.append(
+            EpisodeBuffer(
+                id=None,
+                seed=ep.seed,
+                observations=obs,
+                actions=ep.actions,
+                rewards=ep.rewards,
+                terminations=ep.terminals,
+                truncations=ep.timeouts,
+                infos={"interventions": iv},
+            )
+        )
         metas.append({"o2o": json.dumps(episode_record(store, int(i), ep))})
     storage.update_episodes(buffers)
     storage.update_episode_metadata(metas, range(len(buffers)))
-    meta = {"dataset_id": dataset_id, "minari_version": minari_version,
-            "description": f"exported by o2o from {store.path} ({store.version})",
-            "algorithm_name": ",".join(sorted({m["provenance"]["policy_id"] for m in
-                                               (json.loads(x["o2o"]) for x in metas)}))[:200],
-            "o2o": dataset_record(store, indices, selection)}
+    meta = {
+        "dataset_id": dataset_id,
+        "minari_version": minari_version,
+        "description": f"exported by o2o from {store.path} ({store.version})",
+        "algorithm_name": ",".join(
+            sorted({m["provenance"]["policy_id"] for m in (json.loads(x["o2o"]) for x in metas)})
+        )[:200],
+        "o2o": dataset_record(store, indices, selection),
+    }
     if author:
         meta["author"] = {author}
     storage.update_metadata(meta)
@@ -132,13 +182,20 @@ def resolve(source: str | Path, root: str | Path | None = None) -> tuple[Path, s
     cand = base / str(source) / "data"
     if (cand / "metadata.json").is_file():
         return cand, str(source)
-    raise ForeignFormatError(f"Minari dataset {str(source)!r}: not a dataset folder, and no dataset of that id "
-                             f"under the Minari root {base} (set --minari-root or MINARI_DATASETS_PATH)")
+    raise ForeignFormatError(
+        f"Minari dataset {str(source)!r}: not a dataset folder, and no dataset of that id "
+        f"under the Minari root {base} (set --minari-root or MINARI_DATASETS_PATH)"
+    )
 
 
-def read_minari(source: str | Path, root: str | Path | None = None, selection: Selection = Selection(),
-                source_label: str | None = None, policy_id: str | None = None,
-                env_cfg: Mapping | None = None) -> ForeignData:
+def read_minari(
+    source: str | Path,
+    root: str | Path | None = None,
+    selection: Selection = Selection(),
+    source_label: str | None = None,
+    policy_id: str | None = None,
+    env_cfg: Mapping | None = None,
+) -> ForeignData:
     """Read a Minari dataset (HDF5 or Arrow storage) into episodes.
 
     A dataset exported by o2o gets its records back; any other gets provenance
@@ -165,10 +222,13 @@ def read_minari(source: str | Path, root: str | Path | None = None, selection: S
         try:
             records = [json.loads(m["o2o"]) for m in ep_meta]
         except (KeyError, ValueError) as e:
-            raise ForeignFormatError(f"Minari dataset {name!r}: episode metadata key 'o2o' is missing or not JSON "
-                                     f"({e})") from None
+            raise ForeignFormatError(
+                f"Minari dataset {name!r}: episode metadata key 'o2o' is missing or not JSON ({e})"
+            ) from None
     src = source_label or "human"
-    keep = select_records(records, selection, name) if records is not None else select_plain(n, selection, [src] * n, name)
+    keep = (
+        select_records(records, selection, name) if records is not None else select_plain(n, selection, [src] * n, name)
+    )
     if records is not None:
         schema, env, bounds_known = Schema.from_attrs(o2o["schema"]), o2o.get("env"), True
     elif env_cfg is not None:
@@ -203,8 +263,10 @@ def _episode(raw: Mapping, schema: Schema, label: str) -> Episode:
     parts = {FLAT_OBS_KEY: np.asarray(obs)} if keys is None else {k: np.asarray(obs[k]) for k in obs}
     for k, v in parts.items():
         if v.ndim == 0 or len(v) != T + 1:
-            raise ForeignFormatError(f"{label}: key 'observations' ({k}) has {len(v) if v.ndim else 0} rows for {T} "
-                                     "steps; Minari stores one more (the final observation)")
+            raise ForeignFormatError(
+                f"{label}: key 'observations' ({k}) has {len(v) if v.ndim else 0} rows for {T} "
+                "steps; Minari stores one more (the final observation)"
+            )
     infos = raw.get("infos") or {}
     iv = infos.get("interventions")
     interventions = None if iv is None or len(iv) != T + 1 else np.asarray(iv[1:], bool)
@@ -212,9 +274,16 @@ def _episode(raw: Mapping, schema: Schema, label: str) -> Episode:
         observations, final = parts[FLAT_OBS_KEY][:-1], parts[FLAT_OBS_KEY][-1]
     else:
         observations, final = {k: v[:-1] for k, v in parts.items()}, {k: v[-1] for k, v in parts.items()}
-    return Episode(observations=observations, actions=np.asarray(raw["actions"]), rewards=np.asarray(raw["rewards"]),
-                   terminals=np.asarray(raw["terminations"]), timeouts=np.asarray(raw["truncations"]),
-                   final_observation=final, provenance={}, interventions=interventions)
+    return Episode(
+        observations=observations,
+        actions=np.asarray(raw["actions"]),
+        rewards=np.asarray(raw["rewards"]),
+        terminals=np.asarray(raw["terminations"]),
+        timeouts=np.asarray(raw["truncations"]),
+        final_observation=final,
+        provenance={},
+        interventions=interventions,
+    )
 
 
 def _success(infos: Mapping) -> bool | None:
@@ -227,11 +296,15 @@ def _success(infos: Mapping) -> bool | None:
 def _schema_from_spaces(ds, name: str) -> Schema:
     obs_space, act_space = ds.observation_space, ds.action_space
     if not isinstance(act_space, gym.spaces.Box):
-        raise ForeignFormatError(f"Minari dataset {name!r}: action space {act_space} is not a Box; o2o stores "
-                                 "continuous actions")
+        raise ForeignFormatError(
+            f"Minari dataset {name!r}: action space {act_space} is not a Box; o2o stores continuous actions"
+        )
     try:
-        layout = ObsLayout.single(FLAT_OBS_KEY, int(np.prod(obs_space.shape))) if isinstance(
-            obs_space, gym.spaces.Box) and len(obs_space.shape) == 1 else None
+        layout = (
+            ObsLayout.single(FLAT_OBS_KEY, int(np.prod(obs_space.shape)))
+            if isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) == 1
+            else None
+        )
         return Schema.from_spaces(obs_space, act_space, layout)
     except TypeError as e:
         raise ForeignFormatError(f"Minari dataset {name!r}: observation space: {e}") from None

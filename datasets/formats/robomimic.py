@@ -30,15 +30,27 @@ import numpy as np
 from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, select_plain,
+    ForeignData,
+    ForeignFormatError,
+    Selection,
+    env_schema,
+    imported_provenance,
+    open_hdf5,
+    select_plain,
 )
 from o2o.datasets.schema import Schema
 from o2o.envs.spaces import ObsLayout
 
 
-def read_robomimic(path: str | Path, selection: Selection = Selection(), source: str | None = None,
-                   policy_id: str | None = None, obs_keys: Sequence[str] | None = None, filter_key: str | None = None,
-                   env_cfg: Mapping[str, Any] | None = None) -> ForeignData:
+def read_robomimic(
+    path: str | Path,
+    selection: Selection = Selection(),
+    source: str | None = None,
+    policy_id: str | None = None,
+    obs_keys: Sequence[str] | None = None,
+    filter_key: str | None = None,
+    env_cfg: Mapping[str, Any] | None = None,
+) -> ForeignData:
     """Read a robomimic low-dim HDF5 file; ``env_cfg`` (an o2o env config) fixes keys, bounds and env."""
 
     path = Path(path)
@@ -58,22 +70,32 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
         names = sorted((k for k in data.keys() if re.fullmatch(r"demo_\d+", k)), key=lambda k: int(k[5:]))
         if filter_key is not None:
             if f"mask/{filter_key}" not in f:
-                raise ForeignFormatError(f"{name}: key 'mask/{filter_key}' is missing (filter keys: "
-                                         f"{sorted(f['mask']) if 'mask' in f else []})")
+                raise ForeignFormatError(
+                    f"{name}: key 'mask/{filter_key}' is missing (filter keys: "
+                    f"{sorted(f['mask']) if 'mask' in f else []})"
+                )
             wanted = {x.decode() if isinstance(x, bytes) else str(x) for x in f[f"mask/{filter_key}"][()]}
             names = [n for n in names if n in wanted]
         if not names:
-            raise ForeignFormatError(f"{name}: group 'data' holds no demo_N groups" +
-                                     (f" in filter key {filter_key!r}" if filter_key else ""))
+            raise ForeignFormatError(
+                f"{name}: group 'data' holds no demo_N groups"
+                + (f" in filter key {filter_key!r}" if filter_key else "")
+            )
         first = data[names[0]]
         if "obs" not in first:
-            raise ForeignFormatError(f"{name}: key 'data/{names[0]}/obs' is missing (image-only or states-only "
-                                     "files need robomimic's dataset_states_to_obs.py first)")
+            raise ForeignFormatError(
+                f"{name}: key 'data/{names[0]}/obs' is missing (image-only or states-only "
+                "files need robomimic's dataset_states_to_obs.py first)"
+            )
         keys = list(obs_keys) if obs_keys is not None else sorted(first["obs"].keys())
         keep = select_plain(len(names), selection, [source or "human"] * len(names), name)
         sparse = not bool((env_args.get("env_kwargs") or {}).get("reward_shaping", False))
-        prov = imported_provenance(origin, source or "human", policy_id or path.stem,
-                                   {"env_name": env_args.get("env_name")} if env_args.get("env_name") else None)
+        prov = imported_provenance(
+            origin,
+            source or "human",
+            policy_id or path.stem,
+            {"env_name": env_args.get("env_name")} if env_args.get("env_name") else None,
+        )
         episodes, labels, inner_dones, shapes = [], [], 0, None
         for j in keep:
             demo = names[j]
@@ -93,15 +115,17 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
                         raise ForeignFormatError(f"{name}: key 'data/{demo}/{group}/{k}' is missing (has {have})")
                     v = g[group][k][()]
                     if len(v) != T:
-                        raise ForeignFormatError(f"{name}: key 'data/{demo}/{group}/{k}' has {len(v)} rows for "
-                                                 f"{T} actions")
+                        raise ForeignFormatError(
+                            f"{name}: key 'data/{demo}/{group}/{k}' has {len(v)} rows for {T} actions"
+                        )
                     out.append(v.reshape(T, -1))
             demo_shapes = [o.shape[1] for o in obs]
             if shapes is None:
                 shapes = [g["obs"][k].shape[1:] for k in keys]
             elif demo_shapes != [int(np.prod(s)) for s in shapes]:
-                raise ForeignFormatError(f"{label}/obs: key sizes {dict(zip(keys, demo_shapes))} differ from the "
-                                         "first demo's")
+                raise ForeignFormatError(
+                    f"{label}/obs: key sizes {dict(zip(keys, demo_shapes))} differ from the first demo's"
+                )
             dones = np.asarray(arr["dones"]).astype(bool)
             if len(dones) != T or len(arr["rewards"]) != T:
                 raise ForeignFormatError(f"{name}: keys 'data/{demo}/rewards' and 'dones' must have {T} rows")
@@ -110,13 +134,26 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
             final = np.concatenate([n[-1] for n in nxt])
             term = np.zeros(T, bool)
             term[-1] = dones[-1]
-            ep = Episode(observations=flat_obs, actions=arr["actions"], rewards=arr["rewards"], terminals=term,
-                         timeouts=~term & (np.arange(T) == T - 1), final_observation=final, provenance=prov,
-                         success=bool(np.any(arr["rewards"] > 0)) if sparse else None)
+            ep = Episode(
+                observations=flat_obs,
+                actions=arr["actions"],
+                rewards=arr["rewards"],
+                terminals=term,
+                timeouts=~term & (np.arange(T) == T - 1),
+                final_observation=final,
+                provenance=prov,
+                success=bool(np.any(arr["rewards"] > 0)) if sparse else None,
+            )
             episodes.append(ep)
             labels.append(label)
-    notes = [f"{inner_dones} 'dones' flags before an episode's last step (robomimic marks success steps) were not "
-             "kept; each episode ends once"] if inner_dones else []
+    notes = (
+        [
+            f"{inner_dones} 'dones' flags before an episode's last step (robomimic marks success steps) were not "
+            "kept; each episode ends once"
+        ]
+        if inner_dones
+        else []
+    )
     if schema_env is not None:
         schema, env = schema_env
     else:
@@ -125,7 +162,14 @@ def read_robomimic(path: str | Path, selection: Selection = Selection(), source:
         # robosuite's controllers take [-1, 1]; a file states no bounds, so that range unless the data exceeds it.
         low = np.minimum(act.min(0), -1.0).astype(np.float32) if len(act) else -np.ones(1, np.float32)
         high = np.maximum(act.max(0), 1.0).astype(np.float32) if len(act) else np.ones(1, np.float32)
-        schema = Schema.from_spaces(gym.spaces.Box(-np.inf, np.inf, (layout.dim,), np.float32),
-                                    gym.spaces.Box(low, high, dtype=np.float32), layout)
-        env = {"id": env_args["env_name"], "origin": "robomimic", "env_args": env_args} if env_args.get("env_name") else None
+        schema = Schema.from_spaces(
+            gym.spaces.Box(-np.inf, np.inf, (layout.dim,), np.float32),
+            gym.spaces.Box(low, high, dtype=np.float32),
+            layout,
+        )
+        env = (
+            {"id": env_args["env_name"], "origin": "robomimic", "env_args": env_args}
+            if env_args.get("env_name")
+            else None
+        )
     return ForeignData(episodes, labels, schema, env, origin, notes, bounds_known=schema_env is not None)

@@ -40,7 +40,13 @@ import numpy as np
 from o2o.core.hashing import sha256_path
 from o2o.datasets.episode import Episode
 from o2o.datasets.formats.common import (
-    ForeignData, ForeignFormatError, Selection, env_schema, imported_provenance, open_hdf5, select_plain,
+    ForeignData,
+    ForeignFormatError,
+    Selection,
+    env_schema,
+    imported_provenance,
+    open_hdf5,
+    select_plain,
 )
 
 REPLAY_MODES = ("actions", "states")
@@ -59,21 +65,30 @@ def demo_names(group, name: str) -> list[str]:
 def _controller_problems(recorded: Mapping, env_cfg_name: str, have: Mapping, name: str) -> list[str]:
     problems = []
     if recorded.get("type") != have.get("type"):
-        problems.append(f"controller_configs.type {recorded.get('type')!r} != env {env_cfg_name!r}'s {have.get('type')!r}")
+        problems.append(
+            f"controller_configs.type {recorded.get('type')!r} != env {env_cfg_name!r}'s {have.get('type')!r}"
+        )
     for part, rec in (recorded.get("body_parts") or {}).items():
         mine = (have.get("body_parts") or {}).get(part)
         if mine is None:
             continue  # a part the o2o robot does not have would show up as an action-size mismatch
         for key in CONTROLLER_KEYS:
             if key in rec and key in mine and json.dumps(rec[key]) != json.dumps(mine[key]):
-                problems.append(f"controller_configs.body_parts.{part}.{key} {rec[key]!r} != env "
-                                f"{env_cfg_name!r}'s {mine[key]!r}")
+                problems.append(
+                    f"controller_configs.body_parts.{part}.{key} {rec[key]!r} != env {env_cfg_name!r}'s {mine[key]!r}"
+                )
     return [f"{name}: data.attrs['env_info'] {p}" for p in problems]
 
 
-def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection: Selection = Selection(),
-                        source: str | None = None, policy_id: str | None = None, replay: str = "actions",
-                        max_state_error: float = 1e-4) -> ForeignData:
+def read_robosuite_demo(
+    path: str | Path,
+    env_cfg: Mapping[str, Any],
+    selection: Selection = Selection(),
+    source: str | None = None,
+    policy_id: str | None = None,
+    replay: str = "actions",
+    max_state_error: float = 1e-4,
+) -> ForeignData:
     """Replay every selected demo of a robosuite ``demo.hdf5`` in the o2o env ``env_cfg``."""
 
     from o2o.envs import make_env
@@ -107,7 +122,8 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
             if states.ndim != 2 or actions.ndim != 2 or len(states) != len(actions) or len(actions) == 0:
                 raise ForeignFormatError(
                     f"{name}: key 'data/{names[j]}/states' {states.shape} and 'actions' {actions.shape} must be 2-D "
-                    "with one state per action (robosuite drops the state after the last action)")
+                    "with one state per action (robosuite drops the state after the last action)"
+                )
             demos.append((j, names[j], states, actions, str(g.attrs["model_file"])))
         file_attrs = {k: str(data.attrs[k]) for k in ("env", "date", "time", "repository_version") if k in data.attrs}
 
@@ -116,24 +132,31 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
     sim = env.unwrapped
     try:
         if not hasattr(sim, "load_model_xml"):
-            raise ForeignFormatError(f"{name}: env {env_cfg.get('name')!r} is not a robosuite env; robosuite demos "
-                                     "replay only in one (e.g. env=lift)")
+            raise ForeignFormatError(
+                f"{name}: env {env_cfg.get('name')!r} is not a robosuite env; robosuite demos "
+                "replay only in one (e.g. env=lift)"
+            )
         problems = []
         if env_info.get("env_name") != env_cfg.get("id"):
-            problems.append(f"{name}: data.attrs['env_info'] env_name {env_info.get('env_name')!r} != env "
-                            f"{env_cfg.get('name')!r}'s id {env_cfg.get('id')!r}")
+            problems.append(
+                f"{name}: data.attrs['env_info'] env_name {env_info.get('env_name')!r} != env "
+                f"{env_cfg.get('name')!r}'s id {env_cfg.get('id')!r}"
+            )
         robots = env_info.get("robots")
         robots = [robots] if isinstance(robots, str) else list(robots or [])
         if robots and robots != sim.robot_names:
-            problems.append(f"{name}: data.attrs['env_info'] robots {robots} != env {env_cfg.get('name')!r}'s "
-                            f"{sim.robot_names}")
-        problems += _controller_problems(env_info.get("controller_configs") or {}, str(env_cfg.get("name")),
-                                         sim.controller_config, name)
+            problems.append(
+                f"{name}: data.attrs['env_info'] robots {robots} != env {env_cfg.get('name')!r}'s {sim.robot_names}"
+            )
+        problems += _controller_problems(
+            env_info.get("controller_configs") or {}, str(env_cfg.get("name")), sim.controller_config, name
+        )
         if problems:
             raise ForeignFormatError("; ".join(problems) + " (the recorded actions would mean something else here)")
         env.reset(seed=0)  # links robosuite's random streams once; the demo's model and state replace it
-        prov = imported_provenance(origin, source or "human", policy_id or "robosuite_demo",
-                                   {"recorded": file_attrs} if file_attrs else None)
+        prov = imported_provenance(
+            origin, source or "human", policy_id or "robosuite_demo", {"recorded": file_attrs} if file_attrs else None
+        )
         episodes, labels, errors, seconds = [], [], [], 0.0
         for j, demo, states, actions, xml in demos:
             label = f"{name}: data/{demo}"
@@ -147,18 +170,24 @@ def read_robosuite_demo(path: str | Path, env_cfg: Mapping[str, Any], selection:
     finally:
         env.close()
     steps = sum(len(e) for e in episodes)
-    stats = {"replay": replay, "max_state_error": float(max(errors)) if errors else 0.0,
-             "replay_steps_per_s": steps / max(seconds, 1e-9), "demos": [d[1] for d in demos]}
+    stats = {
+        "replay": replay,
+        "max_state_error": float(max(errors)) if errors else 0.0,
+        "replay_steps_per_s": steps / max(seconds, 1e-9),
+        "demos": [d[1] for d in demos],
+    }
     return ForeignData(episodes, labels, schema, env_rec, origin, stats=stats)
 
 
-def _replay(sim, label: str, states: np.ndarray, actions: np.ndarray, xml: str, replay: str,
-            tolerance: float) -> tuple[Episode, float]:
+def _replay(
+    sim, label: str, states: np.ndarray, actions: np.ndarray, xml: str, replay: str, tolerance: float
+) -> tuple[Episode, float]:
     """One demo replayed in ``sim`` (a RobosuiteEnv); returns the episode and the largest state error."""
     sim.load_model_xml(xml)
     if actions.shape[1] != sim.action_space.shape[0]:
-        raise ForeignFormatError(f"{label}/actions: {actions.shape[1]} action dimensions, the env has "
-                                 f"{sim.action_space.shape[0]}")
+        raise ForeignFormatError(
+            f"{label}/actions: {actions.shape[1]} action dimensions, the env has {sim.action_space.shape[0]}"
+        )
     try:
         obs = sim.set_sim_state(states[0])
     except ValueError as e:
@@ -178,9 +207,17 @@ def _replay(sim, label: str, states: np.ndarray, actions: np.ndarray, xml: str, 
                 raise ForeignFormatError(
                     f"{label}/states: replaying the actions diverges from the recorded state {i + 1} by {err:.3g} "
                     f"(> max_state_error {tolerance:g}); the recording came from another simulator build, or use "
-                    "replay=states to take observations from the recorded states")
+                    "replay=states to take observations from the recorded states"
+                )
     T = len(actions)
-    episode = Episode(observations=np.stack(observations), actions=actions, rewards=np.asarray(rewards, np.float32),
-                      terminals=np.zeros(T, bool), timeouts=np.eye(1, T, T - 1, dtype=bool)[0],
-                      final_observation=obs, provenance={}, success=success)
+    episode = Episode(
+        observations=np.stack(observations),
+        actions=actions,
+        rewards=np.asarray(rewards, np.float32),
+        terminals=np.zeros(T, bool),
+        timeouts=np.eye(1, T, T - 1, dtype=bool)[0],
+        final_observation=obs,
+        provenance={},
+        success=success,
+    )
     return episode, worst

@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
 from o2o.envs import env_metadata, make_env
-from o2o.pipeline.config import plain
 from o2o.pipeline.artifacts import DatasetArtifact
+from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages import dataset_verify
 from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
@@ -75,7 +75,8 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
             problems.append(f"env {key} {meta.get(key)!r} != dataset's {have.get(key)!r}")
     if problems:
         raise DatasetMismatchError(
-            f"dataset '{path}' was collected in another env or spaces: " + "; ".join(problems)
+            f"dataset '{path}' was collected in another env or spaces: "
+            + "; ".join(problems)
             + " (nothing collected; use another dataset.path)"
         )
     return EpisodeStore.open(path, mode="a", verify=verify)
@@ -127,8 +128,9 @@ def collect(cfg: DictConfig, progress: Any = None, run: dict | None = None) -> C
                 result.returns.append(ep.episode_return)
                 result.successes.append(ep.success)
                 result.sources.append(ep.provenance["source"])
-                if (time.perf_counter() - last_commit >= float(c.commit_every_s)
-                        or len(pending) >= int(c.commit_every_episodes)):
+                if time.perf_counter() - last_commit >= float(c.commit_every_s) or len(pending) >= int(
+                    c.commit_every_episodes
+                ):
                     commit()
                 if progress is not None:
                     progress(result, len(result.returns))
@@ -179,8 +181,13 @@ def dataset_artifact(path: str, verify: bool = True) -> DatasetArtifact:
     whether readers check contents (``verify``: not part of the artifact's fingerprint)."""
     with EpisodeStore.open(path, mode="r", verify=verify) as store:
         v = store.version
-        return DatasetArtifact(path=str(path), episodes=int(v.episodes), fingerprint=str(v.fingerprint),
-                               transitions=int(store.num_steps), verify=bool(verify))
+        return DatasetArtifact(
+            path=str(path),
+            episodes=int(v.episodes),
+            fingerprint=str(v.fingerprint),
+            transitions=int(store.num_steps),
+            verify=bool(verify),
+        )
 
 
 def run_stage(ctx) -> dict:
@@ -206,17 +213,26 @@ def run_stage(ctx) -> dict:
             ctx.log(f"  {item.behavior}: {have} episodes already collected by the interrupted attempt")
             continue
         seed = cfg.collect.get("seed")
-        part = OmegaConf.merge(cfg, {"behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
-                                     "collect": {"episodes": want - have,
-                                                 "seed": None if seed is None else int(seed) + have}})
+        part = OmegaConf.merge(
+            cfg,
+            {
+                "behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
+                "collect": {"episodes": want - have, "seed": None if seed is None else int(seed) + have},
+            },
+        )
         with collect_progress(part, f"collect {item.behavior}") as bar:
             res = collect(part, progress=bar.update, run={**tag, "part": k})
-        ctx.log(f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
-                + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
-                + f" ({res.seconds:.0f} s)" + (f"; {have} more kept from the interrupted attempt" if have else ""))
+        ctx.log(
+            f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
+            + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
+            + f" ({res.seconds:.0f} s)"
+            + (f"; {have} more kept from the interrupted attempt" if have else "")
+        )
     if not EpisodeStore.is_dataset(str(cfg.dataset.path)):
-        raise ValueError(f"collect: no episode was collected and no dataset exists at {cfg.dataset.path}: nothing to "
-                         "train on (collect.behaviors asks for 0 episodes, or every collection stopped at once)")
+        raise ValueError(
+            f"collect: no episode was collected and no dataset exists at {cfg.dataset.path}: nothing to "
+            "train on (collect.behaviors asks for 0 episodes, or every collection stopped at once)"
+        )
     art = dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))
     _remember(ctx, art)
     return {"dataset": art}
@@ -231,7 +247,8 @@ def _refresh(ctx, outputs: dict) -> dict:
     art = dataset_artifact(path, dataset_verify(ctx.config))
     ra = ctx.run_attempt or {}
     candidates = ([ra] if ra.get("resumed") else []) + [
-        a for a in reversed(ctx.open_attempts("<run>")) if a.get("fingerprint") != ra.get("fingerprint")]
+        a for a in reversed(ctx.open_attempts("<run>")) if a.get("fingerprint") != ra.get("fingerprint")
+    ]
     for cand in candidates:
         before = cand.get("dataset")
         if not before or art.episodes <= int(before["episodes"]):
@@ -244,12 +261,23 @@ def _refresh(ctx, outputs: dict) -> dict:
         if ours != art.episodes - int(before["episodes"]):
             continue  # the dataset grew by other means too: that is new data
         if cand is not ra:
-            ctx.save_run_attempt(adopted=sorted({*(ra.get("adopted") or []), cand["fingerprint"]}), dataset=before,
-                                 adopted_ids=sorted({*(ra.get("adopted_ids") or []), *ids}))
-        ctx.log(f"[collect] the {ours} episodes the run interrupted in {cand.get('run_dir')} appended (online) are not "
-                f"new data: resuming on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}")
-        return {"dataset": replace(art, episodes=int(before["episodes"]), fingerprint=str(before["fingerprint"]),
-                                   transitions=int(before["transitions"]))}
+            ctx.save_run_attempt(
+                adopted=sorted({*(ra.get("adopted") or []), cand["fingerprint"]}),
+                dataset=before,
+                adopted_ids=sorted({*(ra.get("adopted_ids") or []), *ids}),
+            )
+        ctx.log(
+            f"[collect] the {ours} episodes the run interrupted in {cand.get('run_dir')} appended (online) are not "
+            f"new data: resuming on dataset version {before['episodes']}@{str(before['fingerprint'])[:12]}"
+        )
+        return {
+            "dataset": replace(
+                art,
+                episodes=int(before["episodes"]),
+                fingerprint=str(before["fingerprint"]),
+                transitions=int(before["transitions"]),
+            )
+        }
     _remember(ctx, art)
     return {"dataset": art}
 
@@ -257,14 +285,22 @@ def _refresh(ctx, outputs: dict) -> dict:
 def _remember(ctx, art: DatasetArtifact) -> None:
     """The run's attempt records the dataset version the run started from (its later stages append)."""
     if not (ctx.run_attempt or {}).get("dataset"):
-        ctx.save_run_attempt(dataset={"episodes": art.episodes, "fingerprint": art.fingerprint,
-                                      "transitions": art.transitions})
+        ctx.save_run_attempt(
+            dataset={"episodes": art.episodes, "fingerprint": art.fingerprint, "transitions": art.transitions}
+        )
 
 
 def _valid(outputs: dict) -> bool:
     return Path(DatasetArtifact.from_dict(outputs["dataset"]).path).exists()
 
 
-STAGE = Stage("collect", reads=(), writes=("dataset",), run=run_stage, refresh=_refresh, valid=_valid,
-              doc="log episodes of the configured behaviours into the growing dataset")
+STAGE = Stage(
+    "collect",
+    reads=(),
+    writes=("dataset",),
+    run=run_stage,
+    refresh=_refresh,
+    valid=_valid,
+    doc="log episodes of the configured behaviours into the growing dataset",
+)
 CONFIG_KEYS = ("env", "dataset", "collect")

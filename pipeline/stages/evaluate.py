@@ -103,13 +103,18 @@ def spearman(x: list[float | None], y: list[float | None]) -> float | None:
 
 def describe(cfg: OPEConfig) -> str:
     """The sentence printed under every table: what the estimates are estimates of."""
-    horizon = (f"over the first {cfg.horizon} steps of an episode (the env's time limit)" if cfg.horizon
-               else "over an unbounded horizon (IS/WIS stop at each recorded episode's end)")
-    return (f"All estimates are expected discounted returns (gamma={cfg.gamma}) in env reward units, {horizon}, "
-            f"from the dataset's start states. IS/WIS/DR treat a deterministic policy as N(pi(s), "
-            f"{cfg.target_std}^2) in the normalised action space and use a Gaussian behaviour-cloning model of the "
-            f"data's behaviour policy; weights clipped per step at {cfg.step_clip} and cumulatively at "
-            f"{cfg.cumulative_clip}. DR uses FQE's critic as its model.")
+    horizon = (
+        f"over the first {cfg.horizon} steps of an episode (the env's time limit)"
+        if cfg.horizon
+        else "over an unbounded horizon (IS/WIS stop at each recorded episode's end)"
+    )
+    return (
+        f"All estimates are expected discounted returns (gamma={cfg.gamma}) in env reward units, {horizon}, "
+        f"from the dataset's start states. IS/WIS/DR treat a deterministic policy as N(pi(s), "
+        f"{cfg.target_std}^2) in the normalised action space and use a Gaussian behaviour-cloning model of the "
+        f"data's behaviour policy; weights clipped per step at {cfg.step_clip} and cumulatively at "
+        f"{cfg.cumulative_clip}. DR uses FQE's critic as its model."
+    )
 
 
 def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> EvaluateResult:
@@ -120,29 +125,44 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
     start = time.perf_counter()
     paths = checkpoint_paths(plain(cfg.ckpts))
     device = resolve_device(cfg.get("device"))
-    ope_cfg = OPEConfig.from_mapping({k: v for k, v in plain(cfg.ope).items() if k != "select"})  # select: pretrain only
+    ope_cfg = OPEConfig.from_mapping(
+        {k: v for k, v in plain(cfg.ope).items() if k != "select"}
+    )  # select: pretrain only
     with EpisodeStore.open(cfg.dataset.path, mode="r", verify=dataset_verify(cfg)) as store:
         check_env(store, cfg.env)
         idx = select_episodes(store, cfg.data)
         tr = store.load_transitions(idx)
         space = store.schema.action_space
         version = store.version_at(int(idx.max()) + 1)
-        dataset = {"path": str(cfg.dataset.path), "version": version.to_dict(), "episodes": int(len(idx)),
-                   "transitions": int(len(tr)), "selection": plain(cfg.data)}
+        dataset = {
+            "path": str(cfg.dataset.path),
+            "version": version.to_dict(),
+            "episodes": int(len(idx)),
+            "transitions": int(len(tr)),
+            "selection": plain(cfg.data),
+        }
     data = OPEData.from_transitions(tr, space.low, space.high, device=device, source=str(cfg.dataset.path))
     notes: list[str] = []
     max_steps = int(cfg.env.max_episode_steps)
     if ope_cfg.horizon is not None and ope_cfg.horizon != max_steps:
-        notes.append(f"ope.horizon {ope_cfg.horizon} != env.max_episode_steps {max_steps}: OPE and simulated "
-                     "returns count different numbers of steps")
+        notes.append(
+            f"ope.horizon {ope_cfg.horizon} != env.max_episode_steps {max_steps}: OPE and simulated "
+            "returns count different numbers of steps"
+        )
 
     sim = cfg.sim
     evaluator = None
     if sim.enabled:
         from o2o.policies.evaluation import Evaluator
 
-        evaluator = Evaluator(plain(cfg.env), episodes=int(sim.episodes), num_envs=int(sim.num_envs),
-                              seed=int(sim.seed), gamma=ope_cfg.gamma, asynchronous=bool(sim.asynchronous))
+        evaluator = Evaluator(
+            plain(cfg.env),
+            episodes=int(sim.episodes),
+            num_envs=int(sim.num_envs),
+            seed=int(sim.seed),
+            gamma=ope_cfg.gamma,
+            asynchronous=bool(sim.asynchronous),
+        )
     rows: list[dict[str, Any]] = []
     show = bool(cfg.get("progress", True))
     try:
@@ -150,11 +170,15 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
             behavior = fit_behavior(data, ope_cfg, progress=bar.update)
         for i, path in enumerate(paths):
             module, policy = load_policy(path, data)
-            row: dict[str, Any] = {"checkpoint": path, "updates": module.update_count,
-                                   "algo": str(module.hp.name or type(module).__name__)}
+            row: dict[str, Any] = {
+                "checkpoint": path,
+                "updates": module.update_count,
+                "algo": str(module.hp.name or type(module).__name__),
+            }
             which = f"evaluate {i + 1}/{len(paths)}"
-            with Progress(f"{which}: FQE", ope_cfg.fqe_updates * (1 + ope_cfg.fqe_refits), "updates",
-                          enabled=show) as bar:
+            with Progress(
+                f"{which}: FQE", ope_cfg.fqe_updates * (1 + ope_cfg.fqe_refits), "updates", enabled=show
+            ) as bar:
                 row.update(evaluate_policy(policy, data, ope_cfg, behavior, progress=bar.update))
             row["ope/behavior_nll"] = behavior.nll
             if evaluator is not None:
@@ -172,9 +196,17 @@ def evaluate(cfg: DictConfig, progress: Callable[[dict[str, Any]], None] | None 
     if evaluator is not None and len(rows) >= 2:
         truth = [r.get("eval/mc_discounted_return_mean") for r in rows]
         rho = {m: spearman([r.get(m) for r in rows], truth) for m in OPE_METRICS}
-    result = EvaluateResult(rows=rows, spearman=rho, note=describe(ope_cfg), dataset=dataset,
-                            ope=ope_cfg.to_dict(), sim=plain(sim) if sim.enabled else None, device=str(device),
-                            seconds=time.perf_counter() - start, warnings=notes)
+    result = EvaluateResult(
+        rows=rows,
+        spearman=rho,
+        note=describe(ope_cfg),
+        dataset=dataset,
+        ope=ope_cfg.to_dict(),
+        sim=plain(sim) if sim.enabled else None,
+        device=str(device),
+        seconds=time.perf_counter() - start,
+        warnings=notes,
+    )
     if cfg.get("output"):
         out = Path(str(cfg.output))
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,16 +233,27 @@ def data_behaviour(path: str, episodes: int, verify: bool = True) -> DataBehavio
         if problems:
             raise DatasetDamagedError(str(path), problems, "The data's behaviour was not summarised. ")
         t = store.episodes_table(np.arange(episodes))
-        r_max = float(np.max(store._read("data/rewards", slice(0, int(t["start"][-1] + t["length"][-1]))))) \
-            if episodes else None
+        r_max = (
+            float(np.max(store._read("data/rewards", slice(0, int(t["start"][-1] + t["length"][-1])))))
+            if episodes
+            else None
+        )
     succ = np.asarray(t["success"], float)
-    out = {"episodes": int(episodes), "return_mean": float(np.mean(t["returns"])), "reward_max": r_max,
-           "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None, "sources": {}}
+    out = {
+        "episodes": int(episodes),
+        "return_mean": float(np.mean(t["returns"])),
+        "reward_max": r_max,
+        "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None,
+        "sources": {},
+    }
     for src in sorted(set(t["source"])):
         m = t["source"] == src
         s = succ[m]
-        out["sources"][str(src)] = {"episodes": int(m.sum()), "return_mean": float(np.mean(t["returns"][m])),
-                                    "success_rate": float(np.nanmean(s)) if np.isfinite(s).any() else None}
+        out["sources"][str(src)] = {
+            "episodes": int(m.sum()),
+            "return_mean": float(np.mean(t["returns"][m])),
+            "success_rate": float(np.nanmean(s)) if np.isfinite(s).any() else None,
+        }
     return DataBehaviour(**out)
 
 
@@ -227,22 +270,35 @@ def run_stage(ctx) -> dict:
     module = load_algorithm(ckpt.path)
     sim = ope = None
     if e.sim:
-        ev = Evaluator(plain(cfg.env), episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed),
-                       gamma=float(module.hp.gamma), asynchronous=bool(e.asynchronous))
+        ev = Evaluator(
+            plain(cfg.env),
+            episodes=int(e.episodes),
+            num_envs=int(e.num_envs),
+            seed=int(e.seed),
+            gamma=float(module.hp.gamma),
+            asynchronous=bool(e.asynchronous),
+        )
         try:
             with Progress("evaluate: simulation", int(e.episodes), "episodes", enabled=show) as bar:
                 sim = SimEvaluation(ev, 0, references=plain(cfg.env.get("reference_returns"))).evaluate(
-                    module, progress=bar.update)
+                    module, progress=bar.update
+                )
         finally:
             ev.close()
         s = sim
-        ctx.log(f"  simulation ({int(e.episodes)} episodes): return {s['return_mean']:.1f}"
-                + (f", success {s['success_rate']:.2f}" if "success_rate" in s else "")
-                + (f", Q(start) {s['q_start_mean']:.1f} vs achieved {s['mc_discounted_return_mean']:.1f}"
-                   if "q_start_mean" in s else ""))
+        ctx.log(
+            f"  simulation ({int(e.episodes)} episodes): return {s['return_mean']:.1f}"
+            + (f", success {s['success_rate']:.2f}" if "success_rate" in s else "")
+            + (
+                f", Q(start) {s['q_start_mean']:.1f} vs achieved {s['mc_discounted_return_mean']:.1f}"
+                if "q_start_mean" in s
+                else ""
+            )
+        )
     if e.ope:
-        ope_cfg = OPEConfig.from_mapping({**{k: v for k, v in plain(cfg.ope).items() if k != "select"},
-                                          "gamma": float(module.hp.gamma)})
+        ope_cfg = OPEConfig.from_mapping(
+            {**{k: v for k, v in plain(cfg.ope).items() if k != "select"}, "gamma": float(module.hp.gamma)}
+        )
         with EpisodeStore.open(data.path, mode="r", verify=data.verify) as store:
             tr = store.load_transitions(np.arange(data.episodes))
             space = store.schema.action_space
@@ -254,12 +310,23 @@ def run_stage(ctx) -> dict:
             est = evaluate_policy(policy, od, ope_cfg, behavior, progress=bar.update)
         ope = {k: v for k, v in est.items() if isinstance(v, (int, float))}
         ctx.log(f"  OPE: FQE {ope.get('ope/fqe_value', float('nan')):.1f}")
-    out = EvaluationArtifact(checkpoint=ckpt.path, gamma=float(module.hp.gamma), horizon=int(cfg.env.max_episode_steps),
-                             data=data_behaviour(data.path, data.episodes, data.verify), sim=sim, ope=ope)
+    out = EvaluationArtifact(
+        checkpoint=ckpt.path,
+        gamma=float(module.hp.gamma),
+        horizon=int(cfg.env.max_episode_steps),
+        data=data_behaviour(data.path, data.episodes, data.verify),
+        sim=sim,
+        ope=ope,
+    )
     (ctx.out_dir / "evaluation.json").write_text(json.dumps(out.to_dict(), indent=2, default=_json_default))
     return {"evaluation": out}
 
 
-STAGE = Stage("evaluate", reads=("checkpoint", "dataset"), writes=("evaluation",), run=run_stage,
-              doc="simulate the chosen checkpoint on fresh seeds, value diagnostic, optional FQE")
+STAGE = Stage(
+    "evaluate",
+    reads=("checkpoint", "dataset"),
+    writes=("evaluation",),
+    run=run_stage,
+    doc="simulate the chosen checkpoint on fresh seeds, value diagnostic, optional FQE",
+)
 CONFIG_KEYS = ("env", "evaluation", "ope")

@@ -68,8 +68,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.is_dir():
         summary = p / "summary.json"
         if not summary.is_file():
-            raise FileNotFoundError(f"ckpt={path}: a folder without summary.json; give a .ckpt file or an "
-                                    "`o2o pretrain` run folder")
+            raise FileNotFoundError(
+                f"ckpt={path}: a folder without summary.json; give a .ckpt file or an `o2o pretrain` run folder"
+            )
         data = json.loads(summary.read_text())
         best = data.get("best_checkpoint") or data.get("last_checkpoint")
         if not best:
@@ -98,9 +99,14 @@ def training_evaluation(ckpt: Path, updates: int) -> dict:
     rows = data.get("evaluations") or []
     at = next((r for r in rows if int(r.get("step", -1)) == updates), None)
     best = data.get("best_checkpoint")
-    out = {"summary": str(summary), "selection": data.get("selection"), "best_checkpoint": best,
-           "is_best": bool(best) and Path(best).resolve() == ckpt.resolve(), "at_checkpoint": at,
-           "best": data.get("best_eval")}
+    out = {
+        "summary": str(summary),
+        "selection": data.get("selection"),
+        "best_checkpoint": best,
+        "is_best": bool(best) and Path(best).resolve() == ckpt.resolve(),
+        "at_checkpoint": at,
+        "best": data.get("best_eval"),
+    }
     ope = [r for r in (data.get("ope") or []) if Path(str(r.get("checkpoint", ""))).name == ckpt.name]
     if ope:
         out["ope"] = ope[0]
@@ -115,14 +121,18 @@ def evaluation_reference(raw: Mapping, ckpt: Path, training: Mapping) -> dict | 
     ev = (raw.get("o2o") or {}).get("evaluation")
     if ev:
         out = {k: ev.get(k) for k in keys}
-        out["source"] = (f"the checkpoint's own evaluation record: update {ev.get('step')}, {ev.get('episodes')} "
-                         f"episodes from seed {ev.get('seed')}")
+        out["source"] = (
+            f"the checkpoint's own evaluation record: update {ev.get('step')}, {ev.get('episodes')} "
+            f"episodes from seed {ev.get('seed')}"
+        )
         return out
     at = training.get("at_checkpoint")
     if at and at.get("return_mean") is not None:
         out = {k: at.get(k) for k in keys}
-        out["source"] = (f"{training.get('summary')}: evaluation at update {at.get('step')}, "
-                         f"{int(float(at.get('episodes') or 0))} episodes (the checkpoint has no evaluation record)")
+        out["source"] = (
+            f"{training.get('summary')}: evaluation at update {at.get('step')}, "
+            f"{int(float(at.get('episodes') or 0))} episodes (the checkpoint has no evaluation record)"
+        )
         return out
     return None
 
@@ -144,8 +154,9 @@ def _dataset_observations(meta_ds: Mapping, override: str | None, n: int, seed: 
         take = order[: int(np.searchsorted(np.cumsum(lengths[order]), n)) + 1]
         obs = store.load_transitions(np.sort(idx[take])).observations
     rows = rng.choice(len(obs), size=min(n, len(obs)), replace=False)
-    return np.asarray(obs[np.sort(rows)], np.float32), (f"dataset {path} version {version['episodes']}@"
-                                                         f"{version['fingerprint'][:12]} ({len(idx)} episodes)")
+    return np.asarray(obs[np.sort(rows)], np.float32), (
+        f"dataset {path} version {version['episodes']}@{version['fingerprint'][:12]} ({len(idx)} episodes)"
+    )
 
 
 def _rollout_observations(env, policy, n: int, episodes: int, seed: int) -> np.ndarray:
@@ -177,8 +188,10 @@ def export(cfg: DictConfig) -> ExportResult:
 
     start = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
-        raise ValueError("no checkpoint given: o2o export ckpt=runs/pretrain/<run>/checkpoints/<name>.ckpt "
-                         "(or ckpt=<run folder> for its best checkpoint)")
+        raise ValueError(
+            "no checkpoint given: o2o export ckpt=runs/pretrain/<run>/checkpoints/<name>.ckpt "
+            "(or ckpt=<run folder> for its best checkpoint)"
+        )
     ckpt = resolve_checkpoint(cfg.ckpt)
     out_dir = Path(cfg.out) if cfg.get("out") else default_out_dir(ckpt)
     raw = read_checkpoint(str(ckpt))  # readable, o2o's, weights as written (digest), no code unpickled
@@ -201,37 +214,48 @@ def export(cfg: DictConfig) -> ExportResult:
         if not stored_env.get("obs_layout"):
             raise
         env_meta = stored_env
-        notes.append(f"env {env_cfg.get('name')!r} could not be built here ({e}); layout and bounds taken from the "
-                     "checkpoint's record of it; no closed-loop check")
+        notes.append(
+            f"env {env_cfg.get('name')!r} could not be built here ({e}); layout and bounds taken from the "
+            "checkpoint's record of it; no closed-loop check"
+        )
     try:
         if stored_env.get("obs_layout") and not _same(stored_env["obs_layout"], env_meta["obs_layout"]):
-            raise ExportRefused(f"checkpoint {ckpt}: env {env_cfg.get('name')!r} now produces observation layout "
-                                f"{[(f['key'], f['shape']) for f in env_meta['obs_layout']]}, the policy was trained "
-                                f"on {[(f['key'], f['shape']) for f in stored_env['obs_layout']]}")
+            raise ExportRefused(
+                f"checkpoint {ckpt}: env {env_cfg.get('name')!r} now produces observation layout "
+                f"{[(f['key'], f['shape']) for f in env_meta['obs_layout']]}, the policy was trained "
+                f"on {[(f['key'], f['shape']) for f in stored_env['obs_layout']]}"
+            )
         layout = env_meta["obs_layout"]
         if layout[-1]["stop"] != module.obs_dim:
-            raise ExportRefused(f"checkpoint {ckpt}: the policy takes {module.obs_dim} observation values, env "
-                                f"{env_cfg.get('name')!r} produces {layout[-1]['stop']}")
+            raise ExportRefused(
+                f"checkpoint {ckpt}: the policy takes {module.obs_dim} observation values, env "
+                f"{env_cfg.get('name')!r} produces {layout[-1]['stop']}"
+            )
         norm = module.norm
         low, high = np.asarray(norm.action_low, np.float64), np.asarray(norm.action_high, np.float64)
         space = env_meta["action_space"]
         env_low = np.asarray([float(v) for v in space["low"]])
         env_high = np.asarray([float(v) for v in space["high"]])
         if env_low.shape != low.shape or not (np.allclose(env_low, low) and np.allclose(env_high, high)):
-            raise ExportRefused(f"checkpoint {ckpt}: the policy scales actions to [{low.tolist()}, {high.tolist()}], "
-                                f"env {env_cfg.get('name')!r} accepts [{env_low.tolist()}, {env_high.tolist()}]")
+            raise ExportRefused(
+                f"checkpoint {ckpt}: the policy scales actions to [{low.tolist()}, {high.tolist()}], "
+                f"env {env_cfg.get('name')!r} accepts [{env_low.tolist()}, {env_high.tolist()}]"
+            )
 
         n = int(cfg.parity.observations)
         try:
             obs, source = _dataset_observations(meta["dataset"], cfg.parity.get("dataset"), n, int(cfg.parity.seed))
         except (KeyError, OSError, ValueError) as e:
             if env is None:
-                raise ExportRefused(f"no recorded observations for the parity check: the training dataset is not "
-                                    f"usable ({e}) and the env cannot be built here") from e
+                raise ExportRefused(
+                    f"no recorded observations for the parity check: the training dataset is not "
+                    f"usable ({e}) and the env cannot be built here"
+                ) from e
             obs = _rollout_observations(env, policy, n, int(cfg.parity.rollout_episodes), int(cfg.parity.seed))
             source = f"{len(obs)} observations of {int(cfg.parity.rollout_episodes)} env rollouts of the policy"
-            notes.append(f"training dataset not usable for the parity check ({type(e).__name__}: {e}); used env "
-                         "rollouts instead")
+            notes.append(
+                f"training dataset not usable for the parity check ({type(e).__name__}: {e}); used env rollouts instead"
+            )
     finally:
         if env is not None:
             env.close()
@@ -240,18 +264,30 @@ def export(cfg: DictConfig) -> ExportResult:
     ds = meta.get("dataset")
     training = training_evaluation(ckpt, int(raw["o2o"]["updates"]))
     spec = ExportSpec(
-        obs_layout=layout, action_low=low.tolist(), action_high=high.tolist(),
-        control_frequency_hz=env_meta.get("control_freq"), controller_type=env_meta.get("controller_type"),
-        policy={"algorithm": algo.get("name"), "class": raw["o2o"]["cls"], "updates": int(raw["o2o"]["updates"]),
-                "actor": type(module.actor).__name__, "hidden": algo.get("hidden"),
-                "activation": algo.get("activation"), "checkpoint": str(ckpt), "checkpoint_sha256": sha256_file(ckpt),
-                # standardised observations are clipped to +-this inside the graph (0: not clipped)
-                "obs_clip": float(module.norm.obs_clip)},
+        obs_layout=layout,
+        action_low=low.tolist(),
+        action_high=high.tolist(),
+        control_frequency_hz=env_meta.get("control_freq"),
+        controller_type=env_meta.get("controller_type"),
+        policy={
+            "algorithm": algo.get("name"),
+            "class": raw["o2o"]["cls"],
+            "updates": int(raw["o2o"]["updates"]),
+            "actor": type(module.actor).__name__,
+            "hidden": algo.get("hidden"),
+            "activation": algo.get("activation"),
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": sha256_file(ckpt),
+            # standardised observations are clipped to +-this inside the graph (0: not clipped)
+            "obs_clip": float(module.norm.obs_clip),
+        },
         env={k: env_cfg.get(k) for k in ENV_KEYS},
         dataset=None if ds is None else {k: ds.get(k) for k in DATASET_KEYS},
         evaluation={"training": training, "checkpoint": raw["o2o"].get("evaluation")},
-        observation_space=env_meta.get("observation_space"), observations_source=source,
-        runtime={k: plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")}, notes=notes,
+        observation_space=env_meta.get("observation_space"),
+        observations_source=source,
+        runtime={k: plain(cfg.runtime.get(k)) for k in ("safe_action", "max_delta", "deadline_s")},
+        notes=notes,
     )
 
     key_file = cfg.get("signing_key_file")
@@ -259,6 +295,7 @@ def export(cfg: DictConfig) -> ExportResult:
     check, checked = None, {}
     cl = cfg.closed_loop
     if int(cl.episodes) > 0 and env is not None:
+
         def trained(o: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 return policy(torch.as_tensor(o, dtype=torch.float32)).numpy()
@@ -266,33 +303,55 @@ def export(cfg: DictConfig) -> ExportResult:
         drop = cl.get("max_success_drop")
         reference = evaluation_reference(raw, ckpt, training) if cl.get("vs_evaluation", True) else None
         if reference is not None:
-            notes.append(f"closed loop compared with the trained torch policy on the same episodes and with what the "
-                         f"checkpoint was evaluated at ({reference['source']})")
+            notes.append(
+                f"closed loop compared with the trained torch policy on the same episodes and with what the "
+                f"checkpoint was evaluated at ({reference['source']})"
+            )
         elif cl.get("vs_evaluation", True):
-            notes.append("closed loop compared with the trained torch policy only: the checkpoint has no evaluation "
-                         "record and its run's summary.json none at its update")
+            notes.append(
+                "closed loop compared with the trained torch policy only: the checkpoint has no evaluation "
+                "record and its run's summary.json none at its update"
+            )
 
         def check(folder: Path) -> dict:
             checked["closed_loop"] = closed_loop_check(
-                folder, env_cfg, trained, int(cl.episodes), int(cl.seed), None if drop is None else float(drop),
-                reference=reference, noise_z=float(cl.get("noise_z", 2.0)),
-                success_margin=float(cl.get("success_margin", 0.1)), return_margin=float(cl.get("return_margin", 0.1)),
-                signing_key=key)
+                folder,
+                env_cfg,
+                trained,
+                int(cl.episodes),
+                int(cl.seed),
+                None if drop is None else float(drop),
+                reference=reference,
+                noise_z=float(cl.get("noise_z", 2.0)),
+                success_margin=float(cl.get("success_margin", 0.1)),
+                return_margin=float(cl.get("return_margin", 0.1)),
+                signing_key=key,
+            )
             return checked["closed_loop"]
     elif int(cl.episodes) > 0:
         notes.append("closed-loop check skipped: the env cannot be built here")
 
     if key is not None:
-        notes.append(f"signed with the key in {key_file} (key id {key_id(key)}): runtimes given that key accept "
-                     "only exports signed with it")
-    report = export_policy(policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check,
-                           signing_key=key)
+        notes.append(
+            f"signed with the key in {key_file} (key id {key_id(key)}): runtimes given that key accept "
+            "only exports signed with it"
+        )
+    report = export_policy(
+        policy, out_dir, obs, spec, tolerance=float(cfg.get("tolerance", TOLERANCE)), check=check, signing_key=key
+    )
     m = report.manifest
     # The check's own figures (NaN where a rate is undefined); the manifest holds them JSON-safe (null).
-    return ExportResult(out_dir=str(out_dir), checkpoint=str(ckpt), manifest_path=str(out_dir / MANIFEST_NAME),
-                        parity=report.parity, observations_source=source,
-                        closed_loop=checked.get("closed_loop", m["evaluation"].get("closed_loop")), files=m["files"],
-                        notes=notes, seconds=time.perf_counter() - start)
+    return ExportResult(
+        out_dir=str(out_dir),
+        checkpoint=str(ckpt),
+        manifest_path=str(out_dir / MANIFEST_NAME),
+        parity=report.parity,
+        observations_source=source,
+        closed_loop=checked.get("closed_loop", m["evaluation"].get("closed_loop")),
+        files=m["files"],
+        notes=notes,
+        seconds=time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------------------- as a pipeline stage
@@ -310,22 +369,40 @@ def run_stage(ctx) -> dict:
     res = export(cfg)
     cl = res.closed_loop or {}
     vs = cl.get("vs_evaluation") or {}
-    ctx.log(f"  exported {policy.origin} policy to {res.out_dir}: parity "
-            + ", ".join(f"{k} {v:.1e}" for k, v in res.parity.items())
-            + (f"; closed loop through the runtime: success {cl['runtime'].get('success_rate')}, return "
-               f"{cl['runtime']['return_mean']:.1f} (trained policy: {cl['trained'].get('success_rate')}, "
-               f"{cl['trained']['return_mean']:.1f})" if cl.get("runtime") else "")
-            + (f"; the checkpoint was evaluated at {vs['metric']} {vs['evaluated']:.4g} ({vs['source']})"
-               if vs.get("metric") else ""))
-    return {"exported": ExportedArtifact(dir=res.out_dir, manifest=res.manifest_path, parity=res.parity,
-                                         closed_loop=res.closed_loop, files=dict(res.files), origin=policy.origin,
-                                         fingerprint=sha256_file(res.manifest_path))}
+    ctx.log(
+        f"  exported {policy.origin} policy to {res.out_dir}: parity "
+        + ", ".join(f"{k} {v:.1e}" for k, v in res.parity.items())
+        + (
+            f"; closed loop through the runtime: success {cl['runtime'].get('success_rate')}, return "
+            f"{cl['runtime']['return_mean']:.1f} (trained policy: {cl['trained'].get('success_rate')}, "
+            f"{cl['trained']['return_mean']:.1f})"
+            if cl.get("runtime")
+            else ""
+        )
+        + (
+            f"; the checkpoint was evaluated at {vs['metric']} {vs['evaluated']:.4g} ({vs['source']})"
+            if vs.get("metric")
+            else ""
+        )
+    )
+    return {
+        "exported": ExportedArtifact(
+            dir=res.out_dir,
+            manifest=res.manifest_path,
+            parity=res.parity,
+            closed_loop=res.closed_loop,
+            files=dict(res.files),
+            origin=policy.origin,
+            fingerprint=sha256_file(res.manifest_path),
+        )
+    }
 
 
 def _valid(outputs: dict) -> bool:
     """The recorded export is reusable only if its manifest is unchanged and every file still
     matches the manifest's SHA-256 (a tampered policy.onnx means export again)."""
     from o2o.deploy.manifest import load_manifest
+
     e = ExportedArtifact.from_dict(outputs["exported"])
     if not file_unchanged(e.manifest, e.fingerprint):
         return False
@@ -336,6 +413,12 @@ def _valid(outputs: dict) -> bool:
     return True
 
 
-STAGE = Stage("export", reads=("policy",), writes=("exported",), run=run_stage, valid=_valid,
-              doc="ONNX + TorchScript + manifest of the promoted policy, refused unless they match it")
+STAGE = Stage(
+    "export",
+    reads=("policy",),
+    writes=("exported",),
+    run=run_stage,
+    valid=_valid,
+    doc="ONNX + TorchScript + manifest of the promoted policy, refused unless they match it",
+)
 CONFIG_KEYS = ("export",)

@@ -37,7 +37,13 @@ from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
 from o2o.policies.online import FinetuneMonitor, MixedReplay, OnlineInteraction, RatioSchedule, RollbackRule
 from o2o.policies.training import (
-    TrainerSpec, algorithm_transitions, check_env, compile_if_asked, make_trainer, select_episodes, step_loader,
+    TrainerSpec,
+    algorithm_transitions,
+    check_env,
+    compile_if_asked,
+    make_trainer,
+    select_episodes,
+    step_loader,
 )
 
 
@@ -77,24 +83,33 @@ def build_finetune_module(checkpoint: str, cfg: DictConfig, store: EpisodeStore)
     offline_meta = hp.get("meta") or {}
     ds = offline_meta.get("dataset")
     if not ds or "version" not in ds:
-        raise ValueError(f"finetune: checkpoint {checkpoint!r} records no dataset version (meta.dataset.version); "
-                         "finetuning mixes in the offline data it was trained on")
+        raise ValueError(
+            f"finetune: checkpoint {checkpoint!r} records no dataset version (meta.dataset.version); "
+            "finetuning mixes in the offline data it was trained on"
+        )
     v = ds["version"]
     selection = {**(ds.get("selection") or {}), "version": f"{v['episodes']}@{v['fingerprint']}"}
     idx = select_episodes(store, selection)
     tr = algorithm_transitions(cls, algo, store.load_transitions(idx))
     meta = copy.deepcopy(offline_meta)
-    meta["finetune"] = {"from_checkpoint": str(checkpoint), "from_fingerprint": sha256_file(checkpoint),
-                        "from_updates": int(ckpt["o2o"].get("updates", 0)), "offline_dataset_version": v,
-                        "dataset_path": str(store.path), "config": plain(f)}
+    meta["finetune"] = {
+        "from_checkpoint": str(checkpoint),
+        "from_fingerprint": sha256_file(checkpoint),
+        "from_updates": int(ckpt["o2o"].get("updates", 0)),
+        "offline_dataset_version": v,
+        "dataset_path": str(store.path),
+        "config": plain(f),
+    }
     try:
         module = cls(int(hp["obs_dim"]), int(hp["act_dim"]), algo, hp["normalization"], meta)
     except ValueError as e:  # an override the algorithm does not know: say which config it came from
         raise ValueError(f"finetune.algo / finetune.algo_overrides.{name} for checkpoint {checkpoint!r}: {e}") from e
     module.load_state_dict(ckpt["state_dict"])
     if getattr(module, "critic", None) is None:
-        raise ValueError(f"finetune: {name!r} ({checkpoint}) learns no value function, so online data cannot improve "
-                         "it; finetune an IQL, AWAC, CQL, Cal-QL, TD3+BC or SAC checkpoint")
+        raise ValueError(
+            f"finetune: {name!r} ({checkpoint}) learns no value function, so online data cannot improve "
+            "it; finetune an IQL, AWAC, CQL, Cal-QL, TD3+BC or SAC checkpoint"
+        )
     # Normalised with the checkpoint's statistics: the networks were trained on those.
     module.attach_replay(TensorReplay.from_transitions(tr, module.norm, seed=int(cfg.trainer.seed)))
     return module
@@ -123,9 +138,17 @@ def _resume_state(attempt: dict | None) -> dict | None:
     return attempt
 
 
-def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str | Path,
-             log: Callable[[str], None] = print, verify: bool = True, attempt: dict | None = None,
-             save_attempt: Callable[..., None] | None = None, tag: dict | None = None) -> dict:
+def finetune(
+    cfg: DictConfig,
+    checkpoint: str,
+    dataset_path: str,
+    out_dir: str | Path,
+    log: Callable[[str], None] = print,
+    verify: bool = True,
+    attempt: dict | None = None,
+    save_attempt: Callable[..., None] | None = None,
+    tag: dict | None = None,
+) -> dict:
     """Finetune ``checkpoint`` online in ``cfg.env``, appending episodes to ``dataset_path``.
 
     Returns the stage's artifact (see the module docstring); the checkpoint is written to
@@ -157,16 +180,25 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
     if offline.has_mc_returns:  # Cal-QL: online rows get theirs when their episode ends
         online.enable_mc_returns()
     r = f.ratio
-    mixed = MixedReplay(offline, online, RatioSchedule(float(r.start), float(r.end),
-                                                       n_updates if r.anneal_updates is None else int(r.anneal_updates)))
+    mixed = MixedReplay(
+        offline,
+        online,
+        RatioSchedule(float(r.start), float(r.end), n_updates if r.anneal_updates is None else int(r.anneal_updates)),
+    )
     module.attach_replay(mixed)
 
     env_cfg = plain(cfg.env)
     gamma = float(module.hp.gamma)
     references = plain(cfg.env.get("reference_returns"))
     e = f.eval
-    periodic = Evaluator(env_cfg, episodes=int(e.episodes), num_envs=int(e.num_envs), seed=int(e.seed), gamma=gamma,
-                         asynchronous=bool(e.asynchronous))
+    periodic = Evaluator(
+        env_cfg,
+        episodes=int(e.episodes),
+        num_envs=int(e.num_envs),
+        seed=int(e.seed),
+        gamma=gamma,
+        asynchronous=bool(e.asynchronous),
+    )
     rb = f.rollback
     rule = RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative)) if rb.enabled else None
     fp = module.hparams["meta"]["finetune"]["from_fingerprint"]
@@ -186,42 +218,88 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
             resume_from = ckpt if ckpt and Path(ckpt).is_file() else None
         else:
             save_attempt(dataset_before=before.to_dict(), seed=seed, out_dir=str(out_dir))
-        interaction = OnlineInteraction(env_cfg, online, module.norm, sink, total_steps=steps, warmup_steps=warmup,
-                                        env_steps_per_update=per_update, explore=bool(f.explore),
-                                        temperature=float(f.explore_temperature), seed=seed,
-                                        policy_id=f"{module.hp.name}-finetune-{fp[:12]}", gamma=gamma,
-                                        mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")),
-                                        run=tag)
+        interaction = OnlineInteraction(
+            env_cfg,
+            online,
+            module.norm,
+            sink,
+            total_steps=steps,
+            warmup_steps=warmup,
+            env_steps_per_update=per_update,
+            explore=bool(f.explore),
+            temperature=float(f.explore_temperature),
+            seed=seed,
+            policy_id=f"{module.hp.name}-finetune-{fp[:12]}",
+            gamma=gamma,
+            mc_tail=str(getattr(module.hp, "mc_tail", "repeat_last")),
+            run=tag,
+        )
         if restored:
             restored.sort()
             table = store.episodes_table(np.asarray(restored))
-            interaction.restore(store.load_transitions(np.asarray(restored)),
-                                [{"return": float(ret), "success": None if s < 0 else bool(s), "length": int(n),
-                                  "policy_version": int(v)} for ret, s, n, v in
-                                 zip(table["returns"], table["success"], table["length"], table["policy_version"])])
-        monitor = FinetuneMonitor(SimEvaluation(periodic, 0, references), int(e.every), rule, metric=str(rb.metric),
-                                  env_steps=lambda: interaction.steps, log=log)
-        point = ResumePoint(out_dir / "resume.ckpt", int(e.every), monitor=monitor,
-                            saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k,
-                                                               env_steps=interaction.steps))
-        spec = TrainerSpec.from_config(cfg.trainer, log_every=int(module.hp.log_every), max_steps=n_updates,
-                                       devices=1, strategy="auto", progress=bool(f.progress))
-        trainer = make_trainer(spec, out_dir, [monitor, interaction, point],  # pre-finetune evaluation first
-                               progress=lambda done, total: Progress("finetune", total, "updates", initial=done),
-                               stats=lambda: {"env steps": f"{interaction.steps:,}/{steps:,}",
-                                              "episodes": len(interaction.episodes)})
-        log(f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
+            interaction.restore(
+                store.load_transitions(np.asarray(restored)),
+                [
+                    {
+                        "return": float(ret),
+                        "success": None if s < 0 else bool(s),
+                        "length": int(n),
+                        "policy_version": int(v),
+                    }
+                    for ret, s, n, v in zip(
+                        table["returns"], table["success"], table["length"], table["policy_version"]
+                    )
+                ],
+            )
+        monitor = FinetuneMonitor(
+            SimEvaluation(periodic, 0, references),
+            int(e.every),
+            rule,
+            metric=str(rb.metric),
+            env_steps=lambda: interaction.steps,
+            log=log,
+        )
+        point = ResumePoint(
+            out_dir / "resume.ckpt",
+            int(e.every),
+            monitor=monitor,
+            saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k, env_steps=interaction.steps),
+        )
+        spec = TrainerSpec.from_config(
+            cfg.trainer,
+            log_every=int(module.hp.log_every),
+            max_steps=n_updates,
+            devices=1,
+            strategy="auto",
+            progress=bool(f.progress),
+        )
+        trainer = make_trainer(
+            spec,
+            out_dir,
+            [monitor, interaction, point],  # pre-finetune evaluation first
+            progress=lambda done, total: Progress("finetune", total, "updates", initial=done),
+            stats=lambda: {"env steps": f"{interaction.steps:,}/{steps:,}", "episodes": len(interaction.episodes)},
+        )
+        log(
+            f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
-            + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no"))
+            + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no")
+        )
         if resume is not None:
             u = int(resume.get("resume_updates", 0)) if resume_from else 0
-            resumed = {"from_run": resume.get("run_dir"), "updates": u, "episodes": len(restored),
-                       "env_steps": int(interaction.steps)}  # before this attempt saves its own points
+            resumed = {
+                "from_run": resume.get("run_dir"),
+                "updates": u,
+                "episodes": len(restored),
+                "env_steps": int(interaction.steps),
+            }  # before this attempt saves its own points
             mixed.draws = u  # the ratio schedule goes on where it was
-            log(f"  resuming the finetuning interrupted in {resume.get('run_dir')}: "
+            log(
+                f"  resuming the finetuning interrupted in {resume.get('run_dir')}: "
                 + (f"from its checkpoint at {u} updates" if resume_from else "from the start (it saved no checkpoint)")
                 + f", with its {len(restored)} committed online episodes ({interaction.steps} env steps) back in "
-                "the online replay")
+                "the online replay"
+            )
         compile_if_asked(spec, trainer, module)
         trainer.fit(module, train_dataloaders=step_loader(), ckpt_path=resume_from, weights_only=True)
     finally:
@@ -235,35 +313,58 @@ def finetune(cfg: DictConfig, checkpoint: str, dataset_path: str, out_dir: str |
                 interaction.close()
             periodic.close()
 
-    final_ev = Evaluator(env_cfg, episodes=int(cfg.evaluation.episodes), num_envs=int(cfg.evaluation.num_envs),
-                         seed=int(cfg.evaluation.seed), gamma=gamma, asynchronous=bool(cfg.evaluation.asynchronous))
+    final_ev = Evaluator(
+        env_cfg,
+        episodes=int(cfg.evaluation.episodes),
+        num_envs=int(cfg.evaluation.num_envs),
+        seed=int(cfg.evaluation.seed),
+        gamma=gamma,
+        asynchronous=bool(cfg.evaluation.asynchronous),
+    )
     try:
-        with Progress("finetune: final evaluation", int(cfg.evaluation.episodes), "episodes",
-                      enabled=bool(f.progress)) as bar:
+        with Progress(
+            "finetune: final evaluation", int(cfg.evaluation.episodes), "episodes", enabled=bool(f.progress)
+        ) as bar:
             evaluation = SimEvaluation(final_ev, 0, references).evaluate(module, progress=bar.update)
     finally:
         final_ev.close()
     rolled_back = monitor.rollback is not None
     eps = interaction.episodes
     appended = sorted(restored + sink.indices)
-    outcome = {"env_steps": interaction.steps, "updates_run": int(trainer.global_step),
-               "online_episodes": [appended[0], appended[-1] + 1] if appended else None,
-               "dataset_version_after": after.to_dict(), "rolled_back": rolled_back}
+    outcome = {
+        "env_steps": interaction.steps,
+        "updates_run": int(trainer.global_step),
+        "online_episodes": [appended[0], appended[-1] + 1] if appended else None,
+        "dataset_version_after": after.to_dict(),
+        "rolled_back": rolled_back,
+    }
     module.hparams["meta"]["finetune"].update(outcome)
     path = out_dir / "finetuned.ckpt"
     trainer.save_checkpoint(str(path), weights_only=False)
     result = {
-        "checkpoint": str(path), "fingerprint": sha256_file(path), "algo": str(module.hp.name),
-        "from_checkpoint": str(checkpoint), "evaluation": evaluation, "steps": interaction.steps,
-        "updates": int(trainer.global_step), "episodes": len(appended),
+        "checkpoint": str(path),
+        "fingerprint": sha256_file(path),
+        "algo": str(module.hp.name),
+        "from_checkpoint": str(checkpoint),
+        "evaluation": evaluation,
+        "steps": interaction.steps,
+        "updates": int(trainer.global_step),
+        "episodes": len(appended),
         "episode_range": outcome["online_episodes"],
         "resumed": resumed,
-        "online": {"return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
-                   "success_rate": _rate([x["success"] for x in eps]),
-                   "clipped_share": clipped_share(online, module.norm.obs_clip), "obs_clip": module.norm.obs_clip},
-        "dataset_before": before.to_dict(), "dataset_after": after.to_dict(),
-        "batch_rows": dict(mixed.rows), "rolled_back": rolled_back, "rollback": monitor.rollback,
-        "pre_finetune": monitor.curve[0] if monitor.curve else None, "curve": monitor.curve,
+        "online": {
+            "return_mean": float(np.mean([x["return"] for x in eps])) if eps else None,
+            "success_rate": _rate([x["success"] for x in eps]),
+            "clipped_share": clipped_share(online, module.norm.obs_clip),
+            "obs_clip": module.norm.obs_clip,
+        },
+        "dataset_before": before.to_dict(),
+        "dataset_after": after.to_dict(),
+        "batch_rows": dict(mixed.rows),
+        "rolled_back": rolled_back,
+        "rollback": monitor.rollback,
+        "pre_finetune": monitor.curve[0] if monitor.curve else None,
+        "curve": monitor.curve,
         "seconds": time.perf_counter() - start,
     }
     result["summary"] = summarize(result, str(rb.metric))
@@ -284,27 +385,33 @@ def clipped_share(replay: TensorReplay, clip: float) -> float | None:
     clip or rows."""
     if clip <= 0 or len(replay) == 0:
         return None
-    obs = replay.observations[:len(replay)]
+    obs = replay.observations[: len(replay)]
     return float((obs.abs() >= clip).any(dim=1).float().mean())
 
 
 def summarize(res: dict, metric: str) -> str:
     """One or two sentences: what ran, what was appended, before vs after, and any rollback."""
     pre, ev = res["pre_finetune"] or {}, res["evaluation"]
-    text = (f"{res['algo']}: {res['steps']} online steps, {res['updates']} updates, {res['episodes']} online episodes "
-            f"appended (dataset {res['dataset_before']['episodes']} -> {res['dataset_after']['episodes']} episodes). "
-            f"Final evaluation: return {ev['return_mean']:.4g}"
-            + (f", success {ev['success_rate']:.2f}" if "success_rate" in ev else "")
-            + f" (periodic {metric} before finetuning {pre.get(metric, float('nan')):.4g}).")
+    text = (
+        f"{res['algo']}: {res['steps']} online steps, {res['updates']} updates, {res['episodes']} online episodes "
+        f"appended (dataset {res['dataset_before']['episodes']} -> {res['dataset_after']['episodes']} episodes). "
+        f"Final evaluation: return {ev['return_mean']:.4g}"
+        + (f", success {ev['success_rate']:.2f}" if "success_rate" in ev else "")
+        + f" (periodic {metric} before finetuning {pre.get(metric, float('nan')):.4g})."
+    )
     online = res.get("online") or {}
     if online.get("clipped_share"):
-        text += (f" {100 * online['clipped_share']:.0f}% of the online states had a feature more than "
-                 f"{online['obs_clip']:g} standard deviations from the offline data's mean (clipped there).")
+        text += (
+            f" {100 * online['clipped_share']:.0f}% of the online states had a feature more than "
+            f"{online['obs_clip']:g} standard deviations from the offline data's mean (clipped there)."
+        )
     rb = res["rollback"]
     if rb:
-        text += (f" ROLLED BACK at step {rb['step']}: {metric} {rb['value']:.4g}, {rb['drop']:.4g} below the "
-                 f"pre-finetune {rb['level']:.4g} for {rb['evaluations_below']} evaluations; restored the weights of "
-                 f"step {rb['restored_step']} ({metric} {rb['restored_value']:.4g}).")
+        text += (
+            f" ROLLED BACK at step {rb['step']}: {metric} {rb['value']:.4g}, {rb['drop']:.4g} below the "
+            f"pre-finetune {rb['level']:.4g} for {rb['evaluations_below']} evaluations; restored the weights of "
+            f"step {rb['restored_step']} ({metric} {rb['restored_value']:.4g})."
+        )
     return text
 
 
@@ -314,12 +421,28 @@ def run_stage(ctx) -> dict:
     ckpt, gate, data = ctx.artifact("checkpoint"), ctx.artifact("gate"), ctx.artifact("dataset")
     if not gate.passed:  # the dag blocks finetune after a failed gate; this guards direct use
         raise RuntimeError("finetune: the gate did not pass; the offline policy may not go online")
-    res = FinetuneArtifact.from_dict(finetune(ctx.config, ckpt.path, data.path, ctx.out_dir, log=ctx.log,
-                                              verify=data.verify, attempt=ctx.attempt,
-                                              save_attempt=ctx.save_attempt, tag=ctx.tag))
+    res = FinetuneArtifact.from_dict(
+        finetune(
+            ctx.config,
+            ckpt.path,
+            data.path,
+            ctx.out_dir,
+            log=ctx.log,
+            verify=data.verify,
+            attempt=ctx.attempt,
+            save_attempt=ctx.save_attempt,
+            tag=ctx.tag,
+        )
+    )
     offline = ctx.artifact("evaluation").sim or {}
-    ctx.log(f"  {res.summary}" + (f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
-                                   if "return_mean" in offline else ""))
+    ctx.log(
+        f"  {res.summary}"
+        + (
+            f" Offline policy on the same seeds: return {offline['return_mean']:.4g}."
+            if "return_mean" in offline
+            else ""
+        )
+    )
     return {"finetune": res}
 
 
@@ -330,12 +453,22 @@ def _valid(outputs: dict) -> bool:
 
 def _finished(ctx, outputs: dict) -> None:
     """Recorded: the resumable checkpoints of this attempt (here and where it began) are not needed."""
-    for folder in {Path(ctx.run_dir) / ctx.stage, Path((ctx.attempt or {}).get("out_dir") or Path(ctx.run_dir) / ctx.stage)}:
+    for folder in {
+        Path(ctx.run_dir) / ctx.stage,
+        Path((ctx.attempt or {}).get("out_dir") or Path(ctx.run_dir) / ctx.stage),
+    }:
         (folder / "resume.ckpt").unlink(missing_ok=True)
 
 
-STAGE = Stage("finetune", reads=("checkpoint", "gate", "dataset", "evaluation"), writes=("finetune",), run=run_stage,
-              valid=_valid, finished=_finished, appends=("dataset",),
-              doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; rollback "
-                  "when performance drops")
+STAGE = Stage(
+    "finetune",
+    reads=("checkpoint", "gate", "dataset", "evaluation"),
+    writes=("finetune",),
+    run=run_stage,
+    valid=_valid,
+    finished=_finished,
+    appends=("dataset",),
+    doc="online finetuning from the gated checkpoint; online episodes appended to the dataset; rollback "
+    "when performance drops",
+)
 CONFIG_KEYS = ("env", "finetune", "evaluation", "trainer")

@@ -19,8 +19,9 @@ from o2o.pipeline.dag import Stage, StageFailed
 from o2o.pipeline.gate import Evidence, decide
 
 
-def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048, seed: int = 0,
-                 verify: bool = True) -> dict:
+def action_check(
+    ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048, seed: int = 0, verify: bool = True
+) -> dict:
     """The policy's actions on up to ``n`` recorded observations: finite? within the bounds?"""
     from o2o.policies.algos.base import load_algorithm
 
@@ -35,19 +36,30 @@ def action_check(ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048
     low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
     outside = np.maximum(low - a, 0.0) + np.maximum(a - high, 0.0)
     violation = float(np.nanmax(outside)) if finite else float("inf")
-    return {"observations": int(len(idx)), "finite": finite, "in_bounds": finite and violation <= 0.0,
-            "violation": violation}
+    return {
+        "observations": int(len(idx)),
+        "finite": finite,
+        "in_bounds": finite and violation <= 0.0,
+        "violation": violation,
+    }
 
 
 def run_stage(ctx) -> dict:
     ev_in, ckpt, data = ctx.artifact("evaluation"), ctx.artifact("checkpoint"), ctx.artifact("dataset")
     acts = action_check(ckpt.path, data.path, data.episodes, verify=data.verify)
     d = ev_in.data
-    evidence = Evidence(sim=ev_in.sim, ope_value=(ev_in.ope or {}).get("ope/fqe_value"),
-                        data_return_mean=d.return_mean, data_success_rate=d.success_rate,
-                        reward_max=d.reward_max, gamma=ev_in.gamma, horizon=ev_in.horizon,
-                        actions_finite=acts["finite"], actions_in_bounds=acts["in_bounds"],
-                        action_violation=acts["violation"])
+    evidence = Evidence(
+        sim=ev_in.sim,
+        ope_value=(ev_in.ope or {}).get("ope/fqe_value"),
+        data_return_mean=d.return_mean,
+        data_success_rate=d.success_rate,
+        reward_max=d.reward_max,
+        gamma=ev_in.gamma,
+        horizon=ev_in.horizon,
+        actions_finite=acts["finite"],
+        actions_in_bounds=acts["in_bounds"],
+        action_violation=acts["violation"],
+    )
     decision = decide(dict(ctx.config.gate), evidence)
     gate = GateArtifact(**decision.to_dict(), checkpoint=ckpt.path, actions=acts)
     out = {"gate": gate}
@@ -60,6 +72,11 @@ def run_stage(ctx) -> dict:
     return out
 
 
-STAGE = Stage("gate", reads=("checkpoint", "evaluation", "dataset"), writes=("gate",), run=run_stage,
-              doc="only a policy that passes the gate goes online")
+STAGE = Stage(
+    "gate",
+    reads=("checkpoint", "evaluation", "dataset"),
+    writes=("gate",),
+    run=run_stage,
+    doc="only a policy that passes the gate goes online",
+)
 CONFIG_KEYS = ("gate",)

@@ -30,7 +30,13 @@ from o2o.policies.allocator import tune_cpu_allocator
 from o2o.policies.callbacks import SimEvaluation, UpdateRate, best_from_history
 from o2o.policies.evaluation import Evaluator
 from o2o.policies.training import (
-    TrainerSpec, build_module, check_env, compile_if_asked, make_trainer, select_episodes, step_loader,
+    TrainerSpec,
+    build_module,
+    check_env,
+    compile_if_asked,
+    make_trainer,
+    select_episodes,
+    step_loader,
 )
 
 log = logging.getLogger(__name__)
@@ -58,22 +64,34 @@ class PretrainResult:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}
 
 
-def select_without_simulator(cfg: DictConfig, run_dir: Path, module: OfflineAlgorithm, idx: np.ndarray
-                             ) -> tuple[str | None, str, list[dict] | None]:
+def select_without_simulator(
+    cfg: DictConfig, run_dir: Path, module: OfflineAlgorithm, idx: np.ndarray
+) -> tuple[str | None, str, list[dict] | None]:
     """Best checkpoint by FQE over the periodic candidates (``ope`` config), or the last one if there are none."""
     from o2o.policies.ope.selection import describe_choice, select_by_ope
 
     last = str(run_dir / "checkpoints" / "last.ckpt")
-    paths = sorted((str(p) for p in (run_dir / "checkpoints").glob("step-*.ckpt")),
-                   key=lambda p: int(Path(p).stem.split("-")[-1]))
+    paths = sorted(
+        (str(p) for p in (run_dir / "checkpoints").glob("step-*.ckpt")), key=lambda p: int(Path(p).stem.split("-")[-1])
+    )
     if not cfg.ope.get("select", True) or not paths:
-        return (last if Path(last).exists() else None), "last checkpoint (no simulator evaluation, no OPE selection)", None
+        return (
+            (last if Path(last).exists() else None),
+            "last checkpoint (no simulator evaluation, no OPE selection)",
+            None,
+        )
     ope = {k: v for k, v in plain(cfg.ope).items() if k != "select"}
     ope["gamma"] = float(module.hp.gamma)  # judge every candidate by the return it was trained to maximise
     # The store selection, not the module's replay: filtered BC trains on a subset, OPE needs whole episodes.
     best, table = select_by_ope(paths, cfg.dataset.path, ope, episodes=idx, device=module.device)
-    return best, (f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation): "
-                  f"{describe_choice(table)}"), table
+    return (
+        best,
+        (
+            f"OPE: highest ope/fqe_value over {len(paths)} checkpoints (no simulator evaluation): "
+            f"{describe_choice(table)}"
+        ),
+        table,
+    )
 
 
 def training_progress(label: str):
@@ -100,16 +118,35 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     callbacks: list = [UpdateRate(every=int(cfg.algo.get("log_every", 50)))]
     every = int(ev.every)
     if ev.enabled:
-        evaluator = Evaluator(plain(cfg.env), episodes=int(ev.episodes), num_envs=int(ev.num_envs),
-                              seed=int(ev.seed), gamma=float(module.hp.gamma), asynchronous=bool(ev.asynchronous))
+        evaluator = Evaluator(
+            plain(cfg.env),
+            episodes=int(ev.episodes),
+            num_envs=int(ev.num_envs),
+            seed=int(ev.seed),
+            gamma=float(module.hp.gamma),
+            asynchronous=bool(ev.asynchronous),
+        )
         cb_eval = SimEvaluation(evaluator, every, references=plain(cfg.env.get("reference_returns")))
         callbacks.append(cb_eval)
-        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best-{step}", monitor=cfg.checkpoint.monitor,
-                               mode=cfg.checkpoint.mode, save_top_k=1, every_n_train_steps=every, save_last=True,
-                               auto_insert_metric_name=False)
+        ckpt = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best-{step}",
+            monitor=cfg.checkpoint.monitor,
+            mode=cfg.checkpoint.mode,
+            save_top_k=1,
+            every_n_train_steps=every,
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
     else:  # keep every candidate; an OPE estimate picks among them after training
-        ckpt = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step-{step}", save_top_k=-1,
-                               every_n_train_steps=every, save_last=True, auto_insert_metric_name=False)
+        ckpt = ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="step-{step}",
+            save_top_k=-1,
+            every_n_train_steps=every,
+            save_last=True,
+            auto_insert_metric_name=False,
+        )
     callbacks.append(ckpt)
     spec = TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50)))
     trainer = make_trainer(spec, run_dir, callbacks, progress=training_progress("pretrain"))
@@ -117,28 +154,46 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
     ckpt_path = cfg.trainer.ckpt_path
     if ckpt_path and Path(str(ckpt_path)).exists():  # a clear refusal of an empty, damaged or changed file
         read_checkpoint(str(ckpt_path), "trainer.ckpt_path")
-    trainer.fit(module, train_dataloaders=step_loader(),
-                ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, train_dataloaders=step_loader(), ckpt_path=ckpt_path, weights_only=True)
     module.compile_networks(False)  # the returned module runs eagerly (export traces it)
 
     if trainer.global_rank != 0:  # DDP: the other processes trained in lockstep; rank 0 selects and reports
-        return PretrainResult(run_dir=str(run_dir), best_checkpoint=None, last_checkpoint=None,
-                              selection=f"process {trainer.global_rank}: rank 0 selects and reports",
-                              dataset=module.hparams["meta"]["dataset"], updates=module.update_count,
-                              seconds=time.perf_counter() - start, cpu_allocator=allocator,
-                              precision=str(trainer.precision), module=module)
+        return PretrainResult(
+            run_dir=str(run_dir),
+            best_checkpoint=None,
+            last_checkpoint=None,
+            selection=f"process {trainer.global_rank}: rank 0 selects and reports",
+            dataset=module.hparams["meta"]["dataset"],
+            updates=module.update_count,
+            seconds=time.perf_counter() - start,
+            cpu_allocator=allocator,
+            precision=str(trainer.precision),
+            module=module,
+        )
     history = cb_eval.history if cb_eval is not None else []
     best_eval = best_from_history(history, str(cfg.checkpoint.monitor).removeprefix("eval/"))
     ope_table = None
     if ev.enabled and ckpt.best_model_path:
-        best, selection = ckpt.best_model_path, f"simulation: best {cfg.checkpoint.monitor} over {len(history)} evaluations"
+        best, selection = (
+            ckpt.best_model_path,
+            f"simulation: best {cfg.checkpoint.monitor} over {len(history)} evaluations",
+        )
     else:
         best, selection, ope_table = select_without_simulator(cfg, run_dir, module, idx)
     result = PretrainResult(
-        run_dir=str(run_dir), best_checkpoint=best or None, last_checkpoint=ckpt.last_model_path or None,
-        selection=selection, dataset=module.hparams["meta"]["dataset"], updates=module.update_count,
-        best_eval=best_eval, evaluations=history, seconds=time.perf_counter() - start, ope=ope_table, cpu_allocator=allocator,
-        precision=str(trainer.precision), module=module,
+        run_dir=str(run_dir),
+        best_checkpoint=best or None,
+        last_checkpoint=ckpt.last_model_path or None,
+        selection=selection,
+        dataset=module.hparams["meta"]["dataset"],
+        updates=module.update_count,
+        best_eval=best_eval,
+        evaluations=history,
+        seconds=time.perf_counter() - start,
+        ope=ope_table,
+        cpu_allocator=allocator,
+        precision=str(trainer.precision),
+        module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))
     return result
@@ -158,20 +213,38 @@ def run_stage(ctx) -> dict:
             ctx.log(f"  warm start from {init_from} (trained on dataset version {prev.get('dataset_version')})")
         else:
             ctx.log("  pretrain.init=previous: no earlier checkpoint of this algorithm; training from scratch")
-    cfg = OmegaConf.merge(ctx.config, {"dataset": {"path": data.path, "verify": data.verify},
-                                       "data": {"version": data.selector},
-                                       "run_dir": str(ctx.out_dir), "init_from": init_from})
+    cfg = OmegaConf.merge(
+        ctx.config,
+        {
+            "dataset": {"path": data.path, "verify": data.verify},
+            "data": {"version": data.selector},
+            "run_dir": str(ctx.out_dir),
+            "init_from": init_from,
+        },
+    )
     res = pretrain(cfg)
     if res.best_checkpoint is None:
         raise RuntimeError(f"pretrain produced no checkpoint in {ctx.out_dir}")
     best = res.best_eval or {}
-    ctx.log(f"  {cfg.algo.name}: {res.updates} updates in {res.seconds:.0f} s; best checkpoint by {res.selection}"
-            + (f": return {best['return_mean']:.1f}" if "return_mean" in best else "")
-            + (f", success {best['success_rate']:.2f}" if best.get("success_rate") is not None else ""))
-    return {"checkpoint": CheckpointArtifact(
-        path=res.best_checkpoint, fingerprint=sha256_file(res.best_checkpoint), last=res.last_checkpoint,
-        algo=str(cfg.algo.name), updates=res.updates, selection=res.selection, dataset=TrainedOn.from_dict(res.dataset),
-        best_eval=res.best_eval, evaluations=res.evaluations, summary=str(Path(res.run_dir) / "summary.json"))}
+    ctx.log(
+        f"  {cfg.algo.name}: {res.updates} updates in {res.seconds:.0f} s; best checkpoint by {res.selection}"
+        + (f": return {best['return_mean']:.1f}" if "return_mean" in best else "")
+        + (f", success {best['success_rate']:.2f}" if best.get("success_rate") is not None else "")
+    )
+    return {
+        "checkpoint": CheckpointArtifact(
+            path=res.best_checkpoint,
+            fingerprint=sha256_file(res.best_checkpoint),
+            last=res.last_checkpoint,
+            algo=str(cfg.algo.name),
+            updates=res.updates,
+            selection=res.selection,
+            dataset=TrainedOn.from_dict(res.dataset),
+            best_eval=res.best_eval,
+            evaluations=res.evaluations,
+            summary=str(Path(res.run_dir) / "summary.json"),
+        )
+    }
 
 
 def _valid(outputs: dict) -> bool:
@@ -179,6 +252,12 @@ def _valid(outputs: dict) -> bool:
     return file_unchanged(c.path, c.fingerprint)
 
 
-STAGE = Stage("pretrain", reads=("dataset",), writes=("checkpoint",), run=run_stage, valid=_valid,
-              doc="offline RL on the dataset version collect reported; best checkpoint by simulation or OPE")
+STAGE = Stage(
+    "pretrain",
+    reads=("dataset",),
+    writes=("checkpoint",),
+    run=run_stage,
+    valid=_valid,
+    doc="offline RL on the dataset version collect reported; best checkpoint by simulation or OPE",
+)
 CONFIG_KEYS = ("env", "algo", "trainer", "ope", "data", "eval", "checkpoint", "pretrain", "state_dir")

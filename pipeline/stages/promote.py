@@ -26,8 +26,14 @@ def run_stage(ctx) -> dict:
         raise RuntimeError("promote: the gate did not pass")
     metric = str(cfg.metric)
     offline = (ev.sim or {}).get(metric)
-    policy = PolicyArtifact(path=ckpt.path, fingerprint=ckpt.fingerprint, origin="offline", metric=metric,
-                            value=offline, reason="offline policy passed the gate")
+    policy = PolicyArtifact(
+        path=ckpt.path,
+        fingerprint=ckpt.fingerprint,
+        origin="offline",
+        metric=metric,
+        value=offline,
+        reason="offline policy passed the gate",
+    )
     tuned = ctx.artifact("finetune")
     if tuned is not None:
         online = tuned.evaluation.get(metric)
@@ -37,21 +43,37 @@ def run_stage(ctx) -> dict:
         s_on = tuned.evaluation.get("success_rate")
         max_drop = float(cfg.get("max_success_drop", 0.0))
         if s_off is not None and s_on is not None and s_on < s_off - max_drop:
-            policy = replace(policy, reason=f"finetuned success_rate {s_on:.2f} < offline {s_off:.2f} - "
-                                            f"{max_drop:.2f}: the offline policy stays")
+            policy = replace(
+                policy,
+                reason=f"finetuned success_rate {s_on:.2f} < offline {s_off:.2f} - "
+                f"{max_drop:.2f}: the offline policy stays",
+            )
             online = None
         if online is not None and offline is not None and online >= offline + float(cfg.min_improvement):
-            policy = PolicyArtifact(path=tuned.checkpoint, fingerprint=tuned.fingerprint, origin="finetuned",
-                                    metric=metric, value=online,
-                                    reason=f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + "
-                                           f"{float(cfg.min_improvement):.4g}")
+            policy = PolicyArtifact(
+                path=tuned.checkpoint,
+                fingerprint=tuned.fingerprint,
+                origin="finetuned",
+                metric=metric,
+                value=online,
+                reason=f"finetuned {metric} {online:.4g} >= offline {offline:.4g} + {float(cfg.min_improvement):.4g}",
+            )
         elif online is not None:
-            policy = replace(policy, reason=f"finetuned {metric} {online:.4g} not better than offline {_num(offline)} "
-                                            f"by {float(cfg.min_improvement):.4g}: the offline policy stays")
+            policy = replace(
+                policy,
+                reason=f"finetuned {metric} {online:.4g} not better than offline {_num(offline)} "
+                f"by {float(cfg.min_improvement):.4g}: the offline policy stays",
+            )
     ctx.log(f"  promoted: {policy.origin} ({policy.reason})")
     return {"policy": policy}
 
 
-STAGE = Stage("promote", reads=("checkpoint", "evaluation", "gate"), writes=("policy",), run=run_stage,
-              optional=("finetune",), doc="the finetuned policy replaces the incumbent only if it evaluates better")
+STAGE = Stage(
+    "promote",
+    reads=("checkpoint", "evaluation", "gate"),
+    writes=("policy",),
+    run=run_stage,
+    optional=("finetune",),
+    doc="the finetuned policy replaces the incumbent only if it evaluates better",
+)
 CONFIG_KEYS = ("promote",)

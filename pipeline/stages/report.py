@@ -17,7 +17,12 @@ import numpy as np
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.artifacts import (
-    CheckpointArtifact, DatasetArtifact, EvaluationArtifact, ExportedArtifact, FinetuneArtifact, GateArtifact,
+    CheckpointArtifact,
+    DatasetArtifact,
+    EvaluationArtifact,
+    ExportedArtifact,
+    FinetuneArtifact,
+    GateArtifact,
     ReportArtifact,
 )
 from o2o.pipeline.dag import Stage
@@ -62,14 +67,24 @@ def dataset_section(out: Path, data: DatasetArtifact) -> list[str]:
     for s, pid in sorted(set(zip(t["source"], t["policy_id"])), key=lambda k: (str(k[0]), str(k[1]))):
         m = (t["source"] == s) & (t["policy_id"] == pid)
         succ = np.asarray(t["success"][m], float)
-        rows.append(f"| {s} | {pid} | {int(m.sum())} | {int(t['length'][m].sum())} | {np.mean(t['returns'][m]):.1f} | "
-                    f"{_fmt(float(np.nanmean(succ)) if np.isfinite(succ).any() else None, '.2f')} |")
+        rows.append(
+            f"| {s} | {pid} | {int(m.sum())} | {int(t['length'][m].sum())} | {np.mean(t['returns'][m]):.1f} | "
+            f"{_fmt(float(np.nanmean(succ)) if np.isfinite(succ).any() else None, '.2f')} |"
+        )
     now = len(t["index"])
-    grown = (f" It now holds {now} episodes ({int(t['length'].sum())} steps): {now - trained} appended since."
-             if now > trained else "")
-    return [f"## Dataset\n\n`{data.path}`: the offline policy was trained on version "
-            f"{trained}@{data.fingerprint[:12]} ({data.transitions} transitions).{grown}\n", *rows, "",
-            "![dataset](dataset.png)", ""]
+    grown = (
+        f" It now holds {now} episodes ({int(t['length'].sum())} steps): {now - trained} appended since."
+        if now > trained
+        else ""
+    )
+    return [
+        f"## Dataset\n\n`{data.path}`: the offline policy was trained on version "
+        f"{trained}@{data.fingerprint[:12]} ({data.transitions} transitions).{grown}\n",
+        *rows,
+        "",
+        "![dataset](dataset.png)",
+        "",
+    ]
 
 
 LOG_SPAN = 30.0  # a positive loss whose largest value is this many times its smallest gets a log axis
@@ -80,8 +95,15 @@ def _legend_below(ax, handles: list | None = None, labels: list | None = None):
     """The legend under the axes, outside them: it covers no curve."""
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
-    return ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-                     ncol=min(3, max(1, len(handles))), frameon=False)
+    return ax.legend(
+        handles,
+        labels,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=min(3, max(1, len(handles))),
+        frameon=False,
+    )
 
 
 def _loss_axis(ax, values: list[float]) -> str:
@@ -131,41 +153,64 @@ def training_figure(metrics: list[dict], hist: list[dict]):
             ev.plot(steps, [h["q_start_mean"] for h in hist], "s--", label="Q(start), estimated")
             ev.plot(steps, [h["mc_discounted_return_mean"] for h in hist], "^:", label="discounted return, achieved")
         _legend_below(ev)
-    ev.set(xlabel="update", ylabel="env reward units",
-           title="periodic evaluation" if hist else "periodic evaluation (none: eval.enabled=false)")
-    how = ("each on its own axis; log where a loss fell by more than "
-           f"{LOG_SPAN:g}x" if "log" in scales else "each on its own linear axis")
+    ev.set(
+        xlabel="update",
+        ylabel="env reward units",
+        title="periodic evaluation" if hist else "periodic evaluation (none: eval.enabled=false)",
+    )
+    how = (
+        f"each on its own axis; log where a loss fell by more than {LOG_SPAN:g}x"
+        if "log" in scales
+        else "each on its own linear axis"
+    )
     fig.suptitle(f"training losses ({how})" if losses else "training losses (none logged)", fontsize=10)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.2)
     return fig
 
 
 def training_section(out: Path, ckpt: CheckpointArtifact) -> list[str]:
-    lines = [f"## Offline training\n\n{ckpt.algo}, {ckpt.updates} updates; checkpoint `{ckpt.path}` "
-             f"chosen by {ckpt.selection}.\n"]
+    lines = [
+        f"## Offline training\n\n{ckpt.algo}, {ckpt.updates} updates; checkpoint `{ckpt.path}` "
+        f"chosen by {ckpt.selection}.\n"
+    ]
     metrics = Path(ckpt.summary).parent / "csv" / "metrics.csv" if ckpt.summary else None
     rows = list(csv.DictReader(metrics.read_text().splitlines())) if metrics and metrics.exists() else []
     fig = training_figure(rows, ckpt.evaluations or [])
     fig.savefig(out / "training.png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
-    return [*lines, "![training](training.png)", "",
-            "Each loss has its own axis (log where it fell by more than "
-            f"{LOG_SPAN:g}x); under them, the critic's Q(start) next to the discounted return the policy achieved.", ""]
+    return [
+        *lines,
+        "![training](training.png)",
+        "",
+        "Each loss has its own axis (log where it fell by more than "
+        f"{LOG_SPAN:g}x); under them, the critic's Q(start) next to the discounted return the policy achieved.",
+        "",
+    ]
 
 
 def evaluation_section(ev: EvaluationArtifact | None) -> list[str]:
     if ev is None:
         return ["## Evaluation\n\nThe evaluate stage did not run.\n"]
     s, ope, d = ev.sim or {}, ev.ope or {}, ev.data
-    rows = ["| | return | success | discounted return | Q(start) estimated | FQE |", "|---|---:|---:|---:|---:|---:|",
-            f"| dataset behaviour | {d.return_mean:.1f} | {_fmt(d.success_rate, '.2f')} | - | - | - |",
-            f"| offline policy | {_fmt(s.get('return_mean'), '.1f')} | {_fmt(s.get('success_rate'), '.2f')} | "
-            f"{_fmt(s.get('mc_discounted_return_mean'), '.1f')} | {_fmt(s.get('q_start_mean'), '.1f')} | "
-            f"{_fmt(ope.get('ope/fqe_value'), '.1f')} |"]
-    fqe = ("FQE the off-policy estimate from the dataset alone" if ope else
-           "no off-policy estimate was asked for (`evaluation.ope=true` adds FQE, IS and DR next to simulation)")
-    return [f"## Evaluation\n\n{_fmt(s.get('episodes'), '.0f')} simulated episodes on seeds not used to choose the "
-            f"checkpoint; Q(start) is the critic's own estimate on the start states, {fqe}.\n", *rows, ""]
+    rows = [
+        "| | return | success | discounted return | Q(start) estimated | FQE |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| dataset behaviour | {d.return_mean:.1f} | {_fmt(d.success_rate, '.2f')} | - | - | - |",
+        f"| offline policy | {_fmt(s.get('return_mean'), '.1f')} | {_fmt(s.get('success_rate'), '.2f')} | "
+        f"{_fmt(s.get('mc_discounted_return_mean'), '.1f')} | {_fmt(s.get('q_start_mean'), '.1f')} | "
+        f"{_fmt(ope.get('ope/fqe_value'), '.1f')} |",
+    ]
+    fqe = (
+        "FQE the off-policy estimate from the dataset alone"
+        if ope
+        else "no off-policy estimate was asked for (`evaluation.ope=true` adds FQE, IS and DR next to simulation)"
+    )
+    return [
+        f"## Evaluation\n\n{_fmt(s.get('episodes'), '.0f')} simulated episodes on seeds not used to choose the "
+        f"checkpoint; Q(start) is the critic's own estimate on the start states, {fqe}.\n",
+        *rows,
+        "",
+    ]
 
 
 def gate_section(gate: GateArtifact | None) -> list[str]:
@@ -173,8 +218,10 @@ def gate_section(gate: GateArtifact | None) -> list[str]:
         return ["## Gate\n\nThe gate did not run.\n"]
     rows = ["| criterion | value | threshold | passed | margin |", "|---|---:|---:|:-:|---:|"]
     for c in gate.criteria:
-        rows.append(f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
-                    f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |")
+        rows.append(
+            f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
+            f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |"
+        )
     verdict = "**passed**" if gate.passed else "**failed**: the online stages did not run"
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
 
@@ -196,17 +243,30 @@ def finetune_figure(ft: dict):
         handles.append(ax.axhline(curve[0][metric], color="gray", ls="--", lw=1, label="pre-finetune level"))
         if any("success_rate" in c for c in curve) and metric != "success_rate":
             ax2 = ax.twinx()
-            handles += ax2.plot(steps, [c.get("success_rate") for c in curve], "s:", color="tab:green",
-                                label="success rate (right axis)")
+            handles += ax2.plot(
+                steps,
+                [c.get("success_rate") for c in curve],
+                "s:",
+                color="tab:green",
+                label="success rate (right axis)",
+            )
             ax2.set(ylabel="success rate", ylim=(-0.05, 1.05))
             ax.set_zorder(ax2.get_zorder() + 1)  # the metric and the rollback marks above the success curve
             ax.patch.set_visible(False)
     if rb:
         handles.append(ax.axhline(rb["threshold"], color="tab:red", ls=":", lw=1, label="rollback threshold"))
         ax.axvline(rb["step"], color="tab:red", lw=1.5)
-        handles += ax.plot([rb["step"]], [rb["value"]], "X", color="tab:red", ms=11, label=f"rollback (step {rb['step']})")
-        handles += ax.plot([rb["restored_step"]], [rb["restored_value"]], "*", color="tab:orange", ms=14,
-                           label=f"restored weights (step {rb['restored_step']})")
+        handles += ax.plot(
+            [rb["step"]], [rb["value"]], "X", color="tab:red", ms=11, label=f"rollback (step {rb['step']})"
+        )
+        handles += ax.plot(
+            [rb["restored_step"]],
+            [rb["restored_value"]],
+            "*",
+            color="tab:orange",
+            ms=14,
+            label=f"restored weights (step {rb['restored_step']})",
+        )
         values += [float(rb["threshold"]), float(rb["value"])]
     if values:
         level = float(curve[0][metric]) if curve else values[0]
@@ -217,8 +277,12 @@ def finetune_figure(ft: dict):
             lo, hi, pad = min(lo, 0.0), max(hi, 1.0), 0.05
         ax.set_ylim(lo - pad, hi + pad)
     ax.set(xlabel="online env steps", ylabel=metric)
-    ax.set_title("online finetuning" + (" — ROLLED BACK" if rb else "")
-                 + f"\n({metric} axis spans at least ±{MIN_RELATIVE_SPAN:.0%} of the pre-finetune level)", fontsize=10)
+    ax.set_title(
+        "online finetuning"
+        + (" — ROLLED BACK" if rb else "")
+        + f"\n({metric} axis spans at least ±{MIN_RELATIVE_SPAN:.0%} of the pre-finetune level)",
+        fontsize=10,
+    )
     if handles:
         _legend_below(ax, handles, [h.get_label() for h in handles])
     fig.tight_layout()
@@ -233,13 +297,16 @@ def finetune_section(out: Path, ft: FinetuneArtifact | None) -> list[str]:
     fig.savefig(out / "finetune.png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
     ev, pre, online = ft.evaluation or {}, ft.pre_finetune or {}, ft.online or {}
-    rows = ["| | return | success |", "|---|---:|---:|",
-            f"| before finetuning (periodic seeds) | {_fmt(pre.get('return_mean'), '.1f')} | "
-            f"{_fmt(pre.get('success_rate'), '.2f')} |",
-            f"| online episodes (exploring) | {_fmt(online.get('return_mean'), '.1f')} | "
-            f"{_fmt(online.get('success_rate'), '.2f')} |",
-            f"| finetuned policy (evaluation seeds) | {_fmt(ev.get('return_mean'), '.1f')} | "
-            f"{_fmt(ev.get('success_rate'), '.2f')} |"]
+    rows = [
+        "| | return | success |",
+        "|---|---:|---:|",
+        f"| before finetuning (periodic seeds) | {_fmt(pre.get('return_mean'), '.1f')} | "
+        f"{_fmt(pre.get('success_rate'), '.2f')} |",
+        f"| online episodes (exploring) | {_fmt(online.get('return_mean'), '.1f')} | "
+        f"{_fmt(online.get('success_rate'), '.2f')} |",
+        f"| finetuned policy (evaluation seeds) | {_fmt(ev.get('return_mean'), '.1f')} | "
+        f"{_fmt(ev.get('success_rate'), '.2f')} |",
+    ]
     return [f"## Online finetuning\n\n{ft.summary}\n", *rows, "", "![finetuning](finetune.png)", ""]
 
 
@@ -248,8 +315,11 @@ def export_section(ex: ExportedArtifact | None) -> list[str]:
     the largest action difference on recorded observations, and the closed loop in simulation."""
     if ex is None:
         return ["## Export\n\nThis stage did not run in this pipeline.\n"]
-    lines = [f"## Export\n\nThe {ex.origin} policy, in `{ex.dir}` (manifest `{ex.manifest}`).\n",
-             "| file | bytes |", "|---|---:|"]
+    lines = [
+        f"## Export\n\nThe {ex.origin} policy, in `{ex.dir}` (manifest `{ex.manifest}`).\n",
+        "| file | bytes |",
+        "|---|---:|",
+    ]
     lines += [f"| {name} | {_fmt((info or {}).get('bytes'), 'd')} |" for name, info in (ex.files or {}).items()]
     lines += ["", "| backend | largest action difference vs torch |", "|---|---:|"]
     lines += [f"| {k} | {_fmt(v, '.1e')} |" for k, v in (ex.parity or {}).items()]
@@ -278,8 +348,12 @@ def run_stage(ctx) -> dict:
     return {"report": ReportArtifact(path=str(path), plots=sorted(p.name for p in out.glob("*.png")))}
 
 
-STAGE = Stage("report", reads=("dataset",), writes=("report",), run=run_stage,
-              optional=("checkpoint", "evaluation", "gate", "finetune", "exported"),
-              doc="a Markdown page with plots: data, training, evaluation, gate, finetuning, export")
+STAGE = Stage(
+    "report",
+    reads=("dataset",),
+    writes=("report",),
+    run=run_stage,
+    optional=("checkpoint", "evaluation", "gate", "finetune", "exported"),
+    doc="a Markdown page with plots: data, training, evaluation, gate, finetuning, export",
+)
 CONFIG_KEYS = ("report",)
-

@@ -56,8 +56,11 @@ class AWAC(OfflineAlgorithm):
         with torch.no_grad():
             pi = self.actor(batch.observations)
             # One critic call for the dataset action and the policy's action (the V baseline).
-            both = self.critic(torch.cat([batch.observations, batch.observations]),
-                               torch.cat([batch.actions, pi.action])).min(dim=0).values
+            both = (
+                self.critic(torch.cat([batch.observations, batch.observations]), torch.cat([batch.actions, pi.action]))
+                .min(dim=0)
+                .values
+            )
             q_data, v = both.chunk(2)
             adv = q_data - v
             w = L.awr_weights(adv, 1.0 / self.hp.awac_lambda, self.hp.max_weight)

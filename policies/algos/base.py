@@ -36,7 +36,11 @@ from torch import Tensor, nn
 from o2o.core.resolve import resolve
 from o2o.policies.algos.losses import LossOut
 from o2o.policies.data import (
-    Batch, Normalization, TensorReplay, action_from_unit_t, normalize_obs_t,
+    Batch,
+    Normalization,
+    TensorReplay,
+    action_from_unit_t,
+    normalize_obs_t,
 )
 from o2o.policies.networks import adam, compile_mlps, soft_update, strip_compiled
 
@@ -96,9 +100,14 @@ def resolve_algorithm(path: str) -> type["OfflineAlgorithm"]:
     Checkpoints name their class; refusing anything else means loading a checkpoint can
     never import arbitrary code.
     """
-    return resolve(path, ALGO_PREFIX, base=OfflineAlgorithm, what="algorithm class",
-                   rule=f"it must live in '{ALGO_PREFIX}' (e.g. '{ALGO_PREFIX}iql.IQL')",
-                   kind="an o2o algorithm (subclass of OfflineAlgorithm)")
+    return resolve(
+        path,
+        ALGO_PREFIX,
+        base=OfflineAlgorithm,
+        what="algorithm class",
+        rule=f"it must live in '{ALGO_PREFIX}' (e.g. '{ALGO_PREFIX}iql.IQL')",
+        kind="an o2o algorithm (subclass of OfflineAlgorithm)",
+    )
 
 
 class DeterministicPolicy(nn.Module):
@@ -107,8 +116,15 @@ class DeterministicPolicy(nn.Module):
     What gets exported and what a learned behaviour policy runs: ``forward(obs [B, O])``.
     """
 
-    def __init__(self, actor: nn.Module, obs_mean: Tensor, obs_std: Tensor, act_center: Tensor, act_half: Tensor,
-                 obs_clip: float = 0.0):
+    def __init__(
+        self,
+        actor: nn.Module,
+        obs_mean: Tensor,
+        obs_std: Tensor,
+        act_center: Tensor,
+        act_half: Tensor,
+        obs_clip: float = 0.0,
+    ):
         super().__init__()
         self.actor = actor
         self.register_buffer("obs_mean", obs_mean.detach().clone())
@@ -130,8 +146,10 @@ class Scratch(dict):
     on. Reading a key no earlier loss wrote is an error naming it."""
 
     def __missing__(self, key: str):
-        raise KeyError(f"{key!r} is not in this update's scratch (it holds {sorted(self)}): an earlier loss of "
-                       "update_order writes it; run the losses in update_order with one Scratch per update")
+        raise KeyError(
+            f"{key!r} is not in this update's scratch (it holds {sorted(self)}): an earlier loss of "
+            "update_order writes it; run the losses in update_order with one Scratch per update"
+        )
 
 
 class OfflineAlgorithm(L.LightningModule):
@@ -151,8 +169,14 @@ class OfflineAlgorithm(L.LightningModule):
     #: entries updated only every k-th update (e.g. {"actor": 2} for delayed actors)
     update_every: ClassVar[dict[str, int]] = {}
 
-    def __init__(self, obs_dim: int, act_dim: int, algo: Mapping[str, Any], normalization: Mapping[str, Any],
-                 meta: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        algo: Mapping[str, Any],
+        normalization: Mapping[str, Any],
+        meta: Mapping[str, Any] | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -246,8 +270,14 @@ class OfflineAlgorithm(L.LightningModule):
     def policy(self) -> DeterministicPolicy:
         """A standalone deterministic policy module (raw obs -> env-unit action), on CPU, for export."""
         actor = copy.deepcopy(self.actor).to("cpu").eval().requires_grad_(False)
-        return DeterministicPolicy(actor, self.obs_mean.cpu(), self.obs_std.cpu(), self.act_center.cpu(),
-                                   self.act_half.cpu(), self.norm.obs_clip).eval()
+        return DeterministicPolicy(
+            actor,
+            self.obs_mean.cpu(),
+            self.obs_std.cpu(),
+            self.act_center.cpu(),
+            self.act_half.cpu(),
+            self.norm.obs_clip,
+        ).eval()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | Tensor, deterministic: bool = True) -> np.ndarray:
@@ -346,8 +376,12 @@ class OfflineAlgorithm(L.LightningModule):
         ``checkpoint["o2o"]["evaluation"]`` (export compares the exported policy with it); the
         record holds the weights' digest, so it never travels with weights it did not judge.
         """
-        record: dict[str, Any] = {"step": self.update_count, "episodes": int(episodes), "seed": int(seed),
-                                  "weights_sha256": weights_digest(self.state_dict())}
+        record: dict[str, Any] = {
+            "step": self.update_count,
+            "episodes": int(episodes),
+            "seed": int(seed),
+            "weights_sha256": weights_digest(self.state_dict()),
+        }
         for key in ("return_mean", "return_std", "success_rate", "normalized_score"):
             if metrics.get(key) is not None:
                 record[key] = float(metrics[key])
@@ -356,8 +390,12 @@ class OfflineAlgorithm(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         digest = weights_digest(checkpoint["state_dict"])
-        record: dict[str, Any] = {"format": 1, "cls": f"{type(self).__module__}.{type(self).__qualname__}",
-                                  "updates": self.update_count, "weights_sha256": digest}
+        record: dict[str, Any] = {
+            "format": 1,
+            "cls": f"{type(self).__module__}.{type(self).__qualname__}",
+            "updates": self.update_count,
+            "weights_sha256": digest,
+        }
         if self._evaluation is not None and self._evaluation["weights_sha256"] == digest:
             record["evaluation"] = dict(self._evaluation)
         checkpoint["o2o"] = record
@@ -416,21 +454,28 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", map_locat
     except FileNotFoundError:
         raise FileNotFoundError(f"{where} does not exist") from None
     if size == 0:
-        raise CheckpointError(f"{where} is empty (0 bytes): it was not written completely (a crash or a full disk "
-                              "while saving?); use another checkpoint of the run or train again")
+        raise CheckpointError(
+            f"{where} is empty (0 bytes): it was not written completely (a crash or a full disk "
+            "while saving?); use another checkpoint of the run or train again"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" in str(e).lower():  # the refusal that keeps code out: keep refusing
-            raise CheckpointError(f"{where} refused: it holds Python objects that loading would have to execute "
-                                  f"({_unpickling_refusal(e)}); o2o loads checkpoints with torch.load(weights_only="
-                                  "True) and never unpickles code") from None
-        raise CheckpointError(f"{where} ({size} bytes) cannot be read as a torch checkpoint (UnpicklingError: "
-                              f"{_unpickling_refusal(e)})") from None
+            raise CheckpointError(
+                f"{where} refused: it holds Python objects that loading would have to execute "
+                f"({_unpickling_refusal(e)}); o2o loads checkpoints with torch.load(weights_only="
+                "True) and never unpickles code"
+            ) from None
+        raise CheckpointError(
+            f"{where} ({size} bytes) cannot be read as a torch checkpoint (UnpicklingError: {_unpickling_refusal(e)})"
+        ) from None
     except Exception as e:  # EOFError, zip reader errors on a truncated file, KeyError on arbitrary bytes...
         reason = str(e).split(". ")[0].strip() or "unexpected end of file"
-        raise CheckpointError(f"{where} ({size} bytes) cannot be read as a torch checkpoint ({type(e).__name__}: "
-                              f"{reason}); it is truncated, damaged or not a checkpoint") from None
+        raise CheckpointError(
+            f"{where} ({size} bytes) cannot be read as a torch checkpoint ({type(e).__name__}: "
+            f"{reason}); it is truncated, damaged or not a checkpoint"
+        ) from None
     if not isinstance(ckpt, dict) or "o2o" not in ckpt or "hyper_parameters" not in ckpt:
         raise CheckpointError(f"{where} is not an o2o algorithm checkpoint (no 'o2o' section)")
     o2o = ckpt["o2o"]
@@ -439,19 +484,26 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", map_locat
         key = os.path.abspath(path)
         if key not in _UNSTAMPED_WARNED:
             _UNSTAMPED_WARNED.add(key)
-            log.warning("%s records no weights digest (written before o2o checkpoints carried one): a change to its "
-                        "weights cannot be detected; re-save it with this o2o version to protect it", where)
+            log.warning(
+                "%s records no weights digest (written before o2o checkpoints carried one): a change to its "
+                "weights cannot be detected; re-save it with this o2o version to protect it",
+                where,
+            )
     else:
         actual = weights_digest(ckpt["state_dict"])
         if actual != recorded:
-            raise CheckpointError(f"{where}: weights changed after it was written (digest {actual[:16]}... != "
-                                  f"recorded {str(recorded)[:16]}...); use the checkpoint as training wrote it, or "
-                                  "train again")
+            raise CheckpointError(
+                f"{where}: weights changed after it was written (digest {actual[:16]}... != "
+                f"recorded {str(recorded)[:16]}...); use the checkpoint as training wrote it, or "
+                "train again"
+            )
     ev = o2o.get("evaluation")
     if ev is not None and (recorded is None or ev.get("weights_sha256") != recorded):
-        raise CheckpointError(f"{where}: its evaluation record (step {ev.get('step')}) is of other weights "
-                              f"({str(ev.get('weights_sha256'))[:16]}... != the checkpoint's {str(recorded)[:16]}...): "
-                              "the weights or the record changed after it was written")
+        raise CheckpointError(
+            f"{where}: its evaluation record (step {ev.get('step')}) is of other weights "
+            f"({str(ev.get('weights_sha256'))[:16]}... != the checkpoint's {str(recorded)[:16]}...): "
+            "the weights or the record changed after it was written"
+        )
     return ckpt
 
 

@@ -45,12 +45,19 @@ class CalQL(CQL):
         if not getattr(replay, "has_mc_returns", False):
             episodes = getattr(replay, "episode_index", None)
             if episodes is None:
-                raise ValueError(f"Cal-QL: the replay buffer ({type(replay).__name__}) carries no MC returns and no "
-                                 "episode structure to compute them from; build it with TensorReplay.from_transitions "
-                                 "from whole episodes of the store")
+                raise ValueError(
+                    f"Cal-QL: the replay buffer ({type(replay).__name__}) carries no MC returns and no "
+                    "episode structure to compute them from; build it with TensorReplay.from_transitions "
+                    "from whole episodes of the store"
+                )
             n = len(replay)
-            mc = return_to_go(replay.rewards[:n].cpu().numpy(), episodes, replay.terminals[:n].cpu().numpy(),
-                              float(self.hp.gamma), str(self.hp.mc_tail))
+            mc = return_to_go(
+                replay.rewards[:n].cpu().numpy(),
+                episodes,
+                replay.terminals[:n].cpu().numpy(),
+                float(self.hp.gamma),
+                str(self.hp.mc_tail),
+            )
             replay.enable_mc_returns(mc)
         super().attach_replay(replay)
 
@@ -59,6 +66,8 @@ class CalQL(CQL):
         below by them before the log-sum-exp, and logs how often the bound was active
         (``calql_bound_rate``: the share of policy-action Q-values below the data's return)."""
         if not isinstance(batch, MCBatch):
-            raise ValueError("Cal-QL: the batch carries no mc_returns (an MCBatch is needed); attach the data with "
-                             "attach_replay so the MC returns are computed")
+            raise ValueError(
+                "Cal-QL: the batch carries no mc_returns (an MCBatch is needed); attach the data with "
+                "attach_replay so the MC returns are computed"
+            )
         return batch.mc_returns

@@ -64,12 +64,18 @@ class ModelReplay(TensorReplay):
         """Append ``n`` transitions (tensors on any device), overwriting the oldest when full."""
         n = obs.shape[0]
         if n > self.capacity:  # only the newest rows would survive anyway
-            obs, actions, rewards, next_obs, terminals = (t[n - self.capacity:] for t in
-                                                          (obs, actions, rewards, next_obs, terminals))
+            obs, actions, rewards, next_obs, terminals = (
+                t[n - self.capacity :] for t in (obs, actions, rewards, next_obs, terminals)
+            )
             n = self.capacity
         idx = (self.pointer + torch.arange(n, device=self.device)) % self.capacity
-        for dst, value in ((self.observations, obs), (self.actions, actions), (self.rewards, rewards),
-                           (self.next_observations, next_obs), (self.terminals, terminals)):
+        for dst, value in (
+            (self.observations, obs),
+            (self.actions, actions),
+            (self.rewards, rewards),
+            (self.next_observations, next_obs),
+            (self.terminals, terminals),
+        ):
             dst.index_copy_(0, idx, value.detach().to(self.device, torch.float32).reshape(n, *dst.shape[1:]))
         self.timeouts.index_fill_(0, idx, 0.0)
         self.pointer = (self.pointer + n) % self.capacity
@@ -78,9 +84,12 @@ class ModelReplay(TensorReplay):
 
 def resolve_termination_fn(path: str) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """The function at dotted ``path`` (inside ``o2o.``): ``(obs, action, next_obs) -> bool [B]``, env units."""
-    return resolve(path, TERMINATION_PREFIX, what="termination_fn",
-                   rule=f"it must live in '{TERMINATION_PREFIX}' (e.g. 'o2o.envs.<suite>.<fn>'), or be null for "
-                        "no terminations")
+    return resolve(
+        path,
+        TERMINATION_PREFIX,
+        what="termination_fn",
+        rule=f"it must live in '{TERMINATION_PREFIX}' (e.g. 'o2o.envs.<suite>.<fn>'), or be null for no terminations",
+    )
 
 
 def _rows(batch: Batch, stop: int) -> Batch:
@@ -141,18 +150,29 @@ class COMBO(CQL):
         term = None
         if hp.termination_fn is not None:
             term = self._env_unit_termination(resolve_termination_fn(hp.termination_fn))
-        self.dynamics = EnsembleDynamics(self.obs_dim, self.act_dim, hp.dynamics_hidden, int(hp.n_models),
-                                         int(hp.n_elites), hp.dynamics_activation, hp.dynamics_weight_decay,
-                                         float(hp.dynamics_bound_coef), termination_fn=term)
+        self.dynamics = EnsembleDynamics(
+            self.obs_dim,
+            self.act_dim,
+            hp.dynamics_hidden,
+            int(hp.n_models),
+            int(hp.n_elites),
+            hp.dynamics_activation,
+            hp.dynamics_weight_decay,
+            float(hp.dynamics_bound_coef),
+            termination_fn=term,
+        )
         self.model_replay: ModelReplay | None = None  # not in checkpoints: refilled by the first update
         self._model_metrics: dict[str, Tensor] = {}
 
     def _env_unit_termination(self, fn: Callable) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         # The model works in the replay's normalised space; the env's rule is written in env units.
         def terminal(obs: Tensor, act: Tensor, next_obs: Tensor) -> Tensor:
-            return fn(denormalize_obs_t(obs, self.obs_mean, self.obs_std),
-                      action_from_unit_t(act, self.act_center, self.act_half),  # in [-1, 1] already: the clamp is moot
-                      denormalize_obs_t(next_obs, self.obs_mean, self.obs_std))
+            return fn(
+                denormalize_obs_t(obs, self.obs_mean, self.obs_std),
+                action_from_unit_t(act, self.act_center, self.act_half),  # in [-1, 1] already: the clamp is moot
+                denormalize_obs_t(next_obs, self.obs_mean, self.obs_std),
+            )
+
         return terminal
 
     def model_buffer_capacity(self) -> int:
@@ -172,15 +192,30 @@ class COMBO(CQL):
         hp, data = self.hp, self.replay.all()
         start = time.perf_counter()
         metrics = self.dynamics.fit(
-            data.observations, data.actions, data.rewards, data.next_observations,
-            batch_size=int(hp.dynamics_batch_size), lr=float(hp.dynamics_lr),
-            val_fraction=float(hp.dynamics_val_fraction), max_val=int(hp.dynamics_max_val),
-            patience=int(hp.dynamics_patience), max_epochs=hp.dynamics_max_epochs,
-            min_improvement=float(hp.dynamics_min_improvement), seed=int(hp.seed))
-        log.info("COMBO dynamics: %d models on %d transitions, %d epochs in %.1f s; elites %s; held-out MSE "
-                 "(standardised) %.4g vs %.4g for 'no change'", self.dynamics.n_models, len(data),
-                 metrics["dynamics_epochs"], time.perf_counter() - start, self.dynamics.elites.tolist(),
-                 metrics["dynamics_val_mse"], metrics["dynamics_val_mse_no_change"])
+            data.observations,
+            data.actions,
+            data.rewards,
+            data.next_observations,
+            batch_size=int(hp.dynamics_batch_size),
+            lr=float(hp.dynamics_lr),
+            val_fraction=float(hp.dynamics_val_fraction),
+            max_val=int(hp.dynamics_max_val),
+            patience=int(hp.dynamics_patience),
+            max_epochs=hp.dynamics_max_epochs,
+            min_improvement=float(hp.dynamics_min_improvement),
+            seed=int(hp.seed),
+        )
+        log.info(
+            "COMBO dynamics: %d models on %d transitions, %d epochs in %.1f s; elites %s; held-out MSE "
+            "(standardised) %.4g vs %.4g for 'no change'",
+            self.dynamics.n_models,
+            len(data),
+            metrics["dynamics_epochs"],
+            time.perf_counter() - start,
+            self.dynamics.elites.tolist(),
+            metrics["dynamics_val_mse"],
+            metrics["dynamics_val_mse_no_change"],
+        )
         return metrics
 
     @torch.no_grad()
@@ -188,8 +223,9 @@ class COMBO(CQL):
         """Roll the current policy out in the model from dataset states; store the transitions."""
         hp = self.hp
         if self.model_replay is None:
-            self.model_replay = ModelReplay(self.obs_dim, self.act_dim, self.model_buffer_capacity(), self.device,
-                                            seed=int(hp.seed))
+            self.model_replay = ModelReplay(
+                self.obs_dim, self.act_dim, self.model_buffer_capacity(), self.device, seed=int(hp.seed)
+            )
         gen = self.model_replay.generator
         obs = self.replay.sample(int(hp.rollout_batch_size)).observations
         rewards = []
@@ -210,8 +246,11 @@ class COMBO(CQL):
             obs = next_obs
         rewards = torch.cat(rewards)
         as_tensor = lambda v: torch.tensor(float(v), device=self.device)  # noqa: E731
-        return {"model_reward_mean": rewards.mean(), "model_transitions": as_tensor(rewards.numel()),
-                "model_buffer_rows": as_tensor(len(self.model_replay))}
+        return {
+            "model_reward_mean": rewards.mean(),
+            "model_transitions": as_tensor(rewards.numel()),
+            "model_buffer_rows": as_tensor(len(self.model_replay)),
+        }
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
@@ -220,8 +259,11 @@ class COMBO(CQL):
             self.train_dynamics()
         if "dynamics_val_mse" not in self._model_metrics:  # also after a resume, from the checkpointed buffers
             self._model_metrics["dynamics_val_mse"] = self.dynamics.val_mse[self.dynamics.elites].mean()
-        if (self.model_replay is None or len(self.model_replay) == 0
-                or self.update_count % int(self.hp.rollout_every) == 0):
+        if (
+            self.model_replay is None
+            or len(self.model_replay) == 0
+            or self.update_count % int(self.hp.rollout_every) == 0
+        ):
             self._model_metrics.update(self.rollout())
         n_real = max(1, int(len(batch) * float(self.hp.real_ratio)))
         if n_real < len(batch):

@@ -58,9 +58,13 @@ class CQL(SAC):
     def parameters_for(self, name: str):
         return [self.log_alpha_prime] if name == "alpha_prime" else super().parameters_for(name)
 
-    def soft_max_q(self, obs: torch.Tensor, next_obs: torch.Tensor, data_actions: torch.Tensor | None = None,
-                   lower_bound: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    def soft_max_q(
+        self,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        data_actions: torch.Tensor | None = None,
+        lower_bound: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """CQL(H)'s importance-sampled log-sum-exp of Q over actions at ``obs``, per critic ``[n, B]``
         (K uniform actions, K from pi(.|s), K from pi(.|s'), all valued at s); Q(obs, data_actions)
         ``[n, B]`` from the same critic call when ``data_actions`` are given; and metrics.
@@ -88,13 +92,15 @@ class CQL(SAC):
         """A hook: the lower bound ``[B]`` on the policy proposals' Q-values (Cal-QL), or None (CQL)."""
         return None
 
-    def cql_penalty_per_member(self, batch: Batch, scratch: Scratch
-                               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    def cql_penalty_per_member(
+        self, batch: Batch, scratch: Scratch
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """A hook: the gap the regulariser weighs, per critic ``[n]``; Q(s, a) ``[n, B]`` of the batch's
         pairs for the TD loss; metrics. CQL: ``soft max_a Q - Q(s, a_data)`` averaged over the batch,
         Q(s, a_data) from the same critic call."""
-        soft, q_data, metrics = self.soft_max_q(batch.observations, batch.next_observations, batch.actions,
-                                                self.proposal_lower_bound(batch))
+        soft, q_data, metrics = self.soft_max_q(
+            batch.observations, batch.next_observations, batch.actions, self.proposal_lower_bound(batch)
+        )
         assert q_data is not None  # data actions given
         return L.cql_penalty_per_member(soft, q_data), q_data, metrics
 
@@ -103,11 +109,20 @@ class CQL(SAC):
         target = self.critic_target_value(batch)
         gap, q, metrics = self.cql_penalty_per_member(batch, scratch)
         td = L.critic_regression(q, target)
-        reg, alpha_prime = L.cql_regularizer(gap, hp.cql_alpha, self.log_alpha_prime if hp.lagrange else None,
-                                             hp.target_action_gap)
+        reg, alpha_prime = L.cql_regularizer(
+            gap, hp.cql_alpha, self.log_alpha_prime if hp.lagrange else None, hp.target_action_gap
+        )
         scratch["cql_gap"] = gap = gap.detach()  # alpha' moves on this update's gap
-        return L.LossOut(td + reg, {"td_loss": td.detach(), "cql_gap": gap.mean(), "q_mean": q.detach().mean(),
-                                    "alpha_prime": alpha_prime, **metrics})
+        return L.LossOut(
+            td + reg,
+            {
+                "td_loss": td.detach(),
+                "cql_gap": gap.mean(),
+                "q_mean": q.detach().mean(),
+                "alpha_prime": alpha_prime,
+                **metrics,
+            },
+        )
 
     def alpha_prime_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         return L.LossOut(L.cql_lagrange_loss(self.log_alpha_prime, scratch["cql_gap"], self.hp.target_action_gap))

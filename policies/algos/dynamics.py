@@ -52,18 +52,28 @@ class EnsembleDynamics(nn.Module):
     checkpoint restores a trained model and nothing retrains it.
     """
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (200, 200, 200, 200), n_models: int = 7,
-                 n_elites: int = 5, activation: str = "silu",
-                 weight_decay: float | Sequence[float] = MBPO_WEIGHT_DECAY, bound_coef: float = 0.01,
-                 termination_fn: TerminationFn | None = None):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (200, 200, 200, 200),
+        n_models: int = 7,
+        n_elites: int = 5,
+        activation: str = "silu",
+        weight_decay: float | Sequence[float] = MBPO_WEIGHT_DECAY,
+        bound_coef: float = 0.01,
+        termination_fn: TerminationFn | None = None,
+    ):
         super().__init__()
         if not 1 <= int(n_elites) <= int(n_models):
             raise ValueError(f"dynamics: n_elites={n_elites} must be between 1 and n_models={n_models}")
         n_layers = len(hidden) + 1
         decay = [float(weight_decay)] * n_layers if isinstance(weight_decay, (int, float)) else list(weight_decay)
         if len(decay) != n_layers:
-            raise ValueError(f"dynamics: weight_decay has {len(decay)} values but the model has {n_layers} layers "
-                             f"(hidden {list(hidden)} + output); give {n_layers} values or a single number")
+            raise ValueError(
+                f"dynamics: weight_decay has {len(decay)} values but the model has {n_layers} layers "
+                f"(hidden {list(hidden)} + output); give {n_layers} values or a single number"
+            )
         self.obs_dim, self.act_dim, self.out_dim = int(obs_dim), int(act_dim), int(obs_dim) + 1
         self.n_models, self.n_elites = int(n_models), int(n_elites)
         self.decay, self.bound_coef = decay, float(bound_coef)
@@ -101,8 +111,7 @@ class EnsembleDynamics(nn.Module):
 
     # ------------------------------------------------------------------ using the model
     @torch.no_grad()
-    def step(self, obs: Tensor, act: Tensor, generator: torch.Generator | None = None
-             ) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, obs: Tensor, act: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Sample ``(next_obs [B, O], reward [B], terminal bool [B])``, each row from a random elite.
 
         A random member per row (MBPO's TS1 sampling) lets the ensemble's disagreement
@@ -142,9 +151,22 @@ class EnsembleDynamics(nn.Module):
         return next_obs, reward, terminal
 
     # ------------------------------------------------------------------ training
-    def fit(self, obs: Tensor, act: Tensor, rewards: Tensor, next_obs: Tensor, *, batch_size: int = 256,
-            lr: float = 1e-3, val_fraction: float = 0.1, max_val: int = 5000, patience: int = 5,
-            max_epochs: int | None = None, min_improvement: float = 0.01, seed: int = 0) -> dict[str, float]:
+    def fit(
+        self,
+        obs: Tensor,
+        act: Tensor,
+        rewards: Tensor,
+        next_obs: Tensor,
+        *,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        val_fraction: float = 0.1,
+        max_val: int = 5000,
+        patience: int = 5,
+        max_epochs: int | None = None,
+        min_improvement: float = 0.01,
+        seed: int = 0,
+    ) -> dict[str, float]:
         """Train every member on its own bootstrap of the data until validation stops improving.
 
         Rows are split once into training and held-out (``val_fraction``, at most
@@ -162,8 +184,10 @@ class EnsembleDynamics(nn.Module):
         n_rows = x_all.shape[0]
         n_val = min(int(n_rows * float(val_fraction)), int(max_val))
         if n_val < 1 or n_rows - n_val < 1:
-            raise ValueError(f"dynamics: {n_rows} transitions cannot be split into training and validation rows "
-                             f"(val_fraction={val_fraction}); collect more data or raise val_fraction")
+            raise ValueError(
+                f"dynamics: {n_rows} transitions cannot be split into training and validation rows "
+                f"(val_fraction={val_fraction}); collect more data or raise val_fraction"
+            )
         perm = torch.randperm(n_rows, device=device, generator=gen)
         val_rows, train_rows = perm[:n_val], perm[n_val:]
         self._fit_normalizers(x_all[train_rows], y_all[train_rows])
@@ -186,7 +210,7 @@ class EnsembleDynamics(nn.Module):
                 idx = boot.gather(1, order)
                 total = torch.zeros((), device=device)
                 for start in range(0, n_tr, int(batch_size)):
-                    b = idx[:, start:start + int(batch_size)]
+                    b = idx[:, start : start + int(batch_size)]
                     xb = x_tr.index_select(0, b.reshape(-1)).view(n, b.shape[1], -1)
                     yb = y_tr.index_select(0, b.reshape(-1)).view(n, b.shape[1], -1)
                     mean, log_std = self(xb)
@@ -217,10 +241,14 @@ class EnsembleDynamics(nn.Module):
         self.elites.copy_(torch.argsort(self.val_mse)[: self.n_elites])
         self.trained.fill_(True)
         baseline = ((-self.out_mean / self.out_std)[:-1] - y_val[:, :-1]).pow(2).mean()  # "next obs = obs"
-        return {"dynamics_epochs": float(epochs), "dynamics_train_loss": train_loss,
-                "dynamics_val_mse": float(self.val_mse[self.elites].mean()),
-                "dynamics_val_mse_no_change": float(baseline), "dynamics_train_rows": float(n_tr),
-                "dynamics_val_rows": float(n_val)}
+        return {
+            "dynamics_epochs": float(epochs),
+            "dynamics_train_loss": train_loss,
+            "dynamics_val_mse": float(self.val_mse[self.elites].mean()),
+            "dynamics_val_mse_no_change": float(baseline),
+            "dynamics_train_rows": float(n_tr),
+            "dynamics_val_rows": float(n_val),
+        }
 
     def _fit_normalizers(self, x: Tensor, y: Tensor) -> None:
         for data, mean_buf, std_buf in ((x, self.in_mean, self.in_std), (y, self.out_mean, self.out_std)):

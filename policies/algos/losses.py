@@ -54,8 +54,15 @@ def critic_regression(q: Tensor, target: Tensor) -> Tensor:
     return (q - target.detach().unsqueeze(0)).pow(2).mean(dim=1).sum()
 
 
-def cql_logsumexp(q_uniform: Tensor, q_policy: Tensor, logp_policy: Tensor, q_next_policy: Tensor,
-                  logp_next_policy: Tensor, act_dim: int, temperature: float = 1.0) -> Tensor:
+def cql_logsumexp(
+    q_uniform: Tensor,
+    q_policy: Tensor,
+    logp_policy: Tensor,
+    q_next_policy: Tensor,
+    logp_next_policy: Tensor,
+    act_dim: int,
+    temperature: float = 1.0,
+) -> Tensor:
     """CQL(H)'s soft maximum of Q over actions, estimated by importance sampling.
 
     ``log E_{a~U}[exp(Q/T)]``-style estimate from K uniform actions (density ``0.5^A`` on
@@ -65,11 +72,14 @@ def cql_logsumexp(q_uniform: Tensor, q_policy: Tensor, logp_policy: Tensor, q_ne
     al. 2020, appendix F; the constant ``log 3K`` is dropped as the reference code does).
     """
     log_uniform = act_dim * math.log(0.5)
-    cat = torch.cat([
-        q_uniform - log_uniform,
-        q_policy - logp_policy.detach().unsqueeze(0),
-        q_next_policy - logp_next_policy.detach().unsqueeze(0),
-    ], dim=-1)
+    cat = torch.cat(
+        [
+            q_uniform - log_uniform,
+            q_policy - logp_policy.detach().unsqueeze(0),
+            q_next_policy - logp_next_policy.detach().unsqueeze(0),
+        ],
+        dim=-1,
+    )
     return temperature * torch.logsumexp(cat / temperature, dim=-1)
 
 
@@ -104,8 +114,9 @@ def lagrange_weight(log_alpha_prime: Tensor) -> Tensor:
     return log_alpha_prime.exp().clamp(0.0, 1e6)
 
 
-def cql_regularizer(gap_per_member: Tensor, cql_alpha: float, log_alpha_prime: Tensor | None = None,
-                    target_gap: float = 0.0) -> tuple[Tensor, Tensor]:
+def cql_regularizer(
+    gap_per_member: Tensor, cql_alpha: float, log_alpha_prime: Tensor | None = None, target_gap: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """The conservative term added to the critics' loss, and its weight (for the log).
 
     With a fixed weight: ``cql_alpha * sum(gap)``. Lagrangian (``log_alpha_prime`` given):
@@ -133,8 +144,9 @@ def sac_actor_loss(q_policy: Tensor, log_prob: Tensor, alpha: Tensor | float) ->
     return (alpha * log_prob - q_policy).mean()
 
 
-def td3_bc_actor_loss(q1: Tensor, pi_actions: Tensor, data_actions: Tensor, alpha: float
-                      ) -> tuple[Tensor, Tensor, Tensor]:
+def td3_bc_actor_loss(
+    q1: Tensor, pi_actions: Tensor, data_actions: Tensor, alpha: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """TD3+BC's actor loss ``-lambda mean Q1(s, pi(s)) + mean (pi(s) - a)^2`` (Fujimoto & Gu 2021), the
     squared error averaged over batch and action dimensions as the reference code's ``mse_loss``;
     ``lambda = alpha / mean|Q1|`` (not differentiated) keeps the balance independent of the reward
@@ -167,8 +179,9 @@ def gaussian_nll(mean: Tensor, log_std: Tensor, target: Tensor) -> Tensor:
     return ((mean - target).pow(2) * inv_var + 2.0 * log_std).sum(-1)
 
 
-def dynamics_nll(mean: Tensor, log_std: Tensor, target: Tensor, max_log_std: Tensor, min_log_std: Tensor,
-                 bound_coef: float = 0.01) -> Tensor:
+def dynamics_nll(
+    mean: Tensor, log_std: Tensor, target: Tensor, max_log_std: Tensor, min_log_std: Tensor, bound_coef: float = 0.01
+) -> Tensor:
     """An ensemble's training loss: :func:`gaussian_nll` averaged over rows and output dims
     per member, summed over members, plus ``bound_coef * (sum max_log_std - sum min_log_std)``.
 

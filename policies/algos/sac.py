@@ -45,8 +45,9 @@ class SAC(OfflineAlgorithm):
 
     def build(self) -> None:
         hp = self.hp
-        self.critic = QEnsemble(self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation,
-                                layer_norm=hp.critic_layer_norm)
+        self.critic = QEnsemble(
+            self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation, layer_norm=hp.critic_layer_norm
+        )
         self.critic_target = self.add_target(self.critic, hp.tau)
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation)
         self.log_alpha = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(float(hp.init_alpha))))))

@@ -68,8 +68,9 @@ class TD3BC(OfflineAlgorithm):
         hp = self.hp
         with torch.no_grad():
             a_next = self.actor_target.act(batch.next_observations)
-            noise = (torch.randn_like(a_next) * float(hp.policy_noise)).clamp(-float(hp.noise_clip),
-                                                                              float(hp.noise_clip))
+            noise = (torch.randn_like(a_next) * float(hp.policy_noise)).clamp(
+                -float(hp.noise_clip), float(hp.noise_clip)
+            )
             a_next = (a_next + noise).clamp(-1.0, 1.0)
             q_next = self.critic_target(batch.next_observations, a_next).min(dim=0).values
             target = L.td_target(batch.rewards, q_next, batch.terminals, hp.gamma)

@@ -28,8 +28,10 @@ class RobosuiteDevice:
     def __init__(self, env: gym.Env, kind: str, pos_sensitivity: float = 1.0, rot_sensitivity: float = 1.0):
         sim = getattr(env.unwrapped, "sim_env", None)
         if sim is None:
-            raise ValueError(f"behavior.device={kind}: robosuite devices drive robosuite arm envs only (e.g. env=lift);"
-                             " use device=terminal")
+            raise ValueError(
+                f"behavior.device={kind}: robosuite devices drive robosuite arm envs only (e.g. env=lift);"
+                " use device=terminal"
+            )
         self.kind = kind
         self.device = _open(kind, sim, pos_sensitivity, rot_sensitivity)
         self.device.start_control()
@@ -64,15 +66,19 @@ def _open(kind: str, sim: Any, pos: float, rot: float):
         try:
             from robosuite.devices import Keyboard
         except Exception as e:  # pynput raises ImportError or assorted X errors without a display
-            raise RuntimeError(f"behavior.device=keyboard: robosuite's Keyboard cannot start ({type(e).__name__}: "
-                               f"{e}); it needs a desktop session (X display). In a terminal use device=terminal")
+            raise RuntimeError(
+                f"behavior.device=keyboard: robosuite's Keyboard cannot start ({type(e).__name__}: "
+                f"{e}); it needs a desktop session (X display). In a terminal use device=terminal"
+            )
         return Keyboard(env=sim, pos_sensitivity=pos, rot_sensitivity=rot)
     if kind == "spacemouse":
         try:
             import hid  # noqa: F401  (robosuite's SpaceMouse imports it lazily and only logs when missing)
         except ImportError:
-            raise RuntimeError("behavior.device=spacemouse: the 'hid' module is missing; pip install hidapi "
-                               "(and plug in a 3Dconnexion SpaceMouse)") from None
+            raise RuntimeError(
+                "behavior.device=spacemouse: the 'hid' module is missing; pip install hidapi "
+                "(and plug in a 3Dconnexion SpaceMouse)"
+            ) from None
         from robosuite.devices import SpaceMouse
 
         try:

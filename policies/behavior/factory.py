@@ -122,9 +122,11 @@ def _build_mixture(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, se
         raise ValueError("behavior 'mixture': needs a non-empty components list of {weight, behavior}")
     # Independent child seeds from the mixture's (components are reseeded at every reset
     # anyway; this only makes construction itself reproducible).
-    child_seeds = [None] * len(items) if seed is None else [
-        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(items))
-    ]
+    child_seeds = (
+        [None] * len(items)
+        if seed is None
+        else [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(items))]
+    )
     components, weights = [], []
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or set(item.keys()) != {"weight", "behavior"}:
@@ -152,16 +154,26 @@ def _build_human(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, seed
         driver = make_behavior(cfg.driver, env, env_cfg, seed=seed)
     rate = cfg.get("rate_hz")
     if rate is None:
-        freq = getattr(env.unwrapped, "control_freq", None) or (1.0 / env.unwrapped.dt if getattr(
-            env.unwrapped, "dt", None) else 20.0)
+        freq = getattr(env.unwrapped, "control_freq", None) or (
+            1.0 / env.unwrapped.dt if getattr(env.unwrapped, "dt", None) else 20.0
+        )
         rate = float(freq)
     moves = RobosuiteDevice(env, device) if device != "terminal" else None
     terminal = Terminal()
     try:
-        return HumanPolicy(env, terminal, operator=cfg.get("operator"), driver=driver,
-                           realtime=bool(cfg.get("realtime", True)), rate_hz=float(rate),
-                           hold_s=float(cfg.get("hold_s", 0.15)), step=float(cfg.get("step", 0.5)),
-                           policy_id=cfg.get("policy_id"), device=moves, device_name=device)
+        return HumanPolicy(
+            env,
+            terminal,
+            operator=cfg.get("operator"),
+            driver=driver,
+            realtime=bool(cfg.get("realtime", True)),
+            rate_hz=float(rate),
+            hold_s=float(cfg.get("hold_s", 0.15)),
+            step=float(cfg.get("step", 0.5)),
+            policy_id=cfg.get("policy_id"),
+            device=moves,
+            device_name=device,
+        )
     except BaseException:
         terminal.close()
         raise
@@ -175,8 +187,9 @@ BEHAVIOR_BUILDERS: dict[str, BehaviorKind] = {
         _build_learned, frozenset({"checkpoint", "action_scale", "exploration", "noise_std", "epsilon", "policy_id"})
     ),
     "mixture": BehaviorKind(_build_mixture, frozenset({"components"})),
-    "human": BehaviorKind(_build_human, frozenset({"operator", "device", "realtime", "rate_hz", "hold_s", "step",
-                                                   "driver", "policy_id"})),
+    "human": BehaviorKind(
+        _build_human, frozenset({"operator", "device", "realtime", "rate_hz", "hold_s", "step", "driver", "policy_id"})
+    ),
 }
 
 

@@ -37,15 +37,50 @@ import gymnasium as gym
 import numpy as np
 
 from o2o.policies.behavior.base import (
-    BehaviorPolicy, DiscardEpisode, KeepEpisode, Provenance, RestartEpisode, StopCollection,
+    BehaviorPolicy,
+    DiscardEpisode,
+    KeepEpisode,
+    Provenance,
+    RestartEpisode,
+    StopCollection,
 )
 
-GENERIC_PAIRS = [("w", "s"), ("a", "d"), ("r", "f"), ("z", "x"), ("t", "g"), ("c", "v"), ("y", "h"), ("u", "j"),
-                 ("o", "l"), ("1", "2"), ("3", "4"), ("5", "6"), ("7", "8"), ("9", "0")]
-ARM_AXES = [("w", "s", "x"), ("a", "d", "y"), ("r", "f", "z"), ("z", "x", "rot x"), ("t", "g", "rot y"),
-            ("c", "v", "rot z")]
-CONTROL = {"enter": "keep", "k": "keep", "backspace": "discard", "b": "discard", "n": "restart", "i": "intervene",
-           "q": "quit", ".": "noop", "[": "slower", "]": "faster"}
+GENERIC_PAIRS = [
+    ("w", "s"),
+    ("a", "d"),
+    ("r", "f"),
+    ("z", "x"),
+    ("t", "g"),
+    ("c", "v"),
+    ("y", "h"),
+    ("u", "j"),
+    ("o", "l"),
+    ("1", "2"),
+    ("3", "4"),
+    ("5", "6"),
+    ("7", "8"),
+    ("9", "0"),
+]
+ARM_AXES = [
+    ("w", "s", "x"),
+    ("a", "d", "y"),
+    ("r", "f", "z"),
+    ("z", "x", "rot x"),
+    ("t", "g", "rot y"),
+    ("c", "v", "rot z"),
+]
+CONTROL = {
+    "enter": "keep",
+    "k": "keep",
+    "backspace": "discard",
+    "b": "discard",
+    "n": "restart",
+    "i": "intervene",
+    "q": "quit",
+    ".": "noop",
+    "[": "slower",
+    "]": "faster",
+}
 
 
 @dataclass
@@ -60,8 +95,10 @@ class KeyMap:
 
     def help(self) -> str:
         grip = ["space gripper"] if self.gripper is not None else []
-        return ("  ".join(self.labels + grip) + "  | Enter keep  Backspace discard  n restart  i take over/hand back"
-                "  q quit  . no-op  [ ] step size")
+        return (
+            "  ".join(self.labels + grip) + "  | Enter keep  Backspace discard  n restart  i take over/hand back"
+            "  q quit  . no-op  [ ] step size"
+        )
 
 
 def keymap_for(env: gym.Env) -> KeyMap:
@@ -74,8 +111,10 @@ def keymap_for(env: gym.Env) -> KeyMap:
             axes[pos], axes[neg] = (i, 1.0), (i, -1.0)
         return KeyMap(axes, [f"{p}/{m} {name}" for p, m, name in ARM_AXES], gripper=6, kind="robosuite_arm")
     if n > len(GENERIC_PAIRS):
-        raise ValueError(f"behavior=human: the env has {n} action dimensions, the terminal keymap covers "
-                         f"{len(GENERIC_PAIRS)}; drive it with a driver policy and intervene, or a device")
+        raise ValueError(
+            f"behavior=human: the env has {n} action dimensions, the terminal keymap covers "
+            f"{len(GENERIC_PAIRS)}; drive it with a driver policy and intervene, or a device"
+        )
     axes = {}
     for i in range(n):
         pos, neg = GENERIC_PAIRS[i]
@@ -91,9 +130,20 @@ class HumanPolicy(BehaviorPolicy):
     devices, see :mod:`o2o.policies.behavior.devices`); the terminal still gives the control keys.
     """
 
-    def __init__(self, env: gym.Env, terminal: Any, operator: str, driver: BehaviorPolicy | None = None,
-                 realtime: bool = True, rate_hz: float = 20.0, hold_s: float = 0.15, step: float = 0.5,
-                 policy_id: str | None = None, device: Any = None, device_name: str = "terminal"):
+    def __init__(
+        self,
+        env: gym.Env,
+        terminal: Any,
+        operator: str,
+        driver: BehaviorPolicy | None = None,
+        realtime: bool = True,
+        rate_hz: float = 20.0,
+        hold_s: float = 0.15,
+        step: float = 0.5,
+        policy_id: str | None = None,
+        device: Any = None,
+        device_name: str = "terminal",
+    ):
         if not operator:
             raise ValueError("behavior=human: set behavior.operator (who is demonstrating; stored with every episode)")
         space = env.action_space
@@ -120,8 +170,9 @@ class HumanPolicy(BehaviorPolicy):
         self.episode = 0
         self._human = driver is None
         self._pending: list[str] = []
-        self.term.message(f"o2o teleop ({self.keymap.kind}, {device_name}, operator {self.operator}): "
-                          + self.keymap.help())
+        self.term.message(
+            f"o2o teleop ({self.keymap.kind}, {device_name}, operator {self.operator}): " + self.keymap.help()
+        )
 
     # -- the BehaviorPolicy interface -------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
@@ -134,8 +185,10 @@ class HumanPolicy(BehaviorPolicy):
         self._last_tick = time.monotonic()
         if self.driver is not None:
             self.driver.reset(seed=seed)
-        self.term.message(f"episode {self.episode} (seed {seed}): " + ("you drive" if self._human else
-                          "the policy drives; press i to take over"))
+        self.term.message(
+            f"episode {self.episode} (seed {seed}): "
+            + ("you drive" if self._human else "the policy drives; press i to take over")
+        )
 
     @property
     def human_in_control(self) -> bool:  # type: ignore[override]
@@ -179,8 +232,10 @@ class HumanPolicy(BehaviorPolicy):
         self.success = self.success or bool(info.get("is_success", False))
         self._draw()
         if terminated or truncated:
-            self.term.message(f"episode {self.episode} ended by the env after {self.t} steps "
-                              f"(return {self.ret:.2f}, success {self.success}): kept")
+            self.term.message(
+                f"episode {self.episode} ended by the env after {self.t} steps "
+                f"(return {self.ret:.2f}, success {self.success}): kept"
+            )
 
     def close(self) -> None:
         """Restore the terminal and release the device and the driver."""
@@ -216,15 +271,16 @@ class HumanPolicy(BehaviorPolicy):
                 raise StopCollection()
             if what == "intervene" and self.driver is not None:
                 self._human = not self._human
-                self.term.message(f"step {self.t}: " + ("you drive (i hands back)" if self._human else
-                                                        "the policy drives again"))
+                self.term.message(
+                    f"step {self.t}: " + ("you drive (i hands back)" if self._human else "the policy drives again")
+                )
             elif what in ("slower", "faster"):
                 self.step_size = float(np.clip(self.step_size * (0.5 if what == "slower" else 2.0), 0.0625, 1.0))
             elif key == "space" and self.keymap.gripper is not None:
                 self._grip = -self._grip
             elif (key in self.keymap.axes or what == "noop") and self._human:
                 if one_move:
-                    self._pending = keys[j + 1:]
+                    self._pending = keys[j + 1 :]
                     return {} if what == "noop" else {self.keymap.axes[key][0]: self.keymap.axes[key][1]}
                 if key in self.keymap.axes:
                     axis, sign = self.keymap.axes[key]
@@ -248,11 +304,15 @@ class HumanPolicy(BehaviorPolicy):
 
     def _draw(self) -> None:
         # Most useful first: a narrow terminal cuts the line's end.
-        text = (f"ep {self.episode} step {self.t} {'YOU' if self._human else 'POLICY'} drives | r {self.reward:+.3f} "
-                f"return {self.ret:.2f} success {'yes' if self.success else 'no'}")
+        text = (
+            f"ep {self.episode} step {self.t} {'YOU' if self._human else 'POLICY'} drives | r {self.reward:+.3f} "
+            f"return {self.ret:.2f} success {'yes' if self.success else 'no'}"
+        )
         if self.keymap.gripper is not None:
             text += f" | grip {'closed' if self._grip > 0 else 'open'}"
         obs = getattr(self, "_obs", None)
         if self._layout is not None and "robot0_eef_pos" in self._layout and obs is not None:
             text += " eef " + " ".join(f"{v:+.3f}" for v in self._layout.get(obs, "robot0_eef_pos"))
-        self.term.status(text + f" | step {self.step_size:g} | Enter keep, Bksp discard, n restart, i take over, q quit")
+        self.term.status(
+            text + f" | step {self.step_size:g} | Enter keep, Bksp discard, n restart, i take over, q quit"
+        )

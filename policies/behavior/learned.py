@@ -200,14 +200,15 @@ class LearnedPolicy(BehaviorPolicy):
         return cls(forward, action_space, **kwargs)
 
     @classmethod
-    def _from_export(cls, path: Path, action_space: gym.spaces.Box, num_threads: int,
-                     **kwargs: Any) -> "LearnedPolicy":
+    def _from_export(cls, path: Path, action_space: gym.spaces.Box, num_threads: int, **kwargs: Any) -> "LearnedPolicy":
         folder = path if path.is_dir() else path.parent
         runtime = PolicyRuntime(folder, num_threads=num_threads, watchdog=False)  # ManifestError if not trusted
         onnx_name = runtime.manifest["onnx"]["file"]
         if path != folder and path.name != onnx_name:
-            raise ValueError(f"ONNX policy {path}: it lies in the o2o export {str(folder)!r} but is not its model "
-                             f"{onnx_name!r}; pass the export folder")
+            raise ValueError(
+                f"ONNX policy {path}: it lies in the o2o export {str(folder)!r} but is not its model "
+                f"{onnx_name!r}; pass the export folder"
+            )
         kwargs["action_scale"] = "env"
         kwargs.setdefault("policy_id", path.stem if path != folder else folder.name)
         # The hash the manifest records, which loading checked against the bytes it runs.
@@ -225,7 +226,9 @@ class LearnedPolicy(BehaviorPolicy):
         try:
             with warnings.catch_warnings():
                 # TorchScript is deprecated upstream but is one of o2o's export formats.
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
+                warnings.filterwarnings(
+                    "ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning
+                )
                 module = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise ValueError(
@@ -269,8 +272,7 @@ class LearnedPolicy(BehaviorPolicy):
         loader = FILE_LOADERS.get(suffix)
         if loader is None:
             raise ValueError(
-                f"checkpoint {path}: unsupported format {suffix or '(no suffix)'!r}; "
-                f"supported: {sorted(FILE_LOADERS)}"
+                f"checkpoint {path}: unsupported format {suffix or '(no suffix)'!r}; supported: {sorted(FILE_LOADERS)}"
             )
         return getattr(cls, loader)(path, action_space, **kwargs)
 

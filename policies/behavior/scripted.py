@@ -128,7 +128,12 @@ def load_scripted_controller(path: str) -> type[ScriptedController]:
     Paths come from env configs stored with datasets, hence the prefix check: a config
     may name a controller, not arbitrary code.
     """
-    return resolve(path, CONTROLLER_PREFIX, base=ScriptedController, what="scripted controller",
-                   rule=f"it must be a class inside '{CONTROLLER_PREFIX}*' "
-                        "(e.g. 'o2o.policies.behavior.scripted_lift.LiftController')",
-                   kind="a ScriptedController subclass")
+    return resolve(
+        path,
+        CONTROLLER_PREFIX,
+        base=ScriptedController,
+        what="scripted controller",
+        rule=f"it must be a class inside '{CONTROLLER_PREFIX}*' "
+        "(e.g. 'o2o.policies.behavior.scripted_lift.LiftController')",
+        kind="a ScriptedController subclass",
+    )

@@ -15,10 +15,25 @@ import select
 import time
 
 # Multi-byte sequences terminals send for special keys; single bytes are mapped below.
-_SEQUENCES = {"\x1b[A": "up", "\x1b[B": "down", "\x1b[C": "right", "\x1b[D": "left",
-              "\x1bOA": "up", "\x1bOB": "down", "\x1bOC": "right", "\x1bOD": "left"}
-_SINGLE = {"\r": "enter", "\n": "enter", "\x7f": "backspace", "\x08": "backspace", " ": "space", "\t": "tab",
-           "\x1b": "escape"}
+_SEQUENCES = {
+    "\x1b[A": "up",
+    "\x1b[B": "down",
+    "\x1b[C": "right",
+    "\x1b[D": "left",
+    "\x1bOA": "up",
+    "\x1bOB": "down",
+    "\x1bOC": "right",
+    "\x1bOD": "left",
+}
+_SINGLE = {
+    "\r": "enter",
+    "\n": "enter",
+    "\x7f": "backspace",
+    "\x08": "backspace",
+    " ": "space",
+    "\t": "tab",
+    "\x1b": "escape",
+}
 
 
 def decode_keys(text: str) -> list[str]:
@@ -50,8 +65,10 @@ class Terminal:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
         except OSError as e:
-            raise RuntimeError(f"behavior=human needs a terminal to read keys from ({path}: {e.strerror}); "
-                               "run `o2o collect behavior=human ...` in a terminal (or tmux/ssh -t)") from None
+            raise RuntimeError(
+                f"behavior=human needs a terminal to read keys from ({path}: {e.strerror}); "
+                "run `o2o collect behavior=human ...` in a terminal (or tmux/ssh -t)"
+            ) from None
         if not os.isatty(self._fd):
             os.close(self._fd)
             raise RuntimeError(f"behavior=human: {path} is not a terminal")

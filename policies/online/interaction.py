@@ -31,22 +31,40 @@ class OnlineInteraction(L.Callback):
     returns are written for the online rows when the replay carries them (Cal-QL).
     """
 
-    def __init__(self, env_cfg: Mapping[str, Any], online: TensorReplay, norm: Normalization,
-                 on_episode: Callable[[Episode], None], *, total_steps: int, warmup_steps: int = 0,
-                 env_steps_per_update: int = 1, explore: bool = True, temperature: float = 1.0, seed: int = 0,
-                 policy_id: str = "online", gamma: float = 0.99, mc_tail: str = "repeat_last",
-                 run: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        env_cfg: Mapping[str, Any],
+        online: TensorReplay,
+        norm: Normalization,
+        on_episode: Callable[[Episode], None],
+        *,
+        total_steps: int,
+        warmup_steps: int = 0,
+        env_steps_per_update: int = 1,
+        explore: bool = True,
+        temperature: float = 1.0,
+        seed: int = 0,
+        policy_id: str = "online",
+        gamma: float = 0.99,
+        mc_tail: str = "repeat_last",
+        run: Mapping[str, Any] | None = None,
+    ):
         if int(env_steps_per_update) < 1:
             raise ValueError(f"finetune.env_steps_per_update must be >= 1, got {env_steps_per_update!r}")
         if not 0 <= int(warmup_steps) < int(total_steps):
-            raise ValueError(f"finetune.warmup_steps ({warmup_steps}) must be >= 0 and below finetune.steps "
-                             f"({total_steps}): updates only start after the warm-up")
+            raise ValueError(
+                f"finetune.warmup_steps ({warmup_steps}) must be >= 0 and below finetune.steps "
+                f"({total_steps}): updates only start after the warm-up"
+            )
         if not 0.0 <= float(temperature) <= 1.0:
-            raise ValueError(f"finetune.explore_temperature must be in [0, 1] (a share of the policy's own noise), "
-                             f"got {temperature!r}")
+            raise ValueError(
+                f"finetune.explore_temperature must be in [0, 1] (a share of the policy's own noise), "
+                f"got {temperature!r}"
+            )
         if online.capacity - len(online) < int(total_steps):
-            raise ValueError(f"online replay has room for {online.capacity - len(online)} rows, finetuning takes "
-                             f"{total_steps} steps")
+            raise ValueError(
+                f"online replay has room for {online.capacity - len(online)} rows, finetuning takes {total_steps} steps"
+            )
         self.env_cfg, self.online, self.norm, self.on_episode = env_cfg, online, norm, on_episode
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
         self.env_steps_per_update, self.explore = int(env_steps_per_update), bool(explore)
@@ -100,8 +118,15 @@ class OnlineInteraction(L.Callback):
         action = self.action(module, obs[None])[0].astype(self.env.action_space.dtype)
         nxt, reward, terminated, truncated, info = self.env.step(action)
         terminated, truncated = bool(terminated), bool(truncated)
-        self.online.add_raw(obs[None], action[None], [reward], np.asarray(nxt)[None], [terminated],
-                            [truncated and not terminated], self.norm)
+        self.online.add_raw(
+            obs[None],
+            action[None],
+            [reward],
+            np.asarray(nxt)[None],
+            [terminated],
+            [truncated and not terminated],
+            self.norm,
+        )
         self._rec.add(action, reward, terminated, truncated, nxt, info)
         self.steps += 1
         if terminated or truncated:
@@ -123,19 +148,30 @@ class OnlineInteraction(L.Callback):
 
     def _finish(self, module, terminated: bool) -> None:
         if self.online.has_mc_returns:  # the episode is complete: its rows get their MC return now
-            r = self.online.rewards[self._row0:len(self.online)].cpu().numpy()
+            r = self.online.rewards[self._row0 : len(self.online)].cpu().numpy()
             term = np.zeros(len(r), bool)
             term[-1] = terminated
-            self.online.set_mc_returns(self._row0, return_to_go(r, np.zeros(len(r), np.int64), term, self.gamma,
-                                                                self.mc_tail))
-        prov = {"source": "online", "policy_id": self.policy_id, "policy_version": str(self._version),
-                "params": {"explore": self.explore, "temperature": self.temperature,
-                           "updates_end": module.update_count}}
+            self.online.set_mc_returns(
+                self._row0, return_to_go(r, np.zeros(len(r), np.int64), term, self.gamma, self.mc_tail)
+            )
+        prov = {
+            "source": "online",
+            "policy_id": self.policy_id,
+            "policy_version": str(self._version),
+            "params": {"explore": self.explore, "temperature": self.temperature, "updates_end": module.update_count},
+        }
         if self.run:
             prov["run"] = self.run
         ep = self._rec.finish(prov, seed=self._seed)
-        self.episodes.append({"return": ep.episode_return, "success": ep.success, "length": len(ep),
-                              "policy_version": self._version, "step": self.steps})
+        self.episodes.append(
+            {
+                "return": ep.episode_return,
+                "success": ep.success,
+                "length": len(ep),
+                "policy_version": self._version,
+                "step": self.steps,
+            }
+        )
         self.on_episode(ep)
 
     def restore(self, transitions, records: list[Mapping[str, Any]]) -> None:
@@ -148,24 +184,39 @@ class OnlineInteraction(L.Callback):
             raise RuntimeError("restore() must come before training starts")
         n = len(transitions)
         if self.steps + n > self.total_steps:
-            raise ValueError(f"the interrupted run's episodes hold {n} steps, more than finetune.steps "
-                             f"({self.total_steps}): the config changed; finetune from scratch (--force finetune)")
+            raise ValueError(
+                f"the interrupted run's episodes hold {n} steps, more than finetune.steps "
+                f"({self.total_steps}): the config changed; finetune from scratch (--force finetune)"
+            )
         row0 = len(self.online)
         term = np.asarray(transitions.terminals, bool)
-        self.online.add_raw(transitions.observations, transitions.actions, transitions.rewards,
-                            transitions.next_observations, term, np.asarray(transitions.timeouts, bool) & ~term,
-                            self.norm)
+        self.online.add_raw(
+            transitions.observations,
+            transitions.actions,
+            transitions.rewards,
+            transitions.next_observations,
+            term,
+            np.asarray(transitions.timeouts, bool) & ~term,
+            self.norm,
+        )
         if self.online.has_mc_returns and n:
             ep = np.asarray(transitions.episode_index)
             # return_to_go restarts at every change of episode id; each episode here is complete.
-            r = self.online.rewards[row0:row0 + n].cpu().numpy()  # as stored (scaled), like _finish's
+            r = self.online.rewards[row0 : row0 + n].cpu().numpy()  # as stored (scaled), like _finish's
             self.online.set_mc_returns(row0, return_to_go(r, ep, term, self.gamma, self.mc_tail))
         for rec in records:
             self.steps += int(rec["length"])
             self._started += 1
-            self.episodes.append({"return": float(rec["return"]), "success": rec["success"],
-                                  "length": int(rec["length"]), "policy_version": int(rec["policy_version"]),
-                                  "step": self.steps, "restored": True})
+            self.episodes.append(
+                {
+                    "return": float(rec["return"]),
+                    "success": rec["success"],
+                    "length": int(rec["length"]),
+                    "policy_version": int(rec["policy_version"]),
+                    "step": self.steps,
+                    "restored": True,
+                }
+            )
 
     def close(self) -> None:
         if self.env is not None:

@@ -48,14 +48,20 @@ class MixedReplay:
     """
 
     def __init__(self, offline: TensorReplay, online: TensorReplay, ratio: RatioSchedule):
-        if offline.observations.shape[1:] != online.observations.shape[1:] or \
-                offline.actions.shape[1:] != online.actions.shape[1:]:
-            raise ValueError(f"mixed replay: offline rows (obs {tuple(offline.observations.shape[1:])}, action "
-                             f"{tuple(offline.actions.shape[1:])}) and online rows (obs "
-                             f"{tuple(online.observations.shape[1:])}, action {tuple(online.actions.shape[1:])}) differ")
+        if (
+            offline.observations.shape[1:] != online.observations.shape[1:]
+            or offline.actions.shape[1:] != online.actions.shape[1:]
+        ):
+            raise ValueError(
+                f"mixed replay: offline rows (obs {tuple(offline.observations.shape[1:])}, action "
+                f"{tuple(offline.actions.shape[1:])}) and online rows (obs "
+                f"{tuple(online.observations.shape[1:])}, action {tuple(online.actions.shape[1:])}) differ"
+            )
         if offline.has_mc_returns != online.has_mc_returns:
-            raise ValueError("mixed replay: both parts must carry MC returns or neither (enable_mc_returns on the "
-                             "online buffer when the offline one has them)")
+            raise ValueError(
+                "mixed replay: both parts must carry MC returns or neither (enable_mc_returns on the "
+                "online buffer when the offline one has them)"
+            )
         if len(offline) == 0:
             raise ValueError("mixed replay: the offline buffer is empty")
         self.offline, self.online, self.ratio = offline, online, ratio

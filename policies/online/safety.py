@@ -43,8 +43,15 @@ class FinetuneMonitor(L.Callback):
     rolls back). ``curve`` holds every evaluation with ``step`` (env steps, from ``env_steps()``) and
     ``updates`` (finetuning updates); ``rollback`` describes a rollback, or is None."""
 
-    def __init__(self, evaluation: SimEvaluation, every: int, rule: RollbackRule | None, metric: str = "return_mean",
-                 env_steps: Callable[[], int] = lambda: 0, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        evaluation: SimEvaluation,
+        every: int,
+        rule: RollbackRule | None,
+        metric: str = "return_mean",
+        env_steps: Callable[[], int] = lambda: 0,
+        log: Callable[[str], None] = print,
+    ):
         self.evaluation, self.every, self.rule = evaluation, int(every), rule
         self.metric = rule.metric if rule is not None else str(metric)
         self.env_steps, self.say = env_steps, log  # not `log`: Lightning sets callback.log
@@ -59,8 +66,15 @@ class FinetuneMonitor(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         """What a resumed finetuning needs (saved in its Lightning checkpoint): the curve, the pre-finetune
         level, the best evaluation and its weights, the rollback count and record."""
-        return {"curve": self.curve, "rollback": self.rollback, "level": self.level, "best": self.best,
-                "best_state": self._best_state, "start": self._start, "below": self._below}
+        return {
+            "curve": self.curve,
+            "rollback": self.rollback,
+            "level": self.level,
+            "best": self.best,
+            "best_state": self._best_state,
+            "start": self._start,
+            "below": self._below,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.curve, self.rollback, self.level = list(state["curve"]), state["rollback"], state["level"]
@@ -80,9 +94,16 @@ class FinetuneMonitor(L.Callback):
         if self.every <= 0 or k % self.every or self.rollback is not None:
             return
         entry = self._evaluate(pl_module, f"after {k} updates")
-        pl_module.log_dict({f"eval/{m}": float(v) for m, v in entry.items()
-                            if isinstance(v, (int, float)) and m not in ("step", "updates")},
-                           on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log_dict(
+            {
+                f"eval/{m}": float(v)
+                for m, v in entry.items()
+                if isinstance(v, (int, float)) and m not in ("step", "updates")
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=1,
+        )
         if self._judge(pl_module, entry):
             trainer.should_stop = True
 
@@ -105,27 +126,40 @@ class FinetuneMonitor(L.Callback):
             return False
         module.load_state_dict(self._best_state)
         self.rollback = {
-            "step": entry["step"], "updates": entry["updates"], "value": value, "level": self.level,
-            "threshold": threshold, "drop": self.level - value, "evaluations_below": self._below,
-            "metric": self.metric, "restored_step": self.best["step"], "restored_updates": self.best["updates"],
-            "restored_value": self.best[self.metric], "rule": asdict(self.rule),
+            "step": entry["step"],
+            "updates": entry["updates"],
+            "value": value,
+            "level": self.level,
+            "threshold": threshold,
+            "drop": self.level - value,
+            "evaluations_below": self._below,
+            "metric": self.metric,
+            "restored_step": self.best["step"],
+            "restored_updates": self.best["updates"],
+            "restored_value": self.best[self.metric],
+            "rule": asdict(self.rule),
         }
-        self.say(f"  ROLLBACK at env step {entry['step']} ({entry['updates']} updates): {self.metric} {value:.4g} is "
-                 f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) for "
-                 f"{self._below} evaluations; restored the weights of step {self.best['step']} "
-                 f"({self.metric} {self.best[self.metric]:.4g}) and stopped")
+        self.say(
+            f"  ROLLBACK at env step {entry['step']} ({entry['updates']} updates): {self.metric} {value:.4g} is "
+            f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) for "
+            f"{self._below} evaluations; restored the weights of step {self.best['step']} "
+            f"({self.metric} {self.best[self.metric]:.4g}) and stopped"
+        )
         return True
 
     def _evaluate(self, module, when: str) -> dict[str, Any]:
         metrics = self.evaluation.evaluate(module)
         if self.metric not in metrics:
-            raise ValueError(f"finetune: the monitored metric {self.metric!r} is not in the evaluation "
-                             f"(it has {sorted(metrics)}); set finetune.rollback.metric to one of those")
+            raise ValueError(
+                f"finetune: the monitored metric {self.metric!r} is not in the evaluation "
+                f"(it has {sorted(metrics)}); set finetune.rollback.metric to one of those"
+            )
         entry = {"step": int(self.env_steps()), "updates": module.update_count - self._start, **metrics}
         self.curve.append(entry)
         shown = {m: metrics[m] for m in ("return_mean", "success_rate") if m in metrics}
-        self.say(f"  [finetune eval {when}, env step {entry['step']}] "
-                 + ", ".join(f"{m} {v:.3f}" for m, v in shown.items()))
+        self.say(
+            f"  [finetune eval {when}, env step {entry['step']}] " + ", ".join(f"{m} {v:.3f}" for m, v in shown.items())
+        )
         return entry
 
 

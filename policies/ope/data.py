@@ -20,8 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from o2o.policies.data import (Normalization, TensorReplay, action_center_halfrange, action_to_unit_np,
-                               denormalize_obs_t, fit_normalization)
+from o2o.policies.data import (
+    Normalization,
+    TensorReplay,
+    action_center_halfrange,
+    action_to_unit_np,
+    denormalize_obs_t,
+    fit_normalization,
+)
 
 ActionFn = Callable[[Tensor], Tensor]
 
@@ -65,8 +71,11 @@ class OPEData:
     def raw(self, obs: Tensor) -> Tensor:
         """Normalised observations back in env units (what a policy checkpoint expects; a clipped
         feature comes back at the clip's edge, which normalises to the same value again)."""
-        return denormalize_obs_t(obs, torch.as_tensor(self.norm.obs_mean, device=obs.device),
-                                 torch.as_tensor(self.norm.obs_std, device=obs.device))
+        return denormalize_obs_t(
+            obs,
+            torch.as_tensor(self.norm.obs_mean, device=obs.device),
+            torch.as_tensor(self.norm.obs_std, device=obs.device),
+        )
 
     def padded(self, values: Tensor, fill: float = 0.0) -> tuple[Tensor, Tensor]:
         """Per-row ``values [N]`` laid out as ``[E, T_max]`` (episode x step) and the mask of real steps."""
@@ -82,22 +91,38 @@ class OPEData:
         draw), each whole and in time order; the same normalisation."""
         ids = torch.as_tensor(episodes, dtype=torch.long, device=self.device)
         if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.num_episodes:
-            raise ValueError(f"OPE data {self.source!r}: resample needs episode indices in [0, {self.num_episodes}), "
-                             f"got {ids.numel()} indices" + (f" from {int(ids.min())} to {int(ids.max())}"
-                                                              if ids.numel() else ""))
+            raise ValueError(
+                f"OPE data {self.source!r}: resample needs episode indices in [0, {self.num_episodes}), "
+                f"got {ids.numel()} indices" + (f" from {int(ids.min())} to {int(ids.max())}" if ids.numel() else "")
+            )
         lengths = self.lengths[ids]
         new_starts = torch.cumsum(lengths, 0) - lengths
         # Row r of the new data is row starts[ids[e]] + (r - new_starts[e]) of this one.
         owner = torch.repeat_interleave(torch.arange(len(ids), device=self.device), lengths)
         rows = self.starts[ids][owner] + torch.arange(int(lengths.sum()), device=self.device) - new_starts[owner]
-        return self._from_rows(self.observations[rows], self.actions[rows], self.rewards[rows],
-                               self.next_observations[rows], self.terminals[rows], self.timeouts[rows], new_starts,
-                               self.norm, self.source)
+        return self._from_rows(
+            self.observations[rows],
+            self.actions[rows],
+            self.rewards[rows],
+            self.next_observations[rows],
+            self.terminals[rows],
+            self.timeouts[rows],
+            new_starts,
+            self.norm,
+            self.source,
+        )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_transitions(cls, transitions, action_low, action_high, norm: Normalization | None = None,
-                         device: Any = "cpu", source: str = "transitions") -> "OPEData":
+    def from_transitions(
+        cls,
+        transitions,
+        action_low,
+        action_high,
+        norm: Normalization | None = None,
+        device: Any = "cpu",
+        source: str = "transitions",
+    ) -> "OPEData":
         """From a store's transitions (raw NumPy with ``episode_index``, episodes contiguous, in time order).
 
         ``norm``: the observation statistics to use (default: fitted on these transitions).
@@ -108,19 +133,34 @@ class OPEData:
         change = np.flatnonzero(np.diff(ep) != 0) + 1
         starts = np.concatenate([[0], change])
         if len(np.unique(ep)) != len(starts):
-            raise ValueError(f"OPE data {source!r}: an episode's rows are not contiguous; load episodes in order "
-                             "(EpisodeStore.load_transitions does)")
+            raise ValueError(
+                f"OPE data {source!r}: an episode's rows are not contiguous; load episodes in order "
+                "(EpisodeStore.load_transitions does)"
+            )
         if norm is None:
             norm = fit_normalization(transitions, action_low, action_high)
         f32 = lambda a: torch.as_tensor(np.ascontiguousarray(a, np.float32), device=device)  # noqa: E731
         act = norm.action_to_unit(transitions.actions)
-        return cls._from_rows(f32(norm.normalize_obs(transitions.observations)), f32(act), f32(transitions.rewards),
-                              f32(norm.normalize_obs(transitions.next_observations)), f32(transitions.terminals),
-                              f32(transitions.timeouts), torch.as_tensor(starts, device=device), norm, source)
+        return cls._from_rows(
+            f32(norm.normalize_obs(transitions.observations)),
+            f32(act),
+            f32(transitions.rewards),
+            f32(norm.normalize_obs(transitions.next_observations)),
+            f32(transitions.terminals),
+            f32(transitions.timeouts),
+            torch.as_tensor(starts, device=device),
+            norm,
+            source,
+        )
 
     @classmethod
-    def from_store(cls, path: str, episodes: Sequence[int] | np.ndarray | None = None, device: Any = "cpu",
-                   norm: Normalization | None = None) -> "OPEData":
+    def from_store(
+        cls,
+        path: str,
+        episodes: Sequence[int] | np.ndarray | None = None,
+        device: Any = "cpu",
+        norm: Normalization | None = None,
+    ) -> "OPEData":
         """The selected episodes (default all committed) of the store at ``path``."""
         from o2o.datasets import EpisodeStore
 
@@ -147,8 +187,17 @@ class OPEData:
         broken = (b.next_observations[:-1] != b.observations[1:]).any(dim=1)
         start = torch.cat([torch.ones(1, dtype=torch.bool, device=b.actions.device), prev_end | broken])
         rewards = (b.rewards - norm.reward_shift) / norm.reward_scale
-        return cls._from_rows(b.observations, b.actions, rewards, b.next_observations, b.terminals, b.timeouts,
-                              start.nonzero().squeeze(1), norm, source)
+        return cls._from_rows(
+            b.observations,
+            b.actions,
+            rewards,
+            b.next_observations,
+            b.terminals,
+            b.timeouts,
+            start.nonzero().squeeze(1),
+            norm,
+            source,
+        )
 
     @classmethod
     def _from_rows(cls, obs, act, rew, nxt, term, tout, starts: Tensor, norm, source) -> "OPEData":
@@ -190,9 +239,11 @@ class TargetPolicy:
             low = (module.act_center - module.act_half).detach().cpu().numpy()
             high = (module.act_center + module.act_half).detach().cpu().numpy()
             if not (np.allclose(low, norm.action_low, atol=1e-5) and np.allclose(high, norm.action_high, atol=1e-5)):
-                raise ValueError(f"policy {label!r}: trained with action bounds [{low.tolist()}, {high.tolist()}], "
-                                 f"the OPE dataset has [{np.asarray(norm.action_low).tolist()}, "
-                                 f"{np.asarray(norm.action_high).tolist()}]: it was trained for another env")
+                raise ValueError(
+                    f"policy {label!r}: trained with action bounds [{low.tolist()}, {high.tolist()}], "
+                    f"the OPE dataset has [{np.asarray(norm.action_low).tolist()}, "
+                    f"{np.asarray(norm.action_high).tolist()}]: it was trained for another env"
+                )
         actor = module.actor
 
         def obs_in(obs: Tensor) -> Tensor:
@@ -203,13 +254,17 @@ class TargetPolicy:
 
         if not hasattr(actor, "log_prob"):  # a deterministic actor (MSE BC): IS/DR smooth it (OPEConfig.target_std)
             return cls(mean, name=label)
-        return cls(mean, sample=lambda obs: actor(obs_in(obs)).action.to(obs.device),
-                   log_prob=lambda obs, a: actor.log_prob(obs_in(obs), a.to(module.obs_mean.device)).to(obs.device),
-                   name=label)
+        return cls(
+            mean,
+            sample=lambda obs: actor(obs_in(obs)).action.to(obs.device),
+            log_prob=lambda obs, a: actor.log_prob(obs_in(obs), a.to(module.obs_mean.device)).to(obs.device),
+            name=label,
+        )
 
     @classmethod
-    def from_numpy(cls, fn: Callable[[np.ndarray], np.ndarray], action_low, action_high,
-                   name: str = "policy") -> "TargetPolicy":
+    def from_numpy(
+        cls, fn: Callable[[np.ndarray], np.ndarray], action_low, action_high, name: str = "policy"
+    ) -> "TargetPolicy":
         """Any env-unit policy function ``obs [N, O] -> actions [N, A]`` (NumPy), e.g. an exported
         policy. It must be memoryless: OPE queries states out of episode order."""
         center, half = action_center_halfrange(np.asarray(action_low, np.float32), np.asarray(action_high, np.float32))
@@ -222,15 +277,16 @@ class TargetPolicy:
 
 
 @torch.no_grad()
-def policy_actions(policy: TargetPolicy, data: OPEData, observations: Tensor, samples: int, stochastic: bool,
-                   chunk: int) -> Tensor:
+def policy_actions(
+    policy: TargetPolicy, data: OPEData, observations: Tensor, samples: int, stochastic: bool, chunk: int
+) -> Tensor:
     """The target's actions at (normalised) ``observations``: ``[N, A]``, or ``[N, K, A]`` sampled.
 
     Computed once per policy: the policy is fixed, so FQE's backups reuse them every update.
     """
     outs = []
     for i in range(0, observations.shape[0], chunk):
-        raw = data.raw(observations[i:i + chunk])
+        raw = data.raw(observations[i : i + chunk])
         if stochastic:
             outs.append(torch.stack([policy.sample(raw) for _ in range(samples)], dim=1))
         else:

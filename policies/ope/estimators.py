@@ -45,8 +45,9 @@ def gaussian_log_prob(actions: Tensor, mean: Tensor, std: float | Tensor) -> Ten
     return (-0.5 * z.pow(2) - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def cumulative_log_weights(log_ratio: Tensor, mask: Tensor, step_clip: float | None = None,
-                           cumulative_clip: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def cumulative_log_weights(
+    log_ratio: Tensor, mask: Tensor, step_clip: float | None = None, cumulative_clip: float | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """``log w_t = sum_{k<=t} log rho_k`` per episode with optional upper clips, ``[E, T] -> [E, T]``.
 
     ``step_clip`` caps each ratio (``rho_k <= c``), ``cumulative_clip`` each cumulative
@@ -86,8 +87,9 @@ def per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float) 
     return (discounts(r.shape[1], gamma, r) * torch.exp(log_w) * r).sum(dim=1)
 
 
-def weighted_per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float,
-                             counts: Tensor | None = None) -> Tensor:
+def weighted_per_decision_is(
+    log_w: Tensor, rewards: Tensor, mask: Tensor, gamma: float, counts: Tensor | None = None
+) -> Tensor:
     """Weighted (self-normalised) per-decision IS: ``sum_t gamma^t sum_i w_it r_it / sum_i w_it``.
 
     The normaliser at step t runs over all episodes (ended ones carry their weight in the
@@ -106,8 +108,9 @@ def weighted_per_decision_is(log_w: Tensor, rewards: Tensor, mask: Tensor, gamma
     return out if counts is not None else out[0]
 
 
-def doubly_robust(log_w: Tensor, rewards: Tensor, mask: Tensor, q_taken: Tensor, v: Tensor, gamma: float,
-                  tail: Tensor | None = None) -> Tensor:
+def doubly_robust(
+    log_w: Tensor, rewards: Tensor, mask: Tensor, q_taken: Tensor, v: Tensor, gamma: float, tail: Tensor | None = None
+) -> Tensor:
     """Jiang & Li (2016)'s per-decision doubly robust estimate per episode, ``[E]``.
 
     ``V_DR = sum_t gamma^t [ w_t (r_t - Q(s_t, a_t)) + w_{t-1} V(s_t) ]`` with ``w_{-1} = 1``,

@@ -84,7 +84,7 @@ def _q_over(critic: QEnsemble, obs: Tensor, actions: Tensor, chunk: int) -> Tens
     """Ensemble Q at every row, ``[n, N]`` (actions ``[N, A]``, or ``[N, K, A]`` averaged over K)."""
     outs = []
     for i in range(0, obs.shape[0], chunk):
-        o, a = obs[i:i + chunk], actions[i:i + chunk]
+        o, a = obs[i : i + chunk], actions[i : i + chunk]
         if a.dim() == 3:
             o = o.unsqueeze(1).expand(-1, a.shape[1], -1)
             outs.append(critic(o, a).mean(dim=-1))
@@ -93,8 +93,13 @@ def _q_over(critic: QEnsemble, obs: Tensor, actions: Tensor, chunk: int) -> Tens
     return torch.cat(outs, dim=1)
 
 
-def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, keep_critic: bool = False,
-            progress: Callable[[int], None] | None = None) -> FQEResult:
+def fit_fqe(
+    data: OPEData,
+    policy: TargetPolicy,
+    cfg: OPEConfig | None = None,
+    keep_critic: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FQEResult:
     """Fit FQE for ``policy`` on ``data`` with ``cfg.fqe_updates`` updates and return its estimate.
 
     ``cfg.stochastic`` evaluates the policy's sampled actions (needs a stochastic policy);
@@ -102,8 +107,10 @@ def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, k
     """
     cfg = cfg or OPEConfig()
     if cfg.stochastic and not policy.stochastic:
-        raise ValueError(f"ope.stochastic=true but policy {policy.name!r} is deterministic (no sampling/density); "
-                         "set ope.stochastic=false")
+        raise ValueError(
+            f"ope.stochastic=true but policy {policy.name!r} is deterministic (no sampling/density); "
+            "set ope.stochastic=false"
+        )
     if len(data) == 0:
         raise ValueError(f"FQE of {policy.name!r}: dataset {data.source!r} holds no transitions")
     start = time.perf_counter()
@@ -115,8 +122,9 @@ def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, k
         next_act = policy_actions(policy, data, data.next_observations, cfg.policy_samples, cfg.stochastic, cfg.chunk)
         cur_act = policy_actions(policy, data, data.observations, cfg.policy_samples, cfg.stochastic, cfg.chunk)
         obs_dim = data.observations.shape[1] + (0 if H is None else 1)
-        critic = QEnsemble(obs_dim, data.actions.shape[1], cfg.fqe_hidden, n=cfg.fqe_critics,
-                           layer_norm=cfg.fqe_layer_norm).to(device)
+        critic = QEnsemble(
+            obs_dim, data.actions.shape[1], cfg.fqe_hidden, n=cfg.fqe_critics, layer_norm=cfg.fqe_layer_norm
+        ).to(device)
     target = copy.deepcopy(critic).requires_grad_(False)
     opt = adam(critic.parameters(), lr=cfg.fqe_lr)
 
@@ -153,9 +161,15 @@ def fit_fqe(data: OPEData, policy: TargetPolicy, cfg: OPEConfig | None = None, k
     per_member = starts.mean(dim=1) / scale
     value = float(per_member.mean())
     return FQEResult(
-        value=value, value_std=float(per_member.std()) if per_member.numel() > 1 else 0.0,
-        start_values=(starts.mean(0) / scale).cpu().numpy(), q_taken=q_taken.mean(0) / scale,
-        v=v_all.mean(0) / scale, v_next=v_next / scale, reward_scale=scale, updates=int(cfg.fqe_updates),
-        seconds=time.perf_counter() - start, losses=[float(x) for x in losses],
+        value=value,
+        value_std=float(per_member.std()) if per_member.numel() > 1 else 0.0,
+        start_values=(starts.mean(0) / scale).cpu().numpy(),
+        q_taken=q_taken.mean(0) / scale,
+        v=v_all.mean(0) / scale,
+        v_next=v_next / scale,
+        reward_scale=scale,
+        updates=int(cfg.fqe_updates),
+        seconds=time.perf_counter() - start,
+        losses=[float(x) for x in losses],
         critic=critic if keep_critic else None,
     )

@@ -43,12 +43,17 @@ class BehaviorModel:
     @torch.no_grad()
     def log_prob(self, data: OPEData, chunk: int = 65_536) -> Tensor:
         """``log mu(a_t | s_t)`` at every row ``[N]``."""
-        return torch.cat([self.actor.log_prob(data.observations[i:i + chunk], data.actions[i:i + chunk])
-                          for i in range(0, len(data), chunk)])
+        return torch.cat(
+            [
+                self.actor.log_prob(data.observations[i : i + chunk], data.actions[i : i + chunk])
+                for i in range(0, len(data), chunk)
+            ]
+        )
 
 
-def fit_behavior(data: OPEData, cfg: OPEConfig | None = None, progress: Callable[[int], None] | None = None
-                 ) -> BehaviorModel:
+def fit_behavior(
+    data: OPEData, cfg: OPEConfig | None = None, progress: Callable[[int], None] | None = None
+) -> BehaviorModel:
     """Fit mu by maximum likelihood (Gaussian, state-independent std) for ``cfg.behavior_updates`` updates
     (``progress(updates done)`` after each).
 
@@ -62,8 +67,9 @@ def fit_behavior(data: OPEData, cfg: OPEConfig | None = None, progress: Callable
     gen.manual_seed(int(cfg.seed) + 1)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(int(cfg.seed) + 1)
-        actor = make_actor("gaussian", data.observations.shape[1], data.actions.shape[1],
-                           hidden=cfg.behavior_hidden).to(device)
+        actor = make_actor(
+            "gaussian", data.observations.shape[1], data.actions.shape[1], hidden=cfg.behavior_hidden
+        ).to(device)
     opt = adam(actor.parameters(), lr=cfg.behavior_lr)
     for i in range(int(cfg.behavior_updates)):
         idx = torch.randint(0, len(data), (cfg.behavior_batch_size,), device=device, generator=gen)
@@ -86,12 +92,14 @@ def target_log_prob(policy: TargetPolicy, data: OPEData, cfg: OPEConfig) -> Tens
     ``cfg.stochastic``, else the Gaussian smoothing of its deterministic action."""
     outs = []
     for i in range(0, len(data), cfg.chunk):
-        raw = data.raw(data.observations[i:i + cfg.chunk])
-        a = data.actions[i:i + cfg.chunk]
+        raw = data.raw(data.observations[i : i + cfg.chunk])
+        a = data.actions[i : i + cfg.chunk]
         if cfg.stochastic:
             if not policy.stochastic:
-                raise ValueError(f"ope.stochastic=true but policy {policy.name!r} has no density; "
-                                 "set ope.stochastic=false (it is then smoothed by ope.target_std)")
+                raise ValueError(
+                    f"ope.stochastic=true but policy {policy.name!r} has no density; "
+                    "set ope.stochastic=false (it is then smoothed by ope.target_std)"
+                )
             outs.append(policy.log_prob(raw, a))
         else:
             outs.append(E.gaussian_log_prob(a, policy.mean(raw), cfg.target_std))
@@ -117,20 +125,31 @@ class ISResult:
 
     def metrics(self) -> dict[str, float | None]:
         """The figures under their ``ope/`` metric names."""
-        out = {"ope/is_value": self.is_value, "ope/wis_value": self.wis_value, "ope/dr_value": self.dr_value,
-               "ope/ess": self.ess, "ope/ess_fraction": self.ess / max(self.episodes, 1),
-               "ope/clipped_step_fraction": self.clipped_step_fraction,
-               "ope/clipped_cumulative_fraction": self.clipped_cumulative_fraction,
-               "ope/log_ratio_mean": self.log_ratio_mean}
+        out = {
+            "ope/is_value": self.is_value,
+            "ope/wis_value": self.wis_value,
+            "ope/dr_value": self.dr_value,
+            "ope/ess": self.ess,
+            "ope/ess_fraction": self.ess / max(self.episodes, 1),
+            "ope/clipped_step_fraction": self.clipped_step_fraction,
+            "ope/clipped_cumulative_fraction": self.clipped_cumulative_fraction,
+            "ope/log_ratio_mean": self.log_ratio_mean,
+        }
         for name, (lo, hi) in self.intervals.items():
             out[f"ope/{name}_ci_low"], out[f"ope/{name}_ci_high"] = lo, hi
         return out
 
 
 @torch.no_grad()
-def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPEConfig | None = None,
-                         q_taken: Tensor | None = None, v: Tensor | None = None,
-                         v_next: Tensor | None = None) -> ISResult:
+def importance_estimates(
+    data: OPEData,
+    log_pi: Tensor,
+    log_mu: Tensor,
+    cfg: OPEConfig | None = None,
+    q_taken: Tensor | None = None,
+    v: Tensor | None = None,
+    v_next: Tensor | None = None,
+) -> ISResult:
     """Per-decision IS, WIS and (given a value model ``q_taken, v`` per row) DR estimates.
 
     ``log_pi, log_mu [N]`` are per-row log densities of the dataset actions; ``v_next``
@@ -143,23 +162,29 @@ def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPE
         if t.shape != (len(data),):
             raise ValueError(f"importance_estimates: {name} has shape {tuple(t.shape)}, expected ({len(data)},)")
         if not torch.isfinite(t).all():
-            raise ValueError(f"importance_estimates: {name} holds non-finite log-densities "
-                             f"(first at row {int((~torch.isfinite(t)).nonzero()[0])})")
+            raise ValueError(
+                f"importance_estimates: {name} holds non-finite log-densities "
+                f"(first at row {int((~torch.isfinite(t)).nonzero()[0])})"
+            )
     log_ratio, mask = data.padded((log_pi - log_mu).double())
     rewards, _ = data.padded(data.rewards.double())
     if cfg.horizon is not None:
-        mask[:, cfg.horizon:] = False  # the value counts the first `horizon` steps, as FQE's does
+        mask[:, cfg.horizon :] = False  # the value counts the first `horizon` steps, as FQE's does
     log_w, clip = E.cumulative_log_weights(log_ratio, mask, cfg.step_clip, cfg.cumulative_clip)
     pdis_ep = E.per_decision_is(log_w, rewards, mask, cfg.gamma)
     pdis = pdis_ep.mean()
     wis = E.weighted_per_decision_is(log_w, rewards, mask, cfg.gamma)
-    counts = (E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed, log_w.device)
-              if cfg.bootstrap and data.num_episodes > 1 else None)
+    counts = (
+        E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed, log_w.device)
+        if cfg.bootstrap and data.num_episodes > 1
+        else None
+    )
     intervals: dict[str, tuple[float, float]] = {}
     if counts is not None:
         intervals["is"] = E.percentile_interval(E.bootstrap_means(pdis_ep, counts), cfg.confidence)
-        intervals["wis"] = E.percentile_interval(E.weighted_per_decision_is(log_w, rewards, mask, cfg.gamma, counts),
-                                                 cfg.confidence)
+        intervals["wis"] = E.percentile_interval(
+            E.weighted_per_decision_is(log_w, rewards, mask, cfg.gamma, counts), cfg.confidence
+        )
     dr = None
     if q_taken is not None and v is not None:
         q_pad, _ = data.padded(q_taken.double())
@@ -174,8 +199,13 @@ def importance_estimates(data: OPEData, log_pi: Tensor, log_mu: Tensor, cfg: OPE
         if counts is not None:
             intervals["dr"] = E.percentile_interval(E.bootstrap_means(dr_ep, counts), cfg.confidence)
     return ISResult(
-        is_value=float(pdis), wis_value=float(wis), dr_value=dr, ess=float(E.effective_sample_size(log_w[:, -1])),
-        episodes=data.num_episodes, clipped_step_fraction=float(clip["clipped_step_fraction"]),
+        is_value=float(pdis),
+        wis_value=float(wis),
+        dr_value=dr,
+        ess=float(E.effective_sample_size(log_w[:, -1])),
+        episodes=data.num_episodes,
+        clipped_step_fraction=float(clip["clipped_step_fraction"]),
         clipped_cumulative_fraction=float(clip["clipped_cumulative_fraction"]),
-        log_ratio_mean=float(log_ratio[mask].mean()), intervals=intervals,
+        log_ratio_mean=float(log_ratio[mask].mean()),
+        intervals=intervals,
     )

@@ -28,8 +28,12 @@ from o2o.policies.ope.importance import BehaviorModel, fit_behavior, importance_
 OPE_METRICS = ("ope/fqe_value", "ope/is_value", "ope/wis_value", "ope/dr_value")
 
 
-def as_ope_data(data: OPEData | TensorReplay | str | os.PathLike, episodes: Sequence[int] | np.ndarray | None = None,
-                norm: Normalization | None = None, device: Any = None) -> OPEData:
+def as_ope_data(
+    data: OPEData | TensorReplay | str | os.PathLike,
+    episodes: Sequence[int] | np.ndarray | None = None,
+    norm: Normalization | None = None,
+    device: Any = None,
+) -> OPEData:
     """Whatever names the evaluation data, as :class:`OPEData`.
 
     A store path (local or URL) loads ``episodes`` (default all) onto ``device`` (default
@@ -40,17 +44,23 @@ def as_ope_data(data: OPEData | TensorReplay | str | os.PathLike, episodes: Sequ
         return data
     if isinstance(data, TensorReplay):
         if norm is None:
-            raise ValueError("OPE on a TensorReplay needs the Normalization its rows were made with (pass "
-                             "norm=module.norm)")
+            raise ValueError(
+                "OPE on a TensorReplay needs the Normalization its rows were made with (pass norm=module.norm)"
+            )
         return OPEData.from_replay(data, norm)
     if isinstance(data, (str, os.PathLike)):
         return OPEData.from_store(str(data), episodes, device=device or "cpu")
     raise TypeError(f"OPE data must be a store path, an OPEData or a TensorReplay, not {type(data).__name__}")
 
 
-def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None = None,
-                    behavior: BehaviorModel | torch.Tensor | None = None, importance: bool = True,
-                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def evaluate_policy(
+    policy: TargetPolicy,
+    data: OPEData,
+    cfg: OPEConfig | None = None,
+    behavior: BehaviorModel | torch.Tensor | None = None,
+    importance: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """Every OPE estimate of ``policy`` on ``data`` as ``{"ope/...": value}``.
 
     ``behavior``: a fitted :class:`BehaviorModel`, a known ``log mu`` per row, or None to fit
@@ -61,20 +71,26 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
     cfg = cfg or OPEConfig()
     start = time.perf_counter()
     fqe = fit_fqe(data, policy, cfg, progress=progress)
-    out: dict[str, Any] = {"ope/fqe_value": fqe.value, "ope/fqe_std": fqe.value_std,
-                           "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None}
+    out: dict[str, Any] = {
+        "ope/fqe_value": fqe.value,
+        "ope/fqe_std": fqe.value_std,
+        "ope/fqe_final_loss": fqe.losses[-1] if fqe.losses else None,
+    }
     if cfg.fqe_refits:
         out.update(fqe_refit_interval(policy, data, cfg, progress))
     elif cfg.bootstrap and data.num_episodes > 1:  # the same episode draws as IS/WIS/DR's (same seed and sizes)
         counts = E.bootstrap_counts(data.num_episodes, int(cfg.bootstrap), cfg.seed)
-        lo, hi = E.percentile_interval(E.bootstrap_means(torch.as_tensor(fqe.start_values, dtype=torch.float64), counts),
-                                       cfg.confidence)
+        lo, hi = E.percentile_interval(
+            E.bootstrap_means(torch.as_tensor(fqe.start_values, dtype=torch.float64), counts), cfg.confidence
+        )
         out["ope/fqe_ci_low"], out["ope/fqe_ci_high"] = lo, hi
     if importance:
         if behavior is None:
             behavior = fit_behavior(data, cfg)
         log_mu = behavior.log_prob(data, cfg.chunk) if isinstance(behavior, BehaviorModel) else behavior
-        res = importance_estimates(data, target_log_prob(policy, data, cfg), log_mu, cfg, fqe.q_taken, fqe.v, fqe.v_next)
+        res = importance_estimates(
+            data, target_log_prob(policy, data, cfg), log_mu, cfg, fqe.q_taken, fqe.v, fqe.v_next
+        )
         out.update(res.metrics())
     else:
         out.update({k: None for k in OPE_METRICS[1:]})
@@ -82,8 +98,9 @@ def evaluate_policy(policy: TargetPolicy, data: OPEData, cfg: OPEConfig | None =
     return out
 
 
-def fqe_refit_interval(policy: TargetPolicy, data: OPEData, cfg: OPEConfig,
-                       progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def fqe_refit_interval(
+    policy: TargetPolicy, data: OPEData, cfg: OPEConfig, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Bootstrapped FQE: ``cfg.fqe_refits`` fits, each on a resample of the episodes with its own
     seed; FQE's interval from their estimates (``ope/fqe_ci_low`` / ``_high``) and their spread.
     ``progress``: FQE updates counted on after the first fit's ``fqe_updates``."""
@@ -96,8 +113,12 @@ def fqe_refit_interval(policy: TargetPolicy, data: OPEData, cfg: OPEConfig,
         values.append(fit_fqe(data.resample(ids), policy, replace(cfg, seed=int(cfg.seed) + 1 + k), progress=on).value)
     v = torch.tensor(values, dtype=torch.float64)
     lo, hi = E.percentile_interval(v, cfg.confidence)
-    return {"ope/fqe_ci_low": lo, "ope/fqe_ci_high": hi, "ope/fqe_refit_std": float(v.std()),
-            "ope/fqe_refits": len(values)}
+    return {
+        "ope/fqe_ci_low": lo,
+        "ope/fqe_ci_high": hi,
+        "ope/fqe_refit_std": float(v.std()),
+        "ope/fqe_refits": len(values),
+    }
 
 
 def load_policy(path: str, data: OPEData):
@@ -108,13 +129,16 @@ def load_policy(path: str, data: OPEData):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     module = load_algorithm(path, map_location=data.device).to(data.device).eval()
     if int(module.obs_dim) != int(data.observations.shape[1]):
-        raise ValueError(f"checkpoint {path!r} expects observations of dim {module.obs_dim}, the OPE dataset "
-                         f"{data.source!r} has {data.observations.shape[1]}: it was trained on another env")
+        raise ValueError(
+            f"checkpoint {path!r} expects observations of dim {module.obs_dim}, the OPE dataset "
+            f"{data.source!r} has {data.observations.shape[1]}: it was trained on another env"
+        )
     return module, TargetPolicy.from_module(module, data.norm, name=os.path.basename(path))
 
 
-def evaluate_checkpoints(checkpoints: Sequence[str], data: OPEData, cfg: OPEConfig | None = None,
-                         importance: bool = True, log=None) -> list[dict[str, Any]]:
+def evaluate_checkpoints(
+    checkpoints: Sequence[str], data: OPEData, cfg: OPEConfig | None = None, importance: bool = True, log=None
+) -> list[dict[str, Any]]:
     """:func:`evaluate_policy` for each checkpoint file, one row per checkpoint (``checkpoint`` = path).
 
     One behaviour model is fitted and shared: mu is a property of the data, not of the candidate.
@@ -165,10 +189,17 @@ def describe_choice(table: Sequence[Mapping[str, Any]], metric: str = "ope/fqe_v
     return out
 
 
-def select_by_ope(checkpoints: Sequence[str], data: OPEData | TensorReplay | str | os.PathLike,
-                  cfg: OPEConfig | Mapping[str, Any] | None = None, *, episodes: Sequence[int] | None = None,
-                  norm: Normalization | None = None, device: Any = None, metric: str = "ope/fqe_value",
-                  importance: bool = False) -> tuple[str, list[dict[str, Any]]]:
+def select_by_ope(
+    checkpoints: Sequence[str],
+    data: OPEData | TensorReplay | str | os.PathLike,
+    cfg: OPEConfig | Mapping[str, Any] | None = None,
+    *,
+    episodes: Sequence[int] | None = None,
+    norm: Normalization | None = None,
+    device: Any = None,
+    metric: str = "ope/fqe_value",
+    importance: bool = False,
+) -> tuple[str, list[dict[str, Any]]]:
     """The checkpoint with the highest OPE estimate (FQE by default) and the table of all of them.
 
     Called by pretrain when there is no simulator, e.g.
@@ -186,8 +217,10 @@ def select_by_ope(checkpoints: Sequence[str], data: OPEData | TensorReplay | str
     table = evaluate_checkpoints(list(checkpoints), ope_data, cfg, importance=importance)
     scores = [r[metric] if r[metric] is not None and math.isfinite(r[metric]) else -math.inf for r in table]
     if all(s == -math.inf for s in scores):
-        raise ValueError(f"select_by_ope: no checkpoint has a finite {metric} "
-                         f"({[r[metric] for r in table]}); check the dataset and ope settings")
+        raise ValueError(
+            f"select_by_ope: no checkpoint has a finite {metric} "
+            f"({[r[metric] for r in table]}); check the dataset and ope settings"
+        )
     best = int(np.argmax(scores))
     for i, r in enumerate(table):
         r["selected"] = i == best

@@ -13,12 +13,15 @@ def test_a_function_and_a_class_inside_the_prefix_resolve():
     from o2o.core.hashing import sha256_file
 
     assert resolve("o2o.core.hashing.sha256_file", "o2o.core.", what="hasher", rule=RULE) is sha256_file
-    assert resolve("collections.OrderedDict", "collections", base=dict, what="mapping", rule=RULE).__name__ == \
-        "OrderedDict"
+    assert (
+        resolve("collections.OrderedDict", "collections", base=dict, what="mapping", rule=RULE).__name__
+        == "OrderedDict"
+    )
 
 
-@pytest.mark.parametrize("path", ["os.system", "builtins.eval", "o2o.corex.evil.run", "o2o.core", "o2o.core.x.",
-                                  "", None, 3])
+@pytest.mark.parametrize(
+    "path", ["os.system", "builtins.eval", "o2o.corex.evil.run", "o2o.core", "o2o.core.x.", "", None, 3]
+)
 def test_a_path_outside_the_prefix_is_refused_before_anything_is_imported(path):
     with pytest.raises(ValueError, match=r"^hasher .* refused: it must live in 'o2o.core.'"):
         resolve(path, "o2o.core.", what="hasher", rule=RULE)
@@ -42,5 +45,6 @@ def test_the_wrong_kind_of_object_is_named():
     with pytest.raises(ValueError, match=r"^mapping 'collections.deque' is not a subclass of dict$"):
         resolve("collections.deque", "collections", base=dict, what="mapping", rule=RULE)
     with pytest.raises(ValueError, match=r"is not an ordered mapping$"):
-        resolve("collections.namedtuple", "collections", base=dict, what="mapping", rule=RULE,
-                kind="an ordered mapping")
+        resolve(
+            "collections.namedtuple", "collections", base=dict, what="mapping", rule=RULE, kind="an ordered mapping"
+        )

@@ -51,7 +51,11 @@ class WriterProcess:
         self._stderr = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-u", str(WRITER_SCRIPT), *map(str, args)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True, bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            bufsize=1,
         )
         self.pid = self.proc.pid
         self.lines: list[str] = []

@@ -43,10 +43,12 @@ LOCKED_EXIT = 3
 
 
 def make_schema() -> Schema:
-    obs = gym.spaces.Dict({
-        "joints": gym.spaces.Box(-2.0, 2.0, (JOINTS,), np.float32),
-        "target": gym.spaces.Box(-2.0, 2.0, (TARGET,), np.float32),
-    })
+    obs = gym.spaces.Dict(
+        {
+            "joints": gym.spaces.Box(-2.0, 2.0, (JOINTS,), np.float32),
+            "target": gym.spaces.Box(-2.0, 2.0, (TARGET,), np.float32),
+        }
+    )
     return Schema.from_spaces(obs, gym.spaces.Box(-1.0, 1.0, (ACT,), np.float32))
 
 
@@ -91,14 +93,24 @@ def checksum(ep: Episode) -> str:
     h = hashlib.blake2b(digest_size=12)
     arrays = {f"obs/{k}": v for k, v in ep.observations.items()}
     arrays.update({f"final/{k}": v for k, v in ep.final_observation.items()})
-    arrays.update(actions=ep.actions, rewards=ep.rewards, terminals=ep.terminals, timeouts=ep.timeouts,
-                  interventions=ep.interventions)
+    arrays.update(
+        actions=ep.actions,
+        rewards=ep.rewards,
+        terminals=ep.terminals,
+        timeouts=ep.timeouts,
+        interventions=ep.interventions,
+    )
     for key in sorted(arrays):
         a = np.ascontiguousarray(arrays[key])
         h.update(f"{key}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
-    record = {"seed": ep.seed, "success": ep.success, "times": [ep.start_time, ep.end_time],
-              "source": ep.provenance["source"], "policy_id": ep.provenance["policy_id"]}
+    record = {
+        "seed": ep.seed,
+        "success": ep.success,
+        "times": [ep.start_time, ep.end_time],
+        "source": ep.provenance["source"],
+        "policy_id": ep.provenance["policy_id"],
+    }
     h.update(json.dumps(record, sort_keys=True).encode())
     return h.hexdigest()
 

@@ -44,7 +44,8 @@ class Truth:
         for k in eps[0].observations:
             np.testing.assert_array_equal(tr.observations[k], np.concatenate([e.observations[k] for e in eps]))
             np.testing.assert_array_equal(
-                tr.next_observations[k], np.concatenate([e.next_observations()[k] for e in eps]))
+                tr.next_observations[k], np.concatenate([e.next_observations()[k] for e in eps])
+            )
         for field in ("actions", "rewards", "terminals", "timeouts"):
             np.testing.assert_array_equal(getattr(tr, field), np.concatenate([getattr(e, field) for e in eps]))
         table = store.episodes_table(np.arange(n))

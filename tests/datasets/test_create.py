@@ -76,8 +76,17 @@ def test_racing_creators_one_wins_the_others_get_the_lock_error(tmp_path, store_
 def test_two_collect_commands_on_a_new_path(tmp_path):
     """The CLI race of the issue: each `o2o collect` either succeeds or says another process writes."""
     path = tmp_path / "maze.zarr"
-    cmd = [sys.executable, "-m", "o2o.pipeline.cli", "collect", "env=pointmaze", "behavior=random",
-           "collect.episodes=30", f"dataset.path={path}", "collect.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "o2o.pipeline.cli",
+        "collect",
+        "env=pointmaze",
+        "behavior=random",
+        "collect.episodes=30",
+        f"dataset.path={path}",
+        "collect.progress=false",
+    ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     out = [p.communicate(timeout=300) for p in procs]
     rcs = [p.returncode for p in procs]
@@ -96,8 +105,19 @@ def test_a_folder_with_other_files_is_not_turned_into_a_dataset(tmp_path, store_
     with pytest.raises(NotADatasetError, match="is not empty and is not an o2o dataset .*readme.txt"):
         store_writer.create_store(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["readme.txt"]
-    assert main(["collect", "env=pointmaze", "behavior=random", "collect.episodes=1", f"dataset.path={folder}",
-                 "collect.progress=false"]) == 2
+    assert (
+        main(
+            [
+                "collect",
+                "env=pointmaze",
+                "behavior=random",
+                "collect.episodes=1",
+                f"dataset.path={folder}",
+                "collect.progress=false",
+            ]
+        )
+        == 2
+    )
     assert "not an o2o dataset" in capsys.readouterr().err
     assert sorted(p.name for p in folder.iterdir()) == ["readme.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["notes"]
@@ -118,8 +138,14 @@ def test_an_empty_folder_becomes_a_dataset_and_a_file_is_refused(tmp_path, store
 def test_a_damaged_dataset_is_not_recreated_by_collect(tmp_path, capsys):
     """A deleted root zarr.json: collect used to rewrite it (then verify said OK)."""
     path = tmp_path / "maze.zarr"
-    args = ["collect", "env=pointmaze", "behavior=random", "collect.episodes=2", f"dataset.path={path}",
-            "collect.progress=false"]
+    args = [
+        "collect",
+        "env=pointmaze",
+        "behavior=random",
+        "collect.episodes=2",
+        f"dataset.path={path}",
+        "collect.progress=false",
+    ]
     assert main(args) == 0
     (path / "zarr.json").unlink()
     capsys.readouterr()
@@ -131,8 +157,20 @@ def test_a_damaged_dataset_is_not_recreated_by_collect(tmp_path, capsys):
 
 def test_a_collection_that_fails_before_its_first_episode_leaves_nothing(tmp_path, capsys):
     path = tmp_path / "new.zarr"
-    assert main(["collect", "env=pointmaze", "behavior=learned", f"behavior.checkpoint={tmp_path / 'no.onnx'}",
-                 "collect.episodes=2", f"dataset.path={path}", "collect.progress=false"]) == 2
+    assert (
+        main(
+            [
+                "collect",
+                "env=pointmaze",
+                "behavior=learned",
+                f"behavior.checkpoint={tmp_path / 'no.onnx'}",
+                "collect.episodes=2",
+                f"dataset.path={path}",
+                "collect.progress=false",
+            ]
+        )
+        == 2
+    )
     assert "no.onnx" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
@@ -152,8 +190,14 @@ def _minari_reacher(tmp_path, monkeypatch, dataset_id: str, seeds) -> None:
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
             done = terminated or truncated
     with pytest.warns(UserWarning):
-        env.create_dataset(dataset_id=dataset_id, algorithm_name="uniform", author="test",
-                           author_email="test@example.org", code_permalink="n/a", description="test data")
+        env.create_dataset(
+            dataset_id=dataset_id,
+            algorithm_name="uniform",
+            author="test",
+            author_email="test@example.org",
+            code_permalink="n/a",
+            description="test data",
+        )
     env.close()
 
 
@@ -193,8 +237,9 @@ def test_an_older_store_with_int64_seeds_refuses_a_64_bit_seed_by_name(tmp_path,
         store.append(store_writer.make_episode(0))
     old = zarr.open_array(str(path / "episodes/seed"), mode="r")
     values = np.asarray(old[:]).astype(np.int64)
-    zarr.create_array(str(path / "episodes/seed"), shape=(1,), chunks=(1024,), dtype="int64", overwrite=True,
-                      fill_value=0)[:] = values
+    zarr.create_array(
+        str(path / "episodes/seed"), shape=(1,), chunks=(1024,), dtype="int64", overwrite=True, fill_value=0
+    )[:] = values
     with EpisodeStore.open(path, mode="a") as store:
         ep = store_writer.make_episode(1)
         ep.seed = 2**63

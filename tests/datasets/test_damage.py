@@ -70,7 +70,7 @@ def bytes_overwritten(path: Path) -> list[str]:
     f = chunk_file(path, "data/obs/joints", chunk_of(path, "data/obs/joints", a + 10))
     raw = bytearray(f.read_bytes())
     mid = len(raw) // 2
-    raw[mid:mid + 4] = bytes(b ^ 0xA5 for b in raw[mid:mid + 4])
+    raw[mid : mid + 4] = bytes(b ^ 0xA5 for b in raw[mid : mid + 4])
     f.write_bytes(bytes(raw))
     return []  # other values (a digest mismatch) or an undecodable chunk, whichever the bytes give: see the test
 
@@ -143,9 +143,19 @@ def index_deleted(path: Path) -> list[str]:
     return ["index.json", "missing"]
 
 
-DAMAGE = [values_changed, bytes_overwritten, header_overwritten, chunk_deleted, array_metadata_deleted,
-          ends_chunk_deleted, returns_changed, digest_changed, index_fingerprint_changed, root_metadata_deleted,
-          index_deleted]
+DAMAGE = [
+    values_changed,
+    bytes_overwritten,
+    header_overwritten,
+    chunk_deleted,
+    array_metadata_deleted,
+    ends_chunk_deleted,
+    returns_changed,
+    digest_changed,
+    index_fingerprint_changed,
+    root_metadata_deleted,
+    index_deleted,
+]
 # Damage to what loading reads as content (not the structure every open checks): verify=False gets past it.
 CONTENT_ONLY = {values_changed, chunk_deleted, returns_changed}
 
@@ -217,9 +227,15 @@ def test_damage_outside_the_tail_is_found_when_loaded_not_when_appended(tmp_path
 
     def episode(i: int) -> Episode:
         rng = np.random.default_rng(i)
-        return Episode(rng.normal(size=(3, 3)).astype(np.float32), rng.uniform(-1, 1, (3, 2)).astype(np.float32),
-                       rng.normal(size=3).astype(np.float32), np.zeros(3, bool), np.arange(3) == 2,
-                       rng.normal(size=3).astype(np.float32), {"source": "scripted", "policy_id": "p"})
+        return Episode(
+            rng.normal(size=(3, 3)).astype(np.float32),
+            rng.uniform(-1, 1, (3, 2)).astype(np.float32),
+            rng.normal(size=3).astype(np.float32),
+            np.zeros(3, bool),
+            np.arange(3) == 2,
+            rng.normal(size=3).astype(np.float32),
+            {"source": "scripted", "policy_id": "p"},
+        )
 
     path = tmp_path / "small-chunks.zarr"
     # 64-byte chunks: 64 episodes per chunk of episodes/success (one byte a row: the most rows per chunk).
@@ -258,8 +274,15 @@ def test_an_undecodable_chunk_stops_only_the_loads_that_need_it(fresh, store_wri
     f.write_bytes(bytes(raw))
     with EpisodeStore.open(fresh) as store:
         got = store.load_transitions(np.array([3, 11]))
-        for field in ("observations", "next_observations", "actions", "rewards", "terminals", "timeouts",
-                      "episode_index"):
+        for field in (
+            "observations",
+            "next_observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "episode_index",
+        ):
             np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
         assert len(store.load_transitions(np.arange(1, EPISODES))) > 0
         with pytest.raises(DatasetDamagedError, match="chunk 0 .*cannot be decoded"):

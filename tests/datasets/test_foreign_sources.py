@@ -28,8 +28,9 @@ def test_minari_datacollector_dataset_imports(tmp_path, monkeypatch, data_format
     """Gymnasium's own Reacher-v5 (float64 observations), recorded by Minari, into an o2o reacher store."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     # Reacher's reset info has no keys its step infos have; Minari needs them equal, so infos stay out.
-    env = minari.DataCollector(gym.make("Reacher-v5", max_episode_steps=50), record_infos=False,
-                               data_format=data_format)
+    env = minari.DataCollector(
+        gym.make("Reacher-v5", max_episode_steps=50), record_infos=False, data_format=data_format
+    )
     for seed in range(3):
         env.reset(seed=seed)
         done = False
@@ -37,8 +38,14 @@ def test_minari_datacollector_dataset_imports(tmp_path, monkeypatch, data_format
             _, _, terminated, truncated, _ = env.step(env.action_space.sample())
             done = terminated or truncated
     with pytest.warns(UserWarning):  # Minari warns about the metadata not given (eval env...)
-        env.create_dataset(dataset_id="gym/reacher/random-v0", algorithm_name="uniform", author="test",
-                           author_email="test@example.org", code_permalink="n/a", description="test data")
+        env.create_dataset(
+            dataset_id="gym/reacher/random-v0",
+            algorithm_name="uniform",
+            author="test",
+            author_email="test@example.org",
+            code_permalink="n/a",
+            description="test data",
+        )
     env.close()
     target = tmp_path / "reacher.zarr"
     r = import_file("minari", "gym/reacher/random-v0", target, env_cfg=env_cfg("reacher"))
@@ -56,8 +63,19 @@ def test_minari_datacollector_dataset_imports(tmp_path, monkeypatch, data_format
             np.testing.assert_array_equal(ep.timeouts, theirs.truncations)
             assert ep.seed == i and ep.provenance["policy_id"] == "uniform" and ep.provenance["source"] == "human"
     # The imported store is an ordinary o2o reacher dataset: collection appends to it.
-    assert main(["collect", "env=reacher", "behavior=random", "collect.episodes=1", f"dataset.path={target}",
-                 "collect.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "env=reacher",
+                "behavior=random",
+                "collect.episodes=1",
+                f"dataset.path={target}",
+                "collect.progress=false",
+            ]
+        )
+        == 0
+    )
     with EpisodeStore.open(target) as store:
         assert store.num_episodes == 4
 
@@ -85,8 +103,7 @@ def demo_file(tmp_path_factory):
         for _ in range(steps):
             obs, *_ = rec.step(policy.act(layout.flatten(obs)))
     rec.close()  # writes the last episode: robosuite flushes only on reset() or close()
-    env_info = json.dumps({"env_name": "Lift", "robots": ["Panda"],
-                           "controller_configs": sim.controller_config})
+    env_info = json.dumps({"env_name": "Lift", "robots": ["Panda"], "controller_configs": sim.controller_config})
     gather_demonstrations_as_hdf5(str(tmp / "raw"), str(tmp), env_info)
     return tmp / "demo.hdf5"
 
@@ -98,8 +115,10 @@ def test_robosuite_demo_imports_by_replay(demo_file, tmp_path):
     assert demos == ["demo_1", "demo_2"] and lengths == [60, 70]  # the failed demo was not kept
     target = tmp_path / "lift.zarr"
     r = import_file("robosuite", demo_file, target, env_cfg=env_cfg("lift"))
-    print(f"robosuite replay: max state error {r.stats['max_state_error']:.3g}, "
-          f"{r.stats['replay_steps_per_s']:.0f} steps/s")
+    print(
+        f"robosuite replay: max state error {r.stats['max_state_error']:.3g}, "
+        f"{r.stats['replay_steps_per_s']:.0f} steps/s"
+    )
     assert r.stats["max_state_error"] <= 1e-9  # open-loop replay reproduces every recorded state
     with EpisodeStore.open(target) as store, h5py.File(demo_file) as f:
         assert store.num_episodes == 2 and store.env["name"] == "lift"
@@ -132,17 +151,25 @@ def test_robosuite_demo_refused_with_the_store_unchanged(demo_file, tmp_path, sn
         info = json.loads(f["data"].attrs["env_info"])
         info["controller_configs"]["body_parts"]["right"]["output_max"] = [0.1] * 6
         f["data"].attrs["env_info"] = json.dumps(info)
-    with pytest.raises(ForeignFormatError, match=r"bad.hdf5: data.attrs\['env_info'\] controller_configs.body_parts."
-                                                 r"right.output_max"):
+    with pytest.raises(
+        ForeignFormatError,
+        match=r"bad.hdf5: data.attrs\['env_info'\] controller_configs.body_parts."
+        r"right.output_max",
+    ):
         import_file("robosuite", bad, target, env_cfg=env_cfg("lift"))
     with h5py.File(bad, "r+") as f:
-        f["data"].attrs["env_info"] = json.dumps(json.loads(f["data"].attrs["env_info"]) | {
-            "controller_configs": json.loads(h5py.File(demo_file)["data"].attrs["env_info"])["controller_configs"]})
+        f["data"].attrs["env_info"] = json.dumps(
+            json.loads(f["data"].attrs["env_info"])
+            | {"controller_configs": json.loads(h5py.File(demo_file)["data"].attrs["env_info"])["controller_configs"]}
+        )
         states = f["data/demo_2/states"][()]
         states[30, 12] += 0.05  # a recorded state the actions do not lead to
         f["data/demo_2/states"][...] = states
-    with pytest.raises(ForeignFormatError, match=r"bad.hdf5: data/demo_2/states: replaying the actions diverges from "
-                                                 r"the recorded state 30"):
+    with pytest.raises(
+        ForeignFormatError,
+        match=r"bad.hdf5: data/demo_2/states: replaying the actions diverges from "
+        r"the recorded state 30",
+    ):
         import_file("robosuite", bad, target, env_cfg=env_cfg("lift"))
     with h5py.File(bad, "r+") as f:
         del f["data/demo_1/actions"]

@@ -29,12 +29,19 @@ def env_cfg(name: str) -> dict:
 def synthetic(rng, T: int, source: str, flags: str, seed, success) -> Episode:
     """A pointmaze-shaped episode with every record field set (interventions included)."""
     return Episode(
-        observations=rng.normal(size=(T, 6)).astype(np.float32), actions=rng.uniform(-1, 1, (T, 2)).astype(np.float32),
-        rewards=rng.normal(size=T).astype(np.float32), terminals=np.eye(1, T, T - 1, dtype=bool)[0] & (flags == "term"),
+        observations=rng.normal(size=(T, 6)).astype(np.float32),
+        actions=rng.uniform(-1, 1, (T, 2)).astype(np.float32),
+        rewards=rng.normal(size=T).astype(np.float32),
+        terminals=np.eye(1, T, T - 1, dtype=bool)[0] & (flags == "term"),
         timeouts=np.eye(1, T, T - 1, dtype=bool)[0] & (flags == "timeout"),
-        final_observation=rng.normal(size=6).astype(np.float32), interventions=rng.random(T) < 0.3,
+        final_observation=rng.normal(size=6).astype(np.float32),
+        interventions=rng.random(T) < 0.3,
         provenance={"source": source, "policy_id": f"{source}_x", "policy_version": "7", "params": {"k": [1, 2]}},
-        seed=seed, success=success, start_time=1.7e9 + rng.random(), end_time=1.7e9 + 10 + rng.random())
+        seed=seed,
+        success=success,
+        start_time=1.7e9 + rng.random(),
+        end_time=1.7e9 + 10 + rng.random(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +52,19 @@ def source_store(tmp_path_factory):
     env = make_env(cfg)
     schema = Schema.from_spaces(env.observation_space, env.action_space, env.get_wrapper_attr("obs_layout"))
     rng = np.random.default_rng(0)
-    eps = [synthetic(rng, 5 + 3 * i, src, flags, seed, succ) for i, (src, flags, seed, succ) in enumerate([
-        ("scripted", "timeout", 0, True), ("human", "term", None, False), ("random", "timeout", 2, None),
-        ("human", "none", 3, True), ("learned", "term", 4, False), ("human", "timeout", 5, None)])]
+    eps = [
+        synthetic(rng, 5 + 3 * i, src, flags, seed, succ)
+        for i, (src, flags, seed, succ) in enumerate(
+            [
+                ("scripted", "timeout", 0, True),
+                ("human", "term", None, False),
+                ("random", "timeout", 2, None),
+                ("human", "none", 3, True),
+                ("learned", "term", 4, False),
+                ("human", "timeout", 5, None),
+            ]
+        )
+    ]
     with EpisodeStore.create(path, schema, env=env_metadata(env, cfg)) as store:
         store.append_many(eps[:3])
         store.append_many(eps[3:])
@@ -78,8 +95,12 @@ def test_minari_round_trip_is_exact(source_store, tmp_path, monkeypatch, data_fo
         for ep, i in zip(ds.iterate_episodes(), range(6)):
             e = src.episode(i)
             np.testing.assert_array_equal(ep.observations, np.concatenate([e.observations, e.final_observation[None]]))
-            for mine, theirs in ((e.actions, ep.actions), (e.rewards, ep.rewards), (e.terminals, ep.terminations),
-                                 (e.timeouts, ep.truncations)):
+            for mine, theirs in (
+                (e.actions, ep.actions),
+                (e.rewards, ep.rewards),
+                (e.terminals, ep.terminations),
+                (e.timeouts, ep.truncations),
+            ):
                 np.testing.assert_array_equal(mine, theirs)
         env = ds.recover_environment()  # the spec rebuilds the o2o env
         assert env.observation_space == make_env(src.env).observation_space
@@ -136,8 +157,13 @@ def write_d4rl(path, n=40, ends=(10, 25, 40), next_obs=True, **overrides):
     """A plain D4RL-style file (as another library writes it), keys overridable to break it."""
     rng = np.random.default_rng(1)
     obs = rng.normal(size=(n + 1, 6)).astype(np.float32)
-    d = {"observations": obs[:-1], "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
-         "rewards": rng.normal(size=n).astype(np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+    d = {
+        "observations": obs[:-1],
+        "actions": rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.zeros(n, bool),
+    }
     for e in ends:
         d["timeouts"][e - 1] = True
     if next_obs:
@@ -152,8 +178,14 @@ def write_d4rl(path, n=40, ends=(10, 25, 40), next_obs=True, **overrides):
 
 def test_plain_d4rl_file_imports_into_an_o2o_env_store(source_store, tmp_path):
     d = write_d4rl(tmp_path / "plain.hdf5")
-    r = import_file("d4rl", tmp_path / "plain.hdf5", tmp_path / "p.zarr", env_cfg=env_cfg("pointmaze"),
-                    source="scripted", policy_id="old_project")
+    r = import_file(
+        "d4rl",
+        tmp_path / "plain.hdf5",
+        tmp_path / "p.zarr",
+        env_cfg=env_cfg("pointmaze"),
+        source="scripted",
+        policy_id="old_project",
+    )
     assert r.episodes == [0, 1, 2] and r.steps == 40
     with EpisodeStore.open(tmp_path / "p.zarr") as b:
         ep = b.episode(1)
@@ -170,17 +202,24 @@ def test_plain_d4rl_file_imports_into_an_o2o_env_store(source_store, tmp_path):
         np.testing.assert_array_equal(b.episode(0).final_observation, d["observations"][9])
 
 
-@pytest.mark.parametrize("break_it, message", [
-    ({"timeouts": None}, "key 'timeouts' is missing"),
-    ({"rewards": np.zeros(39, np.float32)}, "key 'rewards' has 39 rows"),
-    ({"next_observations": np.zeros((40, 5), np.float32)}, "'next_observations' shape (40, 5)"),
-    ({"terminals": np.full(40, 2, np.int64)}, "key 'terminals' holds values other than 0/1"),
-    ({"observations": np.where(np.arange(40)[:, None] == 17, np.nan, np.ones((40, 6))).astype(np.float32)},
-     "episode 1 (rows 10:25): observations['state'] has a non-finite value nan at index (7, 0)"),
-    ({"actions": np.full((40, 2), 3.0, np.float32)}, "actions[0] = [3.0, 3.0] outside the action space"),
-    ({"observations": np.zeros((40, 4), np.float32), "next_observations": np.zeros((40, 4), np.float32)},
-     "observation 'state' shape (4,)"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        ({"timeouts": None}, "key 'timeouts' is missing"),
+        ({"rewards": np.zeros(39, np.float32)}, "key 'rewards' has 39 rows"),
+        ({"next_observations": np.zeros((40, 5), np.float32)}, "'next_observations' shape (40, 5)"),
+        ({"terminals": np.full(40, 2, np.int64)}, "key 'terminals' holds values other than 0/1"),
+        (
+            {"observations": np.where(np.arange(40)[:, None] == 17, np.nan, np.ones((40, 6))).astype(np.float32)},
+            "episode 1 (rows 10:25): observations['state'] has a non-finite value nan at index (7, 0)",
+        ),
+        ({"actions": np.full((40, 2), 3.0, np.float32)}, "actions[0] = [3.0, 3.0] outside the action space"),
+        (
+            {"observations": np.zeros((40, 4), np.float32), "next_observations": np.zeros((40, 4), np.float32)},
+            "observation 'state' shape (4,)",
+        ),
+    ],
+)
 def test_malformed_or_mismatched_d4rl_leaves_the_store_unchanged(source_store, tmp_path, snapshot, break_it, message):
     target = tmp_path / "t.zarr"
     import_file("d4rl", export_store("d4rl", source_store, tmp_path / "ok.hdf5")["path"], target)
@@ -199,10 +238,23 @@ def test_mismatched_minari_and_env_are_refused(source_store, tmp_path, snapshot,
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     export_store("minari", source_store, "o2o/maze-v0")
     target = tmp_path / "reacher.zarr"
-    assert main(["collect", "env=reacher", "behavior=random", "collect.episodes=1", f"dataset.path={target}",
-                 "collect.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "env=reacher",
+                "behavior=random",
+                "collect.episodes=1",
+                f"dataset.path={target}",
+                "collect.progress=false",
+            ]
+        )
+        == 0
+    )
     before = snapshot(target)
-    with pytest.raises(ForeignFormatError, match=r"o2o/maze-v0 does not fit dataset .*observation 'state' shape \(6,\)"):
+    with pytest.raises(
+        ForeignFormatError, match=r"o2o/maze-v0 does not fit dataset .*observation 'state' shape \(6,\)"
+    ):
         import_file("minari", "o2o/maze-v0", target)
     with pytest.raises(ForeignFormatError, match="records another env than --env 'reacher'"):
         import_file("minari", "o2o/maze-v0", tmp_path / "y.zarr", env_cfg=env_cfg("reacher"))
@@ -243,13 +295,19 @@ def test_robomimic_low_dim_import(tmp_path, snapshot):
     with h5py.File(tmp_path / "low_dim.hdf5") as f, EpisodeStore.open(tmp_path / "rm.zarr") as b:
         g = f["data/demo_2"]
         ep = b.episode(1)
-        np.testing.assert_allclose(ep.observations, np.concatenate([g["obs/object"][()], g["obs/robot0_eef_pos"][()]], 1),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            ep.observations, np.concatenate([g["obs/object"][()], g["obs/robot0_eef_pos"][()]], 1), rtol=1e-6
+        )
         np.testing.assert_allclose(ep.final_observation[10:], g["next_obs/robot0_eef_pos"][-1], rtol=1e-6)
         assert ep.terminals[-1] and ep.success is True and ep.provenance["source"] == "human"
         assert b.schema.obs_layout.keys == ["object", "robot0_eef_pos"] and b.env["id"] == "Lift"
-    r = import_file("robomimic", tmp_path / "low_dim.hdf5", tmp_path / "rm.zarr", filter_key="train",
-                    obs_keys="object,robot0_eef_pos")
+    r = import_file(
+        "robomimic",
+        tmp_path / "low_dim.hdf5",
+        tmp_path / "rm.zarr",
+        filter_key="train",
+        obs_keys="object,robot0_eef_pos",
+    )
     assert r.episodes == [2] and r.steps == 6
     before = snapshot(tmp_path / "rm.zarr")
     with pytest.raises(ForeignFormatError, match=r"key 'data/demo_1/obs/cube_pos' is missing"):
@@ -259,11 +317,43 @@ def test_robomimic_low_dim_import(tmp_path, snapshot):
 
 def test_cli_import_export(source_store, tmp_path, capsys):
     root = tmp_path / "minari"
-    assert main(["dataset", "export", "minari", str(source_store), "o2o/m-v0", "--minari-root", str(root),
-                 "--data-format", "arrow", "--source", "human", "--json"]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "export",
+                "minari",
+                str(source_store),
+                "o2o/m-v0",
+                "--minari-root",
+                str(root),
+                "--data-format",
+                "arrow",
+                "--source",
+                "human",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["episodes"] == 3
-    assert main(["dataset", "import", "minari", "o2o/m-v0", "--minari-root", str(root), "--to",
-                 str(tmp_path / "c.zarr"), "--episodes", "1:"]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "import",
+                "minari",
+                "o2o/m-v0",
+                "--minari-root",
+                str(root),
+                "--to",
+                str(tmp_path / "c.zarr"),
+                "--episodes",
+                "1:",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "imported 2 episodes" in out and "new dataset" in out
     assert main(["dataset", "info", str(tmp_path / "c.zarr"), "--json"]) == 0
@@ -280,11 +370,20 @@ def test_import_export_speed(tmp_path):
     space = gym.spaces.Box(-np.inf, np.inf, (17,), np.float32)
     schema = Schema.from_spaces(space, gym.spaces.Box(-1, 1, (6,), np.float32))
     with EpisodeStore.create(tmp_path / "big.zarr", schema) as store:
-        store.append_many([Episode(rng.normal(size=(250, 17)).astype(np.float32),
-                                   rng.uniform(-1, 1, (250, 6)).astype(np.float32), rng.normal(size=250),
-                                   np.zeros(250, bool), np.eye(1, 250, 249, dtype=bool)[0],
-                                   rng.normal(size=17).astype(np.float32), {"source": "random", "policy_id": "r"})
-                           for _ in range(200)])
+        store.append_many(
+            [
+                Episode(
+                    rng.normal(size=(250, 17)).astype(np.float32),
+                    rng.uniform(-1, 1, (250, 6)).astype(np.float32),
+                    rng.normal(size=250),
+                    np.zeros(250, bool),
+                    np.eye(1, 250, 249, dtype=bool)[0],
+                    rng.normal(size=17).astype(np.float32),
+                    {"source": "random", "policy_id": "r"},
+                )
+                for _ in range(200)
+            ]
+        )
     figures = {}
     for fmt, out in (("d4rl", tmp_path / "big.hdf5"), ("minari", "o2o/big-v0")):
         opts = {"minari_root": tmp_path / "m"} if fmt == "minari" else {}

@@ -33,7 +33,7 @@ def memory():
 
 def build(store_writer, path: Path, count: int) -> Path:
     """A closed local store of ``store_writer.make_episode(i)`` for the first ``count`` i."""
-    with (EpisodeStore.open(path, mode="a") if path.exists() else store_writer.create_store(path)) as w:
+    with EpisodeStore.open(path, mode="a") if path.exists() else store_writer.create_store(path) as w:
         for i in range(w.num_episodes, count):
             w.append(store_writer.make_episode(i))
     return path
@@ -70,14 +70,21 @@ def assert_reads_the_same(local: EpisodeStore, other: EpisodeStore, store_writer
     n = local.num_episodes
     for indices in (None, np.arange(n - 1, -1, -2)):
         for flatten in (True, False):
-            assert_same_transitions(local.load_transitions(indices, flatten=flatten),
-                                    other.load_transitions(indices, flatten=flatten))
+            assert_same_transitions(
+                local.load_transitions(indices, flatten=flatten), other.load_transitions(indices, flatten=flatten)
+            )
     want, got = local.episodes_table(), other.episodes_table()
     assert list(got) == list(want)
     for k in want:
         assert got[k].tolist() == want[k].tolist(), k
-    for kw in ({"sources": "human"}, {"sources": ["scripted", "online"], "policy_ids": "writer-1"},
-               {"success": True}, {"episodes": [n - 1, 0]}, {"version": n - 1}, {"version": local.version}):
+    for kw in (
+        {"sources": "human"},
+        {"sources": ["scripted", "online"], "policy_ids": "writer-1"},
+        {"success": True},
+        {"episodes": [n - 1, 0]},
+        {"version": n - 1},
+        {"version": local.version},
+    ):
         assert other.select(**kw).tolist() == local.select(**kw).tolist(), kw
     assert other.normalization_stats().to_dict() == local.normalization_stats().to_dict()
     for i, ep in enumerate(other.iter_episodes()):

@@ -31,11 +31,13 @@ from o2o.datasets.inspect import dataset_info, verify_dataset
 SCHEMAS = {
     "flat": Schema.from_spaces(gym.spaces.Box(-5, 5, (3,), np.float32), gym.spaces.Box(-1, 1, (2,), np.float32)),
     "dict": Schema.from_spaces(
-        gym.spaces.Dict({  # gymnasium orders the keys: joint, target, tick
-            "joint": gym.spaces.Box(-5, 5, (3,), np.float32),
-            "target": gym.spaces.Box(-5, 5, (2, 2), np.float64),
-            "tick": gym.spaces.Box(0, 1000, (1,), np.int32),
-        }),
+        gym.spaces.Dict(
+            {  # gymnasium orders the keys: joint, target, tick
+                "joint": gym.spaces.Box(-5, 5, (3,), np.float32),
+                "target": gym.spaces.Box(-5, 5, (2, 2), np.float64),
+                "tick": gym.spaces.Box(0, 1000, (1,), np.int32),
+            }
+        ),
         gym.spaces.Box(-1, 1, (2,), np.float32),
     ),
 }
@@ -45,9 +47,21 @@ FIELDS = ("actions", "rewards", "terminals", "timeouts", "interventions")
 # -- generating episodes and their expected stored form -------------------------------------------
 
 
-def make_episode(kind: str, T: int, value_seed: int, *, source="scripted", policy_id="pA", policy_version=None,
-                 seed=None, success=None, ending="none", interventions=False, wide_floats=False,
-                 start_time=1.7e9) -> Episode:
+def make_episode(
+    kind: str,
+    T: int,
+    value_seed: int,
+    *,
+    source="scripted",
+    policy_id="pA",
+    policy_version=None,
+    seed=None,
+    success=None,
+    ending="none",
+    interventions=False,
+    wide_floats=False,
+    start_time=1.7e9,
+) -> Episode:
     """An episode of ``kind``'s schema; ``wide_floats`` hands float64 to float32 keys (a same-kind cast)."""
     rng = np.random.default_rng(value_seed)
     f32 = np.float64 if wide_floats else np.float32
@@ -55,8 +69,11 @@ def make_episode(kind: str, T: int, value_seed: int, *, source="scripted", polic
     def obs(n):
         if kind == "flat":
             return rng.normal(size=(*n, 3)).astype(f32)
-        return {"joint": rng.normal(size=(*n, 3)).astype(f32), "target": rng.normal(size=(*n, 2, 2)),
-                "tick": rng.integers(0, 1000, (*n, 1)).astype(np.int32)}
+        return {
+            "joint": rng.normal(size=(*n, 3)).astype(f32),
+            "target": rng.normal(size=(*n, 2, 2)),
+            "tick": rng.integers(0, 1000, (*n, 1)).astype(np.int32),
+        }
 
     flags = {"terminals": np.zeros(T, bool), "timeouts": np.zeros(T, bool)}
     if ending != "none":
@@ -65,10 +82,17 @@ def make_episode(kind: str, T: int, value_seed: int, *, source="scripted", polic
     if policy_version is not None:
         prov["policy_version"] = policy_version
     return Episode(
-        observations=obs((T,)), actions=rng.uniform(-1, 1, (T, 2)).astype(f32),
-        rewards=rng.normal(size=T).astype(f32), final_observation=obs(()), provenance=prov,
-        interventions=rng.random(T) < 0.3 if interventions else None, seed=seed, success=success,
-        start_time=start_time, end_time=start_time + 0.05 * T, **flags,
+        observations=obs((T,)),
+        actions=rng.uniform(-1, 1, (T, 2)).astype(f32),
+        rewards=rng.normal(size=T).astype(f32),
+        final_observation=obs(()),
+        provenance=prov,
+        interventions=rng.random(T) < 0.3 if interventions else None,
+        seed=seed,
+        success=success,
+        start_time=start_time,
+        end_time=start_time + 0.05 * T,
+        **flags,
     )
 
 
@@ -81,13 +105,23 @@ def expected(kind: str, ep: Episode) -> dict:
     T = len(ep)
     rewards = np.asarray(ep.rewards, np.float32)
     return {
-        "obs": obs, "final": final, "next": {k: np.concatenate([v[1:], final[k][None]]) for k, v in obs.items()},
-        "actions": np.asarray(ep.actions, np.float32), "rewards": rewards,
-        "terminals": ep.terminals, "timeouts": ep.timeouts,
+        "obs": obs,
+        "final": final,
+        "next": {k: np.concatenate([v[1:], final[k][None]]) for k, v in obs.items()},
+        "actions": np.asarray(ep.actions, np.float32),
+        "rewards": rewards,
+        "terminals": ep.terminals,
+        "timeouts": ep.timeouts,
         "interventions": np.zeros(T, bool) if ep.interventions is None else ep.interventions,
-        "provenance": {"source": ep.provenance["source"], "policy_id": ep.provenance["policy_id"],
-                       "policy_version": ep.provenance.get("policy_version", "1"), "params": {}},
-        "seed": ep.seed, "success": ep.success, "times": (ep.start_time, ep.end_time),
+        "provenance": {
+            "source": ep.provenance["source"],
+            "policy_id": ep.provenance["policy_id"],
+            "policy_version": ep.provenance.get("policy_version", "1"),
+            "params": {},
+        },
+        "seed": ep.seed,
+        "success": ep.success,
+        "times": (ep.start_time, ep.end_time),
         "returns": float(np.sum(rewards, dtype=np.float64)),
     }
 
@@ -95,11 +129,17 @@ def expected(kind: str, ep: Episode) -> dict:
 @st.composite
 def episodes(draw, kind: str) -> Episode:
     return make_episode(
-        kind, draw(st.integers(1, 50)), draw(st.integers(0, 2**32 - 1)),
-        source=draw(st.sampled_from(SOURCES)), policy_id=draw(st.sampled_from(["pA", "pB"])),
-        policy_version=draw(st.sampled_from([None, "2"])), seed=draw(st.none() | st.integers(0, 2**63 - 1)),
-        success=draw(st.none() | st.booleans()), ending=draw(st.sampled_from(["none", "terminals", "timeouts"])),
-        interventions=draw(st.booleans()), wide_floats=draw(st.booleans()),
+        kind,
+        draw(st.integers(1, 50)),
+        draw(st.integers(0, 2**32 - 1)),
+        source=draw(st.sampled_from(SOURCES)),
+        policy_id=draw(st.sampled_from(["pA", "pB"])),
+        policy_version=draw(st.sampled_from([None, "2"])),
+        seed=draw(st.none() | st.integers(0, 2**63 - 1)),
+        success=draw(st.none() | st.booleans()),
+        ending=draw(st.sampled_from(["none", "terminals", "timeouts"])),
+        interventions=draw(st.booleans()),
+        wide_floats=draw(st.booleans()),
         start_time=draw(st.floats(0, 2e9)),
     )
 
@@ -111,7 +151,8 @@ def operations(kind: str):
             st.tuples(st.just("append_many"), st.lists(episodes(kind), max_size=3)),
             st.tuples(st.just("reopen"), st.none()),
         ),
-        min_size=1, max_size=4,
+        min_size=1,
+        max_size=4,
     )
 
 
@@ -159,7 +200,9 @@ def assert_transitions(kind: str, store: EpisodeStore, model: list[dict], indice
     if flat_too:
         flat = store.load_transitions(None if indices is None else idx)
         np.testing.assert_array_equal(flat.observations, flatten(kind, {k: cat("obs", k) for k in chosen[0]["obs"]}))
-        np.testing.assert_array_equal(flat.next_observations, flatten(kind, {k: cat("next", k) for k in chosen[0]["obs"]}))
+        np.testing.assert_array_equal(
+            flat.next_observations, flatten(kind, {k: cat("next", k) for k in chosen[0]["obs"]})
+        )
 
 
 def assert_table_and_selection(store: EpisodeStore, model: list[dict]) -> None:
@@ -179,10 +222,13 @@ def assert_table_and_selection(store: EpisodeStore, model: list[dict]) -> None:
     for field in ("source", "policy_id", "policy_version"):
         assert t[field].tolist() == [m["provenance"][field] for m in model]
     for src in SOURCES:
-        assert store.select(sources=src).tolist() == [i for i, m in enumerate(model) if m["provenance"]["source"] == src]
+        assert store.select(sources=src).tolist() == [
+            i for i, m in enumerate(model) if m["provenance"]["source"] == src
+        ]
     pair = ["human", "online"]
     assert store.select(sources=pair, policy_ids="pB").tolist() == [
-        i for i, m in enumerate(model) if m["provenance"]["source"] in pair and m["provenance"]["policy_id"] == "pB"]
+        i for i, m in enumerate(model) if m["provenance"]["source"] in pair and m["provenance"]["policy_id"] == "pB"
+    ]
     assert store.select(success=True).tolist() == [i for i, m in enumerate(model) if m["success"] is True]
     some = list(range(n - 1, -1, -2))
     assert store.select(episodes=some).tolist() == sorted(some)
@@ -246,9 +292,17 @@ def filled(tmp_path):
     """A closed dict-schema store of 6 episodes from three sources: (path, model, version after each commit)."""
     path = tmp_path / "s.zarr"
     eps = [
-        make_episode("dict", 4 + 3 * i, i, source=SOURCES[i % 3], policy_id="pA" if i < 4 else "pB",
-                     success=None if i == 5 else i % 2 == 0, ending=("terminals", "timeouts", "none")[i % 3],
-                     interventions=True, start_time=1.7e9 + i)
+        make_episode(
+            "dict",
+            4 + 3 * i,
+            i,
+            source=SOURCES[i % 3],
+            policy_id="pA" if i < 4 else "pB",
+            success=None if i == 5 else i % 2 == 0,
+            ending=("terminals", "timeouts", "none")[i % 3],
+            interventions=True,
+            start_time=1.7e9 + i,
+        )
         for i in range(6)
     ]
     with EpisodeStore.create(path, SCHEMAS["dict"], env={"id": "Reach-v0"}) as w:
@@ -385,8 +439,10 @@ def test_verify_detects_a_tampered_index_fingerprint(filled):
     (path / "index.json").write_text(json.dumps(index))
     problems, _ = verify_dataset(path)
     last = filled[2][-1]
-    assert problems == [f"index.json fingerprint 0123456789ab != the chain value {last.fingerprint[:12]} stored with "
-                        f"the last episode ({last.episodes - 1})"]
+    assert problems == [
+        f"index.json fingerprint 0123456789ab != the chain value {last.fingerprint[:12]} stored with "
+        f"the last episode ({last.episodes - 1})"
+    ]
 
 
 def test_writer_spare_room_is_a_note_and_close_trims_it(tmp_path):
@@ -432,8 +488,15 @@ def test_recorder_episode_round_trips(tmp_path):
     rec.start(obs[0])
     for t in range(4):
         last = t == 3
-        rec.add(rng.uniform(-1, 1, 2).astype(np.float32), 0.5 * t, terminated=last, truncated=last,
-                next_obs=obs[t + 1], info={"is_success": t == 1}, intervention=t == 2)
+        rec.add(
+            rng.uniform(-1, 1, 2).astype(np.float32),
+            0.5 * t,
+            terminated=last,
+            truncated=last,
+            next_obs=obs[t + 1],
+            info={"is_success": t == 1},
+            intervention=t == 2,
+        )
     ep = rec.finish({"source": "online", "policy_id": "p"}, seed=11)
     assert (ep.success, ep.terminated, ep.truncated) == (True, True, False)  # terminated wins over truncated
     with EpisodeStore.create(tmp_path / "s.zarr", SCHEMAS["flat"]) as w:

@@ -31,10 +31,12 @@ def flat_schema(action_bounds: str = "error", obs_dtype=np.float32) -> Schema:
 
 
 def dict_schema() -> Schema:
-    obs = gym.spaces.Dict({
-        "pos": gym.spaces.Box(-10, 10, (3,), np.float32),
-        "grip": gym.spaces.Box(0, 1, (1,), np.float32),
-    })
+    obs = gym.spaces.Dict(
+        {
+            "pos": gym.spaces.Box(-10, 10, (3,), np.float32),
+            "grip": gym.spaces.Box(0, 1, (1,), np.float32),
+        }
+    )
     return Schema.from_spaces(obs, gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32))
 
 
@@ -60,10 +62,14 @@ def dict_episode(seed: int = 0, n: int = T) -> Episode:
     rng = np.random.default_rng(seed + 100)
     return replace(
         ep,
-        observations={"pos": rng.normal(size=(n, 3)).astype(np.float32),
-                      "grip": rng.uniform(0, 1, (n, 1)).astype(np.float32)},
-        final_observation={"pos": rng.normal(size=3).astype(np.float32),
-                           "grip": rng.uniform(0, 1, 1).astype(np.float32)},
+        observations={
+            "pos": rng.normal(size=(n, 3)).astype(np.float32),
+            "grip": rng.uniform(0, 1, (n, 1)).astype(np.float32),
+        },
+        final_observation={
+            "pos": rng.normal(size=3).astype(np.float32),
+            "grip": rng.uniform(0, 1, 1).astype(np.float32),
+        },
     )
 
 
@@ -79,8 +85,14 @@ def _flags_at(step: int, n: int = T) -> np.ndarray:
 
 def _empty(ep: Episode) -> Episode:
     obs = {k: v[:0] for k, v in ep.observations.items()} if isinstance(ep.observations, dict) else ep.observations[:0]
-    return replace(ep, observations=obs, actions=ep.actions[:0], rewards=ep.rewards[:0],
-                   terminals=ep.terminals[:0], timeouts=ep.timeouts[:0])
+    return replace(
+        ep,
+        observations=obs,
+        actions=ep.actions[:0],
+        rewards=ep.rewards[:0],
+        terminals=ep.terminals[:0],
+        timeouts=ep.timeouts[:0],
+    )
 
 
 NAN, INF = float("nan"), float("inf")
@@ -88,98 +100,228 @@ NAN, INF = float("nan"), float("inf")
 # (id, schema, change to a good episode, fragments the error must contain)
 BAD_CASES = [
     # shapes
-    ("obs-shape", "flat", lambda e: replace(e, observations=np.zeros((T, 5), np.float32)),
-     ["observations['state']", "(6, 5)", "expected (6, 4)"]),
-    ("final-obs-shape", "flat", lambda e: replace(e, final_observation=np.zeros(5, np.float32)),
-     ["final_observation['state']", "(5,)", "expected (4,)"]),
-    ("action-dim", "flat", lambda e: replace(e, actions=np.zeros((T, 3), np.float32)),
-     ["actions", "(6, 3)", "expected (6, 2)"]),
-    ("action-not-2d", "flat", lambda e: replace(e, actions=np.zeros(T, np.float32)),
-     ["actions", "(6,)", "expected (6, 2)"]),
+    (
+        "obs-shape",
+        "flat",
+        lambda e: replace(e, observations=np.zeros((T, 5), np.float32)),
+        ["observations['state']", "(6, 5)", "expected (6, 4)"],
+    ),
+    (
+        "final-obs-shape",
+        "flat",
+        lambda e: replace(e, final_observation=np.zeros(5, np.float32)),
+        ["final_observation['state']", "(5,)", "expected (4,)"],
+    ),
+    (
+        "action-dim",
+        "flat",
+        lambda e: replace(e, actions=np.zeros((T, 3), np.float32)),
+        ["actions", "(6, 3)", "expected (6, 2)"],
+    ),
+    (
+        "action-not-2d",
+        "flat",
+        lambda e: replace(e, actions=np.zeros(T, np.float32)),
+        ["actions", "(6,)", "expected (6, 2)"],
+    ),
     # dtype kinds: casting within a kind is allowed, across kinds is not
-    ("obs-bool", "flat", lambda e: replace(e, observations=np.ones((T, OBS_DIM), bool)),
-     ["observations['state']", "dtype bool", "float32"]),
-    ("obs-str", "flat", lambda e: replace(e, observations=np.full((T, OBS_DIM), "x")),
-     ["observations['state']", "<U1", "float32"]),
-    ("actions-bool", "flat", lambda e: replace(e, actions=np.zeros((T, ACT_DIM), bool)),
-     ["actions", "dtype bool", "float32"]),
-    ("rewards-bool", "flat", lambda e: replace(e, rewards=np.ones(T, bool)),
-     ["rewards", "dtype bool", "float32"]),
-    ("terminals-int", "flat", lambda e: replace(e, terminals=e.terminals.astype(np.int64)),
-     ["terminals", "dtype int64", "bool"]),
-    ("timeouts-float", "flat", lambda e: replace(e, timeouts=e.timeouts.astype(np.float32)),
-     ["timeouts", "dtype float32", "bool"]),
-    ("interventions-int", "flat", lambda e: replace(e, interventions=np.zeros(T, np.int8)),
-     ["interventions", "dtype int8", "bool"]),
+    (
+        "obs-bool",
+        "flat",
+        lambda e: replace(e, observations=np.ones((T, OBS_DIM), bool)),
+        ["observations['state']", "dtype bool", "float32"],
+    ),
+    (
+        "obs-str",
+        "flat",
+        lambda e: replace(e, observations=np.full((T, OBS_DIM), "x")),
+        ["observations['state']", "<U1", "float32"],
+    ),
+    (
+        "actions-bool",
+        "flat",
+        lambda e: replace(e, actions=np.zeros((T, ACT_DIM), bool)),
+        ["actions", "dtype bool", "float32"],
+    ),
+    ("rewards-bool", "flat", lambda e: replace(e, rewards=np.ones(T, bool)), ["rewards", "dtype bool", "float32"]),
+    (
+        "terminals-int",
+        "flat",
+        lambda e: replace(e, terminals=e.terminals.astype(np.int64)),
+        ["terminals", "dtype int64", "bool"],
+    ),
+    (
+        "timeouts-float",
+        "flat",
+        lambda e: replace(e, timeouts=e.timeouts.astype(np.float32)),
+        ["timeouts", "dtype float32", "bool"],
+    ),
+    (
+        "interventions-int",
+        "flat",
+        lambda e: replace(e, interventions=np.zeros(T, np.int8)),
+        ["interventions", "dtype int8", "bool"],
+    ),
     # non-finite values, each names the key, the value and where
-    ("obs-nan", "flat", lambda e: replace(e, observations=_set(e.observations, (2, 1), NAN)),
-     ["observations['state']", "non-finite", "nan", "(2, 1)"]),
-    ("obs-inf", "flat", lambda e: replace(e, observations=_set(e.observations, (5, 3), -INF)),
-     ["observations['state']", "-inf", "(5, 3)"]),
-    ("actions-nan", "flat", lambda e: replace(e, actions=_set(e.actions, (3, 0), NAN)),
-     ["actions", "nan", "(3, 0)"]),
-    ("actions-inf", "flat", lambda e: replace(e, actions=_set(e.actions, (0, 1), INF)),
-     ["actions", "inf", "(0, 1)"]),
-    ("rewards-nan", "flat", lambda e: replace(e, rewards=_set(e.rewards, 4, NAN)),
-     ["rewards", "nan", "(4,)"]),
-    ("rewards-inf", "flat", lambda e: replace(e, rewards=_set(e.rewards, 0, INF)),
-     ["rewards", "inf", "(0,)"]),
-    ("final-obs-nan", "flat", lambda e: replace(e, final_observation=_set(e.final_observation, 2, NAN)),
-     ["final_observation['state']", "nan", "(2,)"]),
-    ("final-obs-inf", "flat", lambda e: replace(e, final_observation=_set(e.final_observation, 0, INF)),
-     ["final_observation['state']", "inf", "(0,)"]),
-    ("dict-obs-nan", "dict", lambda e: replace(e, observations=dict(e.observations, grip=_set(e.observations["grip"], (1, 0), NAN))),
-     ["observations['grip']", "nan", "(1, 0)"]),
-    ("dict-final-inf", "dict", lambda e: replace(e, final_observation=dict(e.final_observation, pos=_set(e.final_observation["pos"], 1, INF))),
-     ["final_observation['pos']", "inf", "(1,)"]),
+    (
+        "obs-nan",
+        "flat",
+        lambda e: replace(e, observations=_set(e.observations, (2, 1), NAN)),
+        ["observations['state']", "non-finite", "nan", "(2, 1)"],
+    ),
+    (
+        "obs-inf",
+        "flat",
+        lambda e: replace(e, observations=_set(e.observations, (5, 3), -INF)),
+        ["observations['state']", "-inf", "(5, 3)"],
+    ),
+    ("actions-nan", "flat", lambda e: replace(e, actions=_set(e.actions, (3, 0), NAN)), ["actions", "nan", "(3, 0)"]),
+    ("actions-inf", "flat", lambda e: replace(e, actions=_set(e.actions, (0, 1), INF)), ["actions", "inf", "(0, 1)"]),
+    ("rewards-nan", "flat", lambda e: replace(e, rewards=_set(e.rewards, 4, NAN)), ["rewards", "nan", "(4,)"]),
+    ("rewards-inf", "flat", lambda e: replace(e, rewards=_set(e.rewards, 0, INF)), ["rewards", "inf", "(0,)"]),
+    (
+        "final-obs-nan",
+        "flat",
+        lambda e: replace(e, final_observation=_set(e.final_observation, 2, NAN)),
+        ["final_observation['state']", "nan", "(2,)"],
+    ),
+    (
+        "final-obs-inf",
+        "flat",
+        lambda e: replace(e, final_observation=_set(e.final_observation, 0, INF)),
+        ["final_observation['state']", "inf", "(0,)"],
+    ),
+    (
+        "dict-obs-nan",
+        "dict",
+        lambda e: replace(e, observations=dict(e.observations, grip=_set(e.observations["grip"], (1, 0), NAN))),
+        ["observations['grip']", "nan", "(1, 0)"],
+    ),
+    (
+        "dict-final-inf",
+        "dict",
+        lambda e: replace(e, final_observation=dict(e.final_observation, pos=_set(e.final_observation["pos"], 1, INF))),
+        ["final_observation['pos']", "inf", "(1,)"],
+    ),
     # action bounds (policy 'error')
-    ("action-above-bound", "flat", lambda e: replace(e, actions=_set(e.actions, (3, 1), 1.5)),
-     ["actions[3]", "1.5", "outside the action space", "[-1.0, -1.0]", "[1.0, 1.0]", "dimension (1,)"]),
-    ("action-below-bound", "flat", lambda e: replace(e, actions=_set(e.actions, (0, 0), -1.25)),
-     ["actions[0]", "-1.25", "outside the action space", "dimension (0,)"]),
+    (
+        "action-above-bound",
+        "flat",
+        lambda e: replace(e, actions=_set(e.actions, (3, 1), 1.5)),
+        ["actions[3]", "1.5", "outside the action space", "[-1.0, -1.0]", "[1.0, 1.0]", "dimension (1,)"],
+    ),
+    (
+        "action-below-bound",
+        "flat",
+        lambda e: replace(e, actions=_set(e.actions, (0, 0), -1.25)),
+        ["actions[0]", "-1.25", "outside the action space", "dimension (0,)"],
+    ),
     # lengths
     ("length-0", "flat", _empty, ["length must be >= 1", "(0, 2)"]),
     ("length-0-dict", "dict", _empty, ["length must be >= 1"]),
-    ("obs-longer", "flat", lambda e: replace(e, observations=np.zeros((T + 1, OBS_DIM), np.float32)),
-     ["observations['state']", "(7, 4)", "expected (6, 4)"]),
-    ("rewards-shorter", "flat", lambda e: replace(e, rewards=e.rewards[:-1]),
-     ["rewards", "(5,)", "expected (6,)"]),
-    ("terminals-shorter", "flat", lambda e: replace(e, terminals=e.terminals[1:]),
-     ["terminals", "(5,)", "expected (6,)"]),
-    ("timeouts-longer", "flat", lambda e: replace(e, timeouts=np.zeros(T + 2, bool)),
-     ["timeouts", "(8,)", "expected (6,)"]),
-    ("interventions-shorter", "flat", lambda e: replace(e, interventions=np.zeros(T - 1, bool)),
-     ["interventions", "(5,)", "expected (6,)"]),
-    ("dict-key-shorter", "dict", lambda e: replace(e, observations=dict(e.observations, grip=e.observations["grip"][:-1])),
-     ["observations['grip']", "(5, 1)", "expected (6, 1)"]),
+    (
+        "obs-longer",
+        "flat",
+        lambda e: replace(e, observations=np.zeros((T + 1, OBS_DIM), np.float32)),
+        ["observations['state']", "(7, 4)", "expected (6, 4)"],
+    ),
+    ("rewards-shorter", "flat", lambda e: replace(e, rewards=e.rewards[:-1]), ["rewards", "(5,)", "expected (6,)"]),
+    (
+        "terminals-shorter",
+        "flat",
+        lambda e: replace(e, terminals=e.terminals[1:]),
+        ["terminals", "(5,)", "expected (6,)"],
+    ),
+    (
+        "timeouts-longer",
+        "flat",
+        lambda e: replace(e, timeouts=np.zeros(T + 2, bool)),
+        ["timeouts", "(8,)", "expected (6,)"],
+    ),
+    (
+        "interventions-shorter",
+        "flat",
+        lambda e: replace(e, interventions=np.zeros(T - 1, bool)),
+        ["interventions", "(5,)", "expected (6,)"],
+    ),
+    (
+        "dict-key-shorter",
+        "dict",
+        lambda e: replace(e, observations=dict(e.observations, grip=e.observations["grip"][:-1])),
+        ["observations['grip']", "(5, 1)", "expected (6, 1)"],
+    ),
     # flags only on the last step
-    ("terminal-early", "flat", lambda e: replace(e, terminals=_flags_at(2)),
-     ["terminals is True at step 2", "last step 5"]),
-    ("timeout-early", "flat", lambda e: replace(e, terminals=np.zeros(T, bool), timeouts=_flags_at(0)),
-     ["timeouts is True at step 0", "last step 5"]),
-    ("terminal-and-timeout", "flat", lambda e: replace(e, terminals=_flags_at(T - 1), timeouts=_flags_at(T - 1)),
-     ["both terminal and timeout"]),
+    (
+        "terminal-early",
+        "flat",
+        lambda e: replace(e, terminals=_flags_at(2)),
+        ["terminals is True at step 2", "last step 5"],
+    ),
+    (
+        "timeout-early",
+        "flat",
+        lambda e: replace(e, terminals=np.zeros(T, bool), timeouts=_flags_at(0)),
+        ["timeouts is True at step 0", "last step 5"],
+    ),
+    (
+        "terminal-and-timeout",
+        "flat",
+        lambda e: replace(e, terminals=_flags_at(T - 1), timeouts=_flags_at(T - 1)),
+        ["both terminal and timeout"],
+    ),
     # observation keys
-    ("dict-missing-key", "dict", lambda e: replace(e, observations={"pos": e.observations["pos"]}),
-     ["observation key 'grip' is missing", "['grip', 'pos']"]),
-    ("dict-missing-final-key", "dict", lambda e: replace(e, final_observation={"grip": e.final_observation["grip"]}),
-     ["observation key 'pos' is missing"]),
-    ("dict-extra-key", "dict", lambda e: replace(e, observations=dict(e.observations, force=np.zeros((T, 2), np.float32))),
-     ["observations has keys ['force'] not in the schema", "['grip', 'pos']"]),
-    ("dict-extra-final-key", "dict", lambda e: replace(e, final_observation=dict(e.final_observation, force=np.zeros(2))),
-     ["final_observation has keys ['force']"]),
-    ("flat-obs-into-dict", "dict", lambda e: replace(e, observations=np.zeros((T, 4), np.float32)),
-     ["observations has keys ['state'] not in the schema"]),
-    ("dict-obs-into-flat", "flat", lambda e: replace(e, observations={"state": e.observations, "x": e.observations}),
-     ["observations has keys ['x']", "['state']"]),
+    (
+        "dict-missing-key",
+        "dict",
+        lambda e: replace(e, observations={"pos": e.observations["pos"]}),
+        ["observation key 'grip' is missing", "['grip', 'pos']"],
+    ),
+    (
+        "dict-missing-final-key",
+        "dict",
+        lambda e: replace(e, final_observation={"grip": e.final_observation["grip"]}),
+        ["observation key 'pos' is missing"],
+    ),
+    (
+        "dict-extra-key",
+        "dict",
+        lambda e: replace(e, observations=dict(e.observations, force=np.zeros((T, 2), np.float32))),
+        ["observations has keys ['force'] not in the schema", "['grip', 'pos']"],
+    ),
+    (
+        "dict-extra-final-key",
+        "dict",
+        lambda e: replace(e, final_observation=dict(e.final_observation, force=np.zeros(2))),
+        ["final_observation has keys ['force']"],
+    ),
+    (
+        "flat-obs-into-dict",
+        "dict",
+        lambda e: replace(e, observations=np.zeros((T, 4), np.float32)),
+        ["observations has keys ['state'] not in the schema"],
+    ),
+    (
+        "dict-obs-into-flat",
+        "flat",
+        lambda e: replace(e, observations={"state": e.observations, "x": e.observations}),
+        ["observations has keys ['x']", "['state']"],
+    ),
     # provenance and record
-    ("source-unknown", "flat", lambda e: replace(e, provenance={"source": "robot", "policy_id": "p"}),
-     ["provenance source 'robot'", "scripted", "online"]),
+    (
+        "source-unknown",
+        "flat",
+        lambda e: replace(e, provenance={"source": "robot", "policy_id": "p"}),
+        ["provenance source 'robot'", "scripted", "online"],
+    ),
     ("source-missing", "flat", lambda e: replace(e, provenance={"policy_id": "p"}), ["provenance source None"]),
     ("policy-id-missing", "flat", lambda e: replace(e, provenance={"source": "human"}), ["policy_id"]),
     ("policy-id-empty", "flat", lambda e: replace(e, provenance={"source": "human", "policy_id": ""}), ["policy_id"]),
-    ("provenance-not-mapping", "flat", lambda e: replace(e, provenance="scripted"),
-     ["provenance must be a mapping", "str"]),
+    (
+        "provenance-not-mapping",
+        "flat",
+        lambda e: replace(e, provenance="scripted"),
+        ["provenance must be a mapping", "str"],
+    ),
     ("seed-negative", "flat", lambda e: replace(e, seed=-1), ["seed", "non-negative", "got -1"]),
     ("seed-float", "flat", lambda e: replace(e, seed=1.5), ["seed", "got 1.5"]),
     ("seed-too-big", "flat", lambda e: replace(e, seed=2**64 - 1), ["seed", f"got {2**64 - 1}", "< 2**64 - 1"]),
@@ -190,7 +332,9 @@ def _writer_factory(root):
     stores = []
 
     def make(kind: str):
-        store = EpisodeStore.create(root / f"{kind}-{len(stores)}.zarr", dict_schema() if kind == "dict" else flat_schema())
+        store = EpisodeStore.create(
+            root / f"{kind}-{len(stores)}.zarr", dict_schema() if kind == "dict" else flat_schema()
+        )
         stores.append(store)
         store.append((dict_episode if kind == "dict" else flat_episode)(seed=1))
         return store
@@ -240,7 +384,9 @@ def assert_refused(store: EpisodeStore, snapshot, episodes: list[Episode], fragm
 def test_bad_episode_is_refused_and_nothing_written(shared_writers, snapshot, kind, change, fragments):
     store = shared_writers[kind]
     bad = change((dict_episode if kind == "dict" else flat_episode)(seed=2))
-    error = ValueError if any(w in fragments[0] for w in ("provenance", "policy_id", "seed")) else EpisodeValidationError
+    error = (
+        ValueError if any(w in fragments[0] for w in ("provenance", "policy_id", "seed")) else EpisodeValidationError
+    )
     msg = assert_refused(store, snapshot, [bad], fragments, error)
     assert "episode 1:" in msg  # names which episode of the dataset it would have been
 
@@ -262,30 +408,50 @@ def test_append_many_with_one_bad_episode_writes_nothing(open_writer, snapshot, 
     store = open_writer("flat")
     batch = [flat_episode(seed=10 + j) for j in range(5)]
     batch[bad_position] = replace(batch[bad_position], rewards=_set(batch[bad_position].rewards, 1, NAN))
-    assert_refused(store, snapshot, batch, [f"episode {1 + bad_position} (batch item {bad_position})", "rewards", "nan"],
-                   EpisodeValidationError)
+    assert_refused(
+        store,
+        snapshot,
+        batch,
+        [f"episode {1 + bad_position} (batch item {bad_position})", "rewards", "nan"],
+        EpisodeValidationError,
+    )
     batch[bad_position] = flat_episode(seed=99)
     assert store.append_many(batch) == [1, 2, 3, 4, 5]
 
 
 def test_append_many_with_bad_provenance_last_writes_nothing(open_writer, snapshot):
     store = open_writer("flat")
-    batch = [flat_episode(seed=10), flat_episode(seed=11), replace(flat_episode(seed=12), provenance={"source": "x", "policy_id": "p"})]
+    batch = [
+        flat_episode(seed=10),
+        flat_episode(seed=11),
+        replace(flat_episode(seed=12), provenance={"source": "x", "policy_id": "p"}),
+    ]
     assert_refused(store, snapshot, batch, ["batch item 2", "provenance source 'x'"])
-    assert store.provenance_table == [{"source": "scripted", "policy_id": "reach-v1", "policy_version": "1", "params": {}}]
+    assert store.provenance_table == [
+        {"source": "scripted", "policy_id": "reach-v1", "policy_version": "1", "params": {}}
+    ]
 
 
 def test_same_kind_casts_are_stored_cross_kind_refused(open_writer, snapshot):
     store = open_writer("flat")
     ep = flat_episode(seed=5)
-    as64 = replace(ep, observations=ep.observations.astype(np.float64), actions=ep.actions.astype(np.float64),
-                   rewards=ep.rewards.astype(np.float64), final_observation=ep.final_observation.astype(np.float64))
+    as64 = replace(
+        ep,
+        observations=ep.observations.astype(np.float64),
+        actions=ep.actions.astype(np.float64),
+        rewards=ep.rewards.astype(np.float64),
+        final_observation=ep.final_observation.astype(np.float64),
+    )
     assert store.append(as64) == 1
     got = store.episode(1)
     assert got.observations.dtype == np.float32 and got.actions.dtype == np.float32
     np.testing.assert_array_equal(got.observations, ep.observations)
-    ints = replace(ep, observations=np.arange(T * OBS_DIM, dtype=np.int64).reshape(T, OBS_DIM),
-                   rewards=np.arange(T, dtype=np.int32), actions=np.zeros((T, ACT_DIM), np.int16))
+    ints = replace(
+        ep,
+        observations=np.arange(T * OBS_DIM, dtype=np.int64).reshape(T, OBS_DIM),
+        rewards=np.arange(T, dtype=np.int32),
+        actions=np.zeros((T, ACT_DIM), np.int16),
+    )
     assert store.append(ints) == 2  # integers are exact in the float store
     np.testing.assert_array_equal(store.episode(2).observations, ints.observations.astype(np.float32))
     np.testing.assert_array_equal(store.episode(2).rewards, np.arange(T, dtype=np.float32))
@@ -297,7 +463,9 @@ def test_float_observations_into_int_schema_are_refused(tmp_path, snapshot):
         good = replace(ep, observations=np.ones((T, OBS_DIM), np.int64), final_observation=np.ones(OBS_DIM, np.uint8))
         assert store.append(good) == 0
         bad = replace(good, observations=np.ones((T, OBS_DIM), np.float32))
-        assert_refused(store, snapshot, [bad], ["observations['state']", "dtype float32", "int32"], EpisodeValidationError)
+        assert_refused(
+            store, snapshot, [bad], ["observations['state']", "dtype float32", "int32"], EpisodeValidationError
+        )
 
 
 def test_action_bounds_clip_stores_clipped_values(tmp_path):

@@ -23,17 +23,41 @@ BLOCKED = ("torch", "lightning", "pytorch_lightning", "hydra", "omegaconf", "zar
 
 
 def make_maze_dataset(path, behavior: str = "scripted", episodes: int = 10) -> str:
-    collect(load_config("collect", ["env=pointmaze", f"behavior={behavior}", f"collect.episodes={episodes}",
-                                    f"dataset.path={path}", "collect.progress=false"]))
+    collect(
+        load_config(
+            "collect",
+            [
+                "env=pointmaze",
+                f"behavior={behavior}",
+                f"collect.episodes={episodes}",
+                f"dataset.path={path}",
+                "collect.progress=false",
+            ],
+        )
+    )
     return str(path)
 
 
 def train(dataset: str, run_dir, algo: str = "bc", steps: int = 400, *extra: str):
     """A real `o2o pretrain` run on ``dataset`` (no simulator evaluation, no OPE selection)."""
-    return pretrain(load_config("pretrain", [
-        f"algo={algo}", "env=pointmaze", f"dataset.path={dataset}", f"run_dir={run_dir}", "algo.hidden=[64,64]",
-        "algo.log_every=100", f"trainer.max_steps={steps}", "eval.enabled=false", "ope.select=false",
-        "trainer.progress=false", *extra]))
+    return pretrain(
+        load_config(
+            "pretrain",
+            [
+                f"algo={algo}",
+                "env=pointmaze",
+                f"dataset.path={dataset}",
+                f"run_dir={run_dir}",
+                "algo.hidden=[64,64]",
+                "algo.log_every=100",
+                f"trainer.max_steps={steps}",
+                "eval.enabled=false",
+                "ope.select=false",
+                "trainer.progress=false",
+                *extra,
+            ],
+        )
+    )
 
 
 def export_overrides(ckpt, out, *extra: str) -> list[str]:
@@ -73,7 +97,8 @@ def export_copy(maze_export, tmp_path) -> Path:
 def torch_blocker(tmp_path_factory) -> dict:
     """Environment for a subprocess in which importing torch (and the other training modules) fails."""
     site = tmp_path_factory.mktemp("blocker")
-    (site / "sitecustomize.py").write_text(textwrap.dedent(f"""
+    (site / "sitecustomize.py").write_text(
+        textwrap.dedent(f"""
         import sys
 
         BLOCKED = {BLOCKED!r}
@@ -86,7 +111,8 @@ def torch_blocker(tmp_path_factory) -> dict:
                 return None
 
         sys.meta_path.insert(0, _Blocker())
-    """))
+    """)
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
     env["OMP_NUM_THREADS"] = "1"
@@ -130,11 +156,19 @@ class SqrtPolicy:
         example = torch.rand(2, 3)
         export_onnx(Sqrt(), example, folder / "policy.onnx")
         export_torchscript(Sqrt(), example, folder / "policy.pt")
-        spec = ExportSpec(obs_layout=[{"key": "a", "shape": [2], "start": 0, "stop": 2},
-                                      {"key": "b", "shape": [1], "start": 2, "stop": 3}],
-                          action_low=[-1.0, -1.0], action_high=[1.0, 1.0], control_frequency_hz=frequency_hz,
-                          controller_type="test", policy={"algorithm": "sqrt"}, env={"name": "none"},
-                          runtime={"safe_action": None, "max_delta": None, "deadline_s": None, **runtime})
+        spec = ExportSpec(
+            obs_layout=[
+                {"key": "a", "shape": [2], "start": 0, "stop": 2},
+                {"key": "b", "shape": [1], "start": 2, "stop": 3},
+            ],
+            action_low=[-1.0, -1.0],
+            action_high=[1.0, 1.0],
+            control_frequency_hz=frequency_hz,
+            controller_type="test",
+            policy={"algorithm": "sqrt"},
+            env={"name": "none"},
+            runtime={"safe_action": None, "max_delta": None, "deadline_s": None, **runtime},
+        )
         manifest = build_manifest(spec, np.zeros((1, 3), np.float32), 2, {}, 1e-5, 18, 0)
         manifest["parity"]["reference_file"] = None
         seal_export(folder, manifest, ["policy.onnx", "policy.pt"])

@@ -60,8 +60,9 @@ def test_a_runtime_that_cannot_act_fails_the_check(maze_export, env_cfg, trained
     # Every inference misses an impossible deadline: the safe action (zero force) throughout.
     with pytest.raises(ExportRefused, match=r"succeeds in 0\.00 of 4 episodes, the trained policy in 1\.00.*WATCHDOG"):
         with pytest.warns(Warning):
-            closed_loop_check(maze_export.out_dir, env_cfg, trained, 4, seed=30_000, max_success_drop=0.2,
-                              deadline_s=1e-9)
+            closed_loop_check(
+                maze_export.out_dir, env_cfg, trained, 4, seed=30_000, max_success_drop=0.2, deadline_s=1e-9
+            )
 
 
 def test_the_trained_policy_alone_is_not_a_random_walk(env_cfg, trained):

@@ -24,11 +24,20 @@ from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.export import export
 from o2o.policies.algos.base import load_algorithm
 
-ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
-               if p.name.endswith(".yaml"))
+ALGOS = sorted(
+    p.name.removesuffix(".yaml")
+    for p in resources.files("o2o.configs").joinpath("algo").iterdir()
+    if p.name.endswith(".yaml")
+)
 # Keys that keep a run tiny, for the algorithms that know them.
-TINY_FOR = {"combo": ["algo.dynamics_hidden=[32,32]", "algo.dynamics_weight_decay=0.0", "algo.dynamics_max_epochs=5",
-                      "algo.rollout_batch_size=256"]}
+TINY_FOR = {
+    "combo": [
+        "algo.dynamics_hidden=[32,32]",
+        "algo.dynamics_weight_decay=0.0",
+        "algo.dynamics_max_epochs=5",
+        "algo.rollout_batch_size=256",
+    ]
+}
 
 
 def overrides(ckpt, out, *extra: str) -> list[str]:
@@ -52,8 +61,9 @@ def test_every_algorithm_config_is_covered():
 @pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
 @pytest.mark.parametrize("algo", ALGOS)
 def test_parity_torch_onnxruntime_torchscript(algo, maze_data, trainer, tmp_path):
-    run = trainer(maze_data, tmp_path / "run", algo, 5, "algo.hidden=[32,32]", "algo.batch_size=32",
-                  *TINY_FOR.get(algo, []))
+    run = trainer(
+        maze_data, tmp_path / "run", algo, 5, "algo.hidden=[32,32]", "algo.batch_size=32", *TINY_FOR.get(algo, [])
+    )
     res = export(load_config("export", overrides(run.last_checkpoint, tmp_path / "out")))
     assert res.parity["onnxruntime"] <= 1e-5 and res.parity["torchscript"] <= 1e-5
     assert res.observations_source.startswith(f"dataset {maze_data}")
@@ -138,8 +148,15 @@ def test_a_stochastic_policy_is_refused(bc_run, tmp_path):
         def forward(self, obs):
             return self.policy(obs) + 0.1 * torch.randn(obs.shape[0], 2)
 
-    spec = ExportSpec(obs_layout=[{"key": "x", "shape": [6], "start": 0, "stop": 6}], action_low=[-1, -1],
-                      action_high=[1, 1], control_frequency_hz=20.0, controller_type="force", policy={}, env={})
+    spec = ExportSpec(
+        obs_layout=[{"key": "x", "shape": [6], "start": 0, "stop": 6}],
+        action_low=[-1, -1],
+        action_high=[1, 1],
+        control_frequency_hz=20.0,
+        controller_type="force",
+        policy={},
+        env={},
+    )
     with pytest.raises(ExportRefused, match="not deterministic"):
         export_policy(Noisy(module.policy()), tmp_path / "out", np.zeros((8, 6), np.float32), spec)
     assert not (tmp_path / "out").exists()
@@ -154,7 +171,10 @@ def test_manifest_is_complete_and_hashes_match(maze_export, maze_data):
         assert entry == {"sha256": sha256(out / name), "bytes": (out / name).stat().st_size}
     assert m["observation"]["keys"] == ["position", "velocity", "goal"]
     assert [(f["key"], f["shape"], f["start"], f["stop"]) for f in m["observation"]["layout"]] == [
-        ("position", [2], 0, 2), ("velocity", [2], 2, 4), ("goal", [2], 4, 6)]
+        ("position", [2], 0, 2),
+        ("velocity", [2], 2, 4),
+        ("goal", [2], 4, 6),
+    ]
     assert m["observation"]["dim"] == 6 and m["action"]["dim"] == 2
     assert m["action"]["low"] == [-1.0, -1.0] and m["action"]["high"] == [1.0, 1.0]
     assert m["control"] == {"frequency_hz": 20.0, "period_s": 0.05, "controller_type": "force"}
@@ -196,12 +216,19 @@ def test_observation_layout_rebuilds_the_env_observation(maze_export):
 
 def test_export_command_line(bc_run, tmp_path, capsys):
     out = tmp_path / "cli"
-    rc = main(["export", f"ckpt={Path(bc_run.run_dir)}", f"out={out}", "parity.observations=128",
-               "closed_loop.episodes=2"])
+    rc = main(
+        ["export", f"ckpt={Path(bc_run.run_dir)}", f"out={out}", "parity.observations=128", "closed_loop.episodes=2"]
+    )
     text = capsys.readouterr().out
     assert rc == 0, text
-    for part in ("policy.onnx", "policy.pt", "reference.npz", "parity on dataset", "closed loop, 2 episodes",
-                 f"o2o serve export_dir={out}"):
+    for part in (
+        "policy.onnx",
+        "policy.pt",
+        "reference.npz",
+        "parity on dataset",
+        "closed loop, 2 episodes",
+        f"o2o serve export_dir={out}",
+    ):
         assert part in text, f"{part!r} missing from:\n{text}"
     assert (out / "manifest.json").is_file()
     rc = main(["export"])
@@ -210,9 +237,17 @@ def test_export_command_line(bc_run, tmp_path, capsys):
 
 
 def test_missing_dataset_falls_back_to_env_rollouts(bc_run, tmp_path):
-    res = export(load_config("export", overrides(bc_run.last_checkpoint, tmp_path / "out",
-                                                 f"parity.dataset={tmp_path / 'moved.zarr'}",
-                                                 "parity.rollout_episodes=2")))
+    res = export(
+        load_config(
+            "export",
+            overrides(
+                bc_run.last_checkpoint,
+                tmp_path / "out",
+                f"parity.dataset={tmp_path / 'moved.zarr'}",
+                "parity.rollout_episodes=2",
+            ),
+        )
+    )
     assert "env rollouts" in res.observations_source and res.parity["onnxruntime"] <= 1e-5
     assert any("moved.zarr" in n and "rollouts" in n for n in res.notes)
     m = json.loads(Path(res.manifest_path).read_text())
@@ -222,8 +257,10 @@ def test_missing_dataset_falls_back_to_env_rollouts(bc_run, tmp_path):
 def test_a_checkpoint_whose_env_changed_is_refused(bc_run, tmp_path):
     ckpt = torch.load(bc_run.last_checkpoint, weights_only=True)
     ckpt["hyper_parameters"]["meta"]["env"]["obs_layout"] = [
-        {"key": "position", "shape": [2], "start": 0, "stop": 2}, {"key": "goal", "shape": [2], "start": 2, "stop": 4},
-        {"key": "velocity", "shape": [2], "start": 4, "stop": 6}]
+        {"key": "position", "shape": [2], "start": 0, "stop": 2},
+        {"key": "goal", "shape": [2], "start": 2, "stop": 4},
+        {"key": "velocity", "shape": [2], "start": 4, "stop": 6},
+    ]
     path = tmp_path / "reordered.ckpt"
     torch.save(ckpt, path)
     with pytest.raises(ExportRefused, match="now produces observation layout"):

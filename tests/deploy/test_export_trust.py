@@ -22,8 +22,15 @@ from o2o.policies.algos.base import load_algorithm, weights_digest
 @pytest.fixture(scope="module")
 def evaluated_run(maze_data, trainer, tmp_path_factory):
     """BC with periodic evaluation (5 episodes every 200 updates): its checkpoints carry their evaluation."""
-    run = trainer(maze_data, tmp_path_factory.mktemp("evaluated") / "bc", "bc", 400, "eval.enabled=true",
-                  "eval.every=200", "eval.episodes=5")
+    run = trainer(
+        maze_data,
+        tmp_path_factory.mktemp("evaluated") / "bc",
+        "bc",
+        400,
+        "eval.enabled=true",
+        "eval.every=200",
+        "eval.episodes=5",
+    )
     ev = torch.load(run.best_checkpoint, weights_only=True)["o2o"]["evaluation"]
     assert ev["success_rate"] == 1.0  # the scripted data is solved: a broken copy has something to fall from
     return run
@@ -80,16 +87,18 @@ def test_export_compares_the_closed_loop_with_the_evaluation_the_checkpoint_carr
     record = torch.load(evaluated_run.best_checkpoint, weights_only=True)["o2o"]["evaluation"]
     vs = res.closed_loop["vs_evaluation"]
     assert vs["passed"] and vs["metric"] == "success_rate" and vs["evaluated"] == 1.0 and vs["runtime"] >= 0.8
-    assert vs["source"] == (f"the checkpoint's own evaluation record: update {record['step']}, 5 episodes from seed "
-                            "10000")
+    assert vs["source"] == (
+        f"the checkpoint's own evaluation record: update {record['step']}, 5 episodes from seed 10000"
+    )
     assert vs["allowed_drop"] == pytest.approx(2 * vs["noise"] + 0.1) and vs["evaluated_episodes"] == 5
     assert any(vs["source"] in n and "compared with the trained torch policy" in n for n in res.notes)
     m = json.loads(Path(res.manifest_path).read_text())
     assert m["evaluation"]["checkpoint"] == record and m["evaluation"]["closed_loop"]["vs_evaluation"] == vs
 
 
-def test_a_policy_that_no_longer_scores_what_its_checkpoint_was_evaluated_at_is_refused(evaluated_run, tmp_path,
-                                                                                       capsys):
+def test_a_policy_that_no_longer_scores_what_its_checkpoint_was_evaluated_at_is_refused(
+    evaluated_run, tmp_path, capsys
+):
     """Weights broken and every digest recomputed: the torch policy and the export agree (both fail), so only
     the evaluation the checkpoint carries can tell."""
     bad = still_policy(evaluated_run.best_checkpoint, tmp_path / "best.ckpt")
@@ -97,11 +106,15 @@ def test_a_policy_that_no_longer_scores_what_its_checkpoint_was_evaluated_at_is_
     out = tmp_path / "out"
     assert main(["export", *args(bad, out)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert ("the exported policy through the runtime succeeds in 0.00 over 5 episodes (seed 20000), but the "
-            "checkpoint was evaluated at 1.00 over 5 episodes (the checkpoint's own evaluation record: "
-            "update") in err, err
-    assert ("The trained torch policy scores 0.00 on the same episodes, as low: the checkpoint's weights do not behave as "
-            "they did when it was evaluated") in err, err
+    assert (
+        "the exported policy through the runtime succeeds in 0.00 over 5 episodes (seed 20000), but the "
+        "checkpoint was evaluated at 1.00 over 5 episodes (the checkpoint's own evaluation record: "
+        "update"
+    ) in err, err
+    assert (
+        "The trained torch policy scores 0.00 on the same episodes, as low: the checkpoint's weights do not behave as "
+        "they did when it was evaluated"
+    ) in err, err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt"]  # nothing left behind
 
 
@@ -110,16 +123,21 @@ def test_a_checkpoint_without_the_record_is_compared_with_its_runs_summary(evalu
     shutil.copytree(evaluated_run.run_dir, run, ignore=shutil.ignore_patterns("tb", "csv"))
     ckpt = run / "checkpoints" / Path(evaluated_run.best_checkpoint).name
     still_policy(ckpt, ckpt, legacy=True)
-    with pytest.raises(ExportRefused, match=rf"evaluated at 1.00 over 5 episodes \({run / 'summary.json'}: evaluation at "
-                                            r"update \d+, 5 episodes \(the checkpoint has no evaluation record\)\)"):
+    with pytest.raises(
+        ExportRefused,
+        match=rf"evaluated at 1.00 over 5 episodes \({run / 'summary.json'}: evaluation at "
+        r"update \d+, 5 episodes \(the checkpoint has no evaluation record\)\)",
+    ):
         export(load_config("export", args(ckpt, tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
 def test_without_any_evaluation_the_export_says_what_it_compared_with(maze_export):
     assert maze_export.closed_loop.get("vs_evaluation") is None
-    assert any("compared with the trained torch policy only: the checkpoint has no evaluation record" in n
-               for n in maze_export.notes)
+    assert any(
+        "compared with the trained torch policy only: the checkpoint has no evaluation record" in n
+        for n in maze_export.notes
+    )
 
 
 def test_returns_are_compared_where_there_is_no_success_signal(maze_export):
@@ -135,8 +153,11 @@ def test_returns_are_compared_where_there_is_no_success_signal(maze_export):
     ok = closed_loop_check(maze_export.out_dir, env_cfg, trained, 3, seed=30_000, reference=same)["vs_evaluation"]
     assert ok["passed"] and ok["metric"] == "return_mean" and ok["runtime"] == pytest.approx(base["return_mean"])
     claimed = dict(same, return_mean=base["return_mean"] + 0.5 * abs(base["return_mean"]) + 10, source="claimed")
-    with pytest.raises(ExportRefused, match=r"the runtime has a mean return of -?\d.* over 3 episodes .* but the "
-                                            r"checkpoint was evaluated at .* \(claimed\); allowed drop"):
+    with pytest.raises(
+        ExportRefused,
+        match=r"the runtime has a mean return of -?\d.* over 3 episodes .* but the "
+        r"checkpoint was evaluated at .* \(claimed\); allowed drop",
+    ):
         closed_loop_check(maze_export.out_dir, env_cfg, trained, 3, seed=30_000, reference=claimed)
 
 
@@ -146,11 +167,29 @@ def test_an_env_without_success_exports_and_compares_returns(tmp_path):
     from o2o.pipeline.stages.pretrain import pretrain
 
     data = tmp_path / "hopper.zarr"
-    collect(load_config("collect", ["env=hopper", "behavior=random", "collect.episodes=5", f"dataset.path={data}",
-                                    "collect.progress=false"]))
-    run = pretrain(load_config("pretrain", [
-        "algo=bc", "env=hopper", f"dataset.path={data}", f"run_dir={tmp_path / 'run'}", "algo.hidden=[32,32]",
-        "trainer.max_steps=20", "eval.every=20", "eval.episodes=2", "ope.select=false", "trainer.progress=false"]))
+    collect(
+        load_config(
+            "collect",
+            ["env=hopper", "behavior=random", "collect.episodes=5", f"dataset.path={data}", "collect.progress=false"],
+        )
+    )
+    run = pretrain(
+        load_config(
+            "pretrain",
+            [
+                "algo=bc",
+                "env=hopper",
+                f"dataset.path={data}",
+                f"run_dir={tmp_path / 'run'}",
+                "algo.hidden=[32,32]",
+                "trainer.max_steps=20",
+                "eval.every=20",
+                "eval.episodes=2",
+                "ope.select=false",
+                "trainer.progress=false",
+            ],
+        )
+    )
     res = export(load_config("export", args(run.best_checkpoint, tmp_path / "out", "closed_loop.episodes=2")))
     vs = res.closed_loop["vs_evaluation"]
     assert vs["passed"] and vs["metric"] == "return_mean" and res.closed_loop["runtime"]["success_rate"] is None

@@ -42,8 +42,11 @@ def test_an_export_folder_or_its_onnx_file_acts_as_the_checkpoint(maze_export, r
         np.testing.assert_allclose(acts(policy, recorded), want, rtol=0, atol=1e-5)
     assert by_file.provenance.policy_id == "policy" and by_folder.provenance.policy_id == folder.name
     # The version is the ONNX file's hash, as for any ONNX policy (and as the manifest records it).
-    assert by_file.provenance.policy_version == by_folder.provenance.policy_version == \
-        sha256_file(folder / "policy.onnx")[:12]
+    assert (
+        by_file.provenance.policy_version
+        == by_folder.provenance.policy_version
+        == sha256_file(folder / "policy.onnx")[:12]
+    )
 
 
 def test_collect_builds_an_export_as_a_learned_behaviour(maze_export, recorded):
@@ -72,10 +75,14 @@ def test_a_modified_export_is_refused(export_copy, given):
 
 def test_another_onnx_file_in_an_export_folder_is_refused(export_copy):
     shutil.copy(export_copy / "policy.onnx", export_copy / "other.onnx")
-    with pytest.raises(ValueError, match=r"lies in the o2o export .* but is not its model 'policy.onnx'; pass the "
-                                         r"export folder"):
-        LearnedPolicy.from_onnx(export_copy / "other.onnx", gym.spaces.Box(-1.0, 1.0, (2,), np.float32),
-                                action_scale="env")
+    with pytest.raises(
+        ValueError,
+        match=r"lies in the o2o export .* but is not its model 'policy.onnx'; pass the "
+        r"export folder",
+    ):
+        LearnedPolicy.from_onnx(
+            export_copy / "other.onnx", gym.spaces.Box(-1.0, 1.0, (2,), np.float32), action_scale="env"
+        )
 
 
 def test_a_folder_that_is_not_an_export_is_refused(tmp_path):

@@ -21,14 +21,40 @@ from o2o.pipeline.stages.pretrain import pretrain
 def lift_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("lift")
     data = root / "lift.zarr"
-    collect(load_config("collect", ["env=lift", "behavior=scripted", "collect.episodes=1", f"dataset.path={data}",
-                                    "collect.progress=false"]))
-    run = pretrain(load_config("pretrain", [
-        "env=lift", "algo=iql", f"dataset.path={data}", f"run_dir={root / 'run'}", "algo.hidden=[32,32]",
-        "algo.batch_size=32", "trainer.max_steps=5", "eval.enabled=false", "ope.select=false",
-        "trainer.progress=false"]))
-    return export(load_config("export", [f"ckpt={run.last_checkpoint}", f"out={root / 'export'}",
-                                         "parity.observations=128", "closed_loop.episodes=0"]))
+    collect(
+        load_config(
+            "collect",
+            ["env=lift", "behavior=scripted", "collect.episodes=1", f"dataset.path={data}", "collect.progress=false"],
+        )
+    )
+    run = pretrain(
+        load_config(
+            "pretrain",
+            [
+                "env=lift",
+                "algo=iql",
+                f"dataset.path={data}",
+                f"run_dir={root / 'run'}",
+                "algo.hidden=[32,32]",
+                "algo.batch_size=32",
+                "trainer.max_steps=5",
+                "eval.enabled=false",
+                "ope.select=false",
+                "trainer.progress=false",
+            ],
+        )
+    )
+    return export(
+        load_config(
+            "export",
+            [
+                f"ckpt={run.last_checkpoint}",
+                f"out={root / 'export'}",
+                "parity.observations=128",
+                "closed_loop.episodes=0",
+            ],
+        )
+    )
 
 
 def test_lift_manifest_describes_the_robot_interface(lift_export):

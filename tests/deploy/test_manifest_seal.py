@@ -34,6 +34,7 @@ def _set(path: str, value):
         for p in parents:
             node = node[p]
         node[last] = value
+
     return change
 
 
@@ -44,6 +45,7 @@ def _delete(path: str):
         for p in parents:
             node = node[p]
         del node[last]
+
     return change
 
 
@@ -55,16 +57,17 @@ def _swap_layout(m):  # same sizes, so the layout still checks out structurally:
 EDITS = {
     "safe_action": (_set("runtime.safe_action", [1, 1]), "section 'runtime' changed"),
     "rewritten_unchanged": (_set("runtime.max_delta", None), None),  # already None: same content, loads
-    "bounds_widened": (lambda m: (m["action"].update(low=[-50.0, -50.0], high=[50.0, 50.0])),
-                       "section 'action' changed"),
+    "bounds_widened": (lambda m: m["action"].update(low=[-50.0, -50.0], high=[50.0, 50.0]), "section 'action' changed"),
     "reference_entry_deleted": (_set("parity.reference_file", None), "section 'parity' changed"),
     "reference_hash_deleted": (lambda m: m["files"].pop("reference.npz"), "section 'files' changed"),
     "layout_swapped": (_swap_layout, "section 'observation' changed"),
     "control_rate": (_set("control.frequency_hz", 200.0), "section 'control' changed"),
     "section_added": (_set("extra", {"note": "hi"}), "section 'extra' added"),
     "notes_removed": (_delete("notes"), "section 'notes' removed"),
-    "closed_loop_result": (_set("evaluation.closed_loop", {"runtime": {"success_rate": 1.0}}),
-                           "section 'evaluation' changed"),
+    "closed_loop_result": (
+        _set("evaluation.closed_loop", {"runtime": {"success_rate": 1.0}}),
+        "section 'evaluation' changed",
+    ),
 }
 
 
@@ -89,8 +92,13 @@ def test_every_changed_section_is_named(export_copy):
 
 def test_o2o_serve_refuses_an_edited_manifest(export_copy, torch_blocker):
     edit(export_copy, _set("runtime.safe_action", [1, 1]))
-    proc = subprocess.run([sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={export_copy}", "port=0"],
-                          env=torch_blocker, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={export_copy}", "port=0"],
+        env=torch_blocker,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and not proc.stdout.startswith("serving"), proc.stdout
     assert "manifest.json section 'runtime' changed after export" in proc.stderr, proc.stderr
 
@@ -117,15 +125,26 @@ def _strip_seal(path: Path) -> None:
 
 def test_an_export_without_a_seal_is_refused_with_what_to_do(export_copy):
     edit(export_copy, _set("format_version", 1))
-    with pytest.raises(ManifestError, match=r"format_version 1 is not supported \(this o2o reads 2\): exports before "
-                                            r"format 2 carry no seal .* export the checkpoint again"):
+    with pytest.raises(
+        ManifestError,
+        match=r"format_version 1 is not supported \(this o2o reads 2\): exports before "
+        r"format 2 carry no seal .* export the checkpoint again",
+    ):
         PolicyRuntime(export_copy)
     # A format-2 manifest whose model carries no seal (an older model put back, hashes updated).
     _strip_seal(export_copy / "policy.onnx")
-    edit(export_copy, lambda m: (m.update(format_version=2),
-                                 m["files"].update({"policy.onnx": file_entry(export_copy / "policy.onnx")})))
-    with pytest.raises(ManifestError, match=r"'policy.onnx' carries no manifest seal \(metadata 'o2o.manifest_seal'\)"
-                                            r".*export the checkpoint again"):
+    edit(
+        export_copy,
+        lambda m: (
+            m.update(format_version=2),
+            m["files"].update({"policy.onnx": file_entry(export_copy / "policy.onnx")}),
+        ),
+    )
+    with pytest.raises(
+        ManifestError,
+        match=r"'policy.onnx' carries no manifest seal \(metadata 'o2o.manifest_seal'\)"
+        r".*export the checkpoint again",
+    ):
         PolicyRuntime(export_copy)
 
 
@@ -133,9 +152,12 @@ def test_a_model_swapped_in_from_another_export_is_refused(export_copy, sqrt_exp
     """Another export's sealed model, with the manifest's hash of it updated: its seal is of another manifest."""
     shutil.copy(sqrt_export / "policy.onnx", export_copy / "policy.onnx")
     edit(export_copy, lambda m: m["files"].update({"policy.onnx": file_entry(export_copy / "policy.onnx")}))
-    with pytest.raises(ManifestError, match=r"sections .*'observation', 'onnx', 'parity', 'policy'.* changed after "
-                                            r"export .*'created' differs too: 'policy.onnx' and manifest.json come "
-                                            r"from different exports"):
+    with pytest.raises(
+        ManifestError,
+        match=r"sections .*'observation', 'onnx', 'parity', 'policy'.* changed after "
+        r"export .*'created' differs too: 'policy.onnx' and manifest.json come "
+        r"from different exports",
+    ):
         PolicyRuntime(export_copy)
 
 
@@ -151,8 +173,11 @@ def test_a_forged_seal_value_is_refused(export_copy):
 def keys(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("keys")
     out = {}
-    for name, text in (("ours", "3f1c0a9e5b7d2c4e6a8b0d1f3e5c7a9b\n"), ("theirs", "0123456789abcdef0123456789abcdef"),
-                       ("short", "secret\n")):
+    for name, text in (
+        ("ours", "3f1c0a9e5b7d2c4e6a8b0d1f3e5c7a9b\n"),
+        ("theirs", "0123456789abcdef0123456789abcdef"),
+        ("short", "secret\n"),
+    ):
         out[name] = root / f"{name}.key"
         out[name].write_text(text)
     return out
@@ -161,8 +186,18 @@ def keys(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def signed_export(bc_run, keys, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("signed") / "export"
-    res = export(load_config("export", [f"ckpt={bc_run.last_checkpoint}", f"out={out}", "parity.observations=128",
-                                        "closed_loop.episodes=2", f"signing_key_file={keys['ours']}"]))
+    res = export(
+        load_config(
+            "export",
+            [
+                f"ckpt={bc_run.last_checkpoint}",
+                f"out={out}",
+                "parity.observations=128",
+                "closed_loop.episodes=2",
+                f"signing_key_file={keys['ours']}",
+            ],
+        )
+    )
     assert any("signed with the key in" in n for n in res.notes)
     return out
 
@@ -203,8 +238,17 @@ def test_keys_too_short_to_be_secrets_are_refused(signed_export, bc_run, keys, t
     with pytest.raises(ManifestError, match=r"signing key file .*missing.key' cannot be read"):
         PolicyRuntime(signed_export, key_file=tmp_path / "missing.key")
     with pytest.raises(ManifestError, match="too short to be a secret"):
-        export(load_config("export", [f"ckpt={bc_run.last_checkpoint}", f"out={tmp_path / 'out'}",
-                                      "closed_loop.episodes=0", f"signing_key_file={keys['short']}"]))
+        export(
+            load_config(
+                "export",
+                [
+                    f"ckpt={bc_run.last_checkpoint}",
+                    f"out={tmp_path / 'out'}",
+                    "closed_loop.episodes=0",
+                    f"signing_key_file={keys['short']}",
+                ],
+            )
+        )
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="give signing_key or key_file, not both"):
         PolicyRuntime(signed_export, signing_key="x" * 16, key_file=keys["ours"])
@@ -212,15 +256,19 @@ def test_keys_too_short_to_be_secrets_are_refused(signed_export, bc_run, keys, t
 
 def test_o2o_serve_checks_the_signature_with_key_file(signed_export, keys, torch_blocker):
     cmd = [sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={signed_export}", "port=0"]
-    bad = subprocess.run([*cmd, f"key_file={keys['theirs']}"], env=torch_blocker, capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [*cmd, f"key_file={keys['theirs']}"], env=torch_blocker, capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "signed with another key" in bad.stderr, bad.stderr
-    good = subprocess.Popen([*cmd, f"key_file={keys['ours']}"], env=torch_blocker, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    good = subprocess.Popen(
+        [*cmd, f"key_file={keys['ours']}"], env=torch_blocker, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = good.stdout.readline()
         assert line.startswith("serving") and "manifest seal checked, signature checked" in line, (
-            line, good.stderr.read() if good.poll() is not None else "")
+            line,
+            good.stderr.read() if good.poll() is not None else "",
+        )
     finally:
         good.terminate()
         good.wait(timeout=30)

@@ -62,14 +62,25 @@ def test_observations_that_are_not_real_numbers_are_refused_by_name(maze_export,
     rt = PolicyRuntime(maze_export.out_dir)
     obs = recorded[0]
     flat = {  # input -> what the error must say
-        "strings": ([f"{v:.3f}" for v in obs], r"observation has dtype <U\d+ \(strings\) \(value \[0\], field "
-                                                r"'position', is a str: '"),
-        "one string": ([*obs[:3].tolist(), "0.5", *obs[4:].tolist()],
-                       r"\(value \[3\], field 'velocity', is a str: '0.5'\)"),
-        "None": ([*obs[:4].tolist(), None, obs[5]], r"dtype object \(Python objects\) \(value \[4\], field 'goal', "
-                                                    r"is a NoneType: None\)"),
-        "complex": (obs.astype(np.complex64), r"observation has dtype complex64 \(complex numbers\): observations "
-                                              r"must be real numbers"),
+        "strings": (
+            [f"{v:.3f}" for v in obs],
+            r"observation has dtype <U\d+ \(strings\) \(value \[0\], field "
+            r"'position', is a str: '",
+        ),
+        "one string": (
+            [*obs[:3].tolist(), "0.5", *obs[4:].tolist()],
+            r"\(value \[3\], field 'velocity', is a str: '0.5'\)",
+        ),
+        "None": (
+            [*obs[:4].tolist(), None, obs[5]],
+            r"dtype object \(Python objects\) \(value \[4\], field 'goal', "
+            r"is a NoneType: None\)",
+        ),
+        "complex": (
+            obs.astype(np.complex64),
+            r"observation has dtype complex64 \(complex numbers\): observations "
+            r"must be real numbers",
+        ),
         "complex list": ([complex(v, 1.0) for v in obs], r"dtype complex128 \(complex numbers\) \(value \[0\]"),
         "bytes": (np.array([b"1"] * 6), r"dtype \|S1 \(bytes\)"),
         "dates": (np.array(["2026-01-01"] * 6, dtype="datetime64[D]"), r"dtype datetime64\[D\] \(dates\)"),
@@ -78,10 +89,16 @@ def test_observations_that_are_not_real_numbers_are_refused_by_name(maze_export,
         with pytest.raises(ObservationError, match=message):
             rt.step(value)
     named = {"position": obs[:2], "velocity": obs[2:4], "goal": obs[4:]}
-    for value, message in (([str(v) for v in obs[2:4]], r"<U\d+ \(strings\)"),
-                           (obs[2:4] + 1j, r"complex\d+ \(complex numbers\)"), ("0.1", r"<U3 \(strings\)")):
-        with pytest.raises(ObservationError, match=rf"^observation field 'velocity' has dtype {message}.*: observations "
-                                                   r"must be real numbers \(bool, int or float\)$"):
+    for value, message in (
+        ([str(v) for v in obs[2:4]], r"<U\d+ \(strings\)"),
+        (obs[2:4] + 1j, r"complex\d+ \(complex numbers\)"),
+        ("0.1", r"<U3 \(strings\)"),
+    ):
+        with pytest.raises(
+            ObservationError,
+            match=rf"^observation field 'velocity' has dtype {message}.*: observations "
+            r"must be real numbers \(bool, int or float\)$",
+        ):
             rt.step({**named, "velocity": value})
     with pytest.raises(ObservationError, match=r"observation batch has dtype <U"):
         rt.infer(np.array([[str(v) for v in obs]]))
@@ -259,8 +276,9 @@ def test_control_loop_keeps_a_fixed_rate(maze_export, recorded):
     rt = PolicyRuntime(maze_export.out_dir)
     sent: list[float] = []
     k = iter(range(10**6))
-    loop = ControlLoop(rt, lambda: recorded[next(k) % len(recorded)], lambda a, r: sent.append(time.perf_counter()),
-                       rate_hz=100)
+    loop = ControlLoop(
+        rt, lambda: recorded[next(k) % len(recorded)], lambda a, r: sent.append(time.perf_counter()), rate_hz=100
+    )
     report = loop.run(steps=20)
     gaps = np.diff(sent)
     assert report.steps == 20 and len(sent) == 20
@@ -286,4 +304,3 @@ def test_control_loop_stops_on_until_and_needs_an_end(maze_export, recorded):
     assert loop.run(until=lambda: len(sent) >= 7).steps == 7
     with pytest.raises(ValueError, match="give steps, until, or both"):
         loop.run()
-

@@ -42,8 +42,13 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_runtime_runs_where_torch_cannot_be_imported(maze_export, torch_blocker):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, maze_export.out_dir], env=torch_blocker,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, maze_export.out_dir],
+        env=torch_blocker,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "torch is blocked" in out["blocked"]
@@ -56,6 +61,7 @@ def test_runtime_runs_where_torch_cannot_be_imported(maze_export, torch_blocker)
 
 
 def test_the_blocker_really_blocks_torch(torch_blocker):
-    proc = subprocess.run([sys.executable, "-c", "import torch"], env=torch_blocker, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch"], env=torch_blocker, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "torch is blocked in this process" in proc.stderr

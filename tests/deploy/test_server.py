@@ -51,9 +51,21 @@ CLIENT = textwrap.dedent("""
 @pytest.fixture()
 def server(maze_export, torch_blocker):
     """`python -m o2o.pipeline.cli serve` on a free port, torch blocked; yields (process, endpoint)."""
-    proc = subprocess.Popen([sys.executable, "-m", "o2o.pipeline.cli", "serve", f"export_dir={maze_export.out_dir}",
-                             "port=0", "max_delta=0.5"], env=torch_blocker, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "o2o.pipeline.cli",
+            "serve",
+            f"export_dir={maze_export.out_dir}",
+            "port=0",
+            "max_delta=0.5",
+        ],
+        env=torch_blocker,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     if not line.startswith("serving"):
         proc.kill()
@@ -70,8 +82,13 @@ def test_action_server_answers_a_client_in_another_process(server, maze_export, 
     assert endpoint.startswith("tcp://127.0.0.1:")
     obs = recorded[:8].astype(np.float64).tolist()
     obs.append([float("nan")] * 6)
-    client = subprocess.run([sys.executable, "-c", CLIENT, endpoint, "6", "2"], input=json.dumps(obs),
-                            capture_output=True, text=True, timeout=60)
+    client = subprocess.run(
+        [sys.executable, "-c", CLIENT, endpoint, "6", "2"],
+        input=json.dumps(obs),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert client.returncode == 0, client.stderr
     out = json.loads(client.stdout)
     assert out["info"]["protocol"] == "o2o-action/1" and out["info"]["obs_keys"] == ["position", "velocity", "goal"]

@@ -9,29 +9,74 @@ import pytest
 
 from o2o.datasets import DatasetVersion
 from o2o.pipeline.artifacts import (
-    ARTIFACTS, ArtifactError, CheckpointArtifact, DataBehaviour, DatasetArtifact, EvaluationArtifact,
-    ExportedArtifact, FinetuneArtifact, GateArtifact, PolicyArtifact, ReportArtifact, TrainedOn, typed,
+    ARTIFACTS,
+    ArtifactError,
+    CheckpointArtifact,
+    DataBehaviour,
+    DatasetArtifact,
+    EvaluationArtifact,
+    ExportedArtifact,
+    FinetuneArtifact,
+    GateArtifact,
+    PolicyArtifact,
+    ReportArtifact,
+    TrainedOn,
+    typed,
 )
 from o2o.pipeline.dag import GraphError, Pipeline, Stage, StageCache, artifact_fingerprint, order_stages
 
 V0, V1 = DatasetVersion(12, 720, "a" * 32), DatasetVersion(15, 900, "b" * 32)
 EXAMPLES = [
     DatasetArtifact(path="data/room.zarr", episodes=12, fingerprint="a" * 32, transitions=720, verify=False),
-    CheckpointArtifact(path="best.ckpt", fingerprint="f" * 64, algo="iql", updates=200, selection="simulation",
-                       dataset=TrainedOn(path="data/room.zarr", version=V0, episodes=12, transitions=720,
-                                         selection={"sources": None}),
-                       last="last.ckpt", best_eval={"return_mean": -80.0}, evaluations=[{"step": 100}]),
-    EvaluationArtifact(checkpoint="best.ckpt", gamma=0.95, horizon=60, sim={"return_mean": -80.0},
-                       data=DataBehaviour(episodes=12, return_mean=-120.0, success_rate=0.5, reward_max=1.0,
-                                          sources={"random": {"episodes": 6}})),
-    GateArtifact(passed=True, criteria=[{"name": "actions finite", "passed": True}], checkpoint="best.ckpt",
-                 actions={"finite": True}),
-    FinetuneArtifact(checkpoint="finetuned.ckpt", fingerprint="e" * 64, algo="iql", from_checkpoint="best.ckpt",
-                     evaluation={"return_mean": -75.0}, steps=180, updates=120, episodes=3, dataset_before=V0,
-                     dataset_after=V1, episode_range=[12, 15], curve=[{"step": 0}], summary="iql: ..."),
+    CheckpointArtifact(
+        path="best.ckpt",
+        fingerprint="f" * 64,
+        algo="iql",
+        updates=200,
+        selection="simulation",
+        dataset=TrainedOn(path="data/room.zarr", version=V0, episodes=12, transitions=720, selection={"sources": None}),
+        last="last.ckpt",
+        best_eval={"return_mean": -80.0},
+        evaluations=[{"step": 100}],
+    ),
+    EvaluationArtifact(
+        checkpoint="best.ckpt",
+        gamma=0.95,
+        horizon=60,
+        sim={"return_mean": -80.0},
+        data=DataBehaviour(
+            episodes=12, return_mean=-120.0, success_rate=0.5, reward_max=1.0, sources={"random": {"episodes": 6}}
+        ),
+    ),
+    GateArtifact(
+        passed=True,
+        criteria=[{"name": "actions finite", "passed": True}],
+        checkpoint="best.ckpt",
+        actions={"finite": True},
+    ),
+    FinetuneArtifact(
+        checkpoint="finetuned.ckpt",
+        fingerprint="e" * 64,
+        algo="iql",
+        from_checkpoint="best.ckpt",
+        evaluation={"return_mean": -75.0},
+        steps=180,
+        updates=120,
+        episodes=3,
+        dataset_before=V0,
+        dataset_after=V1,
+        episode_range=[12, 15],
+        curve=[{"step": 0}],
+        summary="iql: ...",
+    ),
     PolicyArtifact(path="finetuned.ckpt", fingerprint="e" * 64, origin="finetuned", reason="better", value=-75.0),
-    ExportedArtifact(dir="export", manifest="export/manifest.json", fingerprint="d" * 64, origin="finetuned",
-                     parity={"onnxruntime": 1e-7}),
+    ExportedArtifact(
+        dir="export",
+        manifest="export/manifest.json",
+        fingerprint="d" * 64,
+        origin="finetuned",
+        parity={"onnxruntime": 1e-7},
+    ),
     ReportArtifact(path="report/report.md", plots=["training.png"]),
 ]
 
@@ -71,11 +116,13 @@ def test_typed_outputs_are_recorded_as_dicts_and_read_back_typed(tmp_path):
         return {"report": ReportArtifact(path="r.md")}
 
     res = Pipeline([Stage("a", (), ("dataset",), make), Stage("b", ("dataset",), ("report",), use)], code="t").run(
-        {}, StageCache(tmp_path / "s"), tmp_path / "r", log=lambda m: None)
+        {}, StageCache(tmp_path / "s"), tmp_path / "r", log=lambda m: None
+    )
     assert res.artifacts["dataset"] == EXAMPLES[0].to_dict() and seen["dataset"] == EXAMPLES[0]
     assert res.artifact("report") == ReportArtifact(path="r.md")
-    assert json.loads((tmp_path / "s" / "stages" / f"{res.record('a').fingerprint}.json").read_text())["outputs"] == \
-        {"dataset": EXAMPLES[0].to_dict()}
+    assert json.loads((tmp_path / "s" / "stages" / f"{res.record('a').fingerprint}.json").read_text())["outputs"] == {
+        "dataset": EXAMPLES[0].to_dict()
+    }
 
 
 def test_finetune_declares_that_it_appends_to_the_dataset():
@@ -83,5 +130,6 @@ def test_finetune_declares_that_it_appends_to_the_dataset():
 
     assert finetune.STAGE.appends == ("dataset",) and "dataset" in finetune.STAGE.reads
     with pytest.raises(GraphError, match="appends to \\['dataset'\\] without reading it"):
-        order_stages([Stage("c", (), ("dataset",), lambda c: {}),
-                      Stage("f", (), ("x",), lambda c: {}, appends=("dataset",))])
+        order_stages(
+            [Stage("c", (), ("dataset",), lambda c: {}), Stage("f", (), ("x",), lambda c: {}, appends=("dataset",))]
+        )

@@ -64,11 +64,30 @@ def test_collect_twice_grows_one_dataset_with_provenance(tmp_path, capsys):
 
 def test_collect_refuses_another_env_before_stepping(tmp_path, capsys):
     path = tmp_path / "maze.zarr"
-    assert main(["collect", "env=pointmaze", "behavior=random", "collect.episodes=2", f"dataset.path={path}",
-                 "collect.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                "env=pointmaze",
+                "behavior=random",
+                "collect.episodes=2",
+                f"dataset.path={path}",
+                "collect.progress=false",
+            ]
+        )
+        == 0
+    )
     before = tree_bytes(path)
-    rc = main(["collect", "env=reacher", "behavior=random", "collect.episodes=2", f"dataset.path={path}",
-               "collect.progress=false"])
+    rc = main(
+        [
+            "collect",
+            "env=reacher",
+            "behavior=random",
+            "collect.episodes=2",
+            f"dataset.path={path}",
+            "collect.progress=false",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "another env or spaces" in err and "reacher" in err and "nothing collected" in err
@@ -77,8 +96,14 @@ def test_collect_refuses_another_env_before_stepping(tmp_path, capsys):
 
 def test_verify_fails_with_reasons_on_a_tampered_dataset(tmp_path):
     path = tmp_path / "maze.zarr"
-    res = run_cli("collect", "env=pointmaze", "behavior=random", "collect.episodes=3", f"dataset.path={path}",
-                  "collect.progress=false")
+    res = run_cli(
+        "collect",
+        "env=pointmaze",
+        "behavior=random",
+        "collect.episodes=3",
+        f"dataset.path={path}",
+        "collect.progress=false",
+    )
     assert res.returncode == 0, res.stderr
     ok = run_cli("dataset", "verify", str(path))
     assert ok.returncode == 0 and "every invariant holds" in ok.stdout
@@ -102,7 +127,9 @@ def test_unknown_override_is_a_clear_error(capsys):
     assert "nosuchenv" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [["dataset", "info", "/nonexistent/x.zarr"], ["dataset", "verify", "/nonexistent/x.zarr"]])
+@pytest.mark.parametrize(
+    "args", [["dataset", "info", "/nonexistent/x.zarr"], ["dataset", "verify", "/nonexistent/x.zarr"]]
+)
 def test_missing_dataset_is_reported(args, capsys):
     rc = main(args)
     captured = capsys.readouterr()
@@ -124,8 +151,16 @@ def test_collect_and_pretrain_refuse_a_damaged_dataset(tmp_path, capsys):
     assert "is damaged: content digest mismatch" in err and "Nothing was appended" in err, err
     after = tree_bytes(path)
     assert {k: v for k, v in after.items() if k != ".o2o.lock"} == {k: v for k, v in before.items() if k != ".o2o.lock"}
-    train = ["pretrain", *common, "algo=bc", "trainer.max_steps=2", "trainer.progress=false", "eval.enabled=false",
-             "ope.select=false", f"run_dir={tmp_path / 'run'}"]
+    train = [
+        "pretrain",
+        *common,
+        "algo=bc",
+        "trainer.max_steps=2",
+        "trainer.progress=false",
+        "eval.enabled=false",
+        "ope.select=false",
+        f"run_dir={tmp_path / 'run'}",
+    ]
     assert main(train) == 2
     err = capsys.readouterr().err
     assert "is damaged: content digest mismatch" in err and "Nothing was loaded" in err, err

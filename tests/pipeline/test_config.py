@@ -7,8 +7,7 @@ import pytest
 from omegaconf import DictConfig
 
 from o2o.pipeline.cli import main
-from o2o.pipeline.config import (OPEN_SECTIONS, UnknownConfigKeyError, command_groups, group_options, load_config,
-                                 plain)
+from o2o.pipeline.config import OPEN_SECTIONS, UnknownConfigKeyError, command_groups, group_options, load_config, plain
 
 COMMANDS = ("run", "collect", "pretrain", "evaluate", "export")
 REQUIRED = {"export": ["ckpt=x.ckpt"]}  # keys a command needs before it composes
@@ -50,43 +49,72 @@ def _leaves(node, prefix=""):
 @pytest.mark.parametrize("preset", group_options("experiment"))
 def test_experiment_presets_only_set_keys_the_run_declares(preset):
     """A preset is a config file, not an override: a typo in it would pass the override check."""
-    declared = set().union(*(_leaves(compose("run", f"{g.override}={o}")) for g in command_groups("run")
-                             for o in group_options(g.group)))
+    declared = set().union(
+        *(_leaves(compose("run", f"{g.override}={o}")) for g in command_groups("run") for o in group_options(g.group))
+    )
     set_by_preset = set(_leaves(compose("run", f"+experiment={preset}")))
     assert set_by_preset - declared == set()
 
 
-@pytest.mark.parametrize("name, override, message", [
-    ("pretrain", "+trainer.max_step=10",
-     r"unknown config key 'trainer.max_step' \(from \+trainer.max_step=10\); did you mean 'trainer.max_steps'\? "
-     r"known keys of trainer: accelerator, .*max_steps"),
-    ("run", "+trainer.max_step=10", r"unknown config key 'trainer.max_step'.*did you mean 'trainer.max_steps'"),
-    ("run", "++finetune.stepz=10", r"unknown config key 'finetune.stepz' \(from \+\+finetune.stepz=10\); did you "
-                                   r"mean 'finetune.steps'\? known keys of finetune:"),
-    ("collect", "+collect.episode=5", r"'collect.episode'.*did you mean 'collect.episodes'"),
-    ("evaluate", "+sim.episode=5", r"'sim.episode'.*did you mean 'sim.episodes'"),
-    ("export", "+closed_loop.episode=5", r"'closed_loop.episode'.*did you mean 'closed_loop.episodes'"),
-    ("pretrain", "+traner.max_steps=5", r"unknown config key 'traner'.*did you mean 'trainer'\? known top-level keys "
-                                        r"of configs/pretrain.yaml: algo, "),
-    ("pretrain", "+algo.expectil=0.9", r"'algo.expectil'.*did you mean 'algo.expectile'"),
-    ("collect", "+behavior.noise_sd=0.1", r"'behavior.noise_sd'.*did you mean 'behavior.noise_std'"),
-    ("pretrain", "+data.obs_clip.x=1", r"config key 'data.obs_clip.x' is not declared \(from \+data.obs_clip.x=1\): 'data.obs_clip' is a value "
-                                      r"\(10.0\), not a section"),
-    # Without the `+`, Hydra refuses the key but suggests adding it; o2o names the near keys instead.
-    ("pretrain", "trainer.max_step=10", r"unknown config key 'trainer.max_step' \(from trainer.max_step=10\); did you "
-                                        r"mean 'trainer.max_steps'\?"),
-    ("pretrain", "trainer={max_step: 10}", r"unknown config key 'trainer.max_step'"),
-    ("pretrain", "++trainer={max_step: 10}", r"unknown config key 'trainer.max_step'"),
-])
+@pytest.mark.parametrize(
+    "name, override, message",
+    [
+        (
+            "pretrain",
+            "+trainer.max_step=10",
+            r"unknown config key 'trainer.max_step' \(from \+trainer.max_step=10\); did you mean 'trainer.max_steps'\? "
+            r"known keys of trainer: accelerator, .*max_steps",
+        ),
+        ("run", "+trainer.max_step=10", r"unknown config key 'trainer.max_step'.*did you mean 'trainer.max_steps'"),
+        (
+            "run",
+            "++finetune.stepz=10",
+            r"unknown config key 'finetune.stepz' \(from \+\+finetune.stepz=10\); did you "
+            r"mean 'finetune.steps'\? known keys of finetune:",
+        ),
+        ("collect", "+collect.episode=5", r"'collect.episode'.*did you mean 'collect.episodes'"),
+        ("evaluate", "+sim.episode=5", r"'sim.episode'.*did you mean 'sim.episodes'"),
+        ("export", "+closed_loop.episode=5", r"'closed_loop.episode'.*did you mean 'closed_loop.episodes'"),
+        (
+            "pretrain",
+            "+traner.max_steps=5",
+            r"unknown config key 'traner'.*did you mean 'trainer'\? known top-level keys "
+            r"of configs/pretrain.yaml: algo, ",
+        ),
+        ("pretrain", "+algo.expectil=0.9", r"'algo.expectil'.*did you mean 'algo.expectile'"),
+        ("collect", "+behavior.noise_sd=0.1", r"'behavior.noise_sd'.*did you mean 'behavior.noise_std'"),
+        (
+            "pretrain",
+            "+data.obs_clip.x=1",
+            r"config key 'data.obs_clip.x' is not declared \(from \+data.obs_clip.x=1\): 'data.obs_clip' is a value "
+            r"\(10.0\), not a section",
+        ),
+        # Without the `+`, Hydra refuses the key but suggests adding it; o2o names the near keys instead.
+        (
+            "pretrain",
+            "trainer.max_step=10",
+            r"unknown config key 'trainer.max_step' \(from trainer.max_step=10\); did you "
+            r"mean 'trainer.max_steps'\?",
+        ),
+        ("pretrain", "trainer={max_step: 10}", r"unknown config key 'trainer.max_step'"),
+        ("pretrain", "++trainer={max_step: 10}", r"unknown config key 'trainer.max_step'"),
+    ],
+)
 def test_a_key_no_config_declares_is_refused_by_name(name, override, message):
     with pytest.raises(UnknownConfigKeyError, match=message):
         compose(name, override)
 
 
 def test_open_sections_and_keys_the_reading_class_takes_are_accepted():
-    cfg = compose("run", "+env.kwargs.extra_arg=1", "+finetune.algo.cql_alpha=1.0",
-                  "+finetune.algo_overrides.sac.tau=0.01", "+algo.n_critics=3", "++trainer.max_steps=7",
-                  "+experiment=room")
+    cfg = compose(
+        "run",
+        "+env.kwargs.extra_arg=1",
+        "+finetune.algo.cql_alpha=1.0",
+        "+finetune.algo_overrides.sac.tau=0.01",
+        "+algo.n_critics=3",
+        "++trainer.max_steps=7",
+        "+experiment=room",
+    )
     assert cfg.env.kwargs.extra_arg == 1 and cfg.finetune.algo.cql_alpha == 1.0 and cfg.algo.n_critics == 3
     assert cfg.trainer.max_steps == 7 and cfg.env.id == "Open"
     assert set(OPEN_SECTIONS) == {"env.kwargs", "finetune.algo", "finetune.algo_overrides"}
@@ -115,8 +143,15 @@ def test_the_algo_section_holds_every_key_of_its_class_with_the_class_defaults(a
 def test_cfg_prints_every_algorithm_key(capsys):
     assert main(["pretrain", "algo=cql", "--cfg"]) == 0
     out = capsys.readouterr().out
-    for line in ("name: cql", "cls: o2o.policies.algos.cql.CQL", "n_critics: 2", "actor_kind: tanh_gaussian",
-                 "critic_layer_norm: false", "cql_alpha: 5.0", "seed: 0"):
+    for line in (
+        "name: cql",
+        "cls: o2o.policies.algos.cql.CQL",
+        "n_critics: 2",
+        "actor_kind: tanh_gaussian",
+        "critic_layer_norm: false",
+        "cql_alpha: 5.0",
+        "seed: 0",
+    ):
         assert f"\n  {line}\n" in out, line
 
 

@@ -31,17 +31,25 @@ def S(name, reads=(), writes=(), run=noop, **kw):
 
 
 def test_order_is_derived_from_artifact_names_whatever_the_listed_order():
-    stages = [S("export", ["policy"], ["exported"]), S("train", ["data"], ["ckpt"]), S("collect", [], ["data"]),
-              S("gate", ["ckpt", "data"], ["policy"]), S("report", ["exported", "data"], ["report"])]
+    stages = [
+        S("export", ["policy"], ["exported"]),
+        S("train", ["data"], ["ckpt"]),
+        S("collect", [], ["data"]),
+        S("gate", ["ckpt", "data"], ["policy"]),
+        S("report", ["exported", "data"], ["report"]),
+    ]
     assert [s.name for s in order_stages(stages)] == ["collect", "train", "gate", "export", "report"]
 
 
-@pytest.mark.parametrize("stages, message", [
-    ([S("a", ["x"], ["y"]), S("b", ["y"], ["x"])], r"stages \['a', 'b'\] form a cycle"),
-    ([S("train", ["data"], ["ckpt"])], r"stage 'train' reads \['data'\], which no selected stage writes"),
-    ([S("a", [], ["x"]), S("b", [], ["x"])], r"artifact 'x' is written by both 'a' and 'b'"),
-    ([S("a", [], ["x"]), S("a", [], ["y"])], r"stage names used twice: \['a'\]"),
-])
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([S("a", ["x"], ["y"]), S("b", ["y"], ["x"])], r"stages \['a', 'b'\] form a cycle"),
+        ([S("train", ["data"], ["ckpt"])], r"stage 'train' reads \['data'\], which no selected stage writes"),
+        ([S("a", [], ["x"]), S("b", [], ["x"])], r"artifact 'x' is written by both 'a' and 'b'"),
+        ([S("a", [], ["x"]), S("a", [], ["y"])], r"stage names used twice: \['a'\]"),
+    ],
+)
 def test_invalid_graphs_are_refused_before_anything_runs(stages, message, tmp_path):
     ran = []
     stages = [Stage(s.name, s.reads, s.writes, lambda ctx: ran.append(ctx.stage) or {}) for s in stages]
@@ -78,11 +86,13 @@ class Counter:
         return {"evaluation": {"score": ctx.inputs["ckpt"]["trained_on"] * 10}}
 
     def pipeline(self):
-        return Pipeline([
-            Stage("collect", (), ("data",), self.collect, refresh=lambda ctx, old: {"data": self.version()}),
-            Stage("train", ("data",), ("ckpt",), self.train, valid=lambda out: Path(out["ckpt"]["path"]).exists()),
-            Stage("evaluate", ("ckpt",), ("evaluation",), self.evaluate),
-        ])
+        return Pipeline(
+            [
+                Stage("collect", (), ("data",), self.collect, refresh=lambda ctx, old: {"data": self.version()}),
+                Stage("train", ("data",), ("ckpt",), self.train, valid=lambda out: Path(out["ckpt"]["path"]).exists()),
+                Stage("evaluate", ("ckpt",), ("evaluation",), self.evaluate),
+            ]
+        )
 
 
 def test_unchanged_stages_are_skipped_and_new_data_reruns_everything_downstream(tmp_path):
@@ -133,15 +143,22 @@ def test_failed_stage_blocks_its_downstream_only_and_records_its_outputs(tmp_pat
         raise StageFailed("success 0.20 < 0.50 by 0.30", outputs={"decision": {"passed": False}})
 
     ran = []
-    stages = [S("train", [], ["ckpt"], lambda ctx: {"ckpt": 1}),
-              S("gate", ["ckpt"], ["decision"], gate),
-              S("finetune", ["decision", "ckpt"], ["tuned"], lambda ctx: ran.append("finetune") or {"tuned": 1}),
-              S("export", ["tuned"], ["exported"], lambda ctx: ran.append("export") or {"exported": 1}),
-              S("report", ["ckpt"], ["report"], lambda ctx: ran.append("report") or {"report": 1})]
+    stages = [
+        S("train", [], ["ckpt"], lambda ctx: {"ckpt": 1}),
+        S("gate", ["ckpt"], ["decision"], gate),
+        S("finetune", ["decision", "ckpt"], ["tuned"], lambda ctx: ran.append("finetune") or {"tuned": 1}),
+        S("export", ["tuned"], ["exported"], lambda ctx: ran.append("export") or {"exported": 1}),
+        S("report", ["ckpt"], ["report"], lambda ctx: ran.append("report") or {"report": 1}),
+    ]
     r = Pipeline(stages).run({}, StageCache(tmp_path / "s"), tmp_path / "run", log=lambda m: None)
     assert not r.ok
-    assert {x.name: x.status for x in r.records} == {"train": "ran", "gate": "failed", "finetune": "blocked",
-                                                      "export": "blocked", "report": "ran"}
+    assert {x.name: x.status for x in r.records} == {
+        "train": "ran",
+        "gate": "failed",
+        "finetune": "blocked",
+        "export": "blocked",
+        "report": "ran",
+    }
     assert ran == ["report"]
     assert r.record("gate").message == "success 0.20 < 0.50 by 0.30"
     assert r.artifacts["decision"] == {"passed": False}
@@ -151,8 +168,13 @@ def test_manifest_records_every_stage(tmp_path):
     c = Counter(tmp_path)
     cfg = {"collect": {"episodes": 2}, "train": {"lr": 0.1}}
     path = tmp_path / "manifest.json"
-    c.pipeline().run(cfg, StageCache(tmp_path / "state"), tmp_path / "run", log=lambda m: None,
-                     manifest=lambda res: res.write(path, o2o_version="test"))
+    c.pipeline().run(
+        cfg,
+        StageCache(tmp_path / "state"),
+        tmp_path / "run",
+        log=lambda m: None,
+        manifest=lambda res: res.write(path, o2o_version="test"),
+    )
     m = json.loads(path.read_text())
     assert m["ok"] and m["o2o_version"] == "test"
     train = m["stages"][1]
@@ -206,16 +228,27 @@ def test_optional_inputs_order_the_stage_but_never_block_it(tmp_path):
         raise StageFailed("diverged", outputs={"decision": {"passed": False}})
 
     seen = {}
-    stages = [S("report", ["ckpt"], ["report"], lambda ctx: seen.update(ctx.inputs) or {"report": 1},
-                optional=("decision", "tuned")),
-              S("train", [], ["ckpt"], lambda ctx: {"ckpt": 1}),
-              S("gate", ["ckpt"], ["decision"], gate),
-              S("finetune", ["decision"], ["tuned"], lambda ctx: {"tuned": 1})]
+    stages = [
+        S(
+            "report",
+            ["ckpt"],
+            ["report"],
+            lambda ctx: seen.update(ctx.inputs) or {"report": 1},
+            optional=("decision", "tuned"),
+        ),
+        S("train", [], ["ckpt"], lambda ctx: {"ckpt": 1}),
+        S("gate", ["ckpt"], ["decision"], gate),
+        S("finetune", ["decision"], ["tuned"], lambda ctx: {"tuned": 1}),
+    ]
     p = Pipeline(stages)
     assert [s.name for s in p.stages] == ["train", "gate", "finetune", "report"]
     r = p.run({}, StageCache(tmp_path / "s"), tmp_path / "run", log=lambda m: None)
-    assert {x.name: x.status for x in r.records} == {"train": "ran", "gate": "failed", "finetune": "blocked",
-                                                      "report": "ran"}
+    assert {x.name: x.status for x in r.records} == {
+        "train": "ran",
+        "gate": "failed",
+        "finetune": "blocked",
+        "report": "ran",
+    }
     assert seen == {"ckpt": 1, "decision": {"passed": False}}  # the failed gate's decision, no finetune
 
 

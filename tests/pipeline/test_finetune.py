@@ -30,16 +30,34 @@ from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import Normalization, TensorReplay
 from o2o.policies.evaluation import Evaluator
 
-ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
-        "env.kwargs.goal_cells=[[1,3]]"]
+ROOM = [
+    "env=pointmaze",
+    "env.id=Open",
+    "env.max_episode_steps=60",
+    "env.kwargs.start_cells=[[3,1]]",
+    "env.kwargs.goal_cells=[[1,3]]",
+]
 OFFLINE_UPDATES = 300
 
 
 def run_cfg(dataset, *extra: str):
-    return load_config("run", [*ROOM, f"dataset.path={dataset}", "algo.hidden=[32,32]", "algo.gamma=0.95",
-                               "algo.batch_size=32", "finetune.steps=300", "finetune.warmup_steps=60",
-                               "finetune.eval.every=120", "finetune.eval.episodes=2", "evaluation.episodes=2",
-                               "finetune.seed=500", *extra])
+    return load_config(
+        "run",
+        [
+            *ROOM,
+            f"dataset.path={dataset}",
+            "algo.hidden=[32,32]",
+            "algo.gamma=0.95",
+            "algo.batch_size=32",
+            "finetune.steps=300",
+            "finetune.warmup_steps=60",
+            "finetune.eval.every=120",
+            "finetune.eval.episodes=2",
+            "evaluation.episodes=2",
+            "finetune.seed=500",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +66,12 @@ def offline(tmp_path_factory):
     root = tmp_path_factory.mktemp("offline")
     data = root / "room.zarr"
     for behavior in ("scripted", "random"):
-        collect(load_config("collect", [*ROOM, f"behavior={behavior}", "collect.episodes=6", f"dataset.path={data}",
-                                        "collect.progress=false"]))
+        collect(
+            load_config(
+                "collect",
+                [*ROOM, f"behavior={behavior}", "collect.episodes=6", f"dataset.path={data}", "collect.progress=false"],
+            )
+        )
     cfg = OmegaConf.merge(run_cfg(data), {"run_dir": str(root / "pre")})
     cfg.trainer.max_steps, cfg.eval.enabled, cfg.ope.select, cfg.trainer.progress = OFFLINE_UPDATES, False, False, False
     return {"data": data, "checkpoint": pretrain(cfg).last_checkpoint}
@@ -64,8 +86,12 @@ def fresh_copy(offline, tmp_path):
 
 def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow_the_ratio(offline, tmp_path):
     data = fresh_copy(offline, tmp_path)
-    res = finetune(run_cfg(data, "finetune.ratio.start=0.25", "finetune.ratio.end=0.25"), offline["checkpoint"],
-                   str(data), tmp_path / "ft")
+    res = finetune(
+        run_cfg(data, "finetune.ratio.start=0.25", "finetune.ratio.end=0.25"),
+        offline["checkpoint"],
+        str(data),
+        tmp_path / "ft",
+    )
     # 300 env steps of 60-step episodes: 5 finished episodes, committed as dataset episodes 12..16.
     assert res["steps"] == 300 and res["episodes"] == 5 and res["episode_range"] == [12, 17]
     with EpisodeStore.open(data) as store:
@@ -98,10 +124,12 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
     assert not np.allclose(tuned.act(obs), before.act(obs))  # it did learn something
 
 
-@pytest.mark.parametrize("steps, patience, stop_updates", [(900, 2, 200), (300, 3, 240)],
-                         ids=["stops-early", "judged-at-the-end"])
-def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offline, tmp_path, steps, patience,
-                                                                            stop_updates):
+@pytest.mark.parametrize(
+    "steps, patience, stop_updates", [(900, 2, 200), (300, 3, 240)], ids=["stops-early", "judged-at-the-end"]
+)
+def test_rollback_restores_the_best_weights_when_performance_is_forced_down(
+    offline, tmp_path, steps, patience, stop_updates
+):
     """The reward sign flipped in the checkpoint's normalisation (a sabotaged reward scale): finetuning
     then learns to move away from the goal, the return falls and the monitor rolls back — after two
     bad periodic evaluations (stopping early), or at the evaluation that ends training."""
@@ -111,20 +139,31 @@ def test_rollback_restores_the_best_weights_when_performance_is_forced_down(offl
     sabotaged = tmp_path / "sabotaged.ckpt"
     torch.save(ckpt, sabotaged)
     # The offline actor lr (not the gentler online default), so the sabotaged reward shows within the run.
-    cfg = run_cfg(data, f"finetune.steps={steps}", "finetune.eval.every=100", "finetune.eval.episodes=3",
-                  f"finetune.rollback.patience={patience}", "finetune.rollback.margin=0.05",
-                  "finetune.algo_overrides.iql.actor_lr=3e-4")
+    cfg = run_cfg(
+        data,
+        f"finetune.steps={steps}",
+        "finetune.eval.every=100",
+        "finetune.eval.episodes=3",
+        f"finetune.rollback.patience={patience}",
+        "finetune.rollback.margin=0.05",
+        "finetune.algo_overrides.iql.actor_lr=3e-4",
+    )
     res = finetune(cfg, str(sabotaged), str(data), tmp_path / "ft")
     rb = res["rollback"]
     assert res["rolled_back"] and rb is not None and "ROLLED BACK at step" in res["summary"]
     assert rb["evaluations_below"] == patience and rb["value"] < rb["threshold"] == pytest.approx(
-        rb["level"] - 0.05 * abs(rb["level"]))
+        rb["level"] - 0.05 * abs(rb["level"])
+    )
     assert rb["drop"] == pytest.approx(rb["level"] - rb["value"]) and rb["drop"] > 0.05 * abs(rb["level"])
     assert rb["updates"] == stop_updates and res["curve"][-1]["step"] == rb["step"]  # it stopped there
     # The saved policy is the best one seen: re-evaluated on the monitor's seeds it scores exactly that.
     saved = load_algorithm(res["checkpoint"])
-    ev = Evaluator(OmegaConf.to_container(cfg.env, resolve=True), episodes=3, seed=int(cfg.finetune.eval.seed),
-                   gamma=float(saved.hp.gamma))
+    ev = Evaluator(
+        OmegaConf.to_container(cfg.env, resolve=True),
+        episodes=3,
+        seed=int(cfg.finetune.eval.seed),
+        gamma=float(saved.hp.gamma),
+    )
     try:
         again = SimEvaluation(ev, 0).evaluate(saved)["return_mean"]
     finally:
@@ -151,7 +190,7 @@ def test_an_interrupted_finetune_keeps_the_episodes_it_finished(offline, tmp_pat
         cfg = load_config("run", {ROOM!r} + ["dataset.path={data}", "finetune.steps=100000",
               "finetune.warmup_steps=60", "finetune.eval.every=60", "finetune.eval.episodes=1",
               "finetune.commit_every_episodes=1000", "finetune.commit_every_s=1000", "finetune.rollback.enabled=false"])
-        finetune(cfg, {offline['checkpoint']!r}, "{data}", "{tmp_path / 'ft'}", log=lambda s: print(s, flush=True))
+        finetune(cfg, {offline["checkpoint"]!r}, "{data}", "{tmp_path / "ft"}", log=lambda s: print(s, flush=True))
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
@@ -178,25 +217,35 @@ def test_finetune_reports_updates_env_steps_and_episodes_in_plain_lines(offline,
     data = fresh_copy(offline, tmp_path)
     monkeypatch.setenv("O2O_PROGRESS_EVERY_S", "0.02")
     capfd.readouterr()
-    finetune(run_cfg(data, "finetune.steps=180", "finetune.eval.every=60"), offline["checkpoint"], str(data),
-             tmp_path / "ft")
+    finetune(
+        run_cfg(data, "finetune.steps=180", "finetune.eval.every=60"), offline["checkpoint"], str(data), tmp_path / "ft"
+    )
     out = capfd.readouterr()
     assert "\r" not in out.out and "\r" not in out.err
-    assert re.search(r"^\[finetune\] [\d,]+/120 updates \(\d+%\), [\d.,]+ updates/s, ETA \d:\d\d:\d\d, .*critic_loss "
-                     r"[\d.e-]+, .*env steps \d+/180, episodes \d$", out.out, re.M), out.out
+    assert re.search(
+        r"^\[finetune\] [\d,]+/120 updates \(\d+%\), [\d.,]+ updates/s, ETA \d:\d\d:\d\d, .*critic_loss "
+        r"[\d.e-]+, .*env steps \d+/180, episodes \d$",
+        out.out,
+        re.M,
+    ), out.out
     assert re.search(r"^\[finetune\] 120/120 updates \(100%\) in .*, env steps 180/180, episodes 3$", out.out, re.M)
 
 
 def test_finetune_refuses_a_warmup_as_long_as_the_run(offline, tmp_path):
     with pytest.raises(ValueError, match=r"finetune.steps \(60\) must exceed finetune.warmup_steps \(60\)"):
-        finetune(run_cfg(offline["data"], "finetune.steps=60"), offline["checkpoint"], str(offline["data"]),
-                 tmp_path / "ft")
+        finetune(
+            run_cfg(offline["data"], "finetune.steps=60"), offline["checkpoint"], str(offline["data"]), tmp_path / "ft"
+        )
 
 
 def test_an_online_override_the_algorithm_does_not_know_is_refused_by_name(offline, tmp_path):
     with pytest.raises(ValueError, match=r"finetune.algo_overrides.iql .*unknown config keys \['cql_alpha'\]"):
-        finetune(run_cfg(offline["data"], "+finetune.algo.cql_alpha=1.0"), offline["checkpoint"],
-                 str(offline["data"]), tmp_path / "ft")
+        finetune(
+            run_cfg(offline["data"], "+finetune.algo.cql_alpha=1.0"),
+            offline["checkpoint"],
+            str(offline["data"]),
+            tmp_path / "ft",
+        )
 
 
 def test_a_bad_exploration_setting_is_refused_and_leaves_the_dataset_unlocked(offline, tmp_path):
@@ -229,20 +278,33 @@ def test_a_td3bc_checkpoint_finetunes_online_with_exploration_noise(offline, tmp
 
 
 def test_the_share_of_online_states_beyond_the_data_is_counted_and_said():
-    norm = Normalization(np.zeros(2, np.float32), np.ones(2, np.float32), -np.ones(1, np.float32),
-                         np.ones(1, np.float32), obs_clip=3.0)
+    norm = Normalization(
+        np.zeros(2, np.float32), np.ones(2, np.float32), -np.ones(1, np.float32), np.ones(1, np.float32), obs_clip=3.0
+    )
     online = TensorReplay(2, 1, 8)
     obs = np.array([[0.5, -1.0], [2.9, 0.0], [-7.0, 0.0], [0.0, 3.0]], np.float32)  # rows 2 and 3 at the clip
     online.add_raw(obs, np.zeros((4, 1)), np.zeros(4), obs, np.zeros(4), np.zeros(4), norm)
     assert clipped_share(online, norm.obs_clip) == 0.5
     assert clipped_share(online, 0.0) is None and clipped_share(TensorReplay(2, 1, 4), 3.0) is None
-    res = {"algo": "iql", "steps": 4, "updates": 2, "episodes": 0, "dataset_before": {"episodes": 3},
-           "dataset_after": {"episodes": 3}, "evaluation": {"return_mean": 1.0}, "pre_finetune": {"return_mean": 1.0},
-           "rollback": None, "online": {"clipped_share": 0.5, "obs_clip": 3.0}}
-    assert ("50% of the online states had a feature more than 3 standard deviations from the offline data's mean"
-            in summarize(res, "return_mean"))
-    assert "standard deviations" not in summarize({**res, "online": {"clipped_share": 0.0, "obs_clip": 3.0}},
-                                                  "return_mean")
+    res = {
+        "algo": "iql",
+        "steps": 4,
+        "updates": 2,
+        "episodes": 0,
+        "dataset_before": {"episodes": 3},
+        "dataset_after": {"episodes": 3},
+        "evaluation": {"return_mean": 1.0},
+        "pre_finetune": {"return_mean": 1.0},
+        "rollback": None,
+        "online": {"clipped_share": 0.5, "obs_clip": 3.0},
+    }
+    assert (
+        "50% of the online states had a feature more than 3 standard deviations from the offline data's mean"
+        in summarize(res, "return_mean")
+    )
+    assert "standard deviations" not in summarize(
+        {**res, "online": {"clipped_share": 0.0, "obs_clip": 3.0}}, "return_mean"
+    )
 
 
 def test_the_finetuned_checkpoint_carries_its_final_evaluation(offline, tmp_path):

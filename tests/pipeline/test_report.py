@@ -14,8 +14,9 @@ def labelled_yticks(ax) -> list[str]:
     ax.figure.canvas.draw()
     lo, hi = sorted(ax.get_ylim())
     ticks = [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
-    return [t.label1.get_text() for t in ticks if t.label1.get_visible() and t.label1.get_text()
-            and lo <= t.get_loc() <= hi]
+    return [
+        t.label1.get_text() for t in ticks if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi
+    ]
 
 
 def overlaps(a, b) -> bool:
@@ -32,9 +33,16 @@ def close_figures():
 
 def test_every_loss_gets_its_own_readable_axis():
     steps = np.arange(50, 3001, 50)
-    rows = [{"step": str(s), "train/critic_loss": str(300.0 * np.exp(-s / 200) + 0.2),  # falls 1000x: log axis
-             "train/actor_loss": str(-5.0 - s / 200), "train/value_loss": str(0.01 + 0.002 * np.sin(s)), "epoch": "0"}
-            for s in steps]
+    rows = [
+        {
+            "step": str(s),
+            "train/critic_loss": str(300.0 * np.exp(-s / 200) + 0.2),  # falls 1000x: log axis
+            "train/actor_loss": str(-5.0 - s / 200),
+            "train/value_loss": str(0.01 + 0.002 * np.sin(s)),
+            "epoch": "0",
+        }
+        for s in steps
+    ]
     rows.append({"step": "3000", "eval/return_mean": "1.0"})  # an evaluation row carries no loss
     fig = training_figure(rows, [{"step": 1000, "return_mean": 1.0}, {"step": 2000, "return_mean": 2.0}])
     panels = {ax.get_title(): ax for ax in fig.axes}
@@ -47,8 +55,10 @@ def test_every_loss_gets_its_own_readable_axis():
 
 
 def test_the_finetuning_axis_does_not_exaggerate_a_tiny_change_and_the_legend_covers_no_curve():
-    curve = [{"step": s, "return_mean": v, "success_rate": 1.0}
-             for s, v in [(0, 177.3), (1000, 177.9), (2000, 178.3), (3000, 177.8)]]
+    curve = [
+        {"step": s, "return_mean": v, "success_rate": 1.0}
+        for s, v in [(0, 177.3), (1000, 177.9), (2000, 178.3), (3000, 177.8)]
+    ]
     fig = finetune_figure({"curve": curve, "rollback": None})
     ax = next(a for a in fig.axes if a.get_ylabel() == "return_mean")
     lo, hi = ax.get_ylim()
@@ -65,8 +75,14 @@ def test_the_finetuning_axis_does_not_exaggerate_a_tiny_change_and_the_legend_co
 
 def test_a_rollback_keeps_its_threshold_and_marks_in_view():
     curve = [{"step": 0, "return_mean": 100.0}, {"step": 100, "return_mean": 60.0}, {"step": 200, "return_mean": 50.0}]
-    rb = {"metric": "return_mean", "threshold": 90.0, "step": 200, "value": 50.0, "restored_step": 0,
-          "restored_value": 100.0}
+    rb = {
+        "metric": "return_mean",
+        "threshold": 90.0,
+        "step": 200,
+        "value": 50.0,
+        "restored_step": 0,
+        "restored_value": 100.0,
+    }
     fig = finetune_figure({"curve": curve, "rollback": rb})
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()

@@ -23,22 +23,45 @@ from o2o.pipeline import run as R
 from o2o.pipeline.cli import main
 from o2o.pipeline.config import load_config
 
-ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
-        "env.kwargs.goal_cells=[[1,3]]"]
+ROOM = [
+    "env=pointmaze",
+    "env.id=Open",
+    "env.max_episode_steps=60",
+    "env.kwargs.start_cells=[[3,1]]",
+    "env.kwargs.goal_cells=[[1,3]]",
+]
 PASSABLE_GATE = ["gate.min_success_vs_data=null", "gate.min_return_vs_data=null", "gate.max_q_overestimation=null"]
 
 
 def overrides(tmp_path: Path, run: str, *extra: str) -> list[str]:
-    return [*ROOM, f"dataset.path={tmp_path / 'data' / 'room.zarr'}", f"run_dir={tmp_path / 'runs' / run}",
-            f"state_dir={tmp_path / 'runs' / '.state'}", "algo.hidden=[32,32]", "algo.gamma=0.95",
-            "trainer.max_steps=200", "eval.every=100", "eval.episodes=2", "evaluation.episodes=3",
-            "export.closed_loop.episodes=2", "export.parity.observations=64", *PASSABLE_GATE, *extra]
+    return [
+        *ROOM,
+        f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
+        f"run_dir={tmp_path / 'runs' / run}",
+        f"state_dir={tmp_path / 'runs' / '.state'}",
+        "algo.hidden=[32,32]",
+        "algo.gamma=0.95",
+        "trainer.max_steps=200",
+        "eval.every=100",
+        "eval.episodes=2",
+        "evaluation.episodes=3",
+        "export.closed_loop.episodes=2",
+        "export.parity.observations=64",
+        *PASSABLE_GATE,
+        *extra,
+    ]
 
 
 def start(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, O2O_PROGRESS_EVERY_S="1000")
-    return subprocess.Popen([sys.executable, "-m", "o2o.pipeline.cli", "run", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "o2o.pipeline.cli", "run", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
 
 
 def kill_when(p: subprocess.Popen, ready, what: str, timeout: float = 240, meanwhile=None) -> None:
@@ -64,14 +87,23 @@ def committed(path: Path) -> int:
 
 def test_a_killed_collect_completes_the_configured_composition(tmp_path, capsys):
     data = tmp_path / "data" / "room.zarr"
-    mix = ["pipeline.stages=[collect]", "collect.commit_every_episodes=2", "collect.commit_every_s=0.05",
-           "collect.behaviors=[{behavior: scripted, episodes: 30},{behavior: random, episodes: 30}]"]
+    mix = [
+        "pipeline.stages=[collect]",
+        "collect.commit_every_episodes=2",
+        "collect.commit_every_s=0.05",
+        "collect.behaviors=[{behavior: scripted, episodes: 30},{behavior: random, episodes: 30}]",
+    ]
+
     def second_copy() -> None:  # the same run started again while the first one still runs: refused
         with pytest.raises(RuntimeError, match="the same run .* is in progress in process"):
             R.run(load_config("run", overrides(tmp_path, "copy", *mix)), log=lambda m: None)
 
-    kill_when(start(overrides(tmp_path, "one", *mix)), lambda: committed(data) >= 6, "6 committed episodes",
-              meanwhile=second_copy)
+    kill_when(
+        start(overrides(tmp_path, "one", *mix)),
+        lambda: committed(data) >= 6,
+        "6 committed episodes",
+        meanwhile=second_copy,
+    )
     killed_at = committed(data)
     assert 6 <= killed_at < 60
 
@@ -102,9 +134,15 @@ def test_a_killed_collect_completes_the_configured_composition(tmp_path, capsys)
 def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp_path, capsys):
     data = tmp_path / "data" / "room.zarr"
     state = tmp_path / "runs" / ".state"
-    ft = ["collect.behaviors=[{behavior: scripted, episodes: 6},{behavior: random, episodes: 6}]",
-          "finetune.steps=600", "finetune.warmup_steps=60", "finetune.eval.every=60", "finetune.eval.episodes=1",
-          "finetune.commit_every_episodes=1", "finetune.rollback.enabled=false"]
+    ft = [
+        "collect.behaviors=[{behavior: scripted, episodes: 6},{behavior: random, episodes: 6}]",
+        "finetune.steps=600",
+        "finetune.warmup_steps=60",
+        "finetune.eval.every=60",
+        "finetune.eval.episodes=1",
+        "finetune.commit_every_episodes=1",
+        "finetune.rollback.enabled=false",
+    ]
 
     def finetune_saved() -> bool:  # a resumable checkpoint recorded and online episodes committed after it
         for p in (state / "attempts").glob("*.json"):
@@ -123,8 +161,11 @@ def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp
     # The rerun changes a later stage's setting (export's closed loop): still the interrupted run's data.
     ft2 = [*ft, "export.closed_loop.episodes=1"]
     two = tmp_path / "runs" / "two"
-    kill_when(start(overrides(tmp_path, "two", *ft2)), lambda: any(two.glob(".export.staging-*")),
-              "the export's staging folder")
+    kill_when(
+        start(overrides(tmp_path, "two", *ft2)),
+        lambda: any(two.glob(".export.staging-*")),
+        "the export's staging folder",
+    )
     manifest = {s["name"]: s["status"] for s in json.loads((two / "manifest.json").read_text())["stages"]}
     assert manifest["pretrain"] == manifest["evaluate"] == manifest["gate"] == "skipped", manifest
     assert manifest["finetune"] == "ran", manifest
@@ -144,10 +185,20 @@ def test_a_run_killed_in_finetuning_and_in_export_resumes_without_retraining(tmp
     logs: list[str] = []
     three = R.run(load_config("run", overrides(tmp_path, "three", *ft2)), log=logs.append)
     status = {r.name: r.status for r in three.records}
-    assert status == {"collect": "skipped", "pretrain": "skipped", "evaluate": "skipped", "gate": "skipped",
-                      "finetune": "skipped", "promote": "skipped", "export": "ran", "report": "ran"}, status
+    assert status == {
+        "collect": "skipped",
+        "pretrain": "skipped",
+        "evaluate": "skipped",
+        "gate": "skipped",
+        "finetune": "skipped",
+        "promote": "skipped",
+        "export": "ran",
+        "report": "ran",
+    }, status
     assert not list(two.glob(".export.staging-*")) and not (two / "export").exists()
     assert (tmp_path / "runs" / "three" / "export" / "manifest.json").is_file()
     # The run ended: a fourth run sees the online episodes as new data and retrains (the keep-the-dataset loop).
     assert dict(R.plan(load_config("run", overrides(tmp_path, "four", *ft2))))["pretrain"].startswith("run")
-    assert not list((state / "attempts").glob("*.json"))  # the adopted run's attempt ended with the one that took it over
+    assert not list(
+        (state / "attempts").glob("*.json")
+    )  # the adopted run's attempt ended with the one that took it over

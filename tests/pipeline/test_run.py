@@ -13,17 +13,37 @@ from o2o.pipeline.config import load_config
 from o2o.pipeline.dag import GraphError
 
 STAGES = ["collect", "pretrain", "evaluate", "gate", "finetune", "promote", "export", "report"]
-ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
-        "env.kwargs.goal_cells=[[1,3]]"]
+ROOM = [
+    "env=pointmaze",
+    "env.id=Open",
+    "env.max_episode_steps=60",
+    "env.kwargs.start_cells=[[3,1]]",
+    "env.kwargs.goal_cells=[[1,3]]",
+]
 
 
 def cfg_for(tmp_path, run: str, *extra: str):
-    return load_config("run", [*ROOM, f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
-                               f"run_dir={tmp_path / 'runs' / run}", f"state_dir={tmp_path / 'runs' / '.state'}",
-                               "collect.behaviors=[{behavior: scripted, episodes: 6},{behavior: random, episodes: 6}]",
-                               "algo.hidden=[32,32]", "algo.gamma=0.95", "trainer.max_steps=200", "eval.every=100",
-                               "eval.episodes=2", "evaluation.episodes=3", "export.closed_loop.episodes=2",
-                               "export.parity.observations=64", *TINY_FINETUNE, *PASSABLE_GATE, *extra])
+    return load_config(
+        "run",
+        [
+            *ROOM,
+            f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
+            f"run_dir={tmp_path / 'runs' / run}",
+            f"state_dir={tmp_path / 'runs' / '.state'}",
+            "collect.behaviors=[{behavior: scripted, episodes: 6},{behavior: random, episodes: 6}]",
+            "algo.hidden=[32,32]",
+            "algo.gamma=0.95",
+            "trainer.max_steps=200",
+            "eval.every=100",
+            "eval.episodes=2",
+            "evaluation.episodes=3",
+            "export.closed_loop.episodes=2",
+            "export.parity.observations=64",
+            *TINY_FINETUNE,
+            *PASSABLE_GATE,
+            *extra,
+        ],
+    )
 
 
 # 180 online steps: 3 episodes of 60 steps appended to the dataset per run.
@@ -96,8 +116,16 @@ def test_unchanged_inputs_skip_every_stage_without_finetuning(tmp_path):
 def test_a_failed_gate_stops_promotion_and_export_but_not_the_report(tmp_path):
     r = R.run(cfg_for(tmp_path, "strict", "gate.min_success=1.01"))  # no policy can pass
     status = {x.name: x.status for x in r.records}
-    assert status == {"collect": "ran", "pretrain": "ran", "evaluate": "ran", "gate": "failed", "finetune": "blocked",
-                      "promote": "blocked", "export": "blocked", "report": "ran"}
+    assert status == {
+        "collect": "ran",
+        "pretrain": "ran",
+        "evaluate": "ran",
+        "gate": "failed",
+        "finetune": "blocked",
+        "promote": "blocked",
+        "export": "blocked",
+        "report": "ran",
+    }
     assert "success_rate: FAILED" in r.record("gate").message and "required, by" in r.record("gate").message
     assert not (tmp_path / "runs" / "strict" / "export").exists()
     assert not (tmp_path / "runs" / "strict" / "finetune").exists()
@@ -117,10 +145,23 @@ def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
 def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_path):
     """Offline RL lecture notes, exercise 1: SAC trained offline on scripted-only data believes in actions the
     data never shows; its Q(start) sits far above the return it achieves, and the gate says so."""
-    cfg = load_config("run", [*ROOM, f"dataset.path={tmp_path / 'narrow.zarr'}", f"run_dir={tmp_path / 'run'}",
-                              f"state_dir={tmp_path / '.state'}", "collect.behaviors=[{behavior: scripted, episodes: 20}]",
-                              "algo=sac", "algo.hidden=[64,64]", "algo.gamma=0.95", "trainer.max_steps=1000",
-                              "eval.every=1000", "eval.episodes=3", "evaluation.episodes=5"])
+    cfg = load_config(
+        "run",
+        [
+            *ROOM,
+            f"dataset.path={tmp_path / 'narrow.zarr'}",
+            f"run_dir={tmp_path / 'run'}",
+            f"state_dir={tmp_path / '.state'}",
+            "collect.behaviors=[{behavior: scripted, episodes: 20}]",
+            "algo=sac",
+            "algo.hidden=[64,64]",
+            "algo.gamma=0.95",
+            "trainer.max_steps=1000",
+            "eval.every=1000",
+            "eval.episodes=3",
+            "evaluation.episodes=5",
+        ],
+    )
     r = R.run(cfg)
     status = {x.name: x.status for x in r.records}
     assert status["gate"] == "failed" and status["report"] == "ran"
@@ -140,8 +181,9 @@ def test_warm_start_from_the_previous_checkpoint_when_the_dataset_grew(tmp_path)
     r1 = R.run(cfg_for(tmp_path, "one", stages))
     first = r1.artifacts["checkpoint"]["path"]
     assert [e["checkpoint"] for e in lineage.read(tmp_path / "runs" / ".state")] == [first]
-    r2 = R.run(cfg_for(tmp_path, "two", stages, "pretrain.init=previous",
-                       "collect.behaviors=[{behavior: noisy, episodes: 3}]"))
+    r2 = R.run(
+        cfg_for(tmp_path, "two", stages, "pretrain.init=previous", "collect.behaviors=[{behavior: noisy, episodes: 3}]")
+    )
     assert r2.record("pretrain").status == "ran"
     ckpt = torch.load(r2.artifacts["checkpoint"]["path"], weights_only=True)
     init = ckpt["hyper_parameters"]["meta"]["init_from"]
@@ -152,8 +194,11 @@ def test_warm_start_from_the_previous_checkpoint_when_the_dataset_grew(tmp_path)
     assert ckpt["hyper_parameters"]["normalization"] == ck1["hyper_parameters"]["normalization"]
     assert len(lineage.read(tmp_path / "runs" / ".state")) == 2
     # Unchanged data: skipped, even with init=previous (the new lineage entry does not count as a change).
-    r3 = R.run(cfg_for(tmp_path, "three", stages, "pretrain.init=previous",
-                       "collect.behaviors=[{behavior: noisy, episodes: 3}]"))
+    r3 = R.run(
+        cfg_for(
+            tmp_path, "three", stages, "pretrain.init=previous", "collect.behaviors=[{behavior: noisy, episodes: 3}]"
+        )
+    )
     assert r3.record("pretrain").status == "skipped"
 
 
@@ -161,10 +206,22 @@ def test_warm_start_from_another_algorithm_is_refused(tmp_path):
     r1 = R.run(cfg_for(tmp_path, "one", "pipeline.stages=[collect,pretrain]"))
     from o2o.pipeline.stages.pretrain import pretrain
 
-    cfg = load_config("pretrain", [*ROOM, "algo=awac", "algo.hidden=[32,32]", f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
-                                   f"init_from={r1.artifacts['checkpoint']['path']}", "trainer.max_steps=2",
-                                   "eval.enabled=false", f"run_dir={tmp_path / 'awac'}"])
-    with pytest.raises(ValueError, match=r"holds a o2o.policies.algos.iql.IQL, this run trains a o2o.policies.algos.awac.AWAC"):
+    cfg = load_config(
+        "pretrain",
+        [
+            *ROOM,
+            "algo=awac",
+            "algo.hidden=[32,32]",
+            f"dataset.path={tmp_path / 'data' / 'room.zarr'}",
+            f"init_from={r1.artifacts['checkpoint']['path']}",
+            "trainer.max_steps=2",
+            "eval.enabled=false",
+            f"run_dir={tmp_path / 'awac'}",
+        ],
+    )
+    with pytest.raises(
+        ValueError, match=r"holds a o2o.policies.algos.iql.IQL, this run trains a o2o.policies.algos.awac.AWAC"
+    ):
         pretrain(cfg)
 
 
@@ -175,6 +232,11 @@ def test_a_tampered_export_is_not_reused(tmp_path):
     onnx = next(Path(r1.artifacts["exported"]["dir"]).glob("*.onnx"))
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     r3 = R.run(cfg_for(tmp_path, "three", stages))
-    assert {x.name: x.status for x in r3.records} == {"collect": "skipped", "pretrain": "skipped",
-                                                      "evaluate": "skipped", "gate": "skipped",
-                                                      "promote": "skipped", "export": "ran"}
+    assert {x.name: x.status for x in r3.records} == {
+        "collect": "skipped",
+        "pretrain": "skipped",
+        "evaluate": "skipped",
+        "gate": "skipped",
+        "promote": "skipped",
+        "export": "ran",
+    }

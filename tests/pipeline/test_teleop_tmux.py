@@ -33,8 +33,9 @@ class Tmux:
         subprocess.run([TMUX, "new-session", "-d", "-s", self.name, "-x", "220", "-y", "50", script], check=True)
 
     def screen(self) -> str:
-        out = subprocess.run([TMUX, "capture-pane", "-p", "-J", "-S", "-200", "-t", self.name],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [TMUX, "capture-pane", "-p", "-J", "-S", "-200", "-t", self.name], capture_output=True, text=True
+        )
         return out.stdout
 
     def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match:
@@ -73,8 +74,10 @@ def tmux(tmp_path):
 
 def test_teleop_keep_discard_restart(tmux, tmp_path):
     path = tmp_path / "maze.zarr"
-    t = tmux(f"{O2O} collect env=pointmaze behavior=human behavior.operator=alice behavior.realtime=false "
-             f"collect.episodes=2 dataset.path={path}")
+    t = tmux(
+        f"{O2O} collect env=pointmaze behavior=human behavior.operator=alice behavior.realtime=false "
+        f"collect.episodes=2 dataset.path={path}"
+    )
     t.wait_for(r"episode 1 \(seed 0\): you drive", timeout=60)
     t.keys("w", "w", "w", "d", "d")
     t.wait_for(r"ep 1 step 5 ")
@@ -104,8 +107,10 @@ def test_teleop_keep_discard_restart(tmux, tmp_path):
 
 def test_intervention_on_a_scripted_lift_policy(tmux, tmp_path):
     path = tmp_path / "lift.zarr"
-    t = tmux(f"{O2O} collect env=lift behavior=human behavior.operator=bob behavior.realtime=false "
-             f"behavior.rate_hz=10 'behavior.driver={{kind: scripted}}' collect.episodes=1 dataset.path={path}")
+    t = tmux(
+        f"{O2O} collect env=lift behavior=human behavior.operator=bob behavior.realtime=false "
+        f"behavior.rate_hz=10 'behavior.driver={{kind: scripted}}' collect.episodes=1 dataset.path={path}"
+    )
     t.wait_for(r"ep 1 step [4-9] POLICY drives", timeout=90)
     t.keys("i")
     start = int(t.wait_for(r"step (\d+): you drive").group(1))
@@ -133,8 +138,10 @@ def test_intervention_on_a_scripted_lift_policy(tmux, tmp_path):
 def test_teleop_moves_a_robosuite_arm(tmux, tmp_path):
     """End-effector keys on Lift (OSC_POSE): r up, w forward (+x), space closes the gripper."""
     path = tmp_path / "lift.zarr"
-    t = tmux(f"{O2O} collect env=lift behavior=human behavior.operator=carol behavior.realtime=false "
-             f"collect.episodes=1 dataset.path={path}")
+    t = tmux(
+        f"{O2O} collect env=lift behavior=human behavior.operator=carol behavior.realtime=false "
+        f"collect.episodes=1 dataset.path={path}"
+    )
     t.wait_for(r"episode 1 \(seed 0\): you drive", timeout=90)
     t.keys("r", "r", "r", "r", "w", "w", "w", "w", "Space", ".", ".", ".")
     t.wait_for(r"ep 1 step 11 YOU drives .*grip closed")
@@ -155,8 +162,10 @@ def test_teleop_moves_a_robosuite_arm(tmux, tmp_path):
 def test_realtime_teleop_holds_a_key_then_stops(tmux, tmp_path):
     """Real-time mode: the env steps at rate_hz on its own; a key press moves its axis for hold_s."""
     path = tmp_path / "maze.zarr"
-    t = tmux(f"{O2O} collect env=pointmaze behavior=human behavior.operator=dan behavior.rate_hz=20 "
-             f"behavior.hold_s=0.3 collect.episodes=1 dataset.path={path}")
+    t = tmux(
+        f"{O2O} collect env=pointmaze behavior=human behavior.operator=dan behavior.rate_hz=20 "
+        f"behavior.hold_s=0.3 collect.episodes=1 dataset.path={path}"
+    )
     t.wait_for(r"ep 1 step [1-9]\d* YOU drives", timeout=60)  # steps advance with no key pressed
     t.keys("w")
     time.sleep(1.0)

@@ -10,8 +10,17 @@ from o2o.pipeline.stages.collect import collect
 
 def make_maze_dataset(path, behavior: str = "mixed", episodes: int = 20, extra: tuple[str, ...] = ()) -> str:
     """Collect ``episodes`` point-maze episodes of ``behavior`` into a store at ``path`` (appends)."""
-    cfg = load_config("collect", ["env=pointmaze", f"behavior={behavior}", f"collect.episodes={episodes}",
-                                  f"dataset.path={path}", "collect.progress=false", *extra])
+    cfg = load_config(
+        "collect",
+        [
+            "env=pointmaze",
+            f"behavior={behavior}",
+            f"collect.episodes={episodes}",
+            f"dataset.path={path}",
+            "collect.progress=false",
+            *extra,
+        ],
+    )
     collect(cfg)
     return str(path)
 

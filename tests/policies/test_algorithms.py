@@ -19,19 +19,36 @@ from o2o.policies.algos import losses as L
 from o2o.policies.algos.base import Scratch, load_algorithm, resolve_algorithm
 from o2o.policies.training import native_bf16, resolve_precision
 
-ALGOS = sorted(p.name.removesuffix(".yaml") for p in resources.files("o2o.configs").joinpath("algo").iterdir()
-               if p.name.endswith(".yaml"))
+ALGOS = sorted(
+    p.name.removesuffix(".yaml")
+    for p in resources.files("o2o.configs").joinpath("algo").iterdir()
+    if p.name.endswith(".yaml")
+)
 TINY = ["algo.hidden=[32,32]", "algo.batch_size=32", "algo.log_every=5", "trainer.progress=false"]
 # Algorithm-specific keys that make a contract run tiny (only keys the algorithm knows).
 TINY_FOR = {
-    "combo": ["algo.dynamics_hidden=[32,32]", "algo.dynamics_weight_decay=0.0", "algo.dynamics_max_epochs=5",
-              "algo.rollout_batch_size=256"],
+    "combo": [
+        "algo.dynamics_hidden=[32,32]",
+        "algo.dynamics_weight_decay=0.0",
+        "algo.dynamics_max_epochs=5",
+        "algo.rollout_batch_size=256",
+    ],
 }
 
 
 def tiny_cfg(algo: str, dataset: str, run_dir, *extra: str):
-    return load_config("pretrain", [f"algo={algo}", "env=pointmaze", f"dataset.path={dataset}", f"run_dir={run_dir}",
-                                    *TINY, *TINY_FOR.get(algo, []), *extra])
+    return load_config(
+        "pretrain",
+        [
+            f"algo={algo}",
+            "env=pointmaze",
+            f"dataset.path={dataset}",
+            f"run_dir={run_dir}",
+            *TINY,
+            *TINY_FOR.get(algo, []),
+            *extra,
+        ],
+    )
 
 
 def test_every_algorithm_config_is_found():
@@ -51,8 +68,9 @@ def test_algorithm_contract(algo, maze_dataset, tmp_path, capsys):
     last = res.evaluations[-1]
     assert f"[eval @ 10 updates] return_mean {last['return_mean']:.3f}" in printed
     if "q_start_mean" in last:
-        assert (f"q_start_mean {last['q_start_mean']:.3f} vs achieved (discounted) "
-                f"{last['mc_discounted_return_mean']:.3f}") in printed
+        assert (
+            f"q_start_mean {last['q_start_mean']:.3f} vs achieved (discounted) {last['mc_discounted_return_mean']:.3f}"
+        ) in printed
     assert ("q_start_mean" in last) == (algo not in ("bc", "bc_filtered"))
     # Losses were logged and are finite.
     import csv
@@ -77,8 +95,14 @@ def test_algorithm_contract(algo, maze_dataset, tmp_path, capsys):
     assert np.all(a >= low - 1e-6) and np.all(a <= high + 1e-6)
 
     # Resume continues from the saved step, with its optimiser state.
-    cfg2 = tiny_cfg(algo, maze_dataset, tmp_path / "b", "trainer.max_steps=15", "eval.enabled=false",
-                    f"trainer.ckpt_path={res.last_checkpoint}")
+    cfg2 = tiny_cfg(
+        algo,
+        maze_dataset,
+        tmp_path / "b",
+        "trainer.max_steps=15",
+        "eval.enabled=false",
+        f"trainer.ckpt_path={res.last_checkpoint}",
+    )
     res2 = pretrain(cfg2)
     assert res2.updates == 15
     assert torch.load(res2.last_checkpoint, weights_only=True)["o2o"]["updates"] == 15
@@ -140,8 +164,17 @@ def test_filtered_bc_keeps_top_episodes(maze_dataset):
 
 
 def test_without_simulator_the_best_checkpoint_is_chosen_by_fqe(maze_dataset, tmp_path):
-    cfg = tiny_cfg("bc", maze_dataset, tmp_path, "trainer.max_steps=30", "eval.enabled=false", "eval.every=10",
-                   "ope.fqe_updates=200", "ope.fqe_hidden=[32,32]", "ope.behavior_updates=50")
+    cfg = tiny_cfg(
+        "bc",
+        maze_dataset,
+        tmp_path,
+        "trainer.max_steps=30",
+        "eval.enabled=false",
+        "eval.every=10",
+        "ope.fqe_updates=200",
+        "ope.fqe_hidden=[32,32]",
+        "ope.behavior_updates=50",
+    )
     res = pretrain(cfg)
     assert res.selection.startswith("OPE: highest ope/fqe_value over 3 checkpoints")
     assert [r["checkpoint"].rsplit("-", 1)[-1] for r in res.ope] == ["10.ckpt", "20.ckpt", "30.ckpt"]
@@ -150,16 +183,21 @@ def test_without_simulator_the_best_checkpoint_is_chosen_by_fqe(maze_dataset, tm
     assert res.best_checkpoint == res.ope[int(np.argmax(values))]["checkpoint"]
     # The choice is said with its interval and the runner-up's estimate.
     best, second = sorted(res.ope, key=lambda r: -r["ope/fqe_value"])[:2]
-    assert f"step-{best['checkpoint'].rsplit('-', 1)[-1].removesuffix('.ckpt')}.ckpt {best['ope/fqe_value']:.4g} " \
-           f"[{best['ope/fqe_ci_low']:.4g}, {best['ope/fqe_ci_high']:.4g}]; runner-up " in res.selection
+    assert (
+        f"step-{best['checkpoint'].rsplit('-', 1)[-1].removesuffix('.ckpt')}.ckpt {best['ope/fqe_value']:.4g} "
+        f"[{best['ope/fqe_ci_low']:.4g}, {best['ope/fqe_ci_high']:.4g}]; runner-up " in res.selection
+    )
     assert f"{second['ope/fqe_value']:.4g}" in res.selection
 
 
 def test_bf16_mixed_update_sees_weights_stepped_earlier_in_the_same_update(maze_dataset, tmp_path):
     """Under autocast the cast copy of a weight is cached for the whole training_step; after a
     network's optimiser step the next loss (SAC's actor through the critic) must see the new weights."""
-    res = pretrain(tiny_cfg("sac", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false",
-                            "trainer.precision=bf16-mixed"))
+    res = pretrain(
+        tiny_cfg(
+            "sac", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false", "trainer.precision=bf16-mixed"
+        )
+    )
     m = res.module
     batch = m.replay.sample(16)
     opt = m.optimizers()[m._opt_index["critic"]]
@@ -188,8 +226,9 @@ def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_bf16(maze_dataset
     assert native_bf16("cpu") is native
     assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
     assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    res = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=3", "eval.enabled=false",
-                            "trainer.precision=auto"))
+    res = pretrain(
+        tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=3", "eval.enabled=false", "trainer.precision=auto")
+    )
     assert res.precision == resolve_precision("auto", "cpu")
     assert json.loads((tmp_path / "summary.json").read_text())["precision"] == res.precision
 
@@ -243,8 +282,9 @@ def test_iql_actor_reuses_the_update_s_values_and_gets_what_it_would_compute(maz
 
 def test_an_update_passes_values_between_its_losses_only_through_a_fresh_scratch(maze_dataset, tmp_path):
     """Each update hands every loss of update_order the same new Scratch; no two updates share one."""
-    m = pretrain(tiny_cfg("cql", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false",
-                          "algo.lagrange=true")).module
+    m = pretrain(
+        tiny_cfg("cql", maze_dataset, tmp_path, "trainer.max_steps=2", "eval.enabled=false", "algo.lagrange=true")
+    ).module
     seen: list[tuple[str, Scratch, list[str]]] = []
     for name in m.update_order:
         loss = getattr(m, f"{name}_loss")
@@ -306,8 +346,10 @@ def test_td3bc_explores_with_gaussian_noise_around_its_action(maze_dataset, tmp_
     assert np.allclose(dev[:, inside].mean(0), 0.0, atol=0.03)
 
 
-@pytest.mark.parametrize("key, value", [("policy_freq", 0), ("policy_freq", 1.5), ("alpha", -1.0),
-                                        ("policy_noise", -0.1), ("explore_noise", -0.2)])
+@pytest.mark.parametrize(
+    "key, value",
+    [("policy_freq", 0), ("policy_freq", 1.5), ("alpha", -1.0), ("policy_noise", -0.1), ("explore_noise", -0.2)],
+)
 def test_td3bc_refuses_bad_settings_by_name(maze_dataset, tmp_path, key, value):
     cfg = tiny_cfg("td3bc", maze_dataset, tmp_path, f"algo.{key}={value}", "trainer.max_steps=1")
     with pytest.raises(ValueError, match=f"td3bc: {key}"):

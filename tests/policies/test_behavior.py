@@ -110,8 +110,13 @@ def test_learned_onnx_and_torchscript_match_module(tmp_path):
     onnx_path = tmp_path / "actor.onnx"
     # The dynamo exporter (torch's default) needs onnxscript, which o2o does not depend on.
     torch.onnx.export(
-        net, (torch.zeros(1, OBS_DIM),), str(onnx_path), dynamo=False,
-        input_names=["obs"], output_names=["action"], dynamic_axes={"obs": {0: "batch"}},
+        net,
+        (torch.zeros(1, OBS_DIM),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["obs"],
+        output_names=["action"],
+        dynamic_axes={"obs": {0: "batch"}},
     )
     ts_path = tmp_path / "actor.pt"
     torch.jit.script(net).save(str(ts_path))
@@ -274,7 +279,9 @@ def test_factory_errors_are_clear():
     env = gym.make("Pendulum-v1")
     with pytest.raises(ValueError, match="no checkpoint given"):
         make_behavior(compose_behavior("learned"), env, PENDULUM_CFG)
-    with pytest.raises(ValueError, match=r"unknown kind 'teleop'.*\['human', 'learned', 'mixture', 'random', 'scripted'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown kind 'teleop'.*\['human', 'learned', 'mixture', 'random', 'scripted'\]"
+    ):
         make_behavior({"kind": "teleop"}, env, PENDULUM_CFG)
     with pytest.raises(ValueError, match=r"unknown keys \['noise_stdd'\]"):
         make_behavior({"kind": "scripted", "noise_stdd": 0.3}, env, PENDULUM_CFG)
@@ -284,7 +291,9 @@ def test_factory_errors_are_clear():
     outside = OmegaConf.create({"name": "pendulum", "scripted_controller": "os.system"})
     with pytest.raises(ValueError, match=r"env 'pendulum': scripted controller 'os.system' refused"):
         make_behavior({"kind": "scripted"}, env, outside)
-    not_a_policy = OmegaConf.create({"name": "pendulum", "scripted_controller": "o2o.policies.behavior.scripted.ScriptedController.act"})
+    not_a_policy = OmegaConf.create(
+        {"name": "pendulum", "scripted_controller": "o2o.policies.behavior.scripted.ScriptedController.act"}
+    )
     with pytest.raises(ValueError, match="not a ScriptedController subclass|not found"):
         make_behavior({"kind": "scripted"}, env, not_a_policy)
     with pytest.raises(ValueError, match="component 0 must have exactly the keys"):

@@ -12,10 +12,10 @@ import torch
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import pretrain
-from o2o.policies.training import build_module
 from o2o.policies.algos import losses as L
 from o2o.policies.algos.base import Scratch
 from o2o.policies.data import MCBatch, TensorReplay, return_to_go
+from o2o.policies.training import build_module
 
 
 # ---------------------------------------------------------------------------- return-to-go by hand
@@ -62,25 +62,42 @@ def test_calibrated_soft_max_by_hand():
     assert bounded.item() == pytest.approx(math.log(2 + 2 * math.exp(2)), rel=1e-6)  # = 2.8203
     # A bound below Q changes nothing; -inf (an online row whose episode is still running) neither.
     for low in (-10.0, -math.inf):
-        same = L.cql_logsumexp(q_uni, L.calql_lower_bound(q_pi, torch.tensor([low])), lp,
-                               L.calql_lower_bound(q_next, torch.tensor([low])), lp, act_dim=1)
+        same = L.cql_logsumexp(
+            q_uni,
+            L.calql_lower_bound(q_pi, torch.tensor([low])),
+            lp,
+            L.calql_lower_bound(q_next, torch.tensor([low])),
+            lp,
+            act_dim=1,
+        )
         assert same.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
 def test_bounded_values_get_no_push_down_gradient():
     q_pi = torch.tensor([[[-5.0, 3.0]]], requires_grad=True)  # [n=1, B=1, K=2]: one below the bound, one above
     bounded = L.calql_lower_bound(q_pi, torch.tensor([0.0]))
-    soft = L.cql_logsumexp(torch.zeros(1, 1, 1), bounded, torch.zeros(1, 2), torch.zeros(1, 1, 1) - 50,
-                           torch.zeros(1, 1), act_dim=1)
+    soft = L.cql_logsumexp(
+        torch.zeros(1, 1, 1), bounded, torch.zeros(1, 2), torch.zeros(1, 1, 1) - 50, torch.zeros(1, 1), act_dim=1
+    )
     soft.sum().backward()
     assert q_pi.grad[0, 0, 0].item() == 0.0 and q_pi.grad[0, 0, 1].item() > 0.0
 
 
 # ---------------------------------------------------------------------------- on real data
 def _module(algo: str, maze_dataset: str, tmp_path, *extra: str):
-    cfg = load_config("pretrain", ["env=pointmaze", f"algo={algo}", f"dataset.path={maze_dataset}",
-                                   f"run_dir={tmp_path}", "algo.hidden=[32,32]", "algo.batch_size=64",
-                                   "algo.gamma=0.9", *extra])
+    cfg = load_config(
+        "pretrain",
+        [
+            "env=pointmaze",
+            f"algo={algo}",
+            f"dataset.path={maze_dataset}",
+            f"run_dir={tmp_path}",
+            "algo.hidden=[32,32]",
+            "algo.batch_size=64",
+            "algo.gamma=0.9",
+            *extra,
+        ],
+    )
     with EpisodeStore.open(maze_dataset) as store:
         module, replay = build_module(cfg, store, store.select())
     return module, replay
@@ -100,7 +117,7 @@ def test_calql_replay_carries_each_episodes_return_to_go(maze_dataset, tmp_path)
             for t in reversed(range(len(r))):
                 g = r[t] + gamma * g
                 expected[t] = g
-            np.testing.assert_allclose(replay.mc_returns[row:row + len(r)].numpy(), expected, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(replay.mc_returns[row : row + len(r)].numpy(), expected, rtol=1e-5, atol=1e-4)
             row += len(r)
     assert row == len(replay)
     batch = replay.sample(8)
@@ -113,8 +130,9 @@ def test_calql_needs_episodes_to_compute_its_returns(maze_dataset, tmp_path):
     with pytest.raises(ValueError, match="no episode structure"):
         module.attach_replay(bare)
     with pytest.raises(ValueError, match="carries no mc_returns"):
-        module.critic_loss(TensorReplay.from_transitions(_plain_transitions(maze_dataset), module.norm).sample(4),
-                           Scratch())
+        module.critic_loss(
+            TensorReplay.from_transitions(_plain_transitions(maze_dataset), module.norm).sample(4), Scratch()
+        )
 
 
 def _plain_transitions(path):
@@ -127,12 +145,26 @@ def test_calibration_keeps_policy_values_above_the_data_return_where_cql_sinks_b
     achieved from s; Cal-QL's bound stops the push-down there (Nakamoto et al. 2023, fig. 2)."""
     gaps = {}
     for algo in ("cql", "calql"):
-        cfg = load_config("pretrain", ["env=pointmaze", f"algo={algo}", f"dataset.path={maze_dataset}",
-                                       f"run_dir={tmp_path / algo}", "algo.hidden=[32,32]", "algo.batch_size=64",
-                                       "algo.gamma=0.9", "algo.cql_alpha=50.0", "algo.n_actions=4",
-                                       "algo.critic_lr=1e-3", "algo.tau=0.1", "trainer.max_steps=800",
-                                       "eval.enabled=false",
-                                       "ope.select=false", "trainer.progress=false"])
+        cfg = load_config(
+            "pretrain",
+            [
+                "env=pointmaze",
+                f"algo={algo}",
+                f"dataset.path={maze_dataset}",
+                f"run_dir={tmp_path / algo}",
+                "algo.hidden=[32,32]",
+                "algo.batch_size=64",
+                "algo.gamma=0.9",
+                "algo.cql_alpha=50.0",
+                "algo.n_actions=4",
+                "algo.critic_lr=1e-3",
+                "algo.tau=0.1",
+                "trainer.max_steps=800",
+                "eval.enabled=false",
+                "ope.select=false",
+                "trainer.progress=false",
+            ],
+        )
         module = pretrain(cfg).module
         replay, n = module.replay, len(module.replay)
         mc = return_to_go(replay.rewards[:n].numpy(), replay.episode_index, replay.terminals[:n].numpy(), 0.9)

@@ -17,16 +17,35 @@ from o2o.policies.algos.base import CheckpointError, load_algorithm, read_checkp
 
 
 def tiny(dataset, run_dir, *extra: str):
-    return pretrain(load_config("pretrain", [
-        "algo=iql", "env=pointmaze", f"dataset.path={dataset}", f"run_dir={run_dir}", "algo.hidden=[32,32]",
-        "algo.batch_size=32", "algo.log_every=5", "trainer.progress=false", "ope.select=false", *extra]))
+    return pretrain(
+        load_config(
+            "pretrain",
+            [
+                "algo=iql",
+                "env=pointmaze",
+                f"dataset.path={dataset}",
+                f"run_dir={run_dir}",
+                "algo.hidden=[32,32]",
+                "algo.batch_size=32",
+                "algo.log_every=5",
+                "trainer.progress=false",
+                "ope.select=false",
+                *extra,
+            ],
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def run(maze_dataset, tmp_path_factory):
     """10 IQL updates, evaluated (2 episodes) every 5: best-{step} and last checkpoints."""
-    return tiny(maze_dataset, tmp_path_factory.mktemp("trust") / "run", "trainer.max_steps=10", "eval.every=5",
-                "eval.episodes=2")
+    return tiny(
+        maze_dataset,
+        tmp_path_factory.mktemp("trust") / "run",
+        "trainer.max_steps=10",
+        "eval.every=5",
+        "eval.episodes=2",
+    )
 
 
 def changed_actor_weight(src, dst, restamp: bool = False) -> str:
@@ -59,8 +78,11 @@ def test_every_checkpoint_records_the_digest_of_its_weights(run):
 def test_a_changed_weight_is_refused_by_name(run, tmp_path):
     bad = tmp_path / "best-10.ckpt"
     changed_actor_weight(run.last_checkpoint, bad)
-    with pytest.raises(CheckpointError, match=rf"checkpoint '{bad}': weights changed after it was written \(digest "
-                                              r"[0-9a-f]{16}\.\.\. != recorded [0-9a-f]{16}\.\.\.\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint '{bad}': weights changed after it was written \(digest "
+        r"[0-9a-f]{16}\.\.\. != recorded [0-9a-f]{16}\.\.\.\)",
+    ):
         load_algorithm(bad)
     with pytest.raises(CheckpointError, match=rf"init_from '{bad}': weights changed"):
         read_checkpoint(bad, "init_from")
@@ -89,15 +111,21 @@ def test_an_older_checkpoint_without_a_digest_loads_with_one_warning(run, tmp_pa
 def test_unreadable_files_are_refused_by_name_and_code_is_never_run(run, tmp_path):
     empty = tmp_path / "best-2000.ckpt"
     empty.touch()
-    with pytest.raises(CheckpointError, match=rf"checkpoint '{empty}' is empty \(0 bytes\): it was not written "
-                                              "completely"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint '{empty}' is empty \(0 bytes\): it was not written "
+        "completely",
+    ):
         load_algorithm(empty)
     data = open(run.last_checkpoint, "rb").read()
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match=rf"checkpoint '{truncated}' \(\d+ bytes\) cannot be read as a torch "
-                                              r"checkpoint \((OSError|RuntimeError): .*\); it is truncated, damaged or not a "
-                                              "checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint '{truncated}' \(\d+ bytes\) cannot be read as a torch "
+        r"checkpoint \((OSError|RuntimeError): .*\); it is truncated, damaged or not a "
+        "checkpoint",
+    ):
         load_algorithm(truncated)
     text = tmp_path / "notes.ckpt"
     text.write_text("hello, this is not a checkpoint\n")
@@ -118,9 +146,12 @@ def test_unreadable_files_are_refused_by_name_and_code_is_never_run(run, tmp_pat
 
     evil = tmp_path / "evil.ckpt"
     torch.save({"o2o": {}, "hyper_parameters": {}, "x": Payload()}, evil)
-    with pytest.raises(CheckpointError, match=rf"checkpoint '{evil}' refused: it holds Python objects that loading "
-                                              r"would have to execute \(.*system.*\); o2o loads checkpoints with "
-                                              r"torch.load\(weights_only=True\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"checkpoint '{evil}' refused: it holds Python objects that loading "
+        r"would have to execute \(.*system.*\); o2o loads checkpoints with "
+        r"torch.load\(weights_only=True\)",
+    ):
         load_algorithm(evil)
     assert not marker.exists()
 
@@ -147,6 +178,11 @@ def test_resume_refuses_a_changed_or_empty_checkpoint(run, maze_dataset, tmp_pat
     empty.touch()
     with pytest.raises(CheckpointError, match=rf"trainer.ckpt_path '{empty}' is empty \(0 bytes\)"):
         tiny(maze_dataset, tmp_path / "r2", "trainer.max_steps=12", "eval.enabled=false", f"trainer.ckpt_path={empty}")
-    res = tiny(maze_dataset, tmp_path / "r3", "trainer.max_steps=12", "eval.enabled=false",
-               f"trainer.ckpt_path={run.last_checkpoint}")  # the intact one resumes
+    res = tiny(
+        maze_dataset,
+        tmp_path / "r3",
+        "trainer.max_steps=12",
+        "eval.enabled=false",
+        f"trainer.ckpt_path={run.last_checkpoint}",
+    )  # the intact one resumes
     assert res.updates == 12 and np.isfinite(load_algorithm(res.last_checkpoint).act(np.zeros((1, 6)))).all()

@@ -36,8 +36,18 @@ def one_thread():
 def maze(tmp_path_factory) -> str:
     """20 mixed (scripted / noisy / random) point-maze episodes, 3000 transitions."""
     path = tmp_path_factory.mktemp("combo") / "maze.zarr"
-    collect(load_config("collect", ["env=pointmaze", "behavior=mixed", "collect.episodes=20", f"dataset.path={path}",
-                                    "collect.progress=false"]))
+    collect(
+        load_config(
+            "collect",
+            [
+                "env=pointmaze",
+                "behavior=mixed",
+                "collect.episodes=20",
+                f"dataset.path={path}",
+                "collect.progress=false",
+            ],
+        )
+    )
     return str(path)
 
 
@@ -57,16 +67,19 @@ def test_gaussian_nll_dynamics_nll_and_combo_penalty_by_hand():
     q_data = torch.tensor([[0.0, 1.0, 2.0], [4.0, 1.0, 1.0]])
     torch.testing.assert_close(L.combo_penalty_per_member(soft, q_data), torch.tensor([1.0, 0.0]))
     # soft_clamp: hi - softplus(hi - x), then lo + softplus(. - lo): 0 -> -0.313262 -> 0.094344.
-    torch.testing.assert_close(soft_clamp(torch.tensor(0.0), torch.tensor(-1.0), torch.tensor(1.0)),
-                               torch.tensor(0.094344), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        soft_clamp(torch.tensor(0.0), torch.tensor(-1.0), torch.tensor(1.0)), torch.tensor(0.094344), atol=1e-5, rtol=0
+    )
     assert float(soft_clamp(torch.tensor(50.0), torch.tensor(-5.0), torch.tensor(0.25))) < 0.26
 
 
 def test_model_replay_is_a_ring_buffer():
     buf = ModelReplay(obs_dim=1, act_dim=1, capacity=5, seed=0)
-    rows = lambda a, b: [torch.arange(a, b, dtype=torch.float32).reshape(-1, 1)] * 2 + [  # noqa: E731
-        torch.arange(a, b, dtype=torch.float32)] + [torch.arange(a, b, dtype=torch.float32).reshape(-1, 1),
-                                                    torch.zeros(b - a)]
+
+    def rows(a, b):
+        col = torch.arange(a, b, dtype=torch.float32)
+        return [col.reshape(-1, 1)] * 2 + [col] + [col.reshape(-1, 1), torch.zeros(b - a)]
+
     buf.add(*rows(0, 3))
     buf.add(*rows(3, 7))  # wraps: rows 5, 6 overwrite 0, 1
     assert len(buf) == 5 and buf.pointer == 2
@@ -86,8 +99,9 @@ def test_dynamics_ensemble_predicts_held_out_maze_episodes(maze):
     ep = np.asarray(tr.episode_index)
 
     def part(mask):
-        return TensorReplay.from_transitions(type(tr)(**{k: np.asarray(v)[mask] for k, v in tr.__dict__.items()}),
-                                             norm).all()
+        return TensorReplay.from_transitions(
+            type(tr)(**{k: np.asarray(v)[mask] for k, v in tr.__dict__.items()}), norm
+        ).all()
 
     train, test = part(ep < 16), part(ep >= 16)  # 4 whole episodes the model never saw
     torch.manual_seed(0)
@@ -175,15 +189,36 @@ def test_penalty_pushes_down_at_model_states_and_up_on_dataset_pairs(states):
 def test_model_rollouts_stay_inside_the_observation_clip():
     """A model that drifts (every step +50 standard deviations) cannot take rollouts where no real row
     is: its next states are clipped like the data's (``Normalization.obs_clip``), step after step."""
-    norm = Normalization(np.zeros(3, np.float32), np.ones(3, np.float32), -np.ones(2, np.float32),
-                         np.ones(2, np.float32), obs_clip=2.0)
-    module = COMBO(3, 2, {"hidden": [16, 16], "dynamics_hidden": [16], "dynamics_weight_decay": 0.0,
-                          "rollout_batch_size": 32, "rollout_length": 3}, norm.to_dict())
+    norm = Normalization(
+        np.zeros(3, np.float32), np.ones(3, np.float32), -np.ones(2, np.float32), np.ones(2, np.float32), obs_clip=2.0
+    )
+    module = COMBO(
+        3,
+        2,
+        {
+            "hidden": [16, 16],
+            "dynamics_hidden": [16],
+            "dynamics_weight_decay": 0.0,
+            "rollout_batch_size": 32,
+            "rollout_length": 3,
+        },
+        norm.to_dict(),
+    )
     rng = np.random.default_rng(0)
-    module.attach_replay(TensorReplay.from_transitions(Transitions(
-        observations=rng.normal(size=(64, 3)), actions=rng.uniform(-1, 1, (64, 2)), rewards=np.zeros(64),
-        next_observations=rng.normal(size=(64, 3)), terminals=np.zeros(64), timeouts=np.zeros(64),
-        episode_index=np.zeros(64, np.int64)), norm))
+    module.attach_replay(
+        TensorReplay.from_transitions(
+            Transitions(
+                observations=rng.normal(size=(64, 3)),
+                actions=rng.uniform(-1, 1, (64, 2)),
+                rewards=np.zeros(64),
+                next_observations=rng.normal(size=(64, 3)),
+                terminals=np.zeros(64),
+                timeouts=np.zeros(64),
+                episode_index=np.zeros(64, np.int64),
+            ),
+            norm,
+        )
+    )
     module.dynamics.out_mean[:3] = 50.0  # the predicted change of every feature
     module.dynamics.trained.fill_(True)
     module.rollout()
@@ -206,10 +241,22 @@ def test_config_is_the_class_defaults_and_bad_values_are_refused():
         tiny_module(dynamics_hidden=[8, 8], dynamics_weight_decay=[0.1, 0.1])
 
 
-TINY = ["algo=combo", "env=pointmaze", "algo.hidden=[32,32]", "algo.batch_size=32", "algo.log_every=5",
-        "algo.n_actions=4", "algo.dynamics_hidden=[32,32]", "algo.dynamics_weight_decay=0.0",
-        "algo.dynamics_max_epochs=10", "algo.rollout_batch_size=64", "algo.rollout_length=3", "algo.rollout_every=5",
-        "trainer.progress=false", "eval.enabled=false"]
+TINY = [
+    "algo=combo",
+    "env=pointmaze",
+    "algo.hidden=[32,32]",
+    "algo.batch_size=32",
+    "algo.log_every=5",
+    "algo.n_actions=4",
+    "algo.dynamics_hidden=[32,32]",
+    "algo.dynamics_weight_decay=0.0",
+    "algo.dynamics_max_epochs=10",
+    "algo.rollout_batch_size=64",
+    "algo.rollout_length=3",
+    "algo.rollout_every=5",
+    "trainer.progress=false",
+    "eval.enabled=false",
+]
 
 
 def test_combo_pretrains_checkpoints_and_resumes_without_retraining_the_model(maze, tmp_path, monkeypatch):
@@ -238,8 +285,16 @@ def test_combo_pretrains_checkpoints_and_resumes_without_retraining_the_model(ma
         raise AssertionError("the dynamics were retrained on resume")
 
     monkeypatch.setattr(EnsembleDynamics, "fit", no_refit)
-    cfg2 = load_config("pretrain", [*TINY, f"dataset.path={maze}", f"run_dir={tmp_path / 'b'}", "trainer.max_steps=15",
-                                    f"trainer.ckpt_path={res.last_checkpoint}"])
+    cfg2 = load_config(
+        "pretrain",
+        [
+            *TINY,
+            f"dataset.path={maze}",
+            f"run_dir={tmp_path / 'b'}",
+            "trainer.max_steps=15",
+            f"trainer.ckpt_path={res.last_checkpoint}",
+        ],
+    )
     res2 = pretrain(cfg2)
     assert res2.updates == 15
     after = res2.module.dynamics.state_dict()

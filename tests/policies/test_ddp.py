@@ -25,17 +25,34 @@ DDP = ["trainer.devices=2", "trainer.strategy=ddp"]
 
 
 def overrides(dataset, run_dir, *extra: str) -> list[str]:
-    return ["algo=iql", "env=pointmaze", f"dataset.path={dataset}", f"run_dir={run_dir}", "algo.hidden=[32,32]",
-            "algo.batch_size=32", "trainer.progress=false", "trainer.max_steps=4", "eval.enabled=false",
-            "ope.select=false", "trainer.accelerator=cpu", "trainer.seed=3", *extra]
+    return [
+        "algo=iql",
+        "env=pointmaze",
+        f"dataset.path={dataset}",
+        f"run_dir={run_dir}",
+        "algo.hidden=[32,32]",
+        "algo.batch_size=32",
+        "trainer.progress=false",
+        "trainer.max_steps=4",
+        "eval.enabled=false",
+        "ope.select=false",
+        "trainer.accelerator=cpu",
+        "trainer.seed=3",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # two processes and gloo start-up: ~20-45 s
 def test_ddp_on_two_cpu_processes_equals_one_process_on_both_batches(maze_dataset, tmp_path, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "o2o.pipeline.cli", "pretrain",
-                        *overrides(maze_dataset, tmp_path / "ddp", *DDP)],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "o2o.pipeline.cli", "pretrain", *overrides(maze_dataset, tmp_path / "ddp", *DDP)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     ddp = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ddp["o2o"]["updates"] == 4
@@ -59,7 +76,8 @@ def test_ddp_on_two_cpu_processes_equals_one_process_on_both_batches(maze_datase
         torch.testing.assert_close(ddp["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     # And it is not what one process on one batch gives (the test can tell the difference).
     monkeypatch.undo()
-    plain = torch.load(pretrain(load_config("pretrain", overrides(maze_dataset, tmp_path / "plain"))).last_checkpoint,
-                       weights_only=True)["state_dict"]
+    plain = torch.load(
+        pretrain(load_config("pretrain", overrides(maze_dataset, tmp_path / "plain"))).last_checkpoint,
+        weights_only=True,
+    )["state_dict"]
     assert not torch.allclose(plain["actor.mean.0.weight"], ddp["state_dict"]["actor.mean.0.weight"], atol=1e-6)
-

@@ -12,11 +12,32 @@ from o2o.pipeline.stages.pretrain import pretrain
 
 def test_pretrained_checkpoint_collects_into_the_same_dataset(tmp_path, make_dataset):
     path = make_dataset(tmp_path / "maze.zarr", "scripted", 6)
-    res = pretrain(load_config("pretrain", [
-        "env=pointmaze", "algo=bc", f"dataset.path={path}", f"run_dir={tmp_path / 'run'}", "algo.hidden=[32,32]",
-        "trainer.max_steps=300", "eval.enabled=false", "trainer.progress=false"]))
-    cfg = load_config("collect", ["env=pointmaze", "behavior=learned", f"behavior.checkpoint={res.last_checkpoint}",
-                                  "collect.episodes=3", f"dataset.path={path}", "collect.progress=false"])
+    res = pretrain(
+        load_config(
+            "pretrain",
+            [
+                "env=pointmaze",
+                "algo=bc",
+                f"dataset.path={path}",
+                f"run_dir={tmp_path / 'run'}",
+                "algo.hidden=[32,32]",
+                "trainer.max_steps=300",
+                "eval.enabled=false",
+                "trainer.progress=false",
+            ],
+        )
+    )
+    cfg = load_config(
+        "collect",
+        [
+            "env=pointmaze",
+            "behavior=learned",
+            f"behavior.checkpoint={res.last_checkpoint}",
+            "collect.episodes=3",
+            f"dataset.path={path}",
+            "collect.progress=false",
+        ],
+    )
     out = collect(cfg)
     assert len(out.episodes) == 3
     with EpisodeStore.open(path) as store:

@@ -15,8 +15,13 @@ from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import pretrain
 
-ROOM = ["env=pointmaze", "env.id=Open", "env.max_episode_steps=60", "env.kwargs.start_cells=[[3,1]]",
-        "env.kwargs.goal_cells=[[1,3]]"]
+ROOM = [
+    "env=pointmaze",
+    "env.id=Open",
+    "env.max_episode_steps=60",
+    "env.kwargs.start_cells=[[3,1]]",
+    "env.kwargs.goal_cells=[[1,3]]",
+]
 # This data covers the room well (40 random episodes): a light regulariser (the paper tunes
 # alpha in {1, 5, 10}) and the SAC learning rates; measured: return -137 after 3000 updates.
 CQL_ROOM = ("algo.gamma=0.95", "algo.cql_alpha=1.0", "algo.actor_lr=3e-4", "algo.alpha_lr=3e-4")
@@ -36,9 +41,21 @@ def dataset_mean_return(path: str) -> float:
 
 
 def train(algo: str, path: str, run_dir, steps: int, *extra: str):
-    cfg = load_config("pretrain", [*ROOM, f"algo={algo}", f"dataset.path={path}", f"run_dir={run_dir}",
-                                   f"trainer.max_steps={steps}", f"eval.every={steps // 3}", "eval.episodes=10",
-                                   "algo.hidden=[64,64]", "trainer.progress=false", *extra])
+    cfg = load_config(
+        "pretrain",
+        [
+            *ROOM,
+            f"algo={algo}",
+            f"dataset.path={path}",
+            f"run_dir={run_dir}",
+            f"trainer.max_steps={steps}",
+            f"eval.every={steps // 3}",
+            "eval.episodes=10",
+            "algo.hidden=[64,64]",
+            "trainer.progress=false",
+            *extra,
+        ],
+    )
     return pretrain(cfg)
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from o2o.policies.networks import (EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, ValueMLP, adam,
-                                   soft_update)
+from o2o.policies.networks import EnsembleMLP, GaussianActor, QEnsemble, TanhGaussianActor, ValueMLP, adam, soft_update
 
 
 def test_ensemble_matches_members_run_separately():
@@ -91,7 +90,9 @@ def test_heads_compute_in_float32_under_bf16_autocast():
     assert hidden_q.dtype == hidden_v.dtype == torch.bfloat16  # the body did run in bf16
     expect_q = torch.baddbmm(q.net.out.bias, hidden_q.float().expand(2, -1, -1), q.net.out.weight).squeeze(-1)
     torch.testing.assert_close(qa, expect_q, rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(va, torch.nn.functional.linear(hidden_v.float(), v.net[-1].weight, v.net[-1].bias).squeeze(-1))
+    torch.testing.assert_close(
+        va, torch.nn.functional.linear(hidden_v.float(), v.net[-1].weight, v.net[-1].bias).squeeze(-1)
+    )
     assert len(torch.unique(qa)) > 100 and (qa - qa.round()).abs().max() > 0.05  # not on bf16's grid of 1 (or 0.5)
     # Without autocast nothing changes: the plain float32 network.
     torch.testing.assert_close(q(obs, act), q.net(torch.cat([obs, act], -1)).squeeze(-1))

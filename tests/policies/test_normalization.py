@@ -11,11 +11,11 @@ from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions
 from o2o.pipeline.config import load_config
 from o2o.pipeline.stages.pretrain import pretrain
-from o2o.policies.training import build_module
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.algos.iql import IQL
 from o2o.policies.behavior.learned import weights_hash
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
+from o2o.policies.training import build_module
 
 
 def narrow_transitions(n: int = 200) -> Transitions:
@@ -23,8 +23,15 @@ def narrow_transitions(n: int = 200) -> Transitions:
     rng = np.random.default_rng(0)
     obs = np.stack([rng.normal(0.0, 1.0, n), 0.5 + rng.normal(0.0, 1e-4, n)], axis=1).astype(np.float32)
     z = np.zeros(n, np.float32)
-    return Transitions(observations=obs, actions=rng.uniform(-1, 1, (n, 1)).astype(np.float32), rewards=z,
-                       next_observations=obs, terminals=z, timeouts=z, episode_index=np.zeros(n, np.int64))
+    return Transitions(
+        observations=obs,
+        actions=rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+        rewards=z,
+        next_observations=obs,
+        terminals=z,
+        timeouts=z,
+        episode_index=np.zeros(n, np.int64),
+    )
 
 
 def test_a_state_the_data_never_showed_reaches_the_networks_clipped():
@@ -41,7 +48,7 @@ def test_a_state_the_data_never_showed_reaches_the_networks_clipped():
     # Replay rows (offline and online alike) are stored clipped.
     buf = TensorReplay.from_transitions(tr, norm, capacity=len(tr) + 1)
     buf.add_raw(unseen, [[0.0]], [0.0], unseen, [0.0], [0.0], norm)
-    assert float(buf.observations[:buf.size].abs().max()) <= 10.0
+    assert float(buf.observations[: buf.size].abs().max()) <= 10.0
     assert float(buf.next_observations[buf.size - 1, 1]) == 10.0
 
     # Acting and the exported policy see what training saw: the unseen state acts as the clip's edge.
@@ -84,17 +91,30 @@ def test_a_bad_clip_is_refused(value):
 
 @pytest.mark.parametrize("value", ["-2", "abc"])
 def test_pretrain_refuses_a_bad_data_obs_clip_by_name(maze_dataset, tmp_path, value):
-    cfg = load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}",
-                                   f"run_dir={tmp_path}", f"data.obs_clip={value}"])
+    cfg = load_config(
+        "pretrain",
+        ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}", f"run_dir={tmp_path}", f"data.obs_clip={value}"],
+    )
     with EpisodeStore.open(maze_dataset) as store:
         with pytest.raises(ValueError, match="data.obs_clip must be a number >= 0"):
             build_module(cfg, store, np.arange(store.num_episodes))
 
 
 def test_pretrain_saves_the_configured_clip_in_the_checkpoint(maze_dataset, tmp_path):
-    cfg = load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}", f"run_dir={tmp_path}",
-                                   "algo.hidden=[16,16]", "trainer.max_steps=2", "eval.enabled=false",
-                                   "trainer.progress=false", "data.obs_clip=3.5"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "algo=bc",
+            "env=pointmaze",
+            f"dataset.path={maze_dataset}",
+            f"run_dir={tmp_path}",
+            "algo.hidden=[16,16]",
+            "trainer.max_steps=2",
+            "eval.enabled=false",
+            "trainer.progress=false",
+            "data.obs_clip=3.5",
+        ],
+    )
     assert load_config("pretrain", []).data.obs_clip == 10.0  # the default
     module = load_algorithm(pretrain(cfg).last_checkpoint)
     assert module.norm.obs_clip == 3.5 and float(module.policy().obs_clip) == 3.5
@@ -103,8 +123,15 @@ def test_pretrain_saves_the_configured_clip_in_the_checkpoint(maze_dataset, tmp_
 def test_the_numpy_and_torch_maps_agree_and_invert_each_other():
     """policies/data.py writes the maps once: NumPy (replay rows, OPE data, behaviour policies) and torch
     (acting, the exported graph) give the same numbers."""
-    from o2o.policies.data import (action_center_halfrange, action_from_unit_np, action_from_unit_t,
-                                   action_to_unit_np, denormalize_obs_t, normalize_obs_np, normalize_obs_t)
+    from o2o.policies.data import (
+        action_center_halfrange,
+        action_from_unit_np,
+        action_from_unit_t,
+        action_to_unit_np,
+        denormalize_obs_t,
+        normalize_obs_np,
+        normalize_obs_t,
+    )
 
     rng = np.random.default_rng(0)
     mean, std = rng.normal(size=3).astype(np.float32), rng.uniform(0.1, 2.0, 3).astype(np.float32)

@@ -16,8 +16,15 @@ def buffer(rows: int, reward: float, capacity: int | None = None, seed: int = 0)
     """A real replay buffer whose rows all carry ``reward`` (so a batch's rows can be told apart)."""
     buf = TensorReplay(3, 2, capacity or rows, seed=seed)
     if rows:
-        buf.add_raw(np.random.default_rng(seed).normal(size=(rows, 3)), np.zeros((rows, 2)), np.full(rows, reward),
-                    np.zeros((rows, 3)), np.zeros(rows), np.zeros(rows), NORM)
+        buf.add_raw(
+            np.random.default_rng(seed).normal(size=(rows, 3)),
+            np.zeros((rows, 2)),
+            np.full(rows, reward),
+            np.zeros((rows, 3)),
+            np.zeros(rows),
+            np.zeros(rows),
+            NORM,
+        )
     return buf
 
 
@@ -74,8 +81,9 @@ def test_exploration_temperature_scales_the_policys_own_deviation():
     obs = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
 
     def acting(explore: bool, temperature: float) -> np.ndarray:
-        cb = OnlineInteraction({}, TensorReplay(3, 2, 10), NORM, print, total_steps=10, explore=explore,
-                               temperature=temperature)
+        cb = OnlineInteraction(
+            {}, TensorReplay(3, 2, 10), NORM, print, total_steps=10, explore=explore, temperature=temperature
+        )
         torch.manual_seed(1)
         return cb.action(module, obs)
 

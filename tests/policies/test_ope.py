@@ -100,8 +100,9 @@ def test_importance_estimators_hand_computed():
     assert clipped.clipped_cumulative_fraction == pytest.approx(2 / 3)
 
     # A horizon of 1 step counts only t = 0: PDIS (2*1 + 4*3) / 2, WIS 14 / 6.
-    short = importance_estimates(d, log_pi, log_mu, OPEConfig(gamma=0.5, horizon=1, step_clip=None,
-                                                              cumulative_clip=None))
+    short = importance_estimates(
+        d, log_pi, log_mu, OPEConfig(gamma=0.5, horizon=1, step_clip=None, cumulative_clip=None)
+    )
     assert short.is_value == pytest.approx(7.0) and short.wis_value == pytest.approx(7 / 3)
 
     # DR's tail: A was cut by the time limit, V(s_2) = 10 adds gamma^2 * w_1 * 10 = 2.5 to A -> mean +1.25.
@@ -126,7 +127,9 @@ def test_bootstrap_intervals_over_episodes_hand_computed():
 
     counts = E.bootstrap_counts(5, 300, seed=3)
     assert counts.shape == (300, 5) and (counts.sum(1) == 5).all()
-    assert torch.equal(counts, E.bootstrap_counts(5, 300, seed=3)) and not torch.equal(counts, E.bootstrap_counts(5, 300, 4))
+    assert torch.equal(counts, E.bootstrap_counts(5, 300, seed=3)) and not torch.equal(
+        counts, E.bootstrap_counts(5, 300, 4)
+    )
     assert E.bootstrap_means(torch.tensor([1.0, 5.0]), torch.tensor([[2.0, 0.0], [1.0, 1.0]])).tolist() == [1.0, 3.0]
     # Drawing every episode once is the plain weighted estimate; long horizons stay finite.
     g = torch.Generator().manual_seed(0)
@@ -150,10 +153,14 @@ def test_on_policy_weights_give_the_discounted_return():
 
 
 def test_log_space_survives_long_horizons():
-    log_w, _ = E.cumulative_log_weights(torch.full((2, 400), 2.0, dtype=torch.float64),
-                                        torch.ones(2, 400, dtype=torch.bool))
-    assert torch.isfinite(E.weighted_per_decision_is(log_w, torch.ones(2, 400, dtype=torch.float64),
-                                                     torch.ones(2, 400, dtype=torch.bool), 0.99))
+    log_w, _ = E.cumulative_log_weights(
+        torch.full((2, 400), 2.0, dtype=torch.float64), torch.ones(2, 400, dtype=torch.bool)
+    )
+    assert torch.isfinite(
+        E.weighted_per_decision_is(
+            log_w, torch.ones(2, 400, dtype=torch.float64), torch.ones(2, 400, dtype=torch.bool), 0.99
+        )
+    )
     assert E.effective_sample_size(torch.tensor([800.0, 800.0], dtype=torch.float64)).item() == pytest.approx(2.0)
     lp = E.gaussian_log_prob(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2), 1.0)
     assert lp.item() == pytest.approx(-math.log(2 * math.pi) - 0.5)
@@ -161,13 +168,23 @@ def test_log_space_survives_long_horizons():
 
 def test_replay_data_infers_episodes_and_undoes_reward_scaling():
     d = tiny_data()
-    tr = Transitions(observations=np.array([[0.0], [1.0], [5.0]], np.float32), actions=np.zeros((3, 1), np.float32),
-                     rewards=np.array([1.0, 2.0, 3.0], np.float32),
-                     next_observations=np.array([[1.0], [2.0], [6.0]], np.float32),
-                     terminals=np.array([0, 0, 0], np.float32), timeouts=np.zeros(3, np.float32),
-                     episode_index=np.array([0, 0, 1]))
-    norm = Normalization(np.array([1.0], np.float32), np.array([2.0], np.float32), np.array([-1.0], np.float32),
-                         np.array([1.0], np.float32), reward_scale=0.5, reward_shift=-1.0)
+    tr = Transitions(
+        observations=np.array([[0.0], [1.0], [5.0]], np.float32),
+        actions=np.zeros((3, 1), np.float32),
+        rewards=np.array([1.0, 2.0, 3.0], np.float32),
+        next_observations=np.array([[1.0], [2.0], [6.0]], np.float32),
+        terminals=np.array([0, 0, 0], np.float32),
+        timeouts=np.zeros(3, np.float32),
+        episode_index=np.array([0, 0, 1]),
+    )
+    norm = Normalization(
+        np.array([1.0], np.float32),
+        np.array([2.0], np.float32),
+        np.array([-1.0], np.float32),
+        np.array([1.0], np.float32),
+        reward_scale=0.5,
+        reward_shift=-1.0,
+    )
     replay = TensorReplay.from_transitions(tr, norm, capacity=10)
     r = OPEData.from_replay(replay, norm)
     # No end flag between the episodes: the broken observation chain (2 != 5) marks the second start.
@@ -197,14 +214,20 @@ def test_bad_input_is_refused_with_its_name():
 
 
 def tiny_data_fields() -> dict:
-    return dict(observations=np.zeros((3, 1), np.float32), actions=np.zeros((3, 1), np.float32),
-                rewards=np.zeros(3, np.float32), next_observations=np.zeros((3, 1), np.float32),
-                terminals=np.zeros(3, np.float32), timeouts=np.zeros(3, np.float32))
+    return dict(
+        observations=np.zeros((3, 1), np.float32),
+        actions=np.zeros((3, 1), np.float32),
+        rewards=np.zeros(3, np.float32),
+        next_observations=np.zeros((3, 1), np.float32),
+        terminals=np.zeros(3, np.float32),
+        timeouts=np.zeros(3, np.float32),
+    )
 
 
 # ---------------------------------------------------------------------- point maze, end to end
-SMALL = dict(fqe_updates=3000, fqe_hidden=(64, 64), fqe_lr=1e-3, fqe_tau=0.05, behavior_updates=500,
-             behavior_hidden=(64, 64))
+SMALL = dict(
+    fqe_updates=3000, fqe_hidden=(64, 64), fqe_lr=1e-3, fqe_tau=0.05, behavior_updates=500, behavior_hidden=(64, 64)
+)
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +235,23 @@ def bc_run(maze_dataset, tmp_path_factory):
     """A BC policy trained briefly on 20 mixed maze episodes, with checkpoints at 100, 200 and 300 updates."""
     run = tmp_path_factory.mktemp("bc")
     torch.set_num_threads(1)
-    cfg = load_config("pretrain", ["algo=bc", "env=pointmaze", f"dataset.path={maze_dataset}", f"run_dir={run}",
-                                   "algo.hidden=[64,64]", "algo.batch_size=64", "algo.log_every=100",
-                                   "trainer.max_steps=300", "eval.enabled=false", "ope.select=false", "eval.every=100",
-                                   "trainer.progress=false"])
+    cfg = load_config(
+        "pretrain",
+        [
+            "algo=bc",
+            "env=pointmaze",
+            f"dataset.path={maze_dataset}",
+            f"run_dir={run}",
+            "algo.hidden=[64,64]",
+            "algo.batch_size=64",
+            "algo.log_every=100",
+            "trainer.max_steps=300",
+            "eval.enabled=false",
+            "ope.select=false",
+            "eval.every=100",
+            "trainer.progress=false",
+        ],
+    )
     return cfg, pretrain(cfg)
 
 
@@ -236,8 +272,9 @@ def test_fqe_matches_the_simulated_discounted_return(maze_dataset, bc_run):
 
     # IS family on the same data: finite, diagnostics in range, DR on FQE's scale.
     behavior = fit_behavior(data, ope)
-    est = importance_estimates(data, target_log_prob(policy, data, ope), behavior.log_prob(data), ope,
-                               fqe.q_taken, fqe.v, fqe.v_next)
+    est = importance_estimates(
+        data, target_log_prob(policy, data, ope), behavior.log_prob(data), ope, fqe.q_taken, fqe.v, fqe.v_next
+    )
     m = est.metrics()
     assert all(math.isfinite(m[k]) for k in ("ope/is_value", "ope/wis_value", "ope/dr_value"))
     assert 1.0 <= est.ess <= data.num_episodes
@@ -283,11 +320,14 @@ def test_bootstrapped_fqe_refits_widen_the_start_state_interval(maze_dataset, bc
 
 
 def test_describe_choice_says_when_the_runner_up_is_inside_the_interval():
-    rows = [{"checkpoint": "/r/step-10.ckpt", "ope/fqe_value": 5.0, "ope/fqe_ci_low": 4.0, "ope/fqe_ci_high": 6.0},
-            {"checkpoint": "/r/step-20.ckpt", "ope/fqe_value": 4.5, "ope/fqe_ci_low": 3.0, "ope/fqe_ci_high": 6.0},
-            {"checkpoint": "/r/step-30.ckpt", "ope/fqe_value": float("nan")}]
-    assert describe_choice(rows) == ("step-10.ckpt 5 [4, 6]; runner-up step-20.ckpt 4.5 [3, 6], "
-                                     "inside the chosen one's interval")
+    rows = [
+        {"checkpoint": "/r/step-10.ckpt", "ope/fqe_value": 5.0, "ope/fqe_ci_low": 4.0, "ope/fqe_ci_high": 6.0},
+        {"checkpoint": "/r/step-20.ckpt", "ope/fqe_value": 4.5, "ope/fqe_ci_low": 3.0, "ope/fqe_ci_high": 6.0},
+        {"checkpoint": "/r/step-30.ckpt", "ope/fqe_value": float("nan")},
+    ]
+    assert describe_choice(rows) == (
+        "step-10.ckpt 5 [4, 6]; runner-up step-20.ckpt 4.5 [3, 6], inside the chosen one's interval"
+    )
     rows[1]["ope/fqe_value"] = 3.5
     assert describe_choice(rows).endswith("runner-up step-20.ckpt 3.5 [3, 6]")
     assert describe_choice([{"checkpoint": "a.ckpt", "ope/dr_value": 1.0}], "ope/dr_value") == "a.ckpt 1"
@@ -307,8 +347,12 @@ def test_stochastic_target_uses_its_own_density(maze_dataset):
     from o2o.policies.algos.bc import BC
 
     data = OPEData.from_store(maze_dataset)
-    module = BC(data.observations.shape[1], data.actions.shape[1], {"actor_kind": "gaussian", "hidden": [16, 16]},
-                data.norm.to_dict()).eval()
+    module = BC(
+        data.observations.shape[1],
+        data.actions.shape[1],
+        {"actor_kind": "gaussian", "hidden": [16, 16]},
+        data.norm.to_dict(),
+    ).eval()
     policy = TargetPolicy.from_module(module, data.norm)
     assert policy.stochastic
     cfg = OPEConfig(stochastic=True, policy_samples=3, fqe_updates=20, fqe_hidden=(16, 16), horizon=150)
