@@ -38,6 +38,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from o2o.core.processes import alive
 from o2o.core.versions import package_version
 from o2o.datasets.durable import DurableLocalStore, StoreLockedError, WriterLock, atomic_write_bytes, fsync_dir
 from o2o.datasets.episode import Episode
@@ -456,7 +457,7 @@ def _remove_abandoned(root: Path) -> None:
     """Delete staging folders of creators that died before renaming theirs into place (their lock is free)."""
     for d in root.parent.glob(f".{root.name}{CREATING}*"):
         pid = d.name.rpartition(CREATING)[2].split("-")[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         lock = WriterLock(d)
         try:
@@ -484,16 +485,6 @@ def _build_in_place(root: Path, path: str, schema: Schema, env, chunk_bytes: int
         lock.release()
         raise
     return lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def _build(root: Path, schema: Schema, env: Mapping[str, Any] | None, chunk_bytes: int) -> None:

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from o2o.core.processes import alive
 from o2o.core.versions import package_versions
 from o2o.deploy.manifest import (
     FORMAT,
@@ -491,14 +492,14 @@ def remove_abandoned(out_dir: str | os.PathLike) -> list[str]:
     # Killed between _replace's two renames: the previous export is whole in .old; put it back.
     for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
         pid = old.name.rpartition("-")[2]
-        if not out_dir.exists() and not (pid.isdigit() and _alive(int(pid))):
+        if not out_dir.exists() and not (pid.isdigit() and alive(int(pid))):
             os.replace(old, out_dir)
             removed.append(f"{old} (restored as {out_dir})")
     for d in list(out_dir.parent.glob(f".{out_dir.name}.staging-*")) + list(
         out_dir.parent.glob(f".{out_dir.name}.old-*")
     ):
         pid = d.name.rpartition("-")[2]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and alive(int(pid)):
             continue  # an export in progress in another process
         shutil.rmtree(d, ignore_errors=True)
         removed.append(str(d))
@@ -506,16 +507,6 @@ def remove_abandoned(out_dir: str | os.PathLike) -> list[str]:
         out_dir.rmdir()
         removed.append(str(out_dir))
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _replace(staging: Path, out_dir: Path) -> None:

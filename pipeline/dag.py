@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from o2o.core.processes import alive
 from o2o.pipeline.config import plain
 
 # What a stage's function returns: artifact name -> JSON-able value. A value may carry its
@@ -583,12 +584,8 @@ def _running_elsewhere(record: Mapping[str, Any]) -> bool:
     pid = record.get("pid")
     if not isinstance(pid, int) or pid == os.getpid() or record.get("host") != socket.gethostname():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not alive(pid):
         return False
-    except PermissionError:
-        return True
     try:  # a reused pid: another program now
         return b"o2o" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
