@@ -108,6 +108,7 @@ def demo_file(tmp_path_factory):
     return tmp / "demo.hdf5"
 
 
+@pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_robosuite_demo_imports_by_replay(demo_file, tmp_path):
     with h5py.File(demo_file) as f:
         demos = sorted(f["data"].keys())
@@ -141,6 +142,7 @@ def test_robosuite_demo_imports_by_replay(demo_file, tmp_path):
     assert s.stats["replay"] == "states"
 
 
+@pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_robosuite_demo_refused_with_the_store_unchanged(demo_file, tmp_path, snapshot):
     target = tmp_path / "lift.zarr"
     import_file("robosuite", demo_file, target, env_cfg=env_cfg("lift"))

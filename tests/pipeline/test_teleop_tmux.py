@@ -18,7 +18,10 @@ import pytest
 from o2o.datasets import EpisodeStore
 
 TMUX = shutil.which("tmux")
-pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")
+pytestmark = [
+    pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)"),
+    pytest.mark.slow,  # real terminals and robosuite: outside the fast tier (pytest -m 'not slow'), in the full suite
+]
 O2O = Path(sys.executable).with_name("o2o")
 
 

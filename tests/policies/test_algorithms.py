@@ -233,6 +233,7 @@ def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_bf16(maze_dataset
     assert json.loads((tmp_path / "summary.json").read_text())["precision"] == res.precision
 
 
+@pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_compiled_training_matches_eager_and_hands_back_an_eager_module(maze_dataset, tmp_path):
     """``trainer.compile=true`` trains CQL (the algorithm it is for) through torch.compile'd MLPs:
     the same data and seed give the same weights as eager training up to float rounding; the

@@ -140,6 +140,7 @@ def _plain_transitions(path):
         return store.load_transitions(np.arange(2))
 
 
+@pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_calibration_keeps_policy_values_above_the_data_return_where_cql_sinks_below(maze_dataset, tmp_path):
     """Same data, seed and a strong penalty: CQL pushes Q(s, pi(s)) far below the return the data
     achieved from s; Cal-QL's bound stops the push-down there (Nakamoto et al. 2023, fig. 2)."""

@@ -255,6 +255,7 @@ def bc_run(maze_dataset, tmp_path_factory):
     return cfg, pretrain(cfg)
 
 
+@pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
 def test_fqe_matches_the_simulated_discounted_return(maze_dataset, bc_run):
     from o2o.policies.evaluation import Evaluator
 
