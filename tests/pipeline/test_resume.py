@@ -71,8 +71,12 @@ def kill_when(p: subprocess.Popen, ready, what: str, timeout: float = 240, meanw
             raise AssertionError(f"the run ended (rc {p.returncode}) before {what}: {p.stderr.read()[-3000:]}")
         assert time.time() < deadline, f"never reached: {what}"
         time.sleep(0.01)
-    if meanwhile is not None:
-        meanwhile()
+    if meanwhile is not None:  # with the run paused: alive, yet not finishing while we look
+        os.killpg(p.pid, signal.SIGSTOP)
+        try:
+            meanwhile()
+        finally:
+            os.killpg(p.pid, signal.SIGKILL)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     p.stderr.close()
