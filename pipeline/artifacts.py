@@ -186,6 +186,7 @@ class FinetuneArtifact(Artifact):
     rollback: dict | None = None
     pre_finetune: dict | None = None
     curve: list = field(default_factory=list)
+    kept: dict | None = None  # which weights the checkpoint holds: best or last, of which evaluation
     seconds: float = 0.0
     summary: str = ""
 

@@ -156,12 +156,16 @@ class GroupChoice(NamedTuple):
 
 def command_groups(name: str) -> list[GroupChoice]:
     """The config groups ``configs/<name>.yaml`` composes, with their default options, in order."""
+    import yaml
+
     out = []
-    for entry in OmegaConf.create(config_root().joinpath(f"{name}.yaml").read_text()).get("defaults", []):
-        if not OmegaConf.is_config(entry) or len(entry) != 1:
+    for entry in yaml.safe_load(config_root().joinpath(f"{name}.yaml").read_text()).get("defaults", []):
+        if not isinstance(entry, dict) or len(entry) != 1:
             continue  # _self_
         ((key, option),) = entry.items()
-        group, _, package = str(key).partition("@")
+        if "${" in str(option):
+            continue  # a choice that follows another group's (the online recipe follows algo): not a user's choice
+        group, _, package = str(key).removeprefix("optional ").partition("@")
         out.append(GroupChoice(group, str(option), group if not package else f"{group}@_global_"))
     return out
 

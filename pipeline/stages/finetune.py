@@ -36,6 +36,7 @@ from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
 from o2o.policies.online import FinetuneMonitor, MixedReplay, OnlineInteraction, RatioSchedule, RollbackRule
+from o2o.policies.online.interaction import check_schedule
 from o2o.policies.training import (
     TrainerSpec,
     algorithm_transitions,
@@ -168,10 +169,14 @@ def finetune(
     start = time.perf_counter()
     f, out_dir = cfg.finetune, Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_schedule(f.env_steps_per_update, f.updates_per_env_step)  # whole numbers, before anything is opened
     steps, warmup, per_update = int(f.steps), int(f.warmup_steps), int(f.env_steps_per_update)
+    utd = int(f.updates_per_env_step)
     if not 0 <= warmup < steps:
         raise ValueError(f"finetune.steps ({steps}) must exceed finetune.warmup_steps ({warmup})")
-    n_updates = OnlineInteraction.updates_for(steps, warmup, per_update)
+    if str(f.keep) not in ("best", "last"):
+        raise ValueError(f"finetune.keep must be 'best' or 'last', got {f.keep!r}")
+    n_updates = OnlineInteraction.updates_for(steps, warmup, per_update, utd)
     with EpisodeStore.open(dataset_path, mode="r", verify=verify) as store:
         check_env(store, cfg.env)
         module = build_finetune_module(checkpoint, cfg, store)
@@ -226,6 +231,7 @@ def finetune(
             total_steps=steps,
             warmup_steps=warmup,
             env_steps_per_update=per_update,
+            updates_per_env_step=utd,
             explore=bool(f.explore),
             temperature=float(f.explore_temperature),
             seed=seed,
@@ -281,7 +287,9 @@ def finetune(
             stats=lambda: {"env steps": f"{interaction.steps:,}/{steps:,}", "episodes": len(interaction.episodes)},
         )
         log(
-            f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates, online share "
+            f"  {module.hp.name}: {steps} env steps ({warmup} warm-up), {n_updates} updates"
+            + (f" ({utd} per env step)" if utd > 1 else "")
+            + ", online share "
             f"{float(r.start):.2f}->{float(r.end):.2f}, exploring: "
             + (f"yes (temperature {float(f.explore_temperature):.2f})" if f.explore else "no")
         )
@@ -313,6 +321,22 @@ def finetune(
                 interaction.close()
             periodic.close()
 
+    kept = None
+    if monitor.curve:  # the weights to keep: the best periodic evaluation's, or the last
+        if str(f.keep) == "best":
+            kept = monitor.keep_best(module)
+        else:
+            last = monitor.curve[-1]
+            kept = {
+                "which": "last",
+                "metric": monitor.metric,
+                "value": last[monitor.metric],
+                "step": last["step"],
+                "updates": last["updates"],
+                "is_last": True,
+                "pre_finetune": False,
+            }
+
     final_ev = Evaluator(
         env_cfg,
         episodes=int(cfg.evaluation.episodes),
@@ -337,6 +361,7 @@ def finetune(
         "online_episodes": [appended[0], appended[-1] + 1] if appended else None,
         "dataset_version_after": after.to_dict(),
         "rolled_back": rolled_back,
+        "kept": kept,
     }
     module.hparams["meta"]["finetune"].update(outcome)
     path = out_dir / "finetuned.ckpt"
@@ -365,6 +390,7 @@ def finetune(
         "rollback": monitor.rollback,
         "pre_finetune": monitor.curve[0] if monitor.curve else None,
         "curve": monitor.curve,
+        "kept": kept,
         "seconds": time.perf_counter() - start,
     }
     result["summary"] = summarize(result, str(rb.metric))
@@ -404,6 +430,13 @@ def summarize(res: dict, metric: str) -> str:
         text += (
             f" {100 * online['clipped_share']:.0f}% of the online states had a feature more than "
             f"{online['obs_clip']:g} standard deviations from the offline data's mean (clipped there)."
+        )
+    kept = res.get("kept") or {}
+    if kept.get("which") == "best" and not kept.get("is_last") and not res["rollback"]:
+        text += (
+            " Kept the weights of the best periodic evaluation: "
+            + ("those before finetuning" if kept.get("pre_finetune") else f"env step {kept['step']}")
+            + f" ({metric} {kept['value']:.4g})."
         )
     rb = res["rollback"]
     if rb:

@@ -106,6 +106,8 @@ class CQL(SAC):
 
     def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         hp = self.hp
+        if not hp.lagrange and hp.cql_alpha == 0.0:  # no regulariser (WSRL online): SAC's critic, no proposals
+            return super().critic_loss(batch, scratch)
         target = self.critic_target_value(batch)
         gap, q, metrics = self.cql_penalty_per_member(batch, scratch)
         td = L.critic_regression(q, target)

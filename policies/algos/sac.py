@@ -34,6 +34,10 @@ class SACConfig(AlgoConfig):
     backup_entropy: bool = True  # subtract alpha * log pi(a'|s') in the critic target
     critic_layer_norm: bool = False
     target_action: str = "sample"  # a' in the critic target: sample (SAC) | mode (tanh of the mean, d3rlpy's CQL)
+    # The critic target's minimum over a random subset of this many target critics, drawn anew each
+    # update (REDQ, RLPD: 2 of 10); null: over all of them (clipped double Q).
+    target_critics: int | None = None
+    actor_q: str = "min"  # how the actor reduces the critics' Q: min (SAC) | mean (RLPD, REDQ)
 
 
 class SAC(OfflineAlgorithm):
@@ -54,6 +58,28 @@ class SAC(OfflineAlgorithm):
         self.target_entropy = float(-self.act_dim if hp.target_entropy is None else hp.target_entropy)
         if not hp.auto_alpha:
             self.update_order = tuple(n for n in type(self).update_order if n != "alpha")
+        if hp.target_critics is not None and not 1 <= int(hp.target_critics) <= hp.n_critics:
+            raise ValueError(
+                f"algorithm {hp.name}: target_critics must be between 1 and n_critics ({hp.n_critics}), "
+                f"got {hp.target_critics!r}"
+            )
+        if hp.actor_q not in ("min", "mean"):
+            raise ValueError(f"algorithm {hp.name}: actor_q must be 'min' or 'mean', got {hp.actor_q!r}")
+
+    def target_subset(self, q: torch.Tensor) -> torch.Tensor:
+        """``q [n, ...]`` reduced to the minimum over ``target_critics`` randomly drawn members (all
+        when None): the pessimism of the critic target."""
+        k = self.hp.target_critics
+        if k is not None and k < q.shape[0]:
+            gen = getattr(getattr(self, "replay", None), "generator", None)  # the batches' stream: seeded
+            pick = torch.randperm(q.shape[0], device=q.device, generator=gen)[:k]
+            q = q.index_select(0, pick)
+        return q.min(dim=0).values
+
+    def actor_q_value(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The critics' value of the actor's actions ``[B]``: their minimum (SAC) or mean (RLPD)."""
+        q = self.critic_q_for_actor(obs, action)
+        return q.min(dim=0).values if self.hp.actor_q == "min" else q.mean(dim=0)
 
     def parameters_for(self, name: str):
         return [self.log_alpha] if name == "alpha" else super().parameters_for(name)
@@ -68,7 +94,7 @@ class SAC(OfflineAlgorithm):
             nxt = self.actor(batch.next_observations, deterministic=self.hp.target_action == "mode")
             q_next = self.critic_target(batch.next_observations, nxt.action)
             alpha = self.alpha if self.hp.backup_entropy else 0.0
-            v_next = L.soft_value(q_next, nxt.log_prob, alpha)
+            v_next = L.soft_value(self.target_subset(q_next)[None], nxt.log_prob, alpha)
             return L.td_target(batch.rewards, v_next, batch.terminals, self.hp.gamma)
 
     def critic_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
@@ -78,7 +104,7 @@ class SAC(OfflineAlgorithm):
 
     def actor_loss(self, batch: Batch, scratch: Scratch) -> L.LossOut:
         pi = self.actor(batch.observations)
-        q = self.critic_q_for_actor(batch.observations, pi.action).min(dim=0).values
+        q = self.actor_q_value(batch.observations, pi.action)
         scratch["log_prob"] = log_prob = pi.log_prob.detach()  # the temperature's step uses the actor's samples
         loss = L.sac_actor_loss(q, pi.log_prob, self.alpha)
         return L.LossOut(loss, {"entropy": -log_prob.mean(), "alpha": self.alpha})

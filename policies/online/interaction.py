@@ -1,7 +1,9 @@
 """The callback that steps the simulator between updates during online finetuning.
 
-Before the first update it collects ``warmup_steps``; then, before every update, it takes
-``env_steps_per_update`` steps. Each step acts with the module's policy (its stochastic
+Before the first update it collects ``warmup_steps``; then it keeps the env steps in step
+with the updates: ``env_steps_per_update`` steps before every update, or, with an
+update-to-data ratio ``updates_per_env_step`` above 1 (RLPD, WSRL), one step before every
+``updates_per_env_step`` updates. Each step acts with the module's policy (its stochastic
 action when exploring), normalises the transition and adds it to the online replay at
 once; every finished episode goes to ``on_episode`` with provenance ``source: online``,
 the policy id and the policy version (the update count when the episode began). The
@@ -19,6 +21,23 @@ import numpy as np
 from o2o.datasets import Episode, EpisodeRecorder
 from o2o.envs import make_env
 from o2o.policies.data import Normalization, TensorReplay, return_to_go
+
+
+def check_schedule(env_steps_per_update: int, updates_per_env_step: int) -> None:
+    """Refuse a schedule that is not whole steps and updates, or that asks for both ratios above 1."""
+    e, u = int(env_steps_per_update), int(updates_per_env_step)
+    if e < 1 or e != env_steps_per_update:
+        raise ValueError(f"finetune.env_steps_per_update must be a whole number >= 1, got {env_steps_per_update!r}")
+    if u < 1 or u != updates_per_env_step:
+        raise ValueError(
+            f"finetune.updates_per_env_step (the update-to-data ratio) must be a whole number >= 1, got "
+            f"{updates_per_env_step!r}"
+        )
+    if e > 1 and u > 1:
+        raise ValueError(
+            f"finetune.env_steps_per_update ({e}) and finetune.updates_per_env_step ({u}) are both above 1: "
+            "set one of them (several env steps per update, or several updates per env step)"
+        )
 
 
 class OnlineInteraction(L.Callback):
@@ -41,6 +60,7 @@ class OnlineInteraction(L.Callback):
         total_steps: int,
         warmup_steps: int = 0,
         env_steps_per_update: int = 1,
+        updates_per_env_step: int = 1,
         explore: bool = True,
         temperature: float = 1.0,
         seed: int = 0,
@@ -49,8 +69,7 @@ class OnlineInteraction(L.Callback):
         mc_tail: str = "repeat_last",
         run: Mapping[str, Any] | None = None,
     ):
-        if int(env_steps_per_update) < 1:
-            raise ValueError(f"finetune.env_steps_per_update must be >= 1, got {env_steps_per_update!r}")
+        check_schedule(env_steps_per_update, updates_per_env_step)
         if not 0 <= int(warmup_steps) < int(total_steps):
             raise ValueError(
                 f"finetune.warmup_steps ({warmup_steps}) must be >= 0 and below finetune.steps "
@@ -68,6 +87,7 @@ class OnlineInteraction(L.Callback):
         self.env_cfg, self.online, self.norm, self.on_episode = env_cfg, online, norm, on_episode
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
         self.env_steps_per_update, self.explore = int(env_steps_per_update), bool(explore)
+        self.updates_per_env_step = int(updates_per_env_step)
         self.temperature = float(temperature)
         self.seed, self.policy_id, self.gamma, self.mc_tail = int(seed), str(policy_id), float(gamma), str(mc_tail)
         self.run = dict(run) if run else None  # the provenance's run tag: which run collected the episode
@@ -79,9 +99,20 @@ class OnlineInteraction(L.Callback):
         self._started = 0  # episodes begun (their seeds are seed + i)
 
     @staticmethod
-    def updates_for(total_steps: int, warmup_steps: int, env_steps_per_update: int) -> int:
+    def updates_for(
+        total_steps: int, warmup_steps: int, env_steps_per_update: int, updates_per_env_step: int = 1
+    ) -> int:
         """The number of updates that interleave with ``total_steps - warmup_steps`` env steps."""
-        return -(-(int(total_steps) - int(warmup_steps)) // int(env_steps_per_update))
+        check_schedule(env_steps_per_update, updates_per_env_step)
+        return -(-(int(total_steps) - int(warmup_steps)) * int(updates_per_env_step) // int(env_steps_per_update))
+
+    def due(self, k: int) -> int:
+        """Env steps taken before update ``k`` (0-based) runs: the warm-up, then ``env_steps_per_update /
+        updates_per_env_step`` per update, rounded up (never beyond ``total_steps``)."""
+        if k < 0:
+            return self.warmup_steps
+        more = -(-(k + 1) * self.env_steps_per_update // self.updates_per_env_step)
+        return min(self.total_steps, self.warmup_steps + more)
 
     # ------------------------------------------------------------------ Lightning hooks
     def on_train_start(self, trainer, pl_module) -> None:
@@ -90,10 +121,10 @@ class OnlineInteraction(L.Callback):
             self._begin(pl_module)
         # The warm-up; resumed at update k (after restore()), the steps the schedule has taken by then
         # that the interruption lost (the unfinished episode, the uncommitted ones).
-        self.collect(pl_module, self.warmup_steps + int(trainer.global_step) * self.env_steps_per_update - self.steps)
+        self.collect(pl_module, self.due(int(trainer.global_step) - 1) - self.steps)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.collect(pl_module, self.env_steps_per_update)
+        self.collect(pl_module, self.due(int(trainer.global_step)) - self.steps)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.close()

@@ -1,7 +1,9 @@
 """Safety during online finetuning: periodic evaluation and rollback to the best weights.
 
 The policy is evaluated before the first update (the pre-finetune level) and every
-``every`` updates on the same seeds. When the monitored metric stays more than the
+``every`` updates on the same seeds; the weights of the best evaluation are kept (in
+memory, and in the resumable checkpoint), so the finetune stage can end on them rather than
+on the last weights (``finetune.keep``). When the monitored metric stays more than the
 rule's margin below the pre-finetune level for ``patience`` evaluations in a row, the
 weights of the best evaluation so far (the starting weights included) are restored,
 training stops, and the record says when, by how much and what was restored.
@@ -112,6 +114,32 @@ class FinetuneMonitor(L.Callback):
         if self.rollback is None and self.curve and self.curve[-1]["updates"] != k:
             # The curve ends where training ended, and the weights that will be saved are judged too.
             self._judge(pl_module, self._evaluate(pl_module, f"after {k} updates (end)"))
+
+    def keep_best(self, module) -> dict[str, Any]:
+        """Load the weights of the best evaluation (the pre-finetune ones included) into ``module``
+        unless they are already there; returns what is kept: the evaluation's step, updates and
+        metric, and whether they are the last weights. After a rollback the best weights are already
+        in place."""
+        if self.best is None or self._best_state is None:
+            raise RuntimeError("finetune monitor: no evaluation yet, so no best weights to keep")
+        last = self.curve[-1]
+        in_place = self.rollback is not None or self.best["updates"] == last["updates"]
+        if not in_place:
+            module.load_state_dict(self._best_state)
+            self.say(
+                f"  kept the weights of env step {self.best['step']} ({self.best['updates']} updates): "
+                f"{self.metric} {self.best[self.metric]:.4g}, the best periodic evaluation; the last one "
+                f"({last['updates']} updates) had {last[self.metric]:.4g}"
+            )
+        return {
+            "which": "best",
+            "metric": self.metric,
+            "value": self.best[self.metric],
+            "step": self.best["step"],
+            "updates": self.best["updates"],
+            "is_last": self.best["updates"] == last["updates"],
+            "pre_finetune": self.best["updates"] == self.curve[0]["updates"],
+        }
 
     def _judge(self, module, entry: dict[str, Any]) -> bool:
         """Track the best weights; roll back to them when the rule says so. True when it rolled back."""

@@ -19,7 +19,10 @@ def help_text(capsys, *argv: str) -> str:
 
 def test_run_help_lists_groups_with_options_and_defaults_main_keys_and_examples(capsys):
     out = help_text(capsys, "run")
-    assert "algo       the offline RL algorithm: awac, bc, bc_filtered, calql, combo, cql, iql*, sac, td3bc" in out
+    assert (
+        "algo       the offline RL algorithm: awac, bc, bc_filtered, calql, combo, cql, iql*, rlpd, sac, td3bc, wsrl"
+        in out
+    )
     assert "env        the simulated task: halfcheetah, hopper, lift*, pointmaze, reacher" in out
     assert "experiment whole-run presets, added with +experiment=NAME: room" in out
     assert "trainer.max_steps=3000" in out and "finetune.steps=3000" in out and "env steps in all" in out

@@ -87,7 +87,7 @@ def fresh_copy(offline, tmp_path):
 def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow_the_ratio(offline, tmp_path):
     data = fresh_copy(offline, tmp_path)
     res = finetune(
-        run_cfg(data, "finetune.ratio.start=0.25", "finetune.ratio.end=0.25"),
+        run_cfg(data, "finetune.ratio.start=0.25", "finetune.ratio.end=0.25", "finetune.keep=last"),
         offline["checkpoint"],
         str(data),
         tmp_path / "ft",
@@ -263,7 +263,7 @@ def test_a_td3bc_checkpoint_finetunes_online_with_exploration_noise(offline, tmp
     cfg = OmegaConf.merge(run_cfg(data, "algo=td3bc"), {"run_dir": str(tmp_path / "pre")})
     cfg.trainer.max_steps, cfg.eval.enabled, cfg.ope.select, cfg.trainer.progress = 100, False, False, False
     ckpt = pretrain(cfg).last_checkpoint
-    res = finetune(run_cfg(data, "algo=td3bc"), ckpt, str(data), tmp_path / "ft")
+    res = finetune(run_cfg(data, "algo=td3bc", "finetune.keep=last"), ckpt, str(data), tmp_path / "ft")
     assert res["episodes"] == 5 and res["updates"] == 240
     before, tuned = load_algorithm(ckpt), load_algorithm(res["checkpoint"])
     assert int(tuned.updates) == 100 + 240 and tuned.hparams["algo"]["explore_noise"] == 0.1
@@ -320,3 +320,46 @@ def test_the_finetuned_checkpoint_carries_its_final_evaluation(offline, tmp_path
     for key in ("return_mean", "return_std", "success_rate"):
         assert ev[key] == pytest.approx(res["evaluation"][key]), key
     load_algorithm(res["checkpoint"])  # digest and record check out
+
+
+@pytest.mark.parametrize("utd", [1, 3])
+def test_the_best_evaluated_weights_are_kept_and_are_what_the_evaluation_saw(offline, tmp_path, utd):
+    """keep=best: the checkpoint holds the weights of the best periodic evaluation (by the monitored
+    metric, the pre-finetune weights included): evaluated again on the periodic seeds they score what
+    the curve says; with 3 updates per env step the schedule runs 3x the updates on the same env steps."""
+    data = fresh_copy(offline, tmp_path)
+    cfg = run_cfg(
+        data, "finetune.eval.every=60", f"finetune.updates_per_env_step={utd}", "finetune.rollback.enabled=false"
+    )
+    res = finetune(cfg, offline["checkpoint"], str(data), tmp_path / "ft")
+    assert res["steps"] == 300 and res["updates"] == 240 * utd
+    curve, kept = res["curve"], res["kept"]
+    assert [c["updates"] for c in curve] == list(range(0, 240 * utd + 1, 60))
+    best = max(curve, key=lambda c: c["return_mean"])  # the first of equals, as the monitor keeps it
+    assert kept["which"] == "best" and kept["updates"] == best["updates"] and kept["value"] == best["return_mean"]
+    assert kept["is_last"] == (best is curve[-1]) and kept["pre_finetune"] == (best is curve[0])
+    tuned = load_algorithm(res["checkpoint"])
+    assert int(tuned.updates) == OFFLINE_UPDATES + best["updates"]  # the update counter travels with the weights
+    e = cfg.finetune.eval
+    again = SimEvaluation(
+        Evaluator(dict(cfg.env), episodes=int(e.episodes), num_envs=1, seed=int(e.seed), gamma=0.95), 0
+    ).evaluate(tuned)
+    assert again["return_mean"] == pytest.approx(best["return_mean"], rel=1e-5)
+    if not kept["is_last"]:
+        assert "Kept the weights of the best periodic evaluation" in res["summary"]
+
+
+def test_an_update_to_data_ratio_below_one_whole_update_is_refused(offline, tmp_path):
+    data = fresh_copy(offline, tmp_path)
+    for bad in ("finetune.updates_per_env_step=0", "finetune.updates_per_env_step=1.5"):
+        with pytest.raises(ValueError, match="updates_per_env_step"):
+            finetune(run_cfg(data, bad), offline["checkpoint"], str(data), tmp_path / "ft")
+    with pytest.raises(ValueError, match="set one of them"):
+        finetune(
+            run_cfg(data, "finetune.updates_per_env_step=2", "finetune.env_steps_per_update=2"),
+            offline["checkpoint"],
+            str(data),
+            tmp_path / "ft",
+        )
+    with EpisodeStore.open(data) as store:
+        assert store.num_episodes == 12  # nothing appended
