@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
-from o2o.pipeline.stages.collect import collect
+from o2o.pipeline.stages.collect import behavior_of, collect
 from o2o.pipeline.stages.finetune import finetune
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
@@ -67,11 +67,11 @@ def build_dataset(cfg, path: Path, quiet: bool) -> dict[str, Any]:
     """Collect the scenario's ``collect.behaviors`` into ``path`` (fixed seeds: 0, 1, ...)."""
     seed = 0
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # not struct: a behaviour is added
-    for item in cfg.collect.behaviors:
+    for k, item in enumerate(cfg.collect.behaviors):
         part = OmegaConf.merge(
             cfg,
             {
-                "behavior": load_config("collect", [f"behavior={item.behavior}", *item.get("overrides", [])]).behavior,
+                "behavior": behavior_of(item, k),
                 "collect": {"episodes": int(item.episodes), "seed": seed, "progress": False},
             },
         )

@@ -207,6 +207,7 @@ def run_stage(ctx) -> dict:
     if attempt.get("resumed") and EpisodeStore.is_dataset(str(cfg.dataset.path)):
         with EpisodeStore.open(str(cfg.dataset.path), mode="r", verify=False) as store:
             done = store.written_by(tag["id"])
+    behaviors = [behavior_of(item, k) for k, item in enumerate(cfg.collect.behaviors)]  # all checked first
     for k, item in enumerate(cfg.collect.behaviors):
         have, want = len(done.get(k, [])), int(item.episodes)
         if have >= want:
@@ -216,7 +217,7 @@ def run_stage(ctx) -> dict:
         part = OmegaConf.merge(
             cfg,
             {
-                "behavior": load_config("collect", [f"behavior={item.behavior}"]).behavior,
+                "behavior": behaviors[k],
                 "collect": {"episodes": want - have, "seed": None if seed is None else int(seed) + have},
             },
         )
@@ -236,6 +237,27 @@ def run_stage(ctx) -> dict:
     art = dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))
     _remember(ctx, art)
     return {"dataset": art}
+
+
+def behavior_of(item, k: int) -> DictConfig:
+    """The behaviour config of ``collect.behaviors[k]``: ``configs/behavior/<behavior>.yaml`` with the
+    entry's ``params`` merged over it (e.g. ``{behavior: noisy, episodes: 30, params: {noise_std: 0.5}}``);
+    a parameter the behaviour config does not declare is refused by name."""
+    from o2o.pipeline.config import load_config
+
+    where = f"collect.behaviors[{k}]"
+    known = {"behavior", "episodes", "params"}
+    extra = sorted(set(item) - known)
+    if extra:
+        raise ValueError(f"{where}: unknown keys {extra}; an entry has {sorted(known)}")
+    behavior = load_config("collect", [f"behavior={item.behavior}"]).behavior
+    params = item.get("params") or {}
+    unknown = sorted(set(params) - set(behavior))
+    if unknown:
+        raise ValueError(
+            f"{where}.params: {unknown} not keys of behavior {item.behavior!r} (it has {sorted(behavior)})"
+        )
+    return OmegaConf.merge(behavior, params)
 
 
 def _refresh(ctx, outputs: dict) -> dict:

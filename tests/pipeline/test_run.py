@@ -240,3 +240,19 @@ def test_a_tampered_export_is_not_reused(tmp_path):
         "promote": "skipped",
         "export": "ran",
     }
+
+
+def test_a_collect_entry_sets_its_behaviours_parameters_and_an_unknown_one_is_refused_first(tmp_path):
+    """``params`` of a collect.behaviors entry go over its behaviour config (recorded in each episode's
+    provenance); a parameter the behaviour does not have is refused by name before any episode is
+    collected, even when an earlier entry is valid."""
+    entries = "[{behavior: noisy, episodes: 2, params: {noise_std: 0.0}},{behavior: noisy, episodes: 2, params: {noise_std: 0.9}}]"
+    R.run(cfg_for(tmp_path, "p", "pipeline.stages=[collect]", f"collect.behaviors={entries}"))
+    with EpisodeStore.open(tmp_path / "data" / "room.zarr") as store:
+        noise = [store.episode(i).provenance["params"]["noise_std"] for i in range(4)]
+    assert noise == [0.0, 0.0, 0.9, 0.9]
+    bad = "[{behavior: noisy, episodes: 2},{behavior: noisy, episodes: 2, params: {noise: 0.5}}]"
+    other = tmp_path / "other.zarr"
+    with pytest.raises(ValueError, match=r"collect.behaviors\[1\].params: \['noise'\] not keys of behavior 'noisy'"):
+        R.run(cfg_for(tmp_path, "q", "pipeline.stages=[collect]", f"collect.behaviors={bad}", f"dataset.path={other}"))
+    assert not other.exists()
