@@ -197,7 +197,6 @@ def run_stage(ctx) -> dict:
     Every episode's provenance names this attempt and the entry (``run: {id, part}``), so an
     attempt that was interrupted is completed, not repeated: the rerun collects only what each
     entry still lacks (with a fixed ``collect.seed``, the seeds continue where it stopped)."""
-    from o2o.pipeline.config import load_config
     from o2o.pipeline.progress import collect_progress
 
     cfg = ctx.config

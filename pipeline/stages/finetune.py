@@ -177,6 +177,8 @@ def finetune(
     if str(f.keep) not in ("best", "last"):
         raise ValueError(f"finetune.keep must be 'best' or 'last', got {f.keep!r}")
     n_updates = OnlineInteraction.updates_for(steps, warmup, per_update, utd)
+    # finetune.eval.every counts env steps; the monitor and the resume points count updates.
+    every = max(1, -(-int(f.eval.every) * utd // per_update)) if int(f.eval.every) > 0 else 0
     with EpisodeStore.open(dataset_path, mode="r", verify=verify) as store:
         check_env(store, cfg.env)
         module = build_finetune_module(checkpoint, cfg, store)
@@ -259,7 +261,7 @@ def finetune(
             )
         monitor = FinetuneMonitor(
             SimEvaluation(periodic, 0, references),
-            int(e.every),
+            every,
             rule,
             metric=str(rb.metric),
             env_steps=lambda: interaction.steps,
@@ -267,7 +269,7 @@ def finetune(
         )
         point = ResumePoint(
             out_dir / "resume.ckpt",
-            int(e.every),
+            every,
             monitor=monitor,
             saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k, env_steps=interaction.steps),
         )

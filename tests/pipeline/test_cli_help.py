@@ -24,7 +24,7 @@ def test_run_help_lists_groups_with_options_and_defaults_main_keys_and_examples(
         in out
     )
     assert "env        the simulated task: halfcheetah, hopper, lift*, pointmaze, reacher" in out
-    assert "experiment whole-run presets, added with +experiment=NAME: room" in out
+    assert "experiment whole-run presets, added with +experiment=NAME: lift_poor, room, room_poor" in out
     assert "trainer.max_steps=3000" in out and "finetune.steps=3000" in out and "env steps in all" in out
     assert "run_dir=runs/${now:%Y%m%d-%H%M%S}" in out  # as written, not resolved to today's date
     assert "examples:\n  o2o run +experiment=room" in out

@@ -334,7 +334,9 @@ def test_the_best_evaluated_weights_are_kept_and_are_what_the_evaluation_saw(off
     res = finetune(cfg, offline["checkpoint"], str(data), tmp_path / "ft")
     assert res["steps"] == 300 and res["updates"] == 240 * utd
     curve, kept = res["curve"], res["kept"]
-    assert [c["updates"] for c in curve] == list(range(0, 240 * utd + 1, 60))
+    # eval.every counts env steps: every 60 of them, i.e. 60 x utd updates
+    assert [c["updates"] for c in curve] == list(range(0, 240 * utd + 1, 60 * utd))
+    assert [c["step"] for c in curve] == [0, 120, 180, 240, 300]
     best = max(curve, key=lambda c: c["return_mean"])  # the first of equals, as the monitor keeps it
     assert kept["which"] == "best" and kept["updates"] == best["updates"] and kept["value"] == best["return_mean"]
     assert kept["is_last"] == (best is curve[-1]) and kept["pre_finetune"] == (best is curve[0])
