@@ -3,7 +3,7 @@
 Sections: the dataset (composition and growth per source, returns per source), offline
 training (losses, periodic evaluation, the value diagnostic "estimated Q vs achieved
 return"), the evaluation (simulation, OPE next to it), the gate decision with every
-criterion, online finetuning (curve and any rollback) and the exported policy (files,
+criterion and why, online finetuning (curve and any rollback) and the exported policy (files,
 parity) — each section says so when its stage did not run.
 """
 
@@ -214,13 +214,17 @@ def evaluation_section(ev: EvaluationArtifact | None) -> list[str]:
 
 
 def gate_section(gate: GateArtifact | None) -> list[str]:
+    """Every criterion of the gate with its value, threshold, verdict and why (criteria only reported, not
+    judged, say so)."""
     if gate is None:
         return ["## Gate\n\nThe gate did not run.\n"]
-    rows = ["| criterion | value | threshold | passed | margin |", "|---|---:|---:|:-:|---:|"]
+    rows = ["| criterion | value | threshold | passed | margin | why |", "|---|---:|---:|:-:|---:|---|"]
     for c in gate.criteria:
+        verdict = "reported" if c.get("judged", True) is False else "yes" if c["passed"] else "**no**"
+        why = str(c.get("detail", "")).replace("|", "/")
         rows.append(
             f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
-            f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |"
+            f"{verdict} | {_fmt(c['margin'])} | {why} |"
         )
     verdict = "**passed**" if gate.passed else "**failed**: the online stages did not run"
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
