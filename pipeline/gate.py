@@ -34,7 +34,8 @@ best episodes, with a tolerance for sampling error on both sides:
   any step: with the data's rewards in ``[r_min, r_max]`` it lies in
   ``[min(r_min, r_min / (1 - gamma)), max(r_max, r_max / (1 - gamma))]``. Outside that range
   (plus ``value_bound_tolerance`` of its width), or not finite, no Bellman backup of these
-  rewards can have produced it: the critic has diverged.
+  rewards can have produced it: the critic has diverged. The range is widened to reach the
+  critic's starting level (below), so a critic that has barely moved is not called diverged.
 * **Q vs achieved** (``max_q_overestimation``): the critic's Q(start) against the discounted
   return the policy achieves from those starts, ``G``. A critic starts at ``Q0`` (its networks'
   output near 0, in env units ``-reward_shift / ((1 - gamma) reward_scale)``) and moves
@@ -157,8 +158,10 @@ def _check(
 ) -> Criterion | None:
     if threshold is None:
         return None
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return Criterion(name, None, threshold, op, not required, missing + (" (required)" if required else ""))
+    if isinstance(value, float) and math.isnan(value):  # measured, and broken: never a pass
+        return Criterion(name, None, threshold, op, False, f"{name} is nan")
     ok = value >= threshold if op == ">=" else value <= threshold
     return Criterion(name, float(value), float(threshold), op, bool(ok), detail)
 
@@ -246,10 +249,17 @@ def _value_range(g, q: float | None, ev: Evidence) -> list[Criterion]:
         return [Criterion("Q(start) within the value range", None, None, "<=", True, "the algorithm has no critic")]
     r_min = ev.reward_min if ev.reward_min is not None else None
     lo, hi = value_range(r_min if r_min is not None else -math.inf, ev.reward_max, ev.gamma)
+    rewards = f"rewards in [{_g(r_min)}, {ev.reward_max:.4g}], gamma {ev.gamma}"
+    span = f"discounted returns lie in [{_g(lo)}, {hi:.4g}] (any episode length)"
+    # A critic that has not moved from where it started is unconverged, not diverged (Q vs achieved says so):
+    # the range reaches its starting level (a fresh critic under rewards that are all positive sits below r_min).
+    q0 = float(ev.q_initial) + 0.0
+    if not lo <= q0 <= hi:
+        lo, hi = min(lo, q0), max(hi, q0)
+        span += f", widened to the critic's starting level {q0:.4g}"
     width = hi - lo if math.isfinite(lo) else abs(hi)
     tol = max(float(g("q_abs_tolerance", 1.0)), float(g("value_bound_tolerance", 0.05)) * width)
-    rewards = f"rewards in [{_g(r_min)}, {ev.reward_max:.4g}], gamma {ev.gamma}"
-    span = f"discounted returns lie in [{_g(lo)}, {hi:.4g}] (any episode length), tolerance {tol:.3g}"
+    span += f", tolerance {tol:.3g}"
     if not _finite(q):
         return [Criterion("Q(start) within the value range", None, hi + tol, "<=", False, f"Q(start) is {q}: diverged")]
     out = []

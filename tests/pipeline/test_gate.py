@@ -175,6 +175,29 @@ def test_a_diverged_critic_fails_on_either_side_of_the_value_range_and_when_not_
     # Positive rewards: the ceiling is r_max / (1 - gamma).
     assert value_range(0.0, 1.0, 0.99) == (0.0, pytest.approx(100.0))
     assert value_range(0.5, 1.0, 0.9) == (0.5, pytest.approx(10.0))
+    # Rewards all well above 0: a fresh critic (Q near its starting level 0) is below r_min yet not diverged.
+    alive = dict(
+        GOOD,
+        sim={**GOOD["sim"], "return_mean": -90.0, "q_start_mean": 0.3, "mc_discounted_return_mean": 15.0},
+        reward_min=10.0,
+        reward_max=10.1,
+        gamma=0.5,
+    )
+    d = decide(CFG, Evidence(**alive))
+    low = by_name(d)["Q(start) >= min value"]
+    assert (
+        d.passed
+        and low.threshold == pytest.approx(-0.05 * 20.2)
+        and "widened to the critic's starting level 0" in low.detail
+    )
+    assert not decide(CFG, Evidence(**{**alive, "sim": {**alive["sim"], "q_start_mean": -3.0}})).passed
+    # A measured NaN return fails even where the simulation is not required.
+    nan_ret = decide(
+        {**CFG, "require_simulation": False}, Evidence(**{**GOOD, "sim": {**GOOD["sim"], "return_mean": float("nan")}})
+    )
+    assert [c.name for c in nan_ret.failed] == [
+        "return_mean vs data"
+    ] and "return_mean vs data is nan" in nan_ret.summary()
 
 
 def test_positive_rewards_an_unconverged_critic_passes_an_overestimating_one_fails():
