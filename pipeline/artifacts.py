@@ -133,6 +133,8 @@ class DataBehaviour(Artifact):
     success_rate: float | None = None
     reward_max: float | None = None
     sources: dict = field(default_factory=dict)
+    return_std: float | None = None  # sample standard deviation of the episode returns (the gate's standard error)
+    reward_min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class GateArtifact(Artifact):
     criteria: list
     checkpoint: str | None = None
     actions: dict | None = None
+    critic: dict | None = None  # its starting level, its Q on the data's start states vs their discounted return
 
 
 @dataclass(frozen=True)

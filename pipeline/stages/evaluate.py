@@ -225,24 +225,25 @@ def _json_default(v: Any) -> Any:
 
 # ---------------------------------------------------------------------------- as a pipeline stage
 def data_behaviour(path: str, episodes: int, verify: bool = True) -> DataBehaviour:
-    """The dataset's behaviour, to judge a policy against: mean return and success overall and per
-    source, the largest reward, over the first ``episodes`` episodes (the version trained on), from
-    records checked against their digests first (unless ``verify`` is off)."""
+    """The dataset's behaviour, to judge a policy against: mean return (and its sample standard
+    deviation) and success overall and per source, the smallest and largest reward, over the first
+    ``episodes`` episodes (the version trained on), from records checked against their digests first
+    (unless ``verify`` is off)."""
     with EpisodeStore.open(path, mode="r", verify=verify) as store:
         problems = store.check_contents(np.arange(episodes)) if verify else []
         if problems:
             raise DatasetDamagedError(str(path), problems, "The data's behaviour was not summarised. ")
         t = store.episodes_table(np.arange(episodes))
-        r_max = (
-            float(np.max(store._read("data/rewards", slice(0, int(t["start"][-1] + t["length"][-1])))))
-            if episodes
-            else None
+        rewards = (
+            store._read("data/rewards", slice(0, int(t["start"][-1] + t["length"][-1]))) if episodes else np.zeros(0)
         )
     succ = np.asarray(t["success"], float)
     out = {
         "episodes": int(episodes),
         "return_mean": float(np.mean(t["returns"])),
-        "reward_max": r_max,
+        "return_std": float(np.std(t["returns"], ddof=1)) if episodes > 1 else None,
+        "reward_max": float(np.max(rewards)) if len(rewards) else None,
+        "reward_min": float(np.min(rewards)) if len(rewards) else None,
         "success_rate": float(np.nanmean(succ)) if np.isfinite(succ).any() else None,
         "sources": {},
     }

@@ -1,8 +1,11 @@
 """The gate stage: decide on the evidence whether the offline policy may go online.
 
-Evidence: the evaluate stage's simulation and value figures and the data's behaviour,
-plus the policy's actions on recorded observations (finite, within the action bounds).
-The decision and every criterion are written to ``<run>/gate/decision.json`` and printed;
+Evidence: the evaluate stage's simulation and value figures and the data's behaviour (mean
+return, its spread and episode count, success, the reward range), plus the policy and its critic on
+the recorded data: actions on recorded observations (finite, within the action bounds), the
+critic's starting level and its Q on the data's start states next to the data's discounted return
+(how far it has converged). The decision and every criterion — passed, failed or only reported,
+each with its numbers and why — are written to ``<run>/gate/decision.json`` and printed;
 a failed gate stops every stage downstream of it (finetuning, promotion, export) and the
 run ends with a non-zero exit code naming each failed criterion and by how much.
 """
@@ -19,10 +22,19 @@ from o2o.pipeline.dag import Stage, StageFailed
 from o2o.pipeline.gate import Evidence, decide
 
 
-def action_check(
+def policy_on_data(
     ckpt_path: str, dataset_path: str, episodes: int, n: int = 2048, seed: int = 0, verify: bool = True
-) -> dict:
-    """The policy's actions on up to ``n`` recorded observations: finite? within the bounds?"""
+) -> tuple[dict, dict]:
+    """The policy and its critic on the data it was trained on (the first ``episodes`` episodes).
+
+    Returns ``(actions, critic)``. ``actions``: the policy's actions on up to ``n`` recorded
+    observations: finite? within the bounds? ``critic``: its starting level in env units
+    (``q_initial``: what networks that output 0 stand for after the reward scaling), and, when the
+    algorithm has a critic, its mean Q on each recorded episode's first observation and recorded first
+    action (``q_data_start``) next to the mean discounted return the data achieved from there
+    (``data_discounted_return_mean``): how far the critic has converged on the data itself."""
+    import torch
+
     from o2o.policies.algos.base import load_algorithm
 
     module = load_algorithm(ckpt_path)
@@ -36,17 +48,35 @@ def action_check(
     low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
     outside = np.maximum(low - a, 0.0) + np.maximum(a - high, 0.0)
     violation = float(np.nanmax(outside)) if finite else float("inf")
-    return {
+    actions = {
         "observations": int(len(idx)),
         "finite": finite,
         "in_bounds": finite and violation <= 0.0,
         "violation": violation,
     }
+    gamma = float(module.hp.gamma)
+    critic: dict = {"q_initial": float(-module.norm.reward_shift / (1 - gamma) / module.norm.reward_scale)}
+    ep = np.asarray(tr.episode_index)
+    if len(ep):
+        first = np.flatnonzero(np.r_[True, ep[1:] != ep[:-1]])
+        rewards = np.asarray(tr.rewards, np.float64)
+        t = np.arange(len(ep)) - np.repeat(first, np.diff(np.r_[first, len(ep)]))  # step within its episode
+        discounted = np.add.reduceat(rewards * gamma**t, first)
+        device = module.device
+        with torch.no_grad():
+            o = module.normalize_obs(torch.as_tensor(obs[first], device=device))
+            act = torch.as_tensor(module.norm.action_to_unit(np.asarray(tr.actions)[first]), device=device)
+            q = module.q_value(o, act.float())
+        if q is not None:
+            critic["q_data_start"] = float(q.mean())
+            critic["data_discounted_return_mean"] = float(discounted.mean())
+            critic["data_start_episodes"] = int(len(first))
+    return actions, critic
 
 
 def run_stage(ctx) -> dict:
     ev_in, ckpt, data = ctx.artifact("evaluation"), ctx.artifact("checkpoint"), ctx.artifact("dataset")
-    acts = action_check(ckpt.path, data.path, data.episodes, verify=data.verify)
+    acts, critic = policy_on_data(ckpt.path, data.path, data.episodes, verify=data.verify)
     d = ev_in.data
     evidence = Evidence(
         sim=ev_in.sim,
@@ -59,9 +89,15 @@ def run_stage(ctx) -> dict:
         actions_finite=acts["finite"],
         actions_in_bounds=acts["in_bounds"],
         action_violation=acts["violation"],
+        data_return_std=d.return_std,
+        data_episodes=d.episodes,
+        reward_min=d.reward_min,
+        q_initial=critic["q_initial"],
+        q_data_start=critic.get("q_data_start"),
+        data_discounted_return_mean=critic.get("data_discounted_return_mean"),
     )
     decision = decide(dict(ctx.config.gate), evidence)
-    gate = GateArtifact(**decision.to_dict(), checkpoint=ckpt.path, actions=acts)
+    gate = GateArtifact(**decision.to_dict(), checkpoint=ckpt.path, actions=acts, critic=critic)
     out = {"gate": gate}
     (ctx.out_dir / "decision.json").write_text(json.dumps(gate.to_dict(), indent=2, default=float))
     for c in decision.criteria:

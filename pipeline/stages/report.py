@@ -3,8 +3,9 @@
 Sections: the dataset (composition and growth per source, returns per source), offline
 training (losses, periodic evaluation, the value diagnostic "estimated Q vs achieved
 return"), the evaluation (simulation, OPE next to it), the gate decision with every
-criterion, online finetuning (curve and any rollback) and the exported policy (files,
-parity) — each section says so when its stage did not run.
+criterion and why, online finetuning (the offline -> online learning curve against the offline
+policy's and the data's levels, the finetuning curve in detail, any rollback) and the exported
+policy (files, parity) — each section says so when its stage did not run.
 """
 
 from __future__ import annotations
@@ -214,13 +215,17 @@ def evaluation_section(ev: EvaluationArtifact | None) -> list[str]:
 
 
 def gate_section(gate: GateArtifact | None) -> list[str]:
+    """Every criterion of the gate with its value, threshold, verdict and why (criteria only reported, not
+    judged, say so)."""
     if gate is None:
         return ["## Gate\n\nThe gate did not run.\n"]
-    rows = ["| criterion | value | threshold | passed | margin |", "|---|---:|---:|:-:|---:|"]
+    rows = ["| criterion | value | threshold | passed | margin | why |", "|---|---:|---:|:-:|---:|---|"]
     for c in gate.criteria:
+        verdict = "reported" if c.get("judged", True) is False else "yes" if c["passed"] else "**no**"
+        why = str(c.get("detail", "")).replace("|", "/")
         rows.append(
             f"| {c['name']} | {_fmt(c['value'])} | {c['op']} {_fmt(c['threshold'])} | "
-            f"{'yes' if c['passed'] else '**no**'} | {_fmt(c['margin'])} |"
+            f"{verdict} | {_fmt(c['margin'])} | {why} |"
         )
     verdict = "**passed**" if gate.passed else "**failed**: the online stages did not run"
     return [f"## Gate\n\nThe gate {verdict}.\n", *rows, ""]
@@ -289,14 +294,95 @@ def finetune_figure(ft: dict):
     return fig
 
 
-def finetune_section(out: Path, ft: FinetuneArtifact | None) -> list[str]:
-    """The finetuning curve (:func:`finetune_figure`); the final evaluation next to the starting level."""
+def learning_levels(ft: FinetuneArtifact, ev: EvaluationArtifact | None) -> dict[str, dict[str, float | None]]:
+    """The numbers the learning curve draws, per metric (``return_mean``, ``success_rate``): the offline
+    policy's level (the evaluate stage's simulation), the data's level (its behaviour over the version
+    trained on), the finetuned policy's final evaluation (on the evaluate stage's seeds) and the online
+    env steps it ran. A level nobody measured is None."""
+    sim = (ev.sim if ev is not None else None) or {}
+    data = ev.data if ev is not None else None
+    final = ft.evaluation or {}
+    out: dict[str, dict[str, float | None]] = {}
+    for m in ("return_mean", "success_rate"):
+        out[m] = {
+            "offline": sim.get(m),
+            "data": getattr(data, m, None) if data is not None else None,
+            "final": final.get(m),
+        }
+    out["steps"] = {"online": float(ft.steps), "offline_episodes": sim.get("episodes")}
+    return out
+
+
+def learning_curve_figure(ft: FinetuneArtifact, ev: EvaluationArtifact | None):
+    """Offline -> online: return (and success, when the env reports it) of the periodic evaluations against
+    online env steps, the offline policy's level and the data's level as horizontal lines, the finetuned
+    policy's final evaluation as a marker at the last step, a rollback as a vertical line. One panel per
+    metric; the legend under the panels."""
+    plt = _plt()
+    levels = learning_levels(ft, ev)
+    curve = ft.curve or []
+    metrics = ["return_mean"]
+    if any(c.get("success_rate") is not None for c in curve) or levels["success_rate"]["offline"] is not None:
+        metrics.append("success_rate")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        pts = [(c["step"], c[m]) for c in curve if c.get(m) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "o-", color="tab:blue", label="online: periodic evaluation")
+        lv = levels[m]
+        if lv["offline"] is not None:
+            ax.axhline(
+                lv["offline"], color="tab:orange", ls="--", lw=1.2, label=f"offline policy ({lv['offline']:.3g})"
+            )
+        if lv["data"] is not None:
+            ax.axhline(lv["data"], color="gray", ls=":", lw=1.2, label=f"behaviour data ({lv['data']:.3g})")
+        if lv["final"] is not None:
+            ax.plot(
+                [ft.steps], [lv["final"]], "D", color="tab:green", ms=8, label=f"finetuned, final ({lv['final']:.3g})"
+            )
+        if ft.rollback:
+            ax.axvline(ft.rollback["step"], color="tab:red", lw=1, label=f"rollback (step {ft.rollback['step']})")
+        if m == "success_rate":
+            ax.set_ylim(-0.05, 1.05)
+        ax.set(xlabel="online env steps", ylabel=m.replace("_", " "), title=m.replace("_", " "))
+        ax.grid(alpha=0.3)
+        _legend_below(ax)
+    fig.suptitle("offline -> online learning curve", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve_caption(ft: FinetuneArtifact, ev: EvaluationArtifact | None) -> str:
+    """One sentence of the numbers the learning curve shows."""
+    lv = learning_levels(ft, ev)
+    parts = []
+    for m, spec, label in (("return_mean", ".1f", "return"), ("success_rate", ".2f", "success")):
+        v = lv[m]
+        if v["offline"] is None and v["final"] is None:
+            continue
+        parts.append(
+            f"{label} {_fmt(v['offline'], spec)} offline -> {_fmt(v['final'], spec)} finetuned "
+            f"(behaviour data {_fmt(v['data'], spec)})"
+        )
+    return (
+        f"Offline -> online over {ft.steps} online env steps: " + "; ".join(parts) + ". Lines: the offline policy "
+        "and the final evaluation on the evaluate stage's seeds, the data's mean over the version trained on; "
+        "the curve: finetuning's periodic evaluations."
+    )
+
+
+def finetune_section(out: Path, ft: FinetuneArtifact | None, ev: EvaluationArtifact | None = None) -> list[str]:
+    """The offline -> online learning curve (:func:`learning_curve_figure`) with a caption of its numbers, the
+    finetuning curve in detail (:func:`finetune_figure`); the final evaluation next to the starting level."""
     if ft is None:
         return ["## Online finetuning\n\nThis stage did not run in this pipeline.\n"]
+    fig = learning_curve_figure(ft, ev)
+    fig.savefig(out / "learning_curve.png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
     fig = finetune_figure({"curve": ft.curve, "rollback": ft.rollback})
     fig.savefig(out / "finetune.png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
-    ev, pre, online = ft.evaluation or {}, ft.pre_finetune or {}, ft.online or {}
+    ev_ft, pre, online = ft.evaluation or {}, ft.pre_finetune or {}, ft.online or {}
     rows = [
         "| | return | success |",
         "|---|---:|---:|",
@@ -304,10 +390,20 @@ def finetune_section(out: Path, ft: FinetuneArtifact | None) -> list[str]:
         f"{_fmt(pre.get('success_rate'), '.2f')} |",
         f"| online episodes (exploring) | {_fmt(online.get('return_mean'), '.1f')} | "
         f"{_fmt(online.get('success_rate'), '.2f')} |",
-        f"| finetuned policy (evaluation seeds) | {_fmt(ev.get('return_mean'), '.1f')} | "
-        f"{_fmt(ev.get('success_rate'), '.2f')} |",
+        f"| finetuned policy (evaluation seeds) | {_fmt(ev_ft.get('return_mean'), '.1f')} | "
+        f"{_fmt(ev_ft.get('success_rate'), '.2f')} |",
     ]
-    return [f"## Online finetuning\n\n{ft.summary}\n", *rows, "", "![finetuning](finetune.png)", ""]
+    return [
+        f"## Online finetuning\n\n{ft.summary}\n",
+        "![offline -> online learning curve](learning_curve.png)",
+        "",
+        learning_curve_caption(ft, ev),
+        "",
+        *rows,
+        "",
+        "![finetuning](finetune.png)",
+        "",
+    ]
 
 
 def export_section(ex: ExportedArtifact | None) -> list[str]:
@@ -340,7 +436,7 @@ def run_stage(ctx) -> dict:
         lines += training_section(out, ctx.artifact("checkpoint"))
     lines += evaluation_section(ctx.artifact("evaluation"))
     lines += gate_section(ctx.artifact("gate"))
-    lines += finetune_section(out, ctx.artifact("finetune"))
+    lines += finetune_section(out, ctx.artifact("finetune"), ctx.artifact("evaluation"))
     lines += export_section(ctx.artifact("exported"))
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -30,7 +30,7 @@ ROOM = [
     "env.kwargs.start_cells=[[3,1]]",
     "env.kwargs.goal_cells=[[1,3]]",
 ]
-PASSABLE_GATE = ["gate.min_success_vs_data=null", "gate.min_return_vs_data=null", "gate.max_q_overestimation=null"]
+PASSABLE_GATE = ["gate.return_vs_data_se=null", "gate.max_q_overestimation=null"]
 
 
 def overrides(tmp_path: Path, run: str, *extra: str) -> list[str]:

@@ -52,7 +52,7 @@ ONLINE = 3
 
 # A 200-update policy is judged on evidence that says little; these tests check the plumbing,
 # tests/pipeline/test_gate.py the criteria.
-PASSABLE_GATE = ["gate.min_success_vs_data=null", "gate.min_return_vs_data=null", "gate.max_q_overestimation=null"]
+PASSABLE_GATE = ["gate.return_vs_data_se=null", "gate.max_q_overestimation=null"]
 
 
 @pytest.mark.slow  # over 10 s: outside the fast tier (pytest -m 'not slow'), in the full suite
@@ -114,7 +114,16 @@ def test_unchanged_inputs_skip_every_stage_without_finetuning(tmp_path):
 
 
 def test_a_failed_gate_stops_promotion_and_export_but_not_the_report(tmp_path):
-    r = R.run(cfg_for(tmp_path, "strict", "gate.min_success=1.01"))  # no policy can pass
+    logs: list[str] = []
+    r = R.run(cfg_for(tmp_path, "strict", "gate.min_success=1.01"), log=logs.append)  # no policy can pass
+    # Every criterion is printed and recorded with its numbers and verdict, passed ones too.
+    decision = json.loads((tmp_path / "runs" / "strict" / "gate" / "decision.json").read_text())
+    printed = "\n".join(logs)
+    assert {c["name"] for c in decision["criteria"]} >= {"success_rate", "actions finite", "Q(start) <= max value"}
+    for c in decision["criteria"]:
+        assert c["message"].startswith(f"{c['name']}: ") and c["message"] in printed, (c, printed)
+    assert "actions finite: ok: 1 >= 1 required" in printed
+    assert decision["critic"]["data_start_episodes"] == 12 and "q_data_start" in decision["critic"]
     status = {x.name: x.status for x in r.records}
     assert status == {
         "collect": "ran",
@@ -142,9 +151,13 @@ def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
 
 
 @pytest.mark.slow  # 1000 SAC updates: ~1-3 min on 2 cores
-def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_path):
+def test_naive_offline_sac_on_narrow_data_is_refused_by_the_gate(tmp_path):
     """Offline RL lecture notes, exercise 1: SAC trained offline on scripted-only data believes in actions the
-    data never shows; its Q(start) sits far above the return it achieves, and the gate says so."""
+    data never shows and acts far worse than its data; the gate refuses it on return. Its critic, 1000 updates
+    in, is still on its way down from 0 (measured Q(start) -2, -4, -5, -6 at 250..1000 updates against an
+    achieved -55) and covers a small share of the data's own discounted return too: the gate reports it as
+    unconverged with those numbers rather than calling it over-optimistic (tests/pipeline/test_gate.py has the
+    diverged and the over-optimistic critic)."""
     cfg = load_config(
         "run",
         [
@@ -167,9 +180,15 @@ def test_naive_offline_sac_on_narrow_data_fails_the_gate_on_value_sanity(tmp_pat
     assert status["gate"] == "failed" and status["report"] == "ran"
     assert status["promote"] == status["export"] == status.get("finetune", "blocked") == "blocked"
     crit = {c["name"]: c for c in r.artifacts["gate"]["criteria"]}
-    over = crit["Q(start) vs achieved"]
-    assert not over["passed"] and over["value"] > over["threshold"], over
-    assert "Q(start) vs achieved: FAILED" in r.record("gate").message
+    ret = crit["return_mean vs data"]
+    assert not ret["passed"] and ret["value"] < ret["threshold"] - 30, ret
+    assert "return_mean vs data: FAILED" in r.record("gate").message
+    q = crit["Q(start) vs achieved"]
+    assert q["value"] > r.artifacts["evaluation"]["sim"]["mc_discounted_return_mean"] + 20, q
+    assert "on the data's own start actions Q" in q["detail"], q
+    critic = r.artifacts["gate"]["critic"]
+    assert critic["q_initial"] == 0.0 and critic["data_start_episodes"] == 20
+    assert critic["data_discounted_return_mean"] < critic["q_data_start"] < 0.0, critic
 
 
 def test_warm_start_from_the_previous_checkpoint_when_the_dataset_grew(tmp_path):
