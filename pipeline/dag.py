@@ -97,6 +97,10 @@ class Stage:
     #: outputs say by how much. The runner keeps the version the run started from for the stages that
     #: read the artifact, and the next run sees the growth as new data (collect's refresh)
     appends: tuple[str, ...] = ()
+    #: whether a changed program (o2o's code digest) makes the recorded outputs stale. Collect's are
+    #: not: its episodes are data, kept with their provenance; rerunning it after an upgrade would
+    #: append the whole composition a second time
+    code_sensitive: bool = True
 
 
 @dataclass
@@ -396,7 +400,7 @@ class Pipeline:
             {
                 "stage": stage.name,
                 "config": _semantic(plain(config)),
-                "code": self.code,
+                "code": self.code if stage.code_sensitive else None,
                 "inputs": {a: artifact_fingerprint(inputs[a]) for a in names},
             }
         )

@@ -323,5 +323,6 @@ STAGE = Stage(
     refresh=_refresh,
     valid=_valid,
     doc="log episodes of the configured behaviours into the growing dataset",
+    code_sensitive=False,  # episodes are data: an upgraded o2o must not append the composition again
 )
 CONFIG_KEYS = ("env", "dataset", "collect")

@@ -267,4 +267,11 @@ def test_a_changed_program_reruns_instead_of_reusing_old_outputs(tmp_path):
     for code in ("v1", "v1", "v2"):
         Pipeline(stages, code=code).run({}, cache, tmp_path / "run", log=lambda m: None)
     assert calls == ["a", "a"]  # skipped once under the same program, rerun under another
+    # ... unless the stage's outputs do not depend on the program (collect: data, appended once)
+    calls.clear()
+    stages = [Stage("a", (), ("a_out",), a, code_sensitive=False)]
+    cache = StageCache(tmp_path / "state2")
+    for code in ("v1", "v2"):
+        Pipeline(stages, code=code).run({}, cache, tmp_path / "run2", log=lambda m: None)
+    assert calls == ["a"]
     assert len(code_digest()) == 64 and code_digest() == code_digest()
