@@ -40,10 +40,14 @@ from omegaconf import OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
+from o2o.pipeline.gate import Evidence, decide
 from o2o.pipeline.stages.collect import behavior_of, collect
+from o2o.pipeline.stages.evaluate import data_behaviour
 from o2o.pipeline.stages.finetune import finetune
+from o2o.pipeline.stages.gate import policy_on_data
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
+from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.evaluation import Evaluator
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -100,7 +104,8 @@ def _quiet(enabled: bool):
 
 
 def evaluate_checkpoint(cfg, path: str) -> dict[str, Any]:
-    """The checkpoint's deterministic policy on the evaluate stage's seeds (``evaluation.*``)."""
+    """The checkpoint's deterministic policy on the evaluate stage's seeds (``evaluation.*``), with its
+    critic's Q on the start states next to the discounted return it achieved (what the gate reads)."""
     module = load_algorithm(path)
     e = cfg.evaluation
     ev = Evaluator(
@@ -111,19 +116,42 @@ def evaluate_checkpoint(cfg, path: str) -> dict[str, Any]:
         gamma=float(module.hp.gamma),
     )
     try:
-        return ev(lambda obs: module.act(obs, deterministic=True)).summary()
+        return SimEvaluation(ev, 0, OmegaConf.to_container(cfg.env, resolve=True).get("reference_returns")).evaluate(
+            module
+        )
     finally:
         ev.close()
 
 
 def gate_decision(cfg, ckpt: str, data: Path, offline_eval: dict) -> dict[str, Any]:
-    """The default gate's decision on this offline policy (the gate stage's logic, outside a run)."""
-    from o2o.pipeline.stages import gate as gate_stage
-
-    decide = getattr(gate_stage, "decide_for", None)
-    if decide is None:
-        return {"passed": None, "summary": "gate not evaluated by this o2o version"}
-    return decide(cfg, ckpt, str(data), offline_eval)
+    """The configured gate's decision on this offline policy: the gate stage's evidence and logic."""
+    with EpisodeStore.open(str(data), mode="r") as store:
+        episodes = store.num_episodes
+    acts, critic = policy_on_data(ckpt, str(data), episodes)
+    d = data_behaviour(str(data), episodes)
+    evidence = Evidence(
+        sim=offline_eval,
+        data_return_mean=d.return_mean,
+        data_success_rate=d.success_rate,
+        reward_max=d.reward_max,
+        gamma=float(load_algorithm(ckpt).hp.gamma),
+        horizon=int(cfg.env.max_episode_steps),
+        actions_finite=acts["finite"],
+        actions_in_bounds=acts["in_bounds"],
+        action_violation=acts["violation"],
+        data_return_std=d.return_std,
+        data_episodes=d.episodes,
+        reward_min=d.reward_min,
+        q_initial=critic["q_initial"],
+        q_data_start=critic.get("q_data_start"),
+        data_discounted_return_mean=critic.get("data_discounted_return_mean"),
+    )
+    decision = decide(dict(cfg.gate), evidence)
+    return {
+        "passed": decision.passed,
+        "summary": decision.summary(),
+        "criteria": [c.message() for c in decision.criteria],
+    }
 
 
 def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, seed: int, quiet: bool) -> dict:
@@ -151,6 +179,7 @@ def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, s
     ckpt = pre.best_checkpoint or pre.last_checkpoint
     t1 = time.perf_counter()
     offline = evaluate_checkpoint(cfg, ckpt)
+    gate = gate_decision(cfg, ckpt, copy, offline)
     lines: list[str] = []
     with _quiet(quiet):
         fin = finetune(cfg, ckpt, str(copy), run / "finetune", log=lines.append)
@@ -159,6 +188,7 @@ def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, s
         "algo": algo,
         "seed": seed,
         "offline": offline,
+        "gate": gate,
         "finetuned": fin["evaluation"],
         "rolled_back": fin["rolled_back"],
         "kept": fin.get("kept"),
@@ -228,13 +258,14 @@ def main() -> None:
                     f"{f['return_mean']:.1f} (online episodes {r['online'].get('success_rate')}, "
                     f"{r['env_steps']} env steps, {r['updates']} updates; {r['pretrain_s']:.0f}+{r['finetune_s']:.0f} s"
                     + (", rolled back" if r["rolled_back"] else "")
+                    + ("; gate passed" if r["gate"]["passed"] else "; GATE FAILED (finetuned anyway here)")
                     + ")",
                     flush=True,
                 )
         print()
         print(
             f"{'algo':8} {'seeds':>5} {'offline success':>16} {'finetuned success':>18} {'gain':>14} "
-            f"{'offline return':>16} {'finetuned return':>17} {'gain':>14}"
+            f"{'offline return':>16} {'finetuned return':>17} {'gain':>14} gate"
         )
         summary = {}
         for algo in args.algos.split(","):
@@ -245,9 +276,10 @@ def main() -> None:
             rf = [r["finetuned"]["return_mean"] for r in rs]
             ds = [b - a for a, b in zip(so, sf)] if None not in so + sf else []
             dr = [b - a for a, b in zip(ro, rf)]
+            gates = sum(bool(r["gate"]["passed"]) for r in rs)
             print(
                 f"{algo:8} {len(rs):>5} {fmt(so):>16} {fmt(sf):>18} {fmt(ds):>14} {fmt(ro, 1):>16} "
-                f"{fmt(rf, 1):>17} {fmt(dr, 1):>14}"
+                f"{fmt(rf, 1):>17} {fmt(dr, 1):>14} {gates:>3}/{len(rs)}"
             )
             summary[algo] = {
                 "offline_success": mean_se(so),
@@ -256,6 +288,7 @@ def main() -> None:
                 "offline_return": mean_se(ro),
                 "finetuned_return": mean_se(rf),
                 "return_gain": mean_se(dr),
+                "gate_passed": gates,
             }
         print(
             f"data: return {level['return_mean']:.1f}, success {level['success_rate']}; "
