@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "pretrain",
         _cmd_pretrain,
-        "train an offline algorithm (BC, IQL, CQL, Cal-QL, AWAC, TD3+BC, COMBO, SAC) on the dataset",
+        "train an offline algorithm (BC, IQL, CQL, Cal-QL, AWAC, TD3+BC, COMBO, SAC, RLPD, WSRL) on the dataset",
     )
     _hydra_command(
         sub, "evaluate", _cmd_evaluate, "off-policy estimates (FQE, IS, WIS, DR) of checkpoints, next to simulation"
