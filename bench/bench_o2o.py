@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
 from o2o.pipeline.gate import Evidence, decide
-from o2o.pipeline.stages.collect import behavior_of, collect
+from o2o.pipeline.stages.collect import collect, collect_entries
 from o2o.pipeline.stages.evaluate import data_behaviour
 from o2o.pipeline.stages.finetune import finetune
 from o2o.pipeline.stages.gate import policy_on_data
@@ -71,17 +71,17 @@ def build_dataset(cfg, path: Path, quiet: bool) -> dict[str, Any]:
     """Collect the scenario's ``collect.behaviors`` into ``path`` (fixed seeds: 0, 1, ...)."""
     seed = 0
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # not struct: a behaviour is added
-    for k, item in enumerate(cfg.collect.behaviors):
+    for item in collect_entries(cfg):  # every entry checked first, as the collect stage does
         part = OmegaConf.merge(
             cfg,
             {
-                "behavior": behavior_of(item, k),
-                "collect": {"episodes": int(item.episodes), "seed": seed, "progress": False},
+                "behavior": item["behavior"],
+                "collect": {"episodes": int(item["episodes"]), "seed": seed, "progress": False, "tasks": item["tasks"]},
             },
         )
         with _quiet(quiet):
             collect(part)
-        seed += int(item.episodes)
+        seed += int(item["episodes"])
     with EpisodeStore.open(str(path), mode="r") as store:
         t = store.episodes_table()
         s = np.asarray(t["success"])

@@ -20,7 +20,9 @@ class Episode:
     observation. Flat observations are arrays; dict observations map key -> array.
     ``success`` is None when the task defines none. ``provenance`` is a dict with
     ``source``, ``policy_id``, ``policy_version``, ``params`` and optionally ``run`` (which
-    run wrote the episode: ``id`` and, in a run of several parts, ``part``).
+    run wrote the episode: ``id`` and, in a run of several parts, ``part``) and ``task`` (the
+    reset options the episode started from, e.g. ``{"start_cell": [3, 1], "goal_cell": [1, 1]}``:
+    what varied per episode within one env; see :attr:`task`).
     """
 
     observations: Any
@@ -43,6 +45,13 @@ class Episode:
     @property
     def episode_return(self) -> float:
         return float(np.sum(np.asarray(self.rewards, dtype=np.float64)))
+
+    @property
+    def task(self) -> dict[str, Any] | None:
+        """The reset options this episode started from (``provenance["task"]``); None when it
+        started from the env's own reset (or was written before per-episode tasks existed)."""
+        task = self.provenance.get("task") if isinstance(self.provenance, Mapping) else None
+        return dict(task) if task is not None else None
 
     @property
     def terminated(self) -> bool:

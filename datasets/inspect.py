@@ -27,7 +27,8 @@ from o2o.datasets.store import EPISODE_FIELDS, EpisodeStore
 
 
 def dataset_info(store: EpisodeStore) -> dict:
-    """A JSON-friendly summary: counts, per-source returns and success, spaces, size on disk, and
+    """A JSON-friendly summary: counts, per-source returns and success, the tasks episodes started
+    from (their reset options: ``tasks``, most frequent first), spaces, size on disk, and
     ``integrity``: what was checked (the structure on open; every episode's content digest unless the
     store was opened with ``verify=False``) and the problems found."""
     import time
@@ -54,6 +55,15 @@ def dataset_info(store: EpisodeStore) -> dict:
             "interventions": int(table["interventions"][m].sum()),
             "policies": sorted(set(table["policy_id"][m])),
         }
+    tasks: dict[str, dict] = {}  # the reset options episodes started from (not the env's identity)
+    for task, succ in zip(table["task"], table["success"]):
+        if task is None:
+            continue
+        key = json.dumps(task, sort_keys=True)
+        row = tasks.setdefault(key, {"task": task, "episodes": 0, "successes": 0, "known": 0})
+        row["episodes"] += 1
+        row["known"] += int(succ >= 0)
+        row["successes"] += int(succ > 0)
     attrs = store.attrs
     return {
         "path": store.path,
@@ -62,6 +72,15 @@ def dataset_info(store: EpisodeStore) -> dict:
         "transitions": store.num_steps,
         "sources": per_source,
         "human_intervention_steps": int(table["interventions"].sum()) if len(table["index"]) else 0,
+        "tasks": [
+            {
+                "task": t["task"],
+                "episodes": t["episodes"],
+                "success_rate": t["successes"] / t["known"] if t["known"] else None,
+            }
+            for t in sorted(tasks.values(), key=lambda t: -t["episodes"])
+        ],
+        "episodes_without_task": int(sum(t is None for t in table["task"])),
         "env": attrs.get("env"),
         "observation_keys": attrs["observation_keys"],
         "action_space": attrs["action_space"],

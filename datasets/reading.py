@@ -445,9 +445,10 @@ class StoreReading:
         return DatasetVersion(n, steps, bytes(self._read("episodes/digest", n - 1)[16:]).hex())
 
     def episodes_table(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per-episode records (index, length, return, success, source, policy...) as arrays.
+        """Per-episode records (index, length, return, success, source, policy, task...) as arrays.
 
-        ``seed`` is an object array of ints, None where an episode has no seed."""
+        ``seed`` is an object array of ints, None where an episode has no seed; ``task`` one of
+        the reset options each episode started from, None where it had none."""
         n = self.num_episodes
         idx = np.arange(n) if indices is None else np.asarray(indices, np.int64)
         ends = self._episode_column("ends", n)
@@ -467,6 +468,8 @@ class StoreReading:
         out["truncated"] = self._read("data/timeouts", points=last) if len(idx) else np.zeros(0, bool)
         for field in ("source", "policy_id", "policy_version"):
             out[field] = np.array([table[p][field] for p in prov], dtype=object)
+        # The episode's task (its reset options) or None; a trailing None keeps dicts from becoming a 2-D array.
+        out["task"] = np.array([table[p].get("task") for p in prov] + [None], dtype=object)[:-1]
         # Human-controlled steps per episode, from one read of the flag column.
         counts = np.cumsum(self._read("data/interventions", slice(0, self.num_steps)), dtype=np.int64)
         counts = np.concatenate([[0], counts])

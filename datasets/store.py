@@ -578,4 +578,41 @@ def _check_provenance(prov: Mapping[str, Any] | Any, where: str) -> dict:
         if not isinstance(run, Mapping) or not run.get("id"):
             raise ValueError(f"{where}: provenance run must be a mapping with an 'id', got {run!r}")
         out["run"] = dict(run)
+    task = prov.get("task")
+    if task is not None:  # the reset options the episode started from (its task): not the env's identity
+        out["task"] = _check_task(task, where)
     return json.loads(json.dumps(out, sort_keys=True, default=str))
+
+
+def _check_task(task: Any, where: str) -> dict:
+    """An episode's task (its reset options) as stored: a mapping of names to numbers, strings, booleans
+    and lists of them, all finite; anything else is refused before anything is written."""
+    if not isinstance(task, Mapping) or not task:
+        raise ValueError(
+            f"{where}: provenance task (the episode's reset options) must be a non-empty mapping, got {task!r}"
+        )
+
+    def plain(value: Any, key: str) -> Any:
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (bool, int, str)) or value is None:
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: provenance task {key} holds a non-finite number {value!r}")
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v, key) for v in value]
+        raise ValueError(
+            f"{where}: provenance task {key} must be numbers, strings, booleans or lists of them, "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+    out = {}
+    for key, value in task.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{where}: provenance task keys must be non-empty strings, got {key!r}")
+        out[key] = plain(value, key)
+    return out

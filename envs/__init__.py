@@ -17,7 +17,15 @@ from o2o.core.resolve import resolve
 from o2o.envs.spaces import ObsLayout, space_to_dict
 from o2o.envs.wrappers import SeedOnFirstReset
 
-__all__ = ["make_env", "make_from_spec", "make_vector_env", "env_metadata", "resolve_factory", "ObsLayout"]
+__all__ = [
+    "make_env",
+    "make_from_spec",
+    "make_vector_env",
+    "env_metadata",
+    "check_reset_options",
+    "resolve_factory",
+    "ObsLayout",
+]
 
 FACTORY_PREFIX = "o2o.envs."
 
@@ -85,6 +93,25 @@ def make_vector_env(
     if num_envs == 1 or not asynchronous:
         return gym.vector.SyncVectorEnv(fns, **vector_kwargs)
     return gym.vector.AsyncVectorEnv(fns, **vector_kwargs)
+
+
+def check_reset_options(env: gym.Env, options: Any, where: str = "reset options") -> dict[str, Any]:
+    """``options`` for ``env.reset(options=...)``, checked by the env and in the plain form it
+    records (an episode's task), or a ValueError naming ``where`` and the key.
+
+    An env takes reset options when it has a ``check_options(options, where)`` method (the point
+    maze: start and goal cells; robosuite Lift: the cube's placement); any other env takes none."""
+    check = _attr(env, "check_options")
+    if check is None:
+        name = env.spec.id if getattr(env, "spec", None) is not None else type(env.unwrapped).__name__
+        raise ValueError(f"{where}: env {name!r} takes no reset options (it varies no task per episode)")
+    return dict(check(_plain(options) if _is_mapping(options) else options, where))
+
+
+def _is_mapping(value: Any) -> bool:
+    from omegaconf import DictConfig
+
+    return isinstance(value, (Mapping, DictConfig))
 
 
 def _attr(env: gym.Env, name: str) -> Any:

@@ -9,7 +9,8 @@ Episodes start in one of ``start_cells`` and aim for one of ``goal_cells`` (chos
 episode by the seeded env RNG, each position jittered by up to ``position_noise``), so
 datasets for *stitching* are made by giving different start/goal cells to different
 collection runs. ``reset(options={"start_cell": (r, c), "goal_cell": (r, c)})`` pins
-them for one episode.
+them for one episode (:data:`RESET_OPTIONS`; :meth:`PointMazeEnv.check_options` checks them), which
+is how one collection varies the task per episode (``collect.tasks``) without changing the env.
 
 Observation fields: ``position`` (2), ``velocity`` (2), ``goal`` (2).
 Reward: ``"dense"`` = -distance to the goal; ``"sparse"`` = 1 inside the goal radius,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import mujoco
@@ -39,6 +40,8 @@ MAZES: dict[str, tuple[str, ...]] = {
 }
 
 OBS_LAYOUT = ObsLayout([("position", (2,)), ("velocity", (2,)), ("goal", (2,))])
+#: What ``reset(options=...)`` takes: each a free cell ``[row, col]`` of the maze.
+RESET_OPTIONS = {"start_cell": "the cell the ball starts in", "goal_cell": "the cell of the goal"}
 
 
 class MazeMap:
@@ -176,18 +179,40 @@ class PointMazeEnv(gym.Env):
     def _distance(self) -> float:
         return float(np.linalg.norm(self.data.qpos[:2] - self.goal))
 
+    def check_options(self, options: Any, where: str = "reset options") -> dict[str, list[int]]:
+        """``options`` as ``reset`` takes them, in plain form (``{"start_cell": [r, c], ...}``), or a
+        ValueError naming ``where`` and the key: an unknown key, a value that is not a cell, a wall."""
+        if not isinstance(options, Mapping):
+            raise ValueError(f"{where}: reset options must be a mapping of {sorted(RESET_OPTIONS)}, got {options!r}")
+        out: dict[str, list[int]] = {}
+        for key, value in options.items():
+            if key not in RESET_OPTIONS:
+                raise ValueError(f"{where}: unknown reset option {key!r}; the point maze takes {sorted(RESET_OPTIONS)}")
+            if (
+                isinstance(value, (str, bytes, Mapping))
+                or not isinstance(value, Sequence | np.ndarray)
+                or len(value) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+            ):
+                raise ValueError(f"{where}: {key} must be a cell [row, col] of two integers, got {value!r}")
+            cell = [int(value[0]), int(value[1])]
+            if not self.maze.is_free(cell):
+                raise ValueError(f"{where}: {key} {cell} is a wall or outside the maze {list(self.maze.rows)}")
+            out[str(key)] = cell
+        return out
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        options = options or {}
+        options = self.check_options(options or {})
         rng = self.np_random
         # Draw in a fixed order whatever the options, so a seed fixes the noise too.
         start = self.start_cells[rng.integers(len(self.start_cells))]
         goal = self.goal_cells[rng.integers(len(self.goal_cells))]
         noise = rng.uniform(-self.position_noise, self.position_noise, size=4)
         if "start_cell" in options:
-            start = _cells([options["start_cell"]], self.maze, "start_cell")[0]
+            start = tuple(options["start_cell"])
         if "goal_cell" in options:
-            goal = _cells([options["goal_cell"]], self.maze, "goal_cell")[0]
+            goal = tuple(options["goal_cell"])
 
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[:2] = self.maze.center(start) + noise[:2]

@@ -13,6 +13,13 @@ robot joint noise) draws from ``env.rng`` and from each placement sampler's ``rn
 when the model is built (Lift's cube size); ``hard_reset=False`` keeps that model, so it
 is fixed by ``model_seed`` (default 0) instead, which makes a seed reproduce the same
 episode in every process, not only within one (checked by tests/envs/test_envs.py).
+
+Reset options (a task per episode, ``collect.tasks``): a task whose placement initializer is one
+``UniformRandomSampler`` placing one object (Lift's cube) takes ``<object>_xy`` (metres from the
+sampler's reference, the table's centre: where the object's centre goes) and ``<object>_yaw``
+(radians about z). They go through robosuite's own placement initializer: for that reset its
+ranges are the one point asked for (:meth:`RobosuiteEnv.check_options` checks them: finite, on
+the table), so the sampler places the object there as it places it anywhere else.
 """
 
 from __future__ import annotations
@@ -161,6 +168,57 @@ class RobosuiteEnv(gym.Env):
     def _success(self) -> bool:
         return bool(self._env._check_success())
 
+    def _placement(self) -> tuple[Any, str] | None:
+        """The placement sampler and the name of the one object it places, when options can set it."""
+        from robosuite.utils.placement_samplers import UniformRandomSampler
+
+        sampler = getattr(self._env, "placement_initializer", None)
+        if type(sampler) is not UniformRandomSampler or len(sampler.mujoco_objects) != 1:
+            return None
+        return sampler, str(sampler.mujoco_objects[0].name)
+
+    def check_options(self, options: Any, where: str = "reset options") -> dict[str, Any]:
+        """``options`` as ``reset`` takes them (``{"cube_xy": [dx, dy], "cube_yaw": rad}`` for Lift), in
+        plain form, or a ValueError naming ``where`` and the key."""
+        placement = self._placement()
+        if placement is None:
+            raise ValueError(
+                f"{where}: robosuite {self.env_id} takes no reset options (only a task whose placement "
+                "initializer places one object, such as Lift, does)"
+            )
+        sampler, name = placement
+        keys = {f"{name}_xy", f"{name}_yaw"}
+        if not isinstance(options, dict):
+            raise ValueError(f"{where}: reset options must be a mapping of {sorted(keys)}, got {options!r}")
+        table = getattr(self._env, "table_full_size", None)
+        if table is None:
+            raise ValueError(f"{where}: robosuite {self.env_id} has no table_full_size to check a placement against")
+        reach = min(float(table[0]), float(table[1])) / 2.0 - float(sampler.mujoco_objects[0].horizontal_radius)
+        out: dict[str, Any] = {}
+        for key, value in options.items():
+            if key not in keys:
+                raise ValueError(f"{where}: unknown reset option {key!r}; robosuite {self.env_id} takes {sorted(keys)}")
+            numbers = value if key.endswith("_xy") else [value]
+            if (
+                isinstance(numbers, (str, bytes, dict))
+                or not isinstance(numbers, Sequence)
+                or len(numbers) != (2 if key.endswith("_xy") else 1)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+                or not np.isfinite(np.asarray(numbers, float)).all()
+            ):
+                want = "[dx, dy] in metres" if key.endswith("_xy") else "an angle in radians"
+                raise ValueError(f"{where}: {key} must be {want} (finite numbers), got {value!r}")
+            if key.endswith("_xy"):
+                if max(abs(float(v)) for v in numbers) > reach:
+                    raise ValueError(
+                        f"{where}: {key} {list(numbers)} is off the table: each coordinate within +-{reach:.3f} m "
+                        f"of its centre"
+                    )
+                out[key] = [float(v) for v in numbers]
+            else:
+                out[key] = float(value)
+        return out
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None or not self._rng_linked:
@@ -169,7 +227,22 @@ class RobosuiteEnv(gym.Env):
             self._env.rng = self.np_random
             _seed_samplers(getattr(self._env, "placement_initializer", None), self.np_random)
             self._rng_linked = True
-        obs = self._env.reset()
+        if not options:
+            obs = self._env.reset()
+            return self.obs_layout.flatten(obs), {"is_success": self._success()}
+        options = self.check_options(options)
+        sampler, name = self._placement()  # type: ignore[misc]  # check_options made sure there is one
+        saved = (sampler.x_range, sampler.y_range, sampler.rotation, sampler.ensure_object_boundary_in_range)
+        if f"{name}_xy" in options:  # a range of one point: the sampler draws exactly it
+            x, y = options[f"{name}_xy"]
+            sampler.x_range, sampler.y_range = [x, x], [y, y]
+            sampler.ensure_object_boundary_in_range = False
+        if f"{name}_yaw" in options:
+            sampler.rotation = options[f"{name}_yaw"]
+        try:
+            obs = self._env.reset()
+        finally:
+            sampler.x_range, sampler.y_range, sampler.rotation, sampler.ensure_object_boundary_in_range = saved
         return self.obs_layout.flatten(obs), {"is_success": self._success()}
 
     def step(self, action):

@@ -310,6 +310,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
             ", ".join(s["policies"]),
         )
     console.print(t)
+    if info["tasks"]:
+        from rich.markup import escape
+
+        t = Table(title="tasks (the reset options episodes started from)")
+        for col in ("task", "episodes", "success"):
+            t.add_column(col)
+        for row in info["tasks"]:
+            rate = "-" if row["success_rate"] is None else f"{row['success_rate']:.2f}"
+            t.add_row(escape(json.dumps(row["task"], sort_keys=True)), str(row["episodes"]), rate)
+        if info["episodes_without_task"]:
+            t.add_row("(the env's own reset)", str(info["episodes_without_task"]), "")
+        console.print(t)
     obs = ", ".join(f"{k} {tuple(v['shape'])} {v['dtype']}" for k, v in info["observation_keys"].items())
     a = info["action_space"]
     console.print(

@@ -31,6 +31,7 @@ MAIN_KEYS = {
     "run": [
         "pipeline.stages",
         "collect.behaviors",
+        "collect.tasks",
         "dataset.path",
         "trainer.max_steps",
         "eval.every",
@@ -48,6 +49,7 @@ MAIN_KEYS = {
     "collect": [
         "collect.episodes",
         "collect.seed",
+        "collect.tasks",
         "dataset.path",
         "dataset.action_bounds",
         "behavior.noise_std",
@@ -109,7 +111,8 @@ MEANINGS = {
     "parity.observations": "recorded observations the exports must reproduce the torch policy on",
     "closed_loop.episodes": "episodes of the export through the runtime vs the trained policy (0: skip)",
     "pipeline.stages": "stages to run; their order is derived from what each reads and writes",
-    "collect.behaviors": "behaviour configs (configs/behavior/) and episode counts, appended in turn",
+    "collect.behaviors": "behaviours (configs/behavior/ names or nodes), episode counts and tasks, appended in turn",
+    "collect.tasks": "reset options, one drawn per episode from its seed and recorded as its task (null: none)",
     "dataset.path": "the growing dataset: every run appends to it (kept outside run folders)",
     "trainer.max_steps": "offline gradient updates (one update steps every network once)",
     "trainer.precision": "32-true | bf16-mixed | 16-mixed | auto (bf16 where the hardware computes it natively)",

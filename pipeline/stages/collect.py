@@ -13,13 +13,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.datasets import Episode, EpisodeRecorder, EpisodeStore, Schema
-from o2o.envs import env_metadata, make_env
+from o2o.envs import check_reset_options, env_metadata, make_env
 from o2o.pipeline.artifacts import DatasetArtifact
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.stages import dataset_verify
 from o2o.policies.behavior.base import DiscardEpisode, KeepEpisode, RestartEpisode, StopCollection
-from o2o.policies.behavior.factory import make_behavior
+from o2o.policies.behavior.factory import BEHAVIOR_BUILDERS, make_behavior
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,53 @@ def open_dataset_for(cfg: DictConfig, env) -> EpisodeStore:
     return EpisodeStore.open(path, mode="a", verify=verify)
 
 
+#: Mixed into an episode's seed for its task draw, so the draw is independent of what else the seed drives.
+TASK_STREAM = 0x7A5C
+
+
+def check_tasks(env, tasks: Any, where: str = "collect.tasks") -> list[dict] | None:
+    """``tasks`` (reset options to draw one of per episode) checked against ``env``, in plain form;
+    None for null (every episode starts from the env's own reset). A ValueError names the entry and
+    the key of the first bad one, before anything is collected or written."""
+    if tasks is None:
+        return None
+    tasks = plain(tasks)
+    if not isinstance(tasks, list) or not tasks:
+        raise ValueError(
+            f"{where} must be a non-empty list of reset options (e.g. [{{start_cell: [3, 1], goal_cell: [1, 1]}}]), "
+            f"or null for the env's own reset; got {tasks!r}"
+        )
+    out = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or not task:
+            raise ValueError(f"{where}[{i}]: a task is a non-empty mapping of reset options, got {task!r}")
+        out.append(check_reset_options(env, task, f"{where}[{i}]"))
+    return out
+
+
+def episode_task(tasks: list[dict] | None, seed: int) -> dict | None:
+    """The task of the episode with ``seed``: one of ``tasks`` drawn from the seed alone (so a rerun
+    or a resumed collection gives each seed the same task), or None without tasks."""
+    if not tasks:
+        return None
+    return tasks[int(np.random.default_rng([int(seed), TASK_STREAM]).integers(len(tasks)))]
+
+
 def collect(cfg: DictConfig, progress: Any = None, run: dict | None = None) -> CollectResult:
     """Run ``cfg.collect.episodes`` episodes and append them (committing every few seconds).
 
     ``progress`` is called as ``progress(result, running_episode_stats)`` after each
     episode (the CLI draws its progress bar with it). ``run`` goes into every episode's
-    provenance (which run wrote it; default: a new id for this collection).
+    provenance (which run wrote it; default: a new id for this collection). With
+    ``collect.tasks`` (a list of reset options), each episode starts from one of them, drawn
+    from its seed, and records it as its task (``provenance.task``).
     """
     c = cfg.collect
     run = dict(run) if run else {"id": uuid.uuid4().hex[:16]}
     env = make_env(cfg.env)
     store = None
     try:
+        tasks = check_tasks(env, c.get("tasks"))
         store = open_dataset_for(cfg, env)
         behavior = make_behavior(cfg.behavior, env, cfg.env)
         base_seed = int(c.seed) if c.seed is not None else store.num_episodes
@@ -114,7 +149,7 @@ def collect(cfg: DictConfig, progress: Any = None, run: dict | None = None) -> C
             while len(result.returns) < int(c.episodes):
                 seed = base_seed + attempt
                 try:
-                    ep = run_episode(env, behavior, seed, run=run)
+                    ep = run_episode(env, behavior, seed, run=run, options=episode_task(tasks, seed))
                 except RestartEpisode:
                     continue
                 except DiscardEpisode:
@@ -147,9 +182,12 @@ def collect(cfg: DictConfig, progress: Any = None, run: dict | None = None) -> C
         env.close()
 
 
-def run_episode(env, behavior, seed: int, max_steps: int | None = None, run: dict | None = None) -> Episode:
-    """One episode of ``behavior`` in ``env`` from ``reset(seed=seed)``, recorded (``run``: provenance's run tag)."""
-    obs, info = env.reset(seed=seed)
+def run_episode(
+    env, behavior, seed: int, max_steps: int | None = None, run: dict | None = None, options: dict | None = None
+) -> Episode:
+    """One episode of ``behavior`` in ``env`` from ``reset(seed=seed, options=options)``, recorded
+    (``run``: provenance's run tag; ``options``, checked by :func:`check_tasks`: its task)."""
+    obs, info = env.reset(seed=seed, options=dict(options) if options else None)
     behavior.reset(seed=seed)
     rec = EpisodeRecorder()
     rec.start(obs)
@@ -172,6 +210,8 @@ def run_episode(env, behavior, seed: int, max_steps: int | None = None, run: dic
     prov = behavior.provenance.to_dict()
     if run:
         prov["run"] = dict(run)
+    if options:
+        prov["task"] = dict(options)
     return rec.finish(prov, seed=seed)
 
 
@@ -190,40 +230,111 @@ def dataset_artifact(path: str, verify: bool = True) -> DatasetArtifact:
         )
 
 
+ENTRY_KEYS = ("behavior", "episodes", "params", "tasks")  # what one collect.behaviors entry may hold
+
+
+def collect_entries(cfg: DictConfig) -> list[dict]:
+    """``collect.behaviors`` checked whole before anything is collected: each entry's keys, its
+    behaviour (a config name of configs/behavior/, or a behaviour node written out; ``params`` set
+    some of its keys, e.g. ``{behavior: noisy, episodes: 30, params: {noise_std: 0.5}}``), its episode
+    count and its tasks (the entry's own ``tasks``, else ``collect.tasks``) against the env. A bad
+    entry is refused naming it and the key, so no entry before it is collected either."""
+    from o2o.pipeline.config import load_config
+
+    entries = []
+    env = None
+    try:
+        for k, item in enumerate(cfg.collect.behaviors):
+            where = f"collect.behaviors[{k}]"
+            if not isinstance(item, DictConfig):
+                raise ValueError(f"{where}: an entry is a mapping {{behavior, episodes, tasks}}, got {plain(item)!r}")
+            unknown = sorted(set(item.keys()) - set(ENTRY_KEYS))
+            if unknown or "behavior" not in item or "episodes" not in item:
+                raise ValueError(
+                    f"{where}: entries take the keys {list(ENTRY_KEYS)} (behavior and episodes required), got "
+                    f"{sorted(item.keys())}"
+                )
+            try:
+                episodes = int(item.episodes)
+            except (TypeError, ValueError):
+                episodes = -1
+            if episodes < 0:
+                raise ValueError(f"{where}.episodes must be an integer >= 0, got {plain(item.episodes)!r}")
+            if isinstance(item.behavior, DictConfig):
+                behavior, label = item.behavior, str(item.behavior.get("kind"))
+                spec = BEHAVIOR_BUILDERS.get(label)
+                unknown = [] if spec is None else sorted(set(behavior.keys()) - spec.keys - {"kind"})
+                if spec is None or unknown:
+                    raise ValueError(
+                        f"{where}.behavior: "
+                        + (
+                            f"unknown kind {label!r}; expected one of {sorted(BEHAVIOR_BUILDERS)}"
+                            if spec is None
+                            else f"unknown keys {unknown} for kind {label!r}; allowed: {sorted(spec.keys)}"
+                        )
+                    )
+            else:
+                behavior, label = load_config("collect", [f"behavior={item.behavior}"]).behavior, str(item.behavior)
+            params = item.get("params") or {}
+            unknown = sorted(set(params) - set(behavior))
+            if unknown:
+                raise ValueError(
+                    f"{where}.params: {unknown} not keys of behavior {label!r} (it has {sorted(behavior)})"
+                )
+            behavior = OmegaConf.merge(behavior, params) if params else behavior
+            tasks, tasks_where = item.get("tasks"), f"{where}.tasks"
+            if tasks is None:
+                tasks, tasks_where = cfg.collect.get("tasks"), "collect.tasks"
+            if tasks is not None:
+                env = env or make_env(cfg.env)
+                tasks = check_tasks(env, tasks, tasks_where)
+            entries.append({"behavior": behavior, "label": label, "episodes": episodes, "tasks": tasks})
+    finally:
+        if env is not None:
+            env.close()
+    return entries
+
+
 def run_stage(ctx) -> dict:
-    """``o2o run``'s collect: each ``collect.behaviors`` entry (a behaviour config name and an
-    episode count) appended in turn to ``dataset.path``.
+    """``o2o run``'s collect: each ``collect.behaviors`` entry (a behaviour and an episode count,
+    optionally the tasks its episodes draw from) appended in turn to ``dataset.path``.
 
     Every episode's provenance names this attempt and the entry (``run: {id, part}``), so an
     attempt that was interrupted is completed, not repeated: the rerun collects only what each
-    entry still lacks (with a fixed ``collect.seed``, the seeds continue where it stopped)."""
+    entry still lacks (with a fixed ``collect.seed``, the seeds continue where it stopped, and so
+    do the tasks drawn from them)."""
     from o2o.pipeline.progress import collect_progress
 
     cfg = ctx.config
     attempt = ctx.attempt or {}
     tag = ctx.tag
+    entries = collect_entries(cfg)
     done: dict = {}
     if attempt.get("resumed") and EpisodeStore.is_dataset(str(cfg.dataset.path)):
         with EpisodeStore.open(str(cfg.dataset.path), mode="r", verify=False) as store:
             done = store.written_by(tag["id"])
-    behaviors = [behavior_of(item, k) for k, item in enumerate(cfg.collect.behaviors)]  # all checked first
-    for k, item in enumerate(cfg.collect.behaviors):
-        have, want = len(done.get(k, [])), int(item.episodes)
+    for k, item in enumerate(entries):
+        label = item["label"]
+        have, want = len(done.get(k, [])), int(item["episodes"])
         if have >= want:
-            ctx.log(f"  {item.behavior}: {have} episodes already collected by the interrupted attempt")
+            ctx.log(f"  {label}: {have} episodes already collected by the interrupted attempt")
             continue
         seed = cfg.collect.get("seed")
         part = OmegaConf.merge(
             cfg,
             {
-                "behavior": behaviors[k],
-                "collect": {"episodes": want - have, "seed": None if seed is None else int(seed) + have},
+                "behavior": item["behavior"],
+                "collect": {
+                    "episodes": want - have,
+                    "seed": None if seed is None else int(seed) + have,
+                    "tasks": item["tasks"],
+                },
             },
         )
-        with collect_progress(part, f"collect {item.behavior}") as bar:
+        with collect_progress(part, f"collect {label}") as bar:
             res = collect(part, progress=bar.update, run={**tag, "part": k})
         ctx.log(
-            f"  {item.behavior}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
+            f"  {label}: {len(res.episodes)} episodes, return {np.mean(res.returns):.1f}"
             + (f", success {res.success_rate:.2f}" if res.success_rate is not None else "")
             + f" ({res.seconds:.0f} s)"
             + (f"; {have} more kept from the interrupted attempt" if have else "")
@@ -236,27 +347,6 @@ def run_stage(ctx) -> dict:
     art = dataset_artifact(str(cfg.dataset.path), dataset_verify(cfg))
     _remember(ctx, art)
     return {"dataset": art}
-
-
-def behavior_of(item, k: int) -> DictConfig:
-    """The behaviour config of ``collect.behaviors[k]``: ``configs/behavior/<behavior>.yaml`` with the
-    entry's ``params`` merged over it (e.g. ``{behavior: noisy, episodes: 30, params: {noise_std: 0.5}}``);
-    a parameter the behaviour config does not declare is refused by name."""
-    from o2o.pipeline.config import load_config
-
-    where = f"collect.behaviors[{k}]"
-    known = {"behavior", "episodes", "params"}
-    extra = sorted(set(item) - known)
-    if extra:
-        raise ValueError(f"{where}: unknown keys {extra}; an entry has {sorted(known)}")
-    behavior = load_config("collect", [f"behavior={item.behavior}"]).behavior
-    params = item.get("params") or {}
-    unknown = sorted(set(params) - set(behavior))
-    if unknown:
-        raise ValueError(
-            f"{where}.params: {unknown} not keys of behavior {item.behavior!r} (it has {sorted(behavior)})"
-        )
-    return OmegaConf.merge(behavior, params)
 
 
 def _refresh(ctx, outputs: dict) -> dict:

@@ -4,6 +4,7 @@ The node's ``kind`` picks a builder from :data:`BEHAVIOR_BUILDERS`; a new kind (
 ``human``) is one builder function and one entry there. Example nodes::
 
     {kind: scripted, noise_std: 0.3}
+    {kind: scripted, noise_std: 0.3, controller: {target_cell: [3, 3]}}   # the controller's own options
     {kind: random}
     {kind: learned, checkpoint: runs/x/policy.onnx, action_scale: unit, exploration: gaussian}
     {kind: mixture, components: [{weight: 0.8, behavior: {kind: scripted}},
@@ -89,8 +90,23 @@ def _build_scripted(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, s
         raise ValueError(
             f"behavior 'scripted': env {name!r} exposes no obs_layout; build it with o2o.envs.make_env"
         ) from None
+    extra = cfg.get("controller") or {}
+    if not isinstance(extra, Mapping):
+        raise ValueError(
+            f"behavior 'scripted': controller must be a mapping of {cls.__name__}'s options, got {extra!r}"
+        )
+    extra = OmegaConf.to_container(extra, resolve=True) if isinstance(extra, DictConfig) else dict(extra)
+    allowed = sorted(cls.options)
+    unknown = sorted(set(extra) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"behavior 'scripted': controller options {unknown} are not options of {cls.__name__} "
+            f"(env {name!r}); it takes {allowed or 'none'}"
+        )
     # from_env, not the constructor: a controller may need more of the env than its spaces (the maze map).
-    return cls.from_env(env, noise_std=float(cfg.get("noise_std", 0.0)), policy_id=cfg.get("policy_id"), seed=seed)
+    return cls.from_env(
+        env, noise_std=float(cfg.get("noise_std", 0.0)), policy_id=cfg.get("policy_id"), seed=seed, **extra
+    )
 
 
 def _build_random(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, seed: int | None) -> BehaviorPolicy:
@@ -181,7 +197,7 @@ def _build_human(cfg: DictConfig, env: gym.Env, env_cfg: DictConfig | None, seed
 
 #: kind -> builder and allowed keys. No if/elif chain: a new kind is one entry.
 BEHAVIOR_BUILDERS: dict[str, BehaviorKind] = {
-    "scripted": BehaviorKind(_build_scripted, frozenset({"noise_std", "policy_id"})),
+    "scripted": BehaviorKind(_build_scripted, frozenset({"noise_std", "policy_id", "controller"})),
     "random": BehaviorKind(_build_random, frozenset({"policy_id"})),
     "learned": BehaviorKind(
         _build_learned, frozenset({"checkpoint", "action_scale", "exploration", "noise_std", "epsilon", "policy_id"})

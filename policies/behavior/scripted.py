@@ -42,6 +42,8 @@ class ScriptedController(BehaviorPolicy):
     version: ClassVar[str] = "1"
     #: Observation fields the controller reads; checked against the layout at construction.
     required_fields: ClassVar[tuple[str, ...]] = ()
+    #: The controller's own keyword options (a behaviour config's ``controller`` mapping), by meaning.
+    options: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -113,8 +115,12 @@ class ScriptedController(BehaviorPolicy):
             source="scripted",
             policy_id=self._policy_id,
             policy_version=f"{type(self).__name__}-{self.version}",
-            params={"noise_std": self.noise_std},
+            params={"noise_std": self.noise_std, **self.option_params()},
         )
+
+    def option_params(self) -> dict[str, Any]:
+        """The controller's own options that shape its behaviour, recorded in provenance ``params``."""
+        return {}
 
     # -- helpers ----------------------------------------------------------------------
     def field(self, obs: np.ndarray, key: str) -> np.ndarray:

@@ -4,7 +4,13 @@ The controller plans the shortest cell path from the ball's cell to the goal's c
 keeps only its corners as waypoints, so the ball runs straight down corridors and slows
 only where it must turn. It steers with a PD law on the next waypoint (the goal itself
 in the last cell), advances when within ``switch_radius`` of a waypoint, and replans
-whenever noise pushes the ball off the planned path or the goal moves to another cell.
+whenever noise pushes the ball off the planned path or the goal moves to another cell, so it
+follows each episode's goal (``goal_cell`` reset options, ``collect.tasks``).
+
+With ``target_cell`` it drives to that cell instead of the goal and stays there: the goal in the
+observation (and the env's reward and success) stay the task's. That is how D4RL's antmaze
+"diverse" data was made — the behaviour commanded elsewhere while the task keeps its goal — and
+what ``configs/experiment/stitching.yaml`` collects its segments with.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class PointMazeController(ScriptedController):
     task = "pointmaze"
     version = "1"
     required_fields = ("position", "velocity", "goal")
+    options = {"target_cell": "a cell [row, col] to drive to and hold instead of the goal (null: the goal)"}
 
     # Force 6 N per unit, damping 2 N s/m, 1 kg: kp 1.5 / kd 0.65 is about critically damped.
     kp = 1.5  # action per metre
@@ -44,8 +51,23 @@ class PointMazeController(ScriptedController):
         seed: int | None = None,
         maze_map: Sequence[str] = MAZES["UMaze"],
         cell_size: float = 1.0,
+        target_cell: Sequence[int] | None = None,
     ):
         self.maze = MazeMap(maze_map, cell_size)
+        self.target_cell: tuple[int, int] | None = None
+        if target_cell is not None:
+            if (
+                isinstance(target_cell, (str, bytes))
+                or len(target_cell) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in target_cell)
+            ):
+                raise ValueError(f"{type(self).__name__}: target_cell must be a cell [row, col], got {target_cell!r}")
+            if not self.maze.is_free(target_cell):
+                raise ValueError(
+                    f"{type(self).__name__}: target_cell {list(target_cell)} is a wall or outside the maze "
+                    f"{list(self.maze.rows)}"
+                )
+            self.target_cell = (int(target_cell[0]), int(target_cell[1]))
         super().__init__(obs_layout, action_space, noise_std=noise_std, policy_id=policy_id, seed=seed)
 
     @classmethod
@@ -55,6 +77,9 @@ class PointMazeController(ScriptedController):
         kwargs.setdefault("maze_map", maze.rows)
         kwargs.setdefault("cell_size", maze.cell_size)
         return super().from_env(env, **kwargs)
+
+    def option_params(self) -> dict[str, Any]:
+        return {} if self.target_cell is None else {"target_cell": list(self.target_cell)}
 
     def reset_state(self) -> None:
         self._path: list[tuple[int, int]] | None = None
@@ -80,8 +105,12 @@ class PointMazeController(ScriptedController):
     def clean_action(self, obs: np.ndarray) -> np.ndarray:
         pos = self.field(obs, "position")
         vel = self.field(obs, "velocity")
-        goal = self.field(obs, "goal")
-        cell, goal_cell = self.maze.cell_of(pos), self.maze.cell_of(goal)
+        if self.target_cell is not None:
+            goal, goal_cell = self.maze.center(self.target_cell), self.target_cell
+        else:
+            goal = self.field(obs, "goal")
+            goal_cell = self.maze.cell_of(goal)
+        cell = self.maze.cell_of(pos)
         if not self.maze.is_free(cell):  # numerically inside a wall's cell: stay with the plan
             cell = self._path[self._k] if self._path else cell
         if self._path is None or goal_cell != self._goal_cell or cell not in self._path:

@@ -18,6 +18,7 @@ from o2o.pipeline.cli import main
 from o2o.pipeline.config import load_config
 
 ARRAYS = ("actions", "rewards", "terminals", "timeouts", "interventions")
+TASK = {"start_cell": [2, 3], "goal_cell": [3, 1]}
 
 
 def env_cfg(name: str) -> dict:
@@ -26,8 +27,12 @@ def env_cfg(name: str) -> dict:
     return OmegaConf.to_container(load_config("collect", [f"env={name}"]).env, resolve=True)
 
 
-def synthetic(rng, T: int, source: str, flags: str, seed, success) -> Episode:
-    """A pointmaze-shaped episode with every record field set (interventions included)."""
+def synthetic(rng, T: int, source: str, flags: str, seed, success, task=None) -> Episode:
+    """A pointmaze-shaped episode with every record field set (interventions included; a task, the
+    reset options it started from, where given)."""
+    prov = {"source": source, "policy_id": f"{source}_x", "policy_version": "7", "params": {"k": [1, 2]}}
+    if task is not None:
+        prov["task"] = task
     return Episode(
         observations=rng.normal(size=(T, 6)).astype(np.float32),
         actions=rng.uniform(-1, 1, (T, 2)).astype(np.float32),
@@ -36,7 +41,7 @@ def synthetic(rng, T: int, source: str, flags: str, seed, success) -> Episode:
         timeouts=np.eye(1, T, T - 1, dtype=bool)[0] & (flags == "timeout"),
         final_observation=rng.normal(size=6).astype(np.float32),
         interventions=rng.random(T) < 0.3,
-        provenance={"source": source, "policy_id": f"{source}_x", "policy_version": "7", "params": {"k": [1, 2]}},
+        provenance=prov,
         seed=seed,
         success=success,
         start_time=1.7e9 + rng.random(),
@@ -46,14 +51,16 @@ def synthetic(rng, T: int, source: str, flags: str, seed, success) -> Episode:
 
 @pytest.fixture(scope="module")
 def source_store(tmp_path_factory):
-    """A pointmaze store of 6 episodes: mixed sources, interventions, one episode ending without a flag."""
+    """A pointmaze store of 6 episodes: mixed sources, interventions, one episode ending without a flag,
+    and three tasks (reset options) besides episodes from the env's own reset."""
     path = tmp_path_factory.mktemp("src") / "maze.zarr"
     cfg = env_cfg("pointmaze")
     env = make_env(cfg)
     schema = Schema.from_spaces(env.observation_space, env.action_space, env.get_wrapper_attr("obs_layout"))
     rng = np.random.default_rng(0)
+    tasks = [{"start_cell": [3, 3], "goal_cell": [1, 1]}, None, {"start_cell": [1, 2]}, None, TASK, TASK]
     eps = [
-        synthetic(rng, 5 + 3 * i, src, flags, seed, succ)
+        synthetic(rng, 5 + 3 * i, src, flags, seed, succ, tasks[i])
         for i, (src, flags, seed, succ) in enumerate(
             [
                 ("scripted", "timeout", 0, True),
@@ -128,6 +135,16 @@ def test_d4rl_round_trip_is_exact(source_store, tmp_path):
         assert b.num_episodes == 6 and b.env == a.env
         for i in range(6):
             assert_same_episode(a.episode(i), b.episode(i))
+        # Each episode's task (its reset options) comes back with it, and none where it had none.
+        assert [b.episode(i).task for i in range(6)] == [a.episode(i).task for i in range(6)]
+        assert list(b.episodes_table()["task"]) == [
+            {"start_cell": [3, 3], "goal_cell": [1, 1]},
+            None,
+            {"start_cell": [1, 2]},
+            None,
+            TASK,
+            TASK,
+        ]
 
 
 def test_selection_by_source_range_and_version(source_store, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from o2o.envs import env_metadata, make_env, make_vector_env
+from o2o.envs import check_reset_options, env_metadata, make_env, make_vector_env
 from o2o.envs.spaces import ObsLayout, space_from_dict
 from o2o.policies.behavior.scripted import load_scripted_controller
 
@@ -188,3 +188,45 @@ def test_foreign_factory_refused(factory):
 def test_missing_factory_reported():
     with pytest.raises(ValueError, match="not found"):
         make_env({"factory": "o2o.envs.pointmaze.nope", "id": "UMaze", "max_episode_steps": 1})
+
+
+# Per env: a task (reset options) it takes, where the observation shows it, and a bad task with the
+# message that refuses it. Envs not listed take no reset options.
+RESET_OPTIONS = {
+    "pointmaze": (
+        {"start_cell": [1, 3], "goal_cell": [3, 3]},
+        {"position": [1.0, 1.0], "goal": [1.0, -1.0]},
+        {"start_cell": [2, 1]},
+        r"tasks\[4\]: start_cell \[2, 1\] is a wall",
+    ),
+    "lift": (
+        {"cube_xy": [0.12, -0.07], "cube_yaw": 0.5},
+        {"cube_pos": [0.12, -0.07], "cube_quat": [0.0, 0.0, float(np.sin(0.25)), float(np.cos(0.25))]},
+        {"cube_xy": [0.1, 0.6]},
+        r"tasks\[4\]: cube_xy \[0.1, 0.6\] is off the table",
+    ),
+}
+
+
+def test_reset_options_set_the_task_of_one_episode(made):
+    cfg, env = made
+    where = "collect.tasks[4]"
+    if cfg["name"] not in RESET_OPTIONS:
+        with pytest.raises(ValueError, match=r"collect.tasks\[4\]: .* takes no reset options"):
+            check_reset_options(env, {"start_cell": [1, 1]}, where)
+        return
+    task, shown, bad, message = RESET_OPTIONS[cfg["name"]]
+    assert check_reset_options(env, task, where) == task
+    with pytest.raises(ValueError, match=message):
+        check_reset_options(env, bad, where)
+    with pytest.raises(ValueError, match=r"collect.tasks\[4\]: unknown reset option 'nope'"):
+        check_reset_options(env, {"nope": 1}, where)
+    layout = env.get_wrapper_attr("obs_layout")
+    obs, _ = env.reset(seed=5, options=task)
+    for field, value in shown.items():  # where the task put things (the maze jitters by position_noise)
+        np.testing.assert_allclose(layout.get(obs, field)[: len(value)], value, atol=0.101)
+    # The same seed and task give the same episode start; without options the env's own draw is back.
+    np.testing.assert_array_equal(obs, env.reset(seed=5, options=task)[0])
+    plain_obs, _ = env.reset(seed=5)
+    assert not np.allclose(plain_obs, obs)
+    np.testing.assert_array_equal(plain_obs, env.reset(seed=5)[0])

@@ -163,3 +163,42 @@ def test_missing_fields_and_foreign_paths_refused(envs):
         load_scripted_controller("os.path.join")
     with pytest.raises(ValueError, match="not a ScriptedController"):
         load_scripted_controller("o2o.policies.behavior.scripted.np")
+
+
+def test_maze_controller_drives_to_a_commanded_cell_and_holds_there(envs):
+    # target_cell: the behaviour is sent elsewhere while the task (the goal in the observation) stays.
+    env = envs["pointmaze"]
+    maze, layout = env.get_wrapper_attr("maze"), env.get_wrapper_attr("obs_layout")
+    ctl = PointMazeController.from_env(env, noise_std=0.1, target_cell=[2, 3])
+    assert ctl.provenance.params == {"noise_std": 0.1, "target_cell": [2, 3]}
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed, options={"start_cell": [1, 1], "goal_cell": [3, 1]})
+        ctl.reset(seed=seed)
+        cells = []
+        for _ in range(150):
+            obs, _, _, _, info = env.step(ctl.act(obs))
+            cells.append(maze.cell_of(layout.get(obs, "position")))
+            assert maze.cell_of(layout.get(obs, "goal")) == (3, 1)
+        assert cells[-40:] == [(2, 3)] * 40, cells[-40:]  # arrived and stays
+        assert np.linalg.norm(layout.get(obs, "position") - maze.center((2, 3))) < 0.2
+
+
+def test_maze_controller_options_are_checked(envs):
+    env = envs["pointmaze"]
+    with pytest.raises(ValueError, match=r"target_cell \[2, 2\] is a wall"):
+        PointMazeController.from_env(env, target_cell=[2, 2])
+    with pytest.raises(ValueError, match="target_cell must be a cell"):
+        PointMazeController.from_env(env, target_cell=[1, 1, 1])
+    from o2o.policies.behavior.factory import make_behavior
+
+    cfg = {"name": "pointmaze", "scripted_controller": "o2o.policies.behavior.scripted_maze.PointMazeController"}
+    with pytest.raises(ValueError, match=r"controller options \['target'\] are not options of PointMazeController"):
+        make_behavior({"kind": "scripted", "controller": {"target": [1, 1]}}, env, cfg)
+    with pytest.raises(ValueError, match=r"controller options \['target_cell'\] are not options of LiftController"):
+        make_behavior(
+            {"kind": "scripted", "controller": {"target_cell": [1, 1]}},
+            envs["lift"],
+            {"name": "lift", "scripted_controller": "o2o.policies.behavior.scripted_lift.LiftController"},
+        )
+    built = make_behavior({"kind": "scripted", "controller": {"target_cell": [3, 3]}}, env, cfg)
+    assert built.provenance.params["target_cell"] == [3, 3]
