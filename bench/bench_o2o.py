@@ -40,11 +40,11 @@ from omegaconf import OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.pipeline.config import load_config
-from o2o.pipeline.gate import Evidence, decide
+from o2o.pipeline.gate import decide
 from o2o.pipeline.stages.collect import collect, collect_entries
 from o2o.pipeline.stages.evaluate import data_behaviour
 from o2o.pipeline.stages.finetune import finetune
-from o2o.pipeline.stages.gate import policy_on_data
+from o2o.pipeline.stages.gate import gate_evidence, policy_on_data
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
 from o2o.policies.callbacks import SimEvaluation
@@ -129,23 +129,8 @@ def gate_decision(cfg, ckpt: str, data: Path, offline_eval: dict) -> dict[str, A
         episodes = store.num_episodes
     acts, critic = policy_on_data(ckpt, str(data), episodes)
     d = data_behaviour(str(data), episodes)
-    evidence = Evidence(
-        sim=offline_eval,
-        data_return_mean=d.return_mean,
-        data_success_rate=d.success_rate,
-        reward_max=d.reward_max,
-        gamma=float(load_algorithm(ckpt).hp.gamma),
-        horizon=int(cfg.env.max_episode_steps),
-        actions_finite=acts["finite"],
-        actions_in_bounds=acts["in_bounds"],
-        action_violation=acts["violation"],
-        data_return_std=d.return_std,
-        data_episodes=d.episodes,
-        reward_min=d.reward_min,
-        q_initial=critic["q_initial"],
-        q_data_start=critic.get("q_data_start"),
-        data_discounted_return_mean=critic.get("data_discounted_return_mean"),
-    )
+    gamma = float(load_algorithm(ckpt).hp.gamma)
+    evidence = gate_evidence(offline_eval, d, acts, critic, gamma=gamma, horizon=int(cfg.env.max_episode_steps))
     decision = decide(dict(cfg.gate), evidence)
     return {
         "passed": decision.passed,

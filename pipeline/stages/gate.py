@@ -13,6 +13,7 @@ run ends with a non-zero exit code naming each failed criterion and by how much.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -74,27 +75,43 @@ def policy_on_data(
     return actions, critic
 
 
-def run_stage(ctx) -> dict:
-    ev_in, ckpt, data = ctx.artifact("evaluation"), ctx.artifact("checkpoint"), ctx.artifact("dataset")
-    acts, critic = policy_on_data(ckpt.path, data.path, data.episodes, verify=data.verify)
-    d = ev_in.data
-    evidence = Evidence(
-        sim=ev_in.sim,
-        ope_value=(ev_in.ope or {}).get("ope/fqe_value"),
-        data_return_mean=d.return_mean,
-        data_success_rate=d.success_rate,
-        reward_max=d.reward_max,
-        gamma=ev_in.gamma,
-        horizon=ev_in.horizon,
+def gate_evidence(
+    sim: Any, data: Any, acts: dict, critic: dict, *, gamma: float, horizon: int | None, ope_value: float | None = None
+) -> Evidence:
+    """The gate's evidence: the policy's simulated evaluation ``sim``, the data's behaviour ``data``
+    (:class:`~o2o.pipeline.stages.evaluate.DataBehaviour`), and ``acts``/``critic`` from
+    :func:`policy_on_data` (also what ``bench/bench_o2o.py`` asks the gate with)."""
+    return Evidence(
+        sim=sim,
+        ope_value=ope_value,
+        data_return_mean=data.return_mean,
+        data_success_rate=data.success_rate,
+        reward_max=data.reward_max,
+        gamma=gamma,
+        horizon=horizon,
         actions_finite=acts["finite"],
         actions_in_bounds=acts["in_bounds"],
         action_violation=acts["violation"],
-        data_return_std=d.return_std,
-        data_episodes=d.episodes,
-        reward_min=d.reward_min,
+        data_return_std=data.return_std,
+        data_episodes=data.episodes,
+        reward_min=data.reward_min,
         q_initial=critic["q_initial"],
         q_data_start=critic.get("q_data_start"),
         data_discounted_return_mean=critic.get("data_discounted_return_mean"),
+    )
+
+
+def run_stage(ctx) -> dict:
+    ev_in, ckpt, data = ctx.artifact("evaluation"), ctx.artifact("checkpoint"), ctx.artifact("dataset")
+    acts, critic = policy_on_data(ckpt.path, data.path, data.episodes, verify=data.verify)
+    evidence = gate_evidence(
+        ev_in.sim,
+        ev_in.data,
+        acts,
+        critic,
+        gamma=ev_in.gamma,
+        horizon=ev_in.horizon,
+        ope_value=(ev_in.ope or {}).get("ope/fqe_value"),
     )
     decision = decide(dict(ctx.config.gate), evidence)
     gate = GateArtifact(**decision.to_dict(), checkpoint=ckpt.path, actions=acts, critic=critic)
