@@ -82,15 +82,20 @@ def build_dataset(cfg, path: Path, quiet: bool) -> dict[str, Any]:
         with _quiet(quiet):
             collect(part)
         seed += int(item["episodes"])
+    return data_level(path)
+
+
+def data_level(path: Path) -> dict[str, Any]:
+    """The dataset's size and its behaviour's level (the evaluate stage's summary of the data)."""
     with EpisodeStore.open(str(path), mode="r") as store:
-        t = store.episodes_table()
-        s = np.asarray(t["success"])
-        return {
-            "episodes": int(store.num_episodes),
-            "transitions": int(store.num_steps),
-            "return_mean": float(np.mean(t["returns"])),
-            "success_rate": float(np.mean(s[s >= 0])) if (s >= 0).any() else None,
-        }
+        episodes, transitions = int(store.num_episodes), int(store.num_steps)
+    d = data_behaviour(str(path), episodes)
+    return {
+        "episodes": episodes,
+        "transitions": transitions,
+        "return_mean": d.return_mean,
+        "success_rate": d.success_rate,
+    }
 
 
 @contextlib.contextmanager
@@ -214,18 +219,7 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True)
         cfg = load_config("run", [*overrides, f"dataset.path={data}"])
         t = time.perf_counter()
-        if not args.data:
-            level = build_dataset(cfg, data, quiet)
-        else:
-            with EpisodeStore.open(str(data), mode="r") as store:
-                tb = store.episodes_table()
-                s = np.asarray(tb["success"])
-                level = {
-                    "episodes": int(store.num_episodes),
-                    "transitions": int(store.num_steps),
-                    "return_mean": float(np.mean(tb["returns"])),
-                    "success_rate": float(np.mean(s[s >= 0])) if (s >= 0).any() else None,
-                }
+        level = build_dataset(cfg, data, quiet) if not args.data else data_level(data)
         print(
             f"scenario {args.scenario}: data {level['episodes']} episodes, {level['transitions']} transitions, "
             f"return {level['return_mean']:.1f}, success {level['success_rate']} ({time.perf_counter() - t:.0f} s)",

@@ -323,21 +323,8 @@ def finetune(
                 interaction.close()
             periodic.close()
 
-    kept = None
-    if monitor.curve:  # the weights to keep: the best periodic evaluation's, or the last
-        if str(f.keep) == "best":
-            kept = monitor.keep_best(module)
-        else:
-            last = monitor.curve[-1]
-            kept = {
-                "which": "last",
-                "metric": monitor.metric,
-                "value": last[monitor.metric],
-                "step": last["step"],
-                "updates": last["updates"],
-                "is_last": True,
-                "pre_finetune": False,
-            }
+    # the weights to keep: the best periodic evaluation's, or the last (finetune.keep)
+    kept = monitor.keep(module, str(f.keep)) if monitor.curve else None
 
     final_ev = Evaluator(
         env_cfg,

@@ -115,30 +115,31 @@ class FinetuneMonitor(L.Callback):
             # The curve ends where training ended, and the weights that will be saved are judged too.
             self._judge(pl_module, self._evaluate(pl_module, f"after {k} updates (end)"))
 
-    def keep_best(self, module) -> dict[str, Any]:
-        """Load the weights of the best evaluation (the pre-finetune ones included) into ``module``
-        unless they are already there; returns what is kept: the evaluation's step, updates and
-        metric, and whether they are the last weights. After a rollback the best weights are already
-        in place."""
+    def keep(self, module, which: str = "best") -> dict[str, Any]:
+        """Settle which weights ``module`` ends with and describe them: ``best`` loads those of the best
+        evaluation (the pre-finetune ones included) unless they are already there; ``last`` keeps the
+        module's own. After a rollback either way the module holds the restored best weights, and the
+        record says so. Returns the kept evaluation's metric, step and updates, and whether it is the
+        last evaluation or the one before finetuning."""
         if self.best is None or self._best_state is None:
-            raise RuntimeError("finetune monitor: no evaluation yet, so no best weights to keep")
+            raise RuntimeError("finetune monitor: no evaluation yet, so no weights to keep")
         last = self.curve[-1]
-        in_place = self.rollback is not None or self.best["updates"] == last["updates"]
-        if not in_place:
+        entry = self.best if which == "best" or self.rollback is not None else last
+        if which == "best" and self.rollback is None and entry["updates"] != last["updates"]:
             module.load_state_dict(self._best_state)
             self.say(
-                f"  kept the weights of env step {self.best['step']} ({self.best['updates']} updates): "
-                f"{self.metric} {self.best[self.metric]:.4g}, the best periodic evaluation; the last one "
+                f"  kept the weights of env step {entry['step']} ({entry['updates']} updates): "
+                f"{self.metric} {entry[self.metric]:.4g}, the best periodic evaluation; the last one "
                 f"({last['updates']} updates) had {last[self.metric]:.4g}"
             )
         return {
-            "which": "best",
+            "which": which,
             "metric": self.metric,
-            "value": self.best[self.metric],
-            "step": self.best["step"],
-            "updates": self.best["updates"],
-            "is_last": self.best["updates"] == last["updates"],
-            "pre_finetune": self.best["updates"] == self.curve[0]["updates"],
+            "value": entry[self.metric],
+            "step": entry["step"],
+            "updates": entry["updates"],
+            "is_last": entry["updates"] == last["updates"],
+            "pre_finetune": entry["updates"] == self.curve[0]["updates"],
         }
 
     def _judge(self, module, entry: dict[str, Any]) -> bool:

@@ -125,10 +125,12 @@ def test_online_episodes_are_appended_with_the_policy_version_and_batches_follow
 
 
 @pytest.mark.parametrize(
-    "steps, patience, stop_updates", [(900, 2, 200), (300, 3, 240)], ids=["stops-early", "judged-at-the-end"]
+    "steps, patience, stop_updates, keep",
+    [(900, 2, 200, "last"), (300, 3, 240, "best")],
+    ids=["stops-early", "judged-at-the-end"],
 )
 def test_rollback_restores_the_best_weights_when_performance_is_forced_down(
-    offline, tmp_path, steps, patience, stop_updates
+    offline, tmp_path, steps, patience, stop_updates, keep
 ):
     """The reward sign flipped in the checkpoint's normalisation (a sabotaged reward scale): finetuning
     then learns to move away from the goal, the return falls and the monitor rolls back — after two
@@ -147,6 +149,7 @@ def test_rollback_restores_the_best_weights_when_performance_is_forced_down(
         f"finetune.rollback.patience={patience}",
         "finetune.rollback.margin=0.05",
         "finetune.algo_overrides.iql.actor_lr=3e-4",
+        f"finetune.keep={keep}",
     )
     res = finetune(cfg, str(sabotaged), str(data), tmp_path / "ft")
     rb = res["rollback"]
@@ -156,6 +159,10 @@ def test_rollback_restores_the_best_weights_when_performance_is_forced_down(
     )
     assert rb["drop"] == pytest.approx(rb["level"] - rb["value"]) and rb["drop"] > 0.05 * abs(rb["level"])
     assert rb["updates"] == stop_updates and res["curve"][-1]["step"] == rb["step"]  # it stopped there
+    # Whatever finetune.keep says, after a rollback the record names the restored weights, not the last.
+    kept = res["kept"]
+    assert kept["which"] == keep and kept["updates"] == rb["restored_updates"] and not kept["is_last"]
+    assert kept["value"] == rb["restored_value"]
     # The saved policy is the best one seen: re-evaluated on the monitor's seeds it scores exactly that.
     saved = load_algorithm(res["checkpoint"])
     ev = Evaluator(
