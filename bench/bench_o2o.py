@@ -144,25 +144,12 @@ def gate_decision(cfg, ckpt: str, data: Path, offline_eval: dict) -> dict[str, A
     }
 
 
-def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, seed: int, quiet: bool) -> dict:
-    run = work / f"{algo}-s{seed}"
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir(parents=True)
-    copy = run / "data.zarr"
-    shutil.copytree(data, copy)
-    cfg = load_config(
-        "run",
-        [
-            *base_cfg_overrides,
-            f"algo={algo}",
-            f"dataset.path={copy}",
-            f"run_dir={run / 'pretrain'}",
-            f"trainer.seed={seed}",
-            "trainer.progress=false",
-            "finetune.progress=false",
-            "evaluation.progress=false",
-        ],
-    )
+def run_round(cfg, copy: Path, run: Path, rnd: int, quiet: bool) -> dict:
+    """One ``o2o run`` on the dataset copy as it is now: pretrain (fresh), evaluate, gate, finetune (which
+    appends its online episodes to the copy, as the finetune stage does)."""
+    with EpisodeStore.open(str(copy), mode="r") as store:
+        data_episodes, data_steps = int(store.num_episodes), int(store.num_steps)
+    cfg = OmegaConf.merge(cfg, {"run_dir": str(run / f"pretrain-{rnd}")})
     t0 = time.perf_counter()
     with _quiet(quiet):
         pre = pretrain(cfg)
@@ -172,11 +159,12 @@ def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, s
     gate = gate_decision(cfg, ckpt, copy, offline)
     lines: list[str] = []
     with _quiet(quiet):
-        fin = finetune(cfg, ckpt, str(copy), run / "finetune", log=lines.append)
+        fin = finetune(cfg, ckpt, str(copy), run / f"finetune-{rnd}", log=lines.append)
     t2 = time.perf_counter()
-    out = {
-        "algo": algo,
-        "seed": seed,
+    return {
+        "round": rnd,
+        "data_episodes": data_episodes,
+        "data_transitions": data_steps,
         "offline": offline,
         "gate": gate,
         "finetuned": fin["evaluation"],
@@ -189,13 +177,89 @@ def run_seed(base_cfg_overrides: list[str], data: Path, work: Path, algo: str, s
         "pretrain_s": t1 - t0,
         "finetune_s": t2 - t1,
     }
+
+
+def run_seed(
+    base_cfg_overrides: list[str], data: Path, work: Path, algo: str, seed: int, quiet: bool, rounds: int = 1
+) -> dict:
+    """``rounds`` successive runs for one training seed on its own copy of the first dataset: round 1 is
+    the first ``o2o run``; round k+1 retrains from scratch on the dataset round k's finetuning grew
+    (what a second ``o2o run`` does). The result is round 1's record, with every round under ``rounds``."""
+    run = work / f"{algo}-s{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    copy = run / "data.zarr"
+    shutil.copytree(data, copy)
+    cfg = load_config(
+        "run",
+        [
+            *base_cfg_overrides,
+            f"algo={algo}",
+            f"dataset.path={copy}",
+            f"trainer.seed={seed}",
+            "trainer.progress=false",
+            "finetune.progress=false",
+            "evaluation.progress=false",
+        ],
+    )
+    done = [run_round(cfg, copy, run, k + 1, quiet) for k in range(rounds)]
+    out = {"algo": algo, "seed": seed, **{k: v for k, v in done[0].items() if k != "round"}, "rounds": done}
     shutil.rmtree(copy, ignore_errors=True)
     return out
 
 
+def print_round(algo: str, seed: int, r: dict, rounds: int) -> None:
+    o, f = r["offline"], r["finetuned"]
+    print(
+        f"  {algo} seed {seed}"
+        + (f" round {r['round']} ({r['data_episodes']} episodes)" if rounds > 1 else "")
+        + f": offline success {o.get('success_rate', float('nan')):.2f} return "
+        f"{o['return_mean']:.1f} -> finetuned success {f.get('success_rate', float('nan')):.2f} return "
+        f"{f['return_mean']:.1f} (online episodes {r['online'].get('success_rate')}, "
+        f"{r['env_steps']} env steps, {r['updates']} updates; {r['pretrain_s']:.0f}+{r['finetune_s']:.0f} s"
+        + (", rolled back" if r["rolled_back"] else "")
+        + ("; gate passed" if r["gate"]["passed"] else "; GATE FAILED (finetuned anyway here)")
+        + ")",
+        flush=True,
+    )
+
+
+def summarise(rs: list[dict]) -> dict[str, Any]:
+    """Offline vs finetuned success and return over seeds (one round's records)."""
+    so = [r["offline"].get("success_rate") for r in rs]
+    sf = [r["finetuned"].get("success_rate") for r in rs]
+    ro = [r["offline"]["return_mean"] for r in rs]
+    rf = [r["finetuned"]["return_mean"] for r in rs]
+    ds = [b - a for a, b in zip(so, sf)] if None not in so + sf else []
+    dr = [b - a for a, b in zip(ro, rf)]
+    gates = sum(bool(r["gate"]["passed"]) for r in rs)
+    return {
+        "so": so,
+        "sf": sf,
+        "ro": ro,
+        "rf": rf,
+        "ds": ds,
+        "dr": dr,
+        "gates": gates,
+        "summary": {
+            "offline_success": mean_se(so),
+            "finetuned_success": mean_se(sf),
+            "success_gain": mean_se(ds),
+            "offline_return": mean_se(ro),
+            "finetuned_return": mean_se(rf),
+            "return_gain": mean_se(dr),
+            "gate_passed": gates,
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="room_poor", help="an experiment config (configs/experiment/)")
+    ap.add_argument(
+        "--scenario",
+        default="room_poor",
+        help="an experiment config (configs/experiment/), or default: `o2o run`'s own",
+    )
     ap.add_argument("--algos", default="iql", help="comma-separated algo configs")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
@@ -203,11 +267,19 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="reuse this first dataset (collected by an earlier run)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--verbose", action="store_true", help="show the stages' output")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="successive runs per seed: round k+1 retrains on the dataset round k's finetuning grew (a second o2o run)",
+    )
     args = ap.parse_args()
     logging.getLogger("lightning").setLevel(logging.ERROR)
     os.environ.setdefault("O2O_PROGRESS", "0")
 
-    overrides = [f"+experiment={args.scenario}", *args.set]
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
+    overrides = [*([] if args.scenario == "default" else [f"+experiment={args.scenario}"]), *args.set]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_o2o-"))
     work.mkdir(parents=True, exist_ok=True)
     quiet = not args.verbose
@@ -228,47 +300,43 @@ def main() -> None:
         rows: list[dict] = []
         for algo in args.algos.split(","):
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                r = run_seed(overrides, data, work, algo, seed, quiet)
+                r = run_seed(overrides, data, work, algo, seed, quiet, rounds=args.rounds)
                 rows.append(r)
-                o, f = r["offline"], r["finetuned"]
-                print(
-                    f"  {algo} seed {seed}: offline success {o.get('success_rate', float('nan')):.2f} return "
-                    f"{o['return_mean']:.1f} -> finetuned success {f.get('success_rate', float('nan')):.2f} return "
-                    f"{f['return_mean']:.1f} (online episodes {r['online'].get('success_rate')}, "
-                    f"{r['env_steps']} env steps, {r['updates']} updates; {r['pretrain_s']:.0f}+{r['finetune_s']:.0f} s"
-                    + (", rolled back" if r["rolled_back"] else "")
-                    + ("; gate passed" if r["gate"]["passed"] else "; GATE FAILED (finetuned anyway here)")
-                    + ")",
-                    flush=True,
-                )
+                for rr in r["rounds"]:
+                    print_round(algo, seed, rr, args.rounds)
         print()
         print(
-            f"{'algo':8} {'seeds':>5} {'offline success':>16} {'finetuned success':>18} {'gain':>14} "
+            f"{'algo':8} {'round':>5} {'seeds':>5} {'offline success':>16} {'finetuned success':>18} {'gain':>14} "
             f"{'offline return':>16} {'finetuned return':>17} {'gain':>14} gate"
         )
-        summary = {}
+        summary: dict[str, Any] = {}
         for algo in args.algos.split(","):
             rs = [r for r in rows if r["algo"] == algo]
-            so = [r["offline"].get("success_rate") for r in rs]
-            sf = [r["finetuned"].get("success_rate") for r in rs]
-            ro = [r["offline"]["return_mean"] for r in rs]
-            rf = [r["finetuned"]["return_mean"] for r in rs]
-            ds = [b - a for a, b in zip(so, sf)] if None not in so + sf else []
-            dr = [b - a for a, b in zip(ro, rf)]
-            gates = sum(bool(r["gate"]["passed"]) for r in rs)
-            print(
-                f"{algo:8} {len(rs):>5} {fmt(so):>16} {fmt(sf):>18} {fmt(ds):>14} {fmt(ro, 1):>16} "
-                f"{fmt(rf, 1):>17} {fmt(dr, 1):>14} {gates:>3}/{len(rs)}"
-            )
-            summary[algo] = {
-                "offline_success": mean_se(so),
-                "finetuned_success": mean_se(sf),
-                "success_gain": mean_se(ds),
-                "offline_return": mean_se(ro),
-                "finetuned_return": mean_se(rf),
-                "return_gain": mean_se(dr),
-                "gate_passed": gates,
-            }
+            per_round = []
+            for k in range(args.rounds):
+                s = summarise([r["rounds"][k] for r in rs])
+                per_round.append(s)
+                print(
+                    f"{algo:8} {k + 1:>5} {len(rs):>5} {fmt(s['so']):>16} {fmt(s['sf']):>18} {fmt(s['ds']):>14} "
+                    f"{fmt(s['ro'], 1):>16} {fmt(s['rf'], 1):>17} {fmt(s['dr'], 1):>14} {s['gates']:>3}/{len(rs)}"
+                )
+            summary[algo] = {**per_round[0]["summary"], "rounds": [x["summary"] for x in per_round]}
+            if args.rounds > 1:
+                first = [r["rounds"][0]["offline"].get("success_rate") for r in rs]
+                for k in range(1, args.rounds):
+                    later = [r["rounds"][k]["offline"].get("success_rate") for r in rs]
+                    if None in first + later:
+                        continue
+                    d = [b - a for a, b in zip(first, later)]
+                    ret = [
+                        r["rounds"][k]["offline"]["return_mean"] - r["rounds"][0]["offline"]["return_mean"] for r in rs
+                    ]
+                    print(
+                        f"{algo:8} round {k + 1}'s offline policy vs round 1's (same seed, paired): "
+                        f"success {fmt(d)}, return {fmt(ret, 1)}"
+                    )
+                    summary[algo]["rounds"][k]["offline_success_vs_round1"] = mean_se(d)
+                    summary[algo]["rounds"][k]["offline_return_vs_round1"] = mean_se(ret)
         print(
             f"data: return {level['return_mean']:.1f}, success {level['success_rate']}; "
             "± is the standard error over seeds; evaluation seeds are the evaluate stage's (unseen by selection)"

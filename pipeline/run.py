@@ -110,7 +110,7 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
         )
 
     res = pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
-    entry = _lineage(res)
+    entry = _lineage(res, int(cfg.evaluation.seed) if "evaluation" in cfg else None)
     if entry is not None and any(r.name == "pretrain" and r.status == "ran" for r in res.records):
         policy = res.artifact("policy")
         lineage.append(
@@ -119,14 +119,16 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
     return res
 
 
-def _lineage(res: RunResult) -> dict | None:
-    """Which dataset version produced which policy."""
+def _lineage(res: RunResult, evaluation_seed: int | None = None) -> dict | None:
+    """Which dataset version produced which policy, and how the offline and finetuned policies scored on
+    the evaluate stage's seeds (what the next run's report compares its own offline policy with)."""
     ckpt = res.artifact("checkpoint")
     if ckpt is None:
         return None
-    return {
-        "checkpoint": ckpt.path,
-        "dataset_version": ckpt.dataset.selector,
-        "algo": ckpt.algo,
-        "updates": ckpt.updates,
-    }
+    return lineage.entry(
+        ckpt,
+        res.artifact("evaluation"),
+        res.artifact("finetune"),
+        res.artifact("policy"),
+        evaluation_seed=evaluation_seed,
+    )

@@ -4,8 +4,10 @@ Sections: the dataset (composition and growth per source, returns per source), o
 training (losses, periodic evaluation, the value diagnostic "estimated Q vs achieved
 return"), the evaluation (simulation, OPE next to it), the gate decision with every
 criterion and why, online finetuning (the offline -> online learning curve against the offline
-policy's and the data's levels, the finetuning curve in detail, any rollback) and the exported
-policy (files, parity) — each section says so when its stage did not run.
+policy's and the data's levels, the finetuning curve in detail, any rollback), the exported
+policy (files, parity) and the run among the earlier runs on the same state (this offline
+policy beside theirs, trained on smaller versions of the growing dataset) — each section says
+so when its stage did not run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from o2o.pipeline.artifacts import (
     ExportedArtifact,
     FinetuneArtifact,
     GateArtifact,
+    PolicyArtifact,
     ReportArtifact,
 )
 from o2o.pipeline.dag import Stage
@@ -428,6 +431,64 @@ def export_section(ex: ExportedArtifact | None) -> list[str]:
     return [*lines, ""]
 
 
+def _episodes(selector: str | None) -> str:
+    return "?" if not selector else str(selector).split("@", 1)[0]
+
+
+def runs_section(
+    state_dir: str | None,
+    ckpt: CheckpointArtifact | None,
+    ev: EvaluationArtifact | None,
+    ft: FinetuneArtifact | None,
+    policy: PolicyArtifact | None,
+    evaluation_seed: int | None,
+) -> tuple[list[str], str | None]:
+    """This run's offline policy beside the earlier runs' of the same algorithm on the same evaluation seeds
+    (``state_dir``'s lineage): did retraining on the grown dataset pay? Also returns a one-line summary."""
+    from o2o.pipeline import lineage
+
+    head = "## Across runs\n"
+    if ckpt is None or state_dir is None:
+        return [head, "No policy was trained in this run.\n"], None
+    current = lineage.entry(ckpt, ev, ft, policy, evaluation_seed=evaluation_seed)
+    earlier = lineage.comparable(lineage.read(state_dir), current)
+    if not earlier or not current.get("offline"):
+        return [
+            head,
+            f"No earlier run of {ckpt.algo} on this state (`{state_dir}`) was evaluated on the same seeds: the "
+            "next `o2o run` retrains on the dataset as this run leaves it (with the episodes finetuning appended) "
+            "and sets its offline policy beside this one here.\n",
+        ], None
+    rows = [
+        "| run | trained on (episodes) | offline success | offline return | finetuned success | finetuned return "
+        "| promoted |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    shown = earlier[-5:]
+    for i, e in enumerate([*shown, current]):
+        off, fin = e.get("offline") or {}, e.get("finetuned") or {}
+        name = "this run" if e is current else (e.get("time") or f"earlier {i + 1}")
+        rows.append(
+            f"| {name} | {_episodes(e.get('dataset_version'))} | {_fmt(off.get('success_rate'), '.2f')} | "
+            f"{_fmt(off.get('return_mean'), '.1f')} | {_fmt(fin.get('success_rate'), '.2f')} | "
+            f"{_fmt(fin.get('return_mean'), '.1f')} | {e.get('promoted') or '-'} |"
+        )
+    prev, now = earlier[-1]["offline"], current["offline"]
+    line = (
+        f"offline policy on {_episodes(current['dataset_version'])} episodes vs the previous run's on "
+        f"{_episodes(earlier[-1].get('dataset_version'))}: success {_fmt(prev.get('success_rate'), '.2f')} -> "
+        f"{_fmt(now.get('success_rate'), '.2f')}, return {_fmt(prev.get('return_mean'), '.1f')} -> "
+        f"{_fmt(now.get('return_mean'), '.1f')} (the same {_fmt(now.get('episodes'), '.0f')} evaluation seeds)"
+    )
+    text = (
+        f"The {ckpt.algo} policies trained by the runs on this state (`{state_dir}`), each evaluated on the same "
+        f"{_fmt(now.get('episodes'), '.0f')} seeds: the dataset grows by what each run's finetuning appended, and "
+        "each run retrains on it. One run's figures move with its seeds; `bench/bench_o2o.py --rounds 2` "
+        "measures the difference over seeds.\n"
+    )
+    return [head, text, *rows, "", f"This run's {line}.", ""], line
+
+
 def run_stage(ctx) -> dict:
     out = ctx.out_dir
     lines = [f"# o2o run report\n\nRun folder `{ctx.run_dir}`.\n"]
@@ -438,6 +499,18 @@ def run_stage(ctx) -> dict:
     lines += gate_section(ctx.artifact("gate"))
     lines += finetune_section(out, ctx.artifact("finetune"), ctx.artifact("evaluation"))
     lines += export_section(ctx.artifact("exported"))
+    evaluation = ctx.config.get("evaluation") or {}
+    runs, line = runs_section(
+        ctx.config.get("state_dir"),
+        ctx.artifact("checkpoint"),
+        ctx.artifact("evaluation"),
+        ctx.artifact("finetune"),
+        ctx.artifact("policy"),
+        None if evaluation.get("seed") is None else int(evaluation["seed"]),
+    )
+    lines += runs
+    if line:
+        ctx.log(f"  across runs: {line}")
     path = out / "report.md"
     path.write_text("\n".join(lines))
     ctx.log(f"  report: {path}")
@@ -449,7 +522,7 @@ STAGE = Stage(
     reads=("dataset",),
     writes=("report",),
     run=run_stage,
-    optional=("checkpoint", "evaluation", "gate", "finetune", "exported"),
-    doc="a Markdown page with plots: data, training, evaluation, gate, finetuning, export",
+    optional=("checkpoint", "evaluation", "gate", "finetune", "policy", "exported"),
+    doc="a Markdown page with plots: data, training, evaluation, gate, finetuning, export, across runs",
 )
-CONFIG_KEYS = ("report",)
+CONFIG_KEYS = ("report", "state_dir", "evaluation")

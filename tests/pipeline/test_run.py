@@ -84,6 +84,7 @@ def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
     assert f"It now holds {12 + ONLINE} episodes" in report and f"{ONLINE} appended since" in report
     assert "| online | iql-finetune-" in report and "| scripted | " in report and "| random | " in report
     assert "| onnxruntime | " in report and "| exported policy (o2o runtime) | " in report
+    assert "## Across runs" in report and "No earlier run of iql on this state" in report
 
     # The same config again: nothing new was collected, but finetuning grew the dataset with online
     # episodes, so everything that depends on the data reruns on the grown version (the keep-the-dataset loop).
@@ -97,6 +98,19 @@ def test_run_twice_reruns_on_the_online_data_and_new_data_retrains(tmp_path):
     with EpisodeStore.open(tmp_path / "data" / "room.zarr") as store:
         assert store.num_episodes == 12 + 2 * ONLINE  # the skipped collect appended nothing
         assert list(store.episodes_table()["source"][12:]) == ["online"] * (2 * ONLINE)
+    # The second run's report sets its offline policy (trained on the grown dataset) beside the first's,
+    # both evaluated on the evaluate stage's seeds, with the figures the lineage recorded.
+    from o2o.pipeline import lineage
+
+    first, second = lineage.read(tmp_path / "runs" / ".state")
+    assert first["offline"]["return_mean"] == pytest.approx(offline_return)
+    assert first["finetuned"]["return_mean"] == pytest.approx(tuned["evaluation"]["return_mean"])
+    assert first["promoted"] == policy["origin"] and first["evaluation_seed"] == second["evaluation_seed"]
+    report2 = (tmp_path / "runs" / "two" / "report" / "report.md").read_text()
+    prev, now = first["offline"], r2.artifacts["evaluation"]["sim"]
+    assert f"offline policy on {12 + ONLINE} episodes vs the previous run's on 12: " in report2
+    assert f"return {prev['return_mean']:.1f} -> {now['return_mean']:.1f}" in report2
+    assert f"| this run | {12 + ONLINE} | " in report2
 
     # More data (a different behaviour mix): collect appends, everything downstream reruns.
     r3 = R.run(cfg_for(tmp_path, "three", "collect.behaviors=[{behavior: noisy, episodes: 4}]"))
