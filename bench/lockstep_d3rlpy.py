@@ -340,6 +340,7 @@ SPECS = {
         "losses": iql_losses,
         "loss_names": ["critic loss", "value loss", "actor loss"],
         "draws": None,
+        "overrides": ["algo.tau=0.005"],  # d3rlpy's (and the paper's) target rate; o2o's default is 0.1
     },
     "cql": {
         "switch": as_d3rlpy_cql,
@@ -405,6 +406,7 @@ def main(argv=None) -> int:
                 "trainer.progress=false",
                 "trainer.accelerator=cpu",
                 f"run_dir={work / 'run'}",
+                *spec.get("overrides", []),
             ],
         )
         L.seed_everything(args.seed, verbose=False)

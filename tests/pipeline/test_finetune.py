@@ -55,6 +55,7 @@ def run_cfg(dataset, *extra: str):
             "finetune.eval.episodes=2",
             "evaluation.episodes=2",
             "finetune.seed=500",
+            "finetune.updates_per_env_step=1",  # the mechanics below count updates; IQL's recipe says 2
             *extra,
         ],
     )
@@ -372,3 +373,27 @@ def test_an_update_to_data_ratio_below_one_whole_update_is_refused(offline, tmp_
         )
     with EpisodeStore.open(data) as store:
         assert store.num_episodes == 12  # nothing appended
+
+
+@pytest.mark.parametrize(
+    "algo, expect",
+    [
+        ("iql", {"updates_per_env_step": 2, "explore_temperature": 0.3}),
+        ("rlpd", {"updates_per_env_step": 5, "ratio": {"start": 0.5, "end": 0.5}}),
+        ("wsrl", {"updates_per_env_step": 4, "ratio": {"start": 1.0, "end": 1.0}}),
+        ("calql", {"updates_per_env_step": 4}),
+        ("cql", {"updates_per_env_step": 4}),
+        ("awac", {"updates_per_env_step": 1, "explore_temperature": 1.0}),
+    ],
+)
+def test_each_algorithm_finetunes_with_its_online_recipe_which_the_command_line_and_experiments_override(algo, expect):
+    """configs/online/<algo>.yaml composes over finetune/default (AWAC has none: the defaults)."""
+    ft = load_config("run", [f"algo={algo}"]).finetune
+    for key, value in expect.items():
+        got = ft[key] if not isinstance(value, dict) else {k: ft[key][k] for k in value}
+        assert got == value, (algo, key, got)
+    assert load_config("run", [f"algo={algo}", "finetune.updates_per_env_step=3"]).finetune.updates_per_env_step == 3
+    # room_poor explores with IQL's full learned std (the maze's goal is found by exploring)
+    assert load_config("run", [f"algo={algo}", "+experiment=room_poor"]).finetune.explore_temperature == 1.0
+    if algo == "wsrl":
+        assert ft.algo_overrides.wsrl.cql_alpha == 0
