@@ -100,17 +100,19 @@ def run(cfg: DictConfig, log: Callable[[str], None] = print, force: tuple[str, .
         "stages_selected": list(cfg.pipeline.stages),
     }
 
+    evaluation_seed = int(cfg.evaluation.seed) if "evaluation" in cfg else None
+
     def manifest(res: RunResult) -> None:
         data = res.artifact("dataset")
         res.write(
             run_dir / "manifest.json",
             **info,
             dataset_version=None if data is None else data.selector,
-            lineage=_lineage(res),
+            lineage=_lineage(res, evaluation_seed),
         )
 
     res = pipe.run(configs, StageCache(cfg.state_dir), run_dir, log=log, force=force, manifest=manifest)
-    entry = _lineage(res, int(cfg.evaluation.seed) if "evaluation" in cfg else None)
+    entry = _lineage(res, evaluation_seed)
     if entry is not None and any(r.name == "pretrain" and r.status == "ran" for r in res.records):
         policy = res.artifact("policy")
         lineage.append(

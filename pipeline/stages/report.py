@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from o2o.datasets import EpisodeStore
+from o2o.datasets.reading import parse_version
 from o2o.pipeline.artifacts import (
     CheckpointArtifact,
     DatasetArtifact,
@@ -432,7 +433,8 @@ def export_section(ex: ExportedArtifact | None) -> list[str]:
 
 
 def _episodes(selector: str | None) -> str:
-    return "?" if not selector else str(selector).split("@", 1)[0]
+    version = parse_version(selector)
+    return "?" if version is None else str(version["episodes"])
 
 
 def runs_section(
