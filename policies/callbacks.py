@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from o2o.policies.algos.base import updates_to_multiple
 from o2o.policies.evaluation import Evaluator
 
 
@@ -55,6 +56,10 @@ class SimEvaluation(L.Callback):
         finally:
             module.train(was_training)
         return metrics
+
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        """Updates until the next evaluation (a step of several updates ends there)."""
+        return updates_to_multiple(pl_module.update_count, self.every)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = pl_module.update_count
@@ -105,6 +110,9 @@ class UpdateRate(L.Callback):
         self._n0 = 0
         self.rates: list[float] = []
 
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        return updates_to_multiple(pl_module.update_count, self.every)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = pl_module.update_count
         if self._t0 is None:
@@ -116,6 +124,24 @@ class UpdateRate(L.Callback):
             self.rates.append(rate)
             pl_module.log("train/updates_per_s", rate, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
             self._t0, self._n0 = now, n
+
+
+class UpdateChunks(L.Callback):
+    """``trainer.updates_per_step``: each Lightning step of the fit runs up to ``k`` updates
+    (:func:`~o2o.policies.algos.base.updates_this_step` cuts a step where a callback, a checkpoint,
+    the log or ``max_steps`` must see the weights), so Lightning's per-step work (hooks, logging,
+    progress) is paid once per ``k`` updates. The module is told for the fit only."""
+
+    def __init__(self, k: int):
+        if int(k) < 1:
+            raise ValueError(f"trainer.updates_per_step must be an integer >= 1, got {k!r}")
+        self.k = int(k)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.updates_per_step = self.k
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        pl_module.updates_per_step = 1
 
 
 class TrainingProgress(L.Callback):

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions, parse_version
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
-from o2o.policies.callbacks import TrainingProgress
+from o2o.policies.callbacks import TrainingProgress, UpdateChunks
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 
 ENV_IDENTITY_KEYS = ("name", "id", "kwargs")  # env settings that change what a logged step means
@@ -57,6 +57,7 @@ class TrainerSpec:
     log_every: int = 50
     progress: bool = True
     compile: bool = False
+    updates_per_step: int = 1  # updates per Lightning step (its hooks, logging and progress paid once per step)
 
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any], log_every: int = 50, **changes: Any) -> "TrainerSpec":
@@ -71,8 +72,22 @@ class TrainerSpec:
             log_every=int(log_every),
             progress=bool(t.get("progress", True)),
             compile=bool(t.get("compile", False)),
+            updates_per_step=updates_per_step_of(t.get("updates_per_step", 1)),
         )
         return spec if not changes else cls(**{**spec.__dict__, **changes})
+
+
+def updates_per_step_of(value: Any) -> int:
+    """``trainer.updates_per_step`` as an int >= 1, refused by name otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"trainer.updates_per_step must be an integer >= 1, got {value!r}")
+    try:
+        k = int(value)
+    except ValueError:
+        raise ValueError(f"trainer.updates_per_step must be an integer >= 1, got {value!r}") from None
+    if k < 1 or float(value) != k:
+        raise ValueError(f"trainer.updates_per_step must be an integer >= 1, got {value!r}")
+    return k
 
 
 def make_trainer(
@@ -93,6 +108,8 @@ def make_trainer(
     loggers = [TensorBoardLogger(run_dir, name="tb", version=""), CSVLogger(run_dir, name="csv", version="")]
     if spec.progress and progress is not None:
         callbacks = callbacks + [TrainingProgress(progress, stats)]
+    if spec.updates_per_step > 1:
+        callbacks = [UpdateChunks(spec.updates_per_step), *callbacks]
     strategy = spec.strategy
     if strategy == "ddp":
         # Every update runs one backward pass per network (critic, actor, ...), each touching only

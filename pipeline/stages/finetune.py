@@ -31,7 +31,7 @@ from o2o.pipeline.artifacts import FinetuneArtifact
 from o2o.pipeline.config import plain
 from o2o.pipeline.dag import Stage
 from o2o.pipeline.progress import Progress
-from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
+from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm, updates_to_multiple
 from o2o.policies.callbacks import SimEvaluation
 from o2o.policies.data import TensorReplay
 from o2o.policies.evaluation import Evaluator
@@ -123,6 +123,9 @@ class ResumePoint(L.Callback):
 
     def __init__(self, path: Path, every: int, saved: Callable[[str, int], None], monitor: FinetuneMonitor):
         self.path, self.every, self.saved, self.monitor = Path(path), int(every), saved, monitor
+
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        return updates_to_multiple(int(trainer.global_step), self.every)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         k = int(trainer.global_step)

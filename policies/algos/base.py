@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor, nn
 
 from o2o.core.resolve import resolve
@@ -195,6 +196,9 @@ class OfflineAlgorithm(L.LightningModule):
         self._update_count = 0
         self.register_load_state_dict_post_hook(_mirror_update_count)
         self.replay: TensorReplay | None = None
+        # Updates per Lightning step (``trainer.updates_per_step``; set for a fit by the trainer's
+        # UpdateChunks callback): a runtime setting, not a hyperparameter, so not in checkpoints.
+        self.updates_per_step = 1
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
@@ -313,16 +317,26 @@ class OfflineAlgorithm(L.LightningModule):
 
     # ------------------------------------------------------------------ the update
     def training_step(self, _unused, batch_idx: int = 0):
-        batch = self.replay.sample(int(self.hp.batch_size))
-        # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
-        self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
+        """``updates_this_step`` updates (``trainer.updates_per_step``, cut at the next update a
+        callback, a checkpoint, the log or ``max_steps`` must see), each on its own batch."""
+        k = updates_this_step(self) if self.updates_per_step > 1 else 1
+        batch_size = int(self.hp.batch_size)
+        for _ in range(k):
+            batch = self.replay.sample(batch_size)
+            # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
+            self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
+        if k > 1:
+            # Lightning counts batches for its logging (every log_every_n_steps batches, at x = the
+            # batch count); counting each update as a batch keeps both where one update per step has
+            # them. The count is part of the loop's state, so a resumed fit goes on from it.
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped += k - 1
         metrics = self._recent_metrics
         n = self._update_count
         if n % int(self.hp.log_every) == 0:
             losses = {f"train/{k}": v.float() for k, v in metrics.items() if k.endswith("_loss")}
             others = {f"train/{k}": v.float() for k, v in metrics.items() if not k.endswith("_loss")}
-            self.log_dict(losses, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch))
-            self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(batch))
+            self.log_dict(losses, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
+            self.log_dict(others, on_step=True, on_epoch=False, prog_bar=False, batch_size=batch_size)
         return None
 
     def update(self, batch: Batch, scratch: Scratch | None = None) -> dict[str, Tensor]:
@@ -399,6 +413,37 @@ class OfflineAlgorithm(L.LightningModule):
         if self._evaluation is not None and self._evaluation["weights_sha256"] == digest:
             record["evaluation"] = dict(self._evaluation)
         checkpoint["o2o"] = record
+
+
+def updates_to_multiple(count: int, every: int) -> int | None:
+    """Updates from ``count`` until the next multiple of ``every`` (``every`` when ``count`` is one);
+    None for ``every`` <= 0 (never)."""
+    return None if every <= 0 else every - int(count) % every
+
+
+def updates_this_step(module: OfflineAlgorithm) -> int:
+    """How many updates the coming Lightning step runs: ``module.updates_per_step``, but none past
+    the next update that ``max_steps``, the training log (every ``log_every`` updates) or a callback
+    must see. A callback says how far off its next one is with ``updates_to_boundary(trainer,
+    module) -> int | None`` (periodic evaluation, resume points, online finetuning's env steps); a
+    Lightning ``ModelCheckpoint`` saves every ``every_n_train_steps`` steps. So with K updates per
+    step every callback runs after exactly the update it runs after at one update per step."""
+    trainer = module.trainer
+    g = int(trainer.global_step)
+    k = int(module.updates_per_step)
+    if int(trainer.max_steps) >= 0:
+        k = min(k, int(trainer.max_steps) - g)
+    due = [updates_to_multiple(module.update_count, int(module.hp.log_every))]
+    for cb in trainer.callbacks:
+        hook = getattr(cb, "updates_to_boundary", None)
+        if hook is not None:
+            due.append(hook(trainer, module))
+        elif isinstance(cb, ModelCheckpoint):  # Lightning's: it keeps the period to itself
+            due.append(updates_to_multiple(g, int(getattr(cb, "_every_n_train_steps", 0) or 0)))
+    for d in due:
+        if d is not None:
+            k = min(k, int(d))
+    return max(1, k)
 
 
 def _mirror_update_count(module: OfflineAlgorithm, _incompatible) -> None:

@@ -123,6 +123,16 @@ class OnlineInteraction(L.Callback):
         # that the interruption lost (the unfinished episode, the uncommitted ones).
         self.collect(pl_module, self.due(int(trainer.global_step) - 1) - self.steps)
 
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        """Updates from this step's first one until one that needs env steps taken after it: a step
+        of several updates ends there (at ``updates_per_env_step`` u: every u updates)."""
+        g = int(trainer.global_step)
+        now, cap = self.due(g), max(1, int(pl_module.updates_per_step))
+        for d in range(1, cap + 1):
+            if self.due(g + d) != now:
+                return d
+        return None
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.collect(pl_module, self.due(int(trainer.global_step)) - self.steps)
 

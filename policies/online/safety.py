@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import lightning as L
 
+from o2o.policies.algos.base import updates_to_multiple
 from o2o.policies.callbacks import SimEvaluation
 
 
@@ -90,6 +91,12 @@ class FinetuneMonitor(L.Callback):
         entry = self._evaluate(pl_module, "before finetuning")
         self.level = entry[self.metric]
         self.best, self._best_state = entry, _copy_state(pl_module)
+
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        """Updates until the next evaluation (a step of several updates ends there)."""
+        if self.rollback is not None:
+            return None
+        return updates_to_multiple(pl_module.update_count - self._start, self.every)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         k = pl_module.update_count - self._start

@@ -1,0 +1,167 @@
+"""``trainer.updates_per_step``: several updates per Lightning step give the same training as one.
+
+Each step of K updates ends early where a periodic evaluation, a checkpoint, the training log,
+a resume point, an online env step or ``max_steps`` must see the weights, so everything that
+counts updates counts them exactly; the updates themselves are the same calls on the same
+batches, so the weights are the same to the bit on the CPU. Every registered algorithm config
+is checked (real point-maze data, tiny networks).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from o2o.datasets import EpisodeStore
+from o2o.pipeline.config import load_config
+from o2o.pipeline.stages.collect import collect
+from o2o.pipeline.stages.finetune import finetune
+from o2o.pipeline.stages.pretrain import pretrain
+from o2o.policies.algos.base import load_algorithm
+from o2o.policies.training import TrainerSpec, updates_per_step_of
+
+from .test_algorithms import ALGOS, tiny_cfg
+
+
+def train_rows(run_dir) -> list[dict]:
+    """The training log's rows without the wall-clock rate (the one column that may differ)."""
+    rows = list(csv.DictReader(open(run_dir / "csv" / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k != "train/updates_per_s"} for r in rows]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_k_updates_per_step_train_exactly_as_one_per_step(algo, maze_dataset, tmp_path):
+    # 23 updates, evaluated and checkpointed every 10, logged every 5: K=4 must cut its steps at
+    # 5, 10, 15, 20 and stop at 23.
+    common = ("trainer.max_steps=23", "eval.every=10", "eval.episodes=1", "trainer.seed=7")
+    one = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k1", *common))
+    four = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k4", *common, "trainer.updates_per_step=4"))
+    assert one.updates == four.updates == 23
+    assert_same_weights(one.module, four.module)
+    assert [h["step"] for h in four.evaluations] == [h["step"] for h in one.evaluations] == [10, 20, 23]
+    assert [h["return_mean"] for h in four.evaluations] == [h["return_mean"] for h in one.evaluations]
+    assert train_rows(tmp_path / "k4") == train_rows(tmp_path / "k1")
+    assert sorted(p.name for p in (tmp_path / "k4" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (tmp_path / "k1" / "checkpoints").iterdir()
+    )
+    assert four.module.updates_per_step == 1  # the setting is the fit's, not the module's
+
+
+def test_a_fit_of_k_updates_per_step_resumes_where_one_per_step_would(maze_dataset, tmp_path):
+    """Resumed from a checkpoint written mid-run (by a fit of 3 per step), at 7 per step (a K that
+    divides nothing): the same weights and log as resuming it at one update per step."""
+    quick = ("eval.enabled=false", "ope.select=false", "eval.every=10")
+    first = pretrain(
+        tiny_cfg("cql", maze_dataset, tmp_path / "first", "trainer.max_steps=17", *quick, "trainer.updates_per_step=3")
+    )
+    ckpt = tmp_path / "first" / "checkpoints" / "step-10.ckpt"
+    assert first.updates == 17 and torch.load(ckpt, weights_only=True)["o2o"]["updates"] == 10
+    rest = {
+        k: pretrain(
+            tiny_cfg(
+                "cql",
+                maze_dataset,
+                tmp_path / f"rest{k}",
+                "trainer.max_steps=30",
+                *quick,
+                f"trainer.updates_per_step={k}",
+                f"trainer.ckpt_path={ckpt}",
+            )
+        )
+        for k in (1, 7)
+    }
+    assert rest[1].updates == rest[7].updates == 30
+    assert_same_weights(rest[1].module, rest[7].module)
+    assert train_rows(tmp_path / "rest7") == train_rows(tmp_path / "rest1")
+    assert [int(r["step"]) for r in train_rows(tmp_path / "rest7")] == [14, 19, 24, 29]
+
+
+ROOM = [
+    "env=pointmaze",
+    "env.id=Open",
+    "env.max_episode_steps=60",
+    "env.kwargs.start_cells=[[3,1]]",
+    "env.kwargs.goal_cells=[[1,3]]",
+]
+
+
+def test_finetuning_with_k_updates_per_step_steps_the_env_where_one_per_step_does(maze_dataset, tmp_path):
+    """Online finetuning at 2 updates per env step: a Lightning step of up to 5 updates still takes
+    each env step before the update it precedes (steps end where an env step is due), evaluates after
+    the same updates and ends with the same weights, curve and appended episodes."""
+    root = tmp_path / "data.zarr"
+    for behavior in ("scripted", "random"):
+        cfg = load_config(
+            "collect",
+            [*ROOM, f"behavior={behavior}", "collect.episodes=4", f"dataset.path={root}", "collect.progress=false"],
+        )
+        collect(cfg)
+
+    def run_cfg(data, *extra: str):
+        return load_config(
+            "run",
+            [
+                *ROOM,
+                f"dataset.path={data}",
+                "algo.hidden=[32,32]",
+                "algo.batch_size=32",
+                "finetune.steps=240",
+                "finetune.warmup_steps=60",
+                "finetune.eval.every=60",
+                "finetune.eval.episodes=1",
+                "finetune.updates_per_env_step=2",
+                "finetune.seed=500",
+                "finetune.progress=false",
+                "trainer.progress=false",
+                *extra,
+            ],
+        )
+
+    pre = OmegaConf.merge(run_cfg(root), {"run_dir": str(tmp_path / "pre")})
+    pre.trainer.max_steps, pre.eval.enabled, pre.ope.select = 40, False, False
+    ckpt = pretrain(pre).last_checkpoint
+    results = {}
+    for k in (1, 5):
+        data = tmp_path / f"k{k}.zarr"
+        shutil.copytree(root, data)
+        results[k] = finetune(
+            run_cfg(data, f"trainer.updates_per_step={k}"), ckpt, str(data), tmp_path / f"ft{k}", log=lambda s: None
+        )
+    one, five = results[1], results[5]
+    assert one["updates"] == five["updates"] == 360 and one["steps"] == five["steps"]
+    assert [(c["step"], c["updates"], c["return_mean"]) for c in five["curve"]] == [
+        (c["step"], c["updates"], c["return_mean"]) for c in one["curve"]
+    ]
+    assert_same_weights(load_algorithm(one["checkpoint"]), load_algorithm(five["checkpoint"]))
+    tables = []
+    for k in (1, 5):
+        with EpisodeStore.open(tmp_path / f"k{k}.zarr") as store:
+            t = store.episodes_table(np.arange(8, store.num_episodes))
+            tables.append((t["policy_version"].tolist(), t["returns"].tolist(), t["seed"].tolist()))
+    assert tables[0] == tables[1] and len(tables[0][0]) >= 3
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "four", True, None])
+def test_updates_per_step_must_be_a_positive_integer_and_says_so(value):
+    with pytest.raises(ValueError, match=r"trainer.updates_per_step must be an integer >= 1, got"):
+        updates_per_step_of(value)
+    with pytest.raises(ValueError, match=r"trainer.updates_per_step"):
+        TrainerSpec.from_config({"max_steps": 10, "updates_per_step": value})
+
+
+def test_updates_per_step_is_read_from_the_trainer_config():
+    assert TrainerSpec.from_config({"max_steps": 10}).updates_per_step == 1
+    assert TrainerSpec.from_config({"max_steps": 10, "updates_per_step": "8"}).updates_per_step == 8
+    assert load_config("pretrain", ["trainer.updates_per_step=16"]).trainer.updates_per_step == 16
