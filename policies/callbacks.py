@@ -144,6 +144,45 @@ class UpdateChunks(L.Callback):
         pl_module.updates_per_step = 1
 
 
+FAST_PATH_MODES = ("auto", "true", "false")
+
+
+def fast_path_refusal(trainer) -> str | None:
+    """Why the fast path cannot run in ``trainer``'s fit, or None: it steps the bare optimisers, which is
+    what Lightning does for float32 and bf16-mixed on one process, not for a loss scaler (16-mixed) or a
+    distributed strategy (whose backward hooks Lightning's manual_backward prepares)."""
+    if int(trainer.world_size) > 1:
+        return f"{trainer.world_size} processes (strategy {type(trainer.strategy).__name__})"
+    precision = str(trainer.precision)
+    if precision not in ("32-true", "32", "bf16-mixed", "bf16-true"):
+        return f"precision {precision} (a loss scaler)"
+    return None
+
+
+class FastPath(L.Callback):
+    """``trainer.fast_path``: ``auto``/``true`` run each update's optimiser steps on the bare torch
+    optimisers (:meth:`~o2o.policies.algos.base.OfflineAlgorithm.step_optimizer`) — the same math without
+    Lightning's per-optimiser-step hooks — where that is what Lightning would do (float32, bf16-mixed, one
+    process); ``true`` says when it cannot; ``false`` keeps Lightning's optimiser wrapper. Set for the fit only."""
+
+    def __init__(self, mode: str):
+        mode = str(mode).lower()
+        if mode not in FAST_PATH_MODES:
+            raise ValueError(f"trainer.fast_path must be one of {list(FAST_PATH_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.active = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        refusal = fast_path_refusal(trainer) if self.mode != "false" else "trainer.fast_path=false"
+        if refusal is not None and self.mode == "true":
+            pl_module.print(f"trainer.fast_path=true: not used with {refusal}; Lightning's optimiser steps instead")
+        self.active = refusal is None
+        pl_module.fast_updates = self.active
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        pl_module.fast_updates = False
+
+
 class TrainingProgress(L.Callback):
     """Reports training's progress to ``display`` (rank 0 only): ``display.update(updates, stats)``
     after every update, where the stats are the losses logged to the progress bar plus ``extra()``

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions, parse_version
 from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
-from o2o.policies.callbacks import TrainingProgress, UpdateChunks
+from o2o.policies.callbacks import FAST_PATH_MODES, FastPath, TrainingProgress, UpdateChunks
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 
 ENV_IDENTITY_KEYS = ("name", "id", "kwargs")  # env settings that change what a logged step means
@@ -58,6 +58,7 @@ class TrainerSpec:
     progress: bool = True
     compile: bool = False
     updates_per_step: int = 1  # updates per Lightning step (its hooks, logging and progress paid once per step)
+    fast_path: str = "auto"  # optimiser steps outside Lightning's wrappers where that is the same math (FastPath)
 
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any], log_every: int = 50, **changes: Any) -> "TrainerSpec":
@@ -73,6 +74,7 @@ class TrainerSpec:
             progress=bool(t.get("progress", True)),
             compile=bool(t.get("compile", False)),
             updates_per_step=updates_per_step_of(t.get("updates_per_step", 1)),
+            fast_path=fast_path_of(t.get("fast_path", "auto")),
         )
         return spec if not changes else cls(**{**spec.__dict__, **changes})
 
@@ -88,6 +90,14 @@ def updates_per_step_of(value: Any) -> int:
     if k < 1 or float(value) != k:
         raise ValueError(f"trainer.updates_per_step must be an integer >= 1, got {value!r}")
     return k
+
+
+def fast_path_of(value: Any) -> str:
+    """``trainer.fast_path`` as ``auto``/``true``/``false`` (YAML booleans too), refused by name otherwise."""
+    mode = ("true" if value else "false") if isinstance(value, bool) else str(value).lower()
+    if mode not in FAST_PATH_MODES:
+        raise ValueError(f"trainer.fast_path must be one of {list(FAST_PATH_MODES)}, got {value!r}")
+    return mode
 
 
 def make_trainer(
@@ -110,6 +120,7 @@ def make_trainer(
         callbacks = callbacks + [TrainingProgress(progress, stats)]
     if spec.updates_per_step > 1:
         callbacks = [UpdateChunks(spec.updates_per_step), *callbacks]
+    callbacks = [FastPath(spec.fast_path), *callbacks]
     strategy = spec.strategy
     if strategy == "ddp":
         # Every update runs one backward pass per network (critic, actor, ...), each touching only

@@ -199,6 +199,10 @@ class OfflineAlgorithm(L.LightningModule):
         # Updates per Lightning step (``trainer.updates_per_step``; set for a fit by the trainer's
         # UpdateChunks callback): a runtime setting, not a hyperparameter, so not in checkpoints.
         self.updates_per_step = 1
+        # ``trainer.fast_path``: optimiser steps outside Lightning's per-step wrappers (set for a fit by
+        # the FastPath callback); the counted steps are handed to Lightning once per step.
+        self.fast_updates = False
+        self._fast_counted = 0
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
@@ -325,6 +329,9 @@ class OfflineAlgorithm(L.LightningModule):
             batch = self.replay.sample(batch_size)
             # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
             self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
+        if self._fast_counted:
+            advance_global_step(self.trainer, self._fast_counted)
+            self._fast_counted = 0
         if k > 1:
             # Lightning counts batches for its logging (every log_every_n_steps batches, at x = the
             # batch count); counting each update as a batch keeps both where one update per step has
@@ -369,7 +376,23 @@ class OfflineAlgorithm(L.LightningModule):
         return True
 
     def step_optimizer(self, opt, loss: Tensor, counted: bool = True) -> None:
-        """zero_grad, backward, optional clipping, step. Only a ``counted`` step advances Lightning's global step."""
+        """zero_grad, backward, optional clipping, step. Only a ``counted`` step advances Lightning's global step.
+
+        On the fast path (``self.fast_updates``) the same math runs on the bare torch optimiser — plain
+        backward, ``clip_grad_norm_``, ``step`` — without Lightning's per-step hooks and profiler
+        around it (what its precision plugin does for 32-true and bf16-mixed); the counted steps are
+        handed to Lightning's step count once the Lightning step ends."""
+        if self.fast_updates:
+            raw = getattr(opt, "optimizer", opt)
+            raw.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.hp.grad_clip:
+                params = [p for group in raw.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, float(self.hp.grad_clip))
+            raw.step()
+            self._fast_counted += int(counted)
+            torch.clear_autocast_cache()
+            return
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         if self.hp.grad_clip:
@@ -419,6 +442,16 @@ def updates_to_multiple(count: int, every: int) -> int | None:
     """Updates from ``count`` until the next multiple of ``every`` (``every`` when ``count`` is one);
     None for ``every`` <= 0 (never)."""
     return None if every <= 0 else every - int(count) % every
+
+
+def advance_global_step(trainer: L.Trainer, steps: int) -> None:
+    """Count ``steps`` optimiser steps taken outside Lightning's optimiser wrapper (the fast path) as
+    Lightning counts its own under manual optimisation, so ``global_step``, ``max_steps`` and the
+    checkpointed loop state are what the wrapped steps would have made them."""
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    for _ in range(int(steps)):
+        progress.increment_ready()
+        progress.increment_completed()
 
 
 def updates_this_step(module: OfflineAlgorithm) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from o2o.pipeline.stages.collect import collect
 from o2o.pipeline.stages.finetune import finetune
 from o2o.pipeline.stages.pretrain import pretrain
 from o2o.policies.algos.base import load_algorithm
+from o2o.policies.callbacks import fast_path_refusal
 from o2o.policies.training import TrainerSpec, updates_per_step_of
 
 from .test_algorithms import ALGOS, tiny_cfg
@@ -42,11 +44,13 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_k_updates_per_step_train_exactly_as_one_per_step(algo, maze_dataset, tmp_path):
-    # 23 updates, evaluated and checkpointed every 10, logged every 5: K=4 must cut its steps at
-    # 5, 10, 15, 20 and stop at 23.
+def test_k_updates_per_step_on_the_fast_path_train_exactly_as_lightning_s_one_per_step(algo, maze_dataset, tmp_path):
+    """The reference is Lightning's own loop: one update per step through its optimiser wrappers
+    (``trainer.fast_path=false``). Against it: 4 updates per step on the fast path (bare optimisers,
+    the default). 23 updates, evaluated and checkpointed every 10, logged every 5: the steps of 4 must
+    end at 5, 10, 15, 20 and 23."""
     common = ("trainer.max_steps=23", "eval.every=10", "eval.episodes=1", "trainer.seed=7")
-    one = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k1", *common))
+    one = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k1", *common, "trainer.fast_path=false"))
     four = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k4", *common, "trainer.updates_per_step=4"))
     assert one.updates == four.updates == 23
     assert_same_weights(one.module, four.module)
@@ -56,7 +60,33 @@ def test_k_updates_per_step_train_exactly_as_one_per_step(algo, maze_dataset, tm
     assert sorted(p.name for p in (tmp_path / "k4" / "checkpoints").iterdir()) == sorted(
         p.name for p in (tmp_path / "k1" / "checkpoints").iterdir()
     )
-    assert four.module.updates_per_step == 1  # the setting is the fit's, not the module's
+    assert four.module.updates_per_step == 1 and not four.module.fast_updates  # the fit's settings, not the module's
+
+
+def test_the_fast_path_under_bf16_autocast_equals_lightning_s_steps(maze_dataset, tmp_path):
+    """bf16-mixed: Lightning's precision plugin steps the optimisers without a scaler; the fast path does
+    the same steps inside the same autocast. Gradient clipping (float32) clips the same norms."""
+    quick = ("trainer.max_steps=12", "eval.enabled=false", "ope.select=false")
+    for name, extra in (("bf16", "trainer.precision=bf16-mixed"), ("clip", "algo.grad_clip=0.5")):
+        slow = pretrain(
+            tiny_cfg("cql", maze_dataset, tmp_path / f"{name}-slow", *quick, extra, "trainer.fast_path=false")
+        )
+        fast = pretrain(
+            tiny_cfg("cql", maze_dataset, tmp_path / f"{name}-fast", *quick, extra, "trainer.fast_path=true")
+        )
+        assert slow.updates == fast.updates == 12
+        assert_same_weights(slow.module, fast.module)
+
+
+def test_the_fast_path_is_refused_where_lightning_s_steps_do_more():
+    plain = SimpleNamespace(world_size=1, precision="32-true", strategy=object())
+    assert fast_path_refusal(plain) is None
+    assert fast_path_refusal(SimpleNamespace(world_size=1, precision="bf16-mixed", strategy=object())) is None
+    assert "16-mixed" in fast_path_refusal(SimpleNamespace(world_size=1, precision="16-mixed", strategy=object()))
+    assert "2 processes" in fast_path_refusal(SimpleNamespace(world_size=2, precision="32-true", strategy=object()))
+    with pytest.raises(ValueError, match=r"trainer.fast_path must be one of \['auto', 'true', 'false'\], got 'fast'"):
+        TrainerSpec.from_config({"max_steps": 10, "fast_path": "fast"})
+    assert TrainerSpec.from_config({"max_steps": 10, "fast_path": False}).fast_path == "false"
 
 
 def test_a_fit_of_k_updates_per_step_resumes_where_one_per_step_would(maze_dataset, tmp_path):
