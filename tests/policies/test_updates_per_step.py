@@ -78,6 +78,19 @@ def test_the_fast_path_under_bf16_autocast_equals_lightning_s_steps(maze_dataset
         assert_same_weights(slow.module, fast.module)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", ["iql", "cql", "td3bc"])
+def test_on_cuda_the_fast_path_with_k_updates_per_step_equals_lightning_s_loop(algo, maze_dataset, tmp_path):
+    """On a GPU: 8 updates per step on the fast path against Lightning's loop of one, to float rounding
+    (kernels may differ in the order they reduce)."""
+    quick = ("trainer.max_steps=24", "eval.enabled=false", "ope.select=false", "trainer.accelerator=gpu")
+    slow = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "slow", *quick, "trainer.fast_path=false"))
+    fast = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "fast", *quick, "trainer.updates_per_step=8"))
+    assert slow.updates == fast.updates == 24
+    for (name, a), (_, b) in zip(slow.module.state_dict().items(), fast.module.state_dict().items()):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_the_fast_path_is_refused_where_lightning_s_steps_do_more():
     plain = SimpleNamespace(world_size=1, precision="32-true", strategy=object())
     assert fast_path_refusal(plain) is None
@@ -163,21 +176,26 @@ def test_finetuning_with_k_updates_per_step_steps_the_env_where_one_per_step_doe
     pre.trainer.max_steps, pre.eval.enabled, pre.ope.select = 40, False, False
     ckpt = pretrain(pre).last_checkpoint
     results = {}
-    for k in (1, 5):
+    # The reference: Lightning's loop, one update per step. Then the fast path at its default (as many
+    # updates per step as per env step: 2) and at 5.
+    settings = {1: ("trainer.fast_path=false",), 2: (), 5: ("trainer.updates_per_step=5",)}
+    for k, extra in settings.items():
         data = tmp_path / f"k{k}.zarr"
         shutil.copytree(root, data)
-        results[k] = finetune(
-            run_cfg(data, f"trainer.updates_per_step={k}"), ckpt, str(data), tmp_path / f"ft{k}", log=lambda s: None
-        )
-    one, five = results[1], results[5]
+        results[k] = finetune(run_cfg(data, *extra), ckpt, str(data), tmp_path / f"ft{k}", log=lambda s: None)
+    for k in (2, 5):
+        assert_same_finetuning(results[1], results[k], tmp_path / "k1.zarr", tmp_path / f"k{k}.zarr")
+
+
+def assert_same_finetuning(one: dict, five: dict, data_one, data_other) -> None:
     assert one["updates"] == five["updates"] == 360 and one["steps"] == five["steps"]
     assert [(c["step"], c["updates"], c["return_mean"]) for c in five["curve"]] == [
         (c["step"], c["updates"], c["return_mean"]) for c in one["curve"]
     ]
     assert_same_weights(load_algorithm(one["checkpoint"]), load_algorithm(five["checkpoint"]))
     tables = []
-    for k in (1, 5):
-        with EpisodeStore.open(tmp_path / f"k{k}.zarr") as store:
+    for path in (data_one, data_other):
+        with EpisodeStore.open(path) as store:
             t = store.episodes_table(np.arange(8, store.num_episodes))
             tables.append((t["policy_version"].tolist(), t["returns"].tolist(), t["seed"].tolist()))
     assert tables[0] == tables[1] and len(tables[0][0]) >= 3
