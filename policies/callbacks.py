@@ -165,12 +165,14 @@ class FastPath(L.Callback):
     Lightning's per-optimiser-step hooks — where that is what Lightning would do (float32, bf16-mixed, one
     process); ``true`` says when it cannot; ``false`` keeps Lightning's optimiser wrapper. Set for the fit only."""
 
-    def __init__(self, mode: str):
+    def __init__(self, mode: str, cuda_graphs: bool = False):
         mode = str(mode).lower()
         if mode not in FAST_PATH_MODES:
             raise ValueError(f"trainer.fast_path must be one of {list(FAST_PATH_MODES)}, got {mode!r}")
         self.mode = mode
+        self.cuda_graphs = bool(cuda_graphs)
         self.active = False
+        self.graphs_refused: str | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         refusal = fast_path_refusal(trainer) if self.mode != "false" else "trainer.fast_path=false"
@@ -178,9 +180,18 @@ class FastPath(L.Callback):
             pl_module.print(f"trainer.fast_path=true: not used with {refusal}; Lightning's optimiser steps instead")
         self.active = refusal is None
         pl_module.fast_updates = self.active
+        if self.cuda_graphs:
+            from o2o.policies.graphs import UpdateGraph, graph_refusal
+
+            self.graphs_refused = graph_refusal(pl_module)
+            if self.graphs_refused is None:
+                pl_module.update_graph = UpdateGraph(pl_module)
+            else:
+                pl_module.print(f"trainer.cuda_graphs=true: not used: {self.graphs_refused}; eager updates instead")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         pl_module.fast_updates = False
+        pl_module.update_graph = None
 
 
 class TrainingProgress(L.Callback):

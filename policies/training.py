@@ -59,6 +59,7 @@ class TrainerSpec:
     compile: bool = False
     updates_per_step: int = 1  # updates per Lightning step (its hooks, logging and progress paid once per step)
     fast_path: str = "auto"  # optimiser steps outside Lightning's wrappers where that is the same math (FastPath)
+    cuda_graphs: bool = False  # on the fast path on CUDA, each update replayed as one captured CUDA graph
 
     @classmethod
     def from_config(cls, trainer: Mapping[str, Any], log_every: int = 50, **changes: Any) -> "TrainerSpec":
@@ -75,6 +76,7 @@ class TrainerSpec:
             compile=bool(t.get("compile", False)),
             updates_per_step=updates_per_step_of(t.get("updates_per_step", 1)),
             fast_path=fast_path_of(t.get("fast_path", "auto")),
+            cuda_graphs=cuda_graphs_of(t.get("cuda_graphs", False)),
         )
         return spec if not changes else cls(**{**spec.__dict__, **changes})
 
@@ -100,6 +102,13 @@ def fast_path_of(value: Any) -> str:
     return mode
 
 
+def cuda_graphs_of(value: Any) -> bool:
+    """``trainer.cuda_graphs`` as a bool, refused by name otherwise."""
+    if not isinstance(value, bool):
+        raise ValueError(f"trainer.cuda_graphs must be true or false, got {value!r}")
+    return value
+
+
 def make_trainer(
     spec: TrainerSpec,
     run_dir: str | Path,
@@ -120,7 +129,7 @@ def make_trainer(
         callbacks = callbacks + [TrainingProgress(progress, stats)]
     if spec.updates_per_step > 1:
         callbacks = [UpdateChunks(spec.updates_per_step), *callbacks]
-    callbacks = [FastPath(spec.fast_path), *callbacks]
+    callbacks = [FastPath(spec.fast_path, spec.cuda_graphs), *callbacks]
     strategy = spec.strategy
     if strategy == "ddp":
         # Every update runs one backward pass per network (critic, actor, ...), each touching only

@@ -169,6 +169,9 @@ class OfflineAlgorithm(L.LightningModule):
     update_order: ClassVar[tuple[str, ...]] = ()
     #: entries updated only every k-th update (e.g. {"actor": 2} for delayed actors)
     update_every: ClassVar[dict[str, int]] = {}
+    #: whether every update runs the same kernels, so one can be captured as a CUDA graph (policies/graphs.py)
+    graph_safe: ClassVar[bool] = True
+    graph_safe_reason: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -203,6 +206,8 @@ class OfflineAlgorithm(L.LightningModule):
         # the FastPath callback); the counted steps are handed to Lightning once per step.
         self.fast_updates = False
         self._fast_counted = 0
+        # ``trainer.cuda_graphs``: the update captured as a CUDA graph (o2o.policies.graphs), for a fit.
+        self.update_graph: Any = None
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
@@ -325,10 +330,13 @@ class OfflineAlgorithm(L.LightningModule):
         callback, a checkpoint, the log or ``max_steps`` must see), each on its own batch."""
         k = updates_this_step(self) if self.updates_per_step > 1 else 1
         batch_size = int(self.hp.batch_size)
-        for _ in range(k):
-            batch = self.replay.sample(batch_size)
-            # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
-            self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
+        if self.update_graph is not None:
+            self._recent_metrics.update(self.update_graph.run(k))
+        else:
+            for _ in range(k):
+                batch = self.replay.sample(batch_size)
+                # An entry skipped this update (a delayed actor) keeps its last values; kept detached.
+                self._recent_metrics.update({k: v.detach() for k, v in self.update(batch).items()})
         if self._fast_counted:
             advance_global_step(self.trainer, self._fast_counted)
             self._fast_counted = 0

@@ -135,6 +135,8 @@ class COMBO(CQL):
 
     config = COMBOConfig
     hp: COMBOConfig
+    graph_safe = False  # policies/graphs.py: an update's work depends on the update count
+    graph_safe_reason = "model rollouts every rollout_every updates and a model trained on the host"
 
     def build(self) -> None:
         super().build()

@@ -91,6 +91,49 @@ def test_on_cuda_the_fast_path_with_k_updates_per_step_equals_lightning_s_loop(a
         torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_cuda_graphs_asked_for_without_a_gpu_say_why_and_train_as_without(maze_dataset, tmp_path, capsys):
+    quick = ("trainer.max_steps=12", "eval.enabled=false", "ope.select=false", "trainer.updates_per_step=4")
+    plain = pretrain(tiny_cfg("cql", maze_dataset, tmp_path / "plain", *quick))
+    asked = pretrain(tiny_cfg("cql", maze_dataset, tmp_path / "asked", *quick, "trainer.cuda_graphs=true"))
+    assert "trainer.cuda_graphs=true: not used: the module is on cpu, not a CUDA device" in capsys.readouterr().out
+    assert_same_weights(plain.module, asked.module)
+    assert asked.module.update_graph is None
+    with pytest.raises(ValueError, match=r"trainer.cuda_graphs must be true or false, got 'yes'"):
+        TrainerSpec.from_config({"max_steps": 10, "cuda_graphs": "yes"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "algo, extra",
+    [("cql", ()), ("awac", ()), ("bc", ()), ("sac", ()), ("calql", ()), ("iql", ("algo.actor_lr_schedule=constant",))],
+)
+def test_on_cuda_updates_replayed_from_one_captured_graph_equal_eager_updates(algo, extra, maze_dataset, tmp_path):
+    """The graph is captured after 3 eager warm-up updates and replayed for the rest: weights, the update
+    count and the logged losses as eager updates on the fast path give, to float rounding."""
+    quick = ("trainer.max_steps=40", "eval.enabled=false", "ope.select=false", "trainer.accelerator=gpu")
+    quick = (*quick, "trainer.updates_per_step=4", *extra)
+    eager = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "eager", *quick))
+    graph = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "graph", *quick, "trainer.cuda_graphs=true"))
+    assert eager.updates == graph.updates == 40
+    for (name, a), (_, b) in zip(eager.module.state_dict().items(), graph.module.state_dict().items()):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=name)
+    assert int(graph.module.updates) == 40
+    losses = lambda d: [float(r["train/critic_loss" if algo != "bc" else "train/actor_loss"]) for r in train_rows(d)]  # noqa: E731
+    np.testing.assert_allclose(losses(tmp_path / "graph"), losses(tmp_path / "eager"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_updates_that_change_from_one_to_the_next_are_not_captured(maze_dataset, tmp_path, capsys):
+    quick = ("trainer.max_steps=8", "eval.enabled=false", "ope.select=false", "trainer.accelerator=gpu")
+    for algo, why in (
+        ("td3bc", "TD3BC updates ['actor'] only every few updates"),
+        ("iql", "a learning-rate schedule is stepped on the host every update"),
+        ("combo", "COMBO: model rollouts every rollout_every updates"),
+    ):
+        pretrain(tiny_cfg(algo, maze_dataset, tmp_path / algo, *quick, "trainer.cuda_graphs=true"))
+        assert why in capsys.readouterr().out
+
+
 def test_the_fast_path_is_refused_where_lightning_s_steps_do_more():
     plain = SimpleNamespace(world_size=1, precision="32-true", strategy=object())
     assert fast_path_refusal(plain) is None
