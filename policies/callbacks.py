@@ -191,6 +191,8 @@ class FastPath(L.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         pl_module.fast_updates = False
+        if pl_module.update_graph is not None:
+            pl_module.update_graph.release()
         pl_module.update_graph = None
 
 

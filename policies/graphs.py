@@ -8,7 +8,7 @@ call per update and no host synchronisation (the recipe of PyTorch's "whole-netw
 What that needs from an update, and where it is refused (:func:`graph_refusal`, said by name): the
 module on a CUDA device; the same kernels every update — no entry updated only every few updates
 (TD3+BC's delayed actor), no model rollouts every few updates (COMBO), no learning-rate schedule
-stepped on the host (IQL's default cosine: ``algo.actor_lr_schedule=constant`` is capturable); a
+stepped on the host other than a cosine (IQL's, computed inside the graph: :class:`DeviceCosine`); a
 replay of fixed size (pretraining: finetuning's online replay grows between updates); optimisers that
 can be captured (Adam with ``capturable=True``, set here before their first step) and a torch that
 can capture the replay's own random generator.
@@ -24,6 +24,7 @@ replays equal eager updates) that must pass before it is turned on by default.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,11 +51,58 @@ def graph_refusal(module: "OfflineAlgorithm") -> str | None:
         return f"{name}: {module.graph_safe_reason}"
     if type(module.replay) is not TensorReplay:
         return "the replay changes size between updates (online finetuning)"
-    if module.lr_schedulers():
-        return "a learning-rate schedule is stepped on the host every update (IQL: algo.actor_lr_schedule=constant)"
+    for sched in schedulers(module):
+        if not isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            return f"{type(sched).__name__} is stepped on the host every update (a cosine schedule is captured)"
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         return f"torch {torch.__version__} cannot capture the replay's own random generator"
     return None
+
+
+def schedulers(module: "OfflineAlgorithm") -> list[Any]:
+    s: Any = module.lr_schedulers()
+    return [] if s is None else (s if isinstance(s, list) else [s])
+
+
+class DeviceCosine:
+    """A ``CosineAnnealingLR`` computed inside the graph: its groups' learning rates become device tensors,
+    set before each update from a device step count by the closed form, ``eta_min + (base - eta_min)(1 +
+    cos(pi t / T_max)) / 2`` (what the scheduler's own steps give, to float rounding); the host-side
+    scheduler is moved on after the replays, so checkpoints record where it is."""
+
+    def __init__(self, sched: torch.optim.lr_scheduler.CosineAnnealingLR, device: torch.device):
+        self.sched = sched
+        self.groups = sched.optimizer.param_groups
+        for group in self.groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        self.t = torch.tensor(float(sched.last_epoch), device=device)
+
+    def value(self, base: float, t: Any) -> Any:
+        s = self.sched
+        return (
+            s.eta_min
+            + (base - s.eta_min)
+            * (1 + (torch.cos(math.pi * t / s.T_max) if torch.is_tensor(t) else math.cos(math.pi * t / s.T_max)))
+            / 2
+        )
+
+    def set_lr(self) -> None:
+        """Captured before the update: this update's learning rates; the count moves on."""
+        for group, base in zip(self.groups, self.sched.base_lrs):
+            group["lr"].copy_(self.value(float(base), self.t))
+        self.t += 1
+
+    def advance(self, k: int) -> None:
+        """After ``k`` replays: the host-side scheduler where the device's is."""
+        s = self.sched
+        s.last_epoch += k
+        s._last_lr = [float(self.value(float(base), s.last_epoch)) for base in s.base_lrs]
+
+    def release(self) -> None:
+        """Back to host floats (the optimiser outlives the graph): one read at the end of the fit."""
+        for group in self.groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"] = float(group["lr"])
 
 
 def raw_optimizers(module: "OfflineAlgorithm") -> list[torch.optim.Optimizer]:
@@ -85,18 +133,26 @@ class UpdateGraph:
         self.graph: Any = None
         self.metrics: dict[str, torch.Tensor] = {}
         self.warm = 0  # eager updates run so far (the graph is captured after WARM_UP_UPDATES)
+        self.cosines: list[DeviceCosine] = []
 
     def capture(self) -> None:
         """Record one update (after eager updates have warmed it up); the module's weights and count are
         left as they were: capturing runs nothing."""
         m = self.module
         count, counted = m._update_count, m._fast_counted
+        self.cosines = [DeviceCosine(s, m.device) for s in schedulers(m)]
         graph = torch.cuda.CUDAGraph()
         graph.register_generator_state(m.replay.generator)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.graph(graph, stream=stream):
-            self.metrics = m.update(m.replay.sample(int(m.hp.batch_size)))
+        m.capturing = True  # update() leaves its schedulers to the graph (DeviceCosine)
+        try:
+            with torch.cuda.graph(graph, stream=stream):
+                for cosine in self.cosines:
+                    cosine.set_lr()
+                self.metrics = m.update(m.replay.sample(int(m.hp.batch_size)))
+        finally:
+            m.capturing = False
         torch.cuda.current_stream().wait_stream(stream)
         m._update_count, m._fast_counted = count, counted  # capture ran update()'s Python once; no update happened
         self.graph = graph
@@ -113,7 +169,15 @@ class UpdateGraph:
         for _ in range(k):
             metrics = self.replay()
         self.module._fast_counted += k  # each replay stepped the counted optimiser once
+        for cosine in self.cosines:
+            cosine.advance(k)
         return metrics
+
+    def release(self) -> None:
+        """The end of the fit: learning rates back to host floats, the graph freed."""
+        for cosine in self.cosines:
+            cosine.release()
+        self.graph = None
 
     def replay(self) -> dict[str, torch.Tensor]:
         """One update: the graph relaunched (the device's update count moves inside it)."""

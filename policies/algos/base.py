@@ -208,6 +208,7 @@ class OfflineAlgorithm(L.LightningModule):
         self._fast_counted = 0
         # ``trainer.cuda_graphs``: the update captured as a CUDA graph (o2o.policies.graphs), for a fit.
         self.update_graph: Any = None
+        self.capturing = False  # True while an update is being captured (schedulers are the graph's then)
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
         self._recent_metrics: dict[str, Tensor] = {}
@@ -444,6 +445,12 @@ class OfflineAlgorithm(L.LightningModule):
         if self._evaluation is not None and self._evaluation["weights_sha256"] == digest:
             record["evaluation"] = dict(self._evaluation)
         checkpoint["o2o"] = record
+        # A captured cosine schedule keeps its rates as device tensors (policies/graphs.py): the
+        # checkpoint records numbers, as an uncaptured fit's does, so it resumes anywhere.
+        for state in checkpoint.get("optimizer_states") or []:
+            for group in state.get("param_groups", []):
+                if torch.is_tensor(group.get("lr")):
+                    group["lr"] = float(group["lr"])
 
 
 def updates_to_multiple(count: int, every: int) -> int | None:

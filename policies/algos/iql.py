@@ -89,6 +89,6 @@ class IQL(OfflineAlgorithm):
     def update(self, batch: Batch, scratch: Scratch | None = None):
         metrics = super().update(batch, scratch)
         sched = self.lr_schedulers()
-        if sched is not None:
+        if sched is not None and not self.capturing:  # a captured update sets its rate in the graph
             sched.step()
         return metrics
