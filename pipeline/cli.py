@@ -113,12 +113,20 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     console.print(
         f"best checkpoint: {result.best_checkpoint}\n  chosen by {result.selection}\n"
         f"  dataset {result.dataset['path']} version {v['episodes']}@{v['fingerprint'][:12]}\n"
-        f"  trained in {result.precision} precision"
-        f"{' (trainer.precision=auto)' if str(cfg.trainer.precision) == 'auto' else ''}\n"
+        f"  trained in {result.precision} precision{auto_note(cfg, result.precision_rates)}\n"
         f"  run folder {result.run_dir} (summary.json, tb/, csv/)",
         markup=False,
     )
     return 0
+
+
+def auto_note(cfg, rates: dict) -> str:
+    """What ``trainer.precision=auto`` measured (updates/s per candidate), or that it applied its rule."""
+    if str(cfg.trainer.precision) != "auto":
+        return ""
+    if not rates:
+        return " (trainer.precision=auto: bf16 not native here, or not measured for this algorithm)"
+    return " (trainer.precision=auto, measured " + ", ".join(f"{p} {r:,.0f} updates/s" for p, r in rates.items()) + ")"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

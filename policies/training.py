@@ -16,8 +16,10 @@ Progress display is the caller's: :func:`make_trainer` takes a factory for it.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +234,85 @@ def resolve_precision(precision: Any, accelerator: str = "auto") -> Any:
     if str(precision) == "auto":
         return "bf16-mixed" if native_bf16(accelerator) else "32-true"
     return precision
+
+
+class _ProbeClock(L.Callback):
+    """Wall time between updates ``start`` and ``stop`` of a probe fit (the device synchronised first)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop, self.t0, self.t1 = start, stop, 0.0, 0.0
+
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        later = [m for m in (self.start, self.stop) if m > pl_module.update_count]
+        return later[0] - pl_module.update_count if later else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = pl_module.update_count
+        if n in (self.start, self.stop):
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+            if n == self.start:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
+
+
+def measure_precision(
+    module: OfflineAlgorithm, spec: TrainerSpec, updates: int = 24, warmup: int = 4
+) -> tuple[str, dict[str, float]]:
+    """``trainer.precision=auto``: the precision ``module``'s updates run fastest in on this device, and
+    the updates/s measured for each candidate (float32; bf16-mixed where the device computes bf16
+    natively). Each candidate trains a copy of the module for ``warmup + updates`` updates in a
+    throwaway fit as configured (fast path, updates per step); the module, the replay's random stream
+    and torch's are left as they were. Without a second candidate, or where the update's work changes
+    from one update to the next (COMBO's model), nothing is measured: :func:`resolve_precision`'s rule."""
+    if not native_bf16(spec.accelerator) or not type(module).graph_safe or spec.devices not in (1, "1"):
+        return str(resolve_precision("auto", spec.accelerator)), {}
+    replay = module.replay
+    if replay is None:
+        raise RuntimeError(f"{type(module).__name__}: no training data attached (call attach_replay first)")
+    home = replay.device  # the first probe may move the data to the training device; it stays there
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rates: dict[str, float] = {}
+    quiet_lightning()
+    for precision in ("32-true", "bf16-mixed"):
+        module.replay = None  # the copy shares the data instead of duplicating it
+        try:
+            probe = copy.deepcopy(module)
+        finally:
+            module.replay = replay
+        probe.attach_replay(replay)
+        generator = replay.generator.get_state()
+        clock = _ProbeClock(warmup, warmup + updates)
+        callbacks: list = [FastPath(spec.fast_path), clock]
+        if spec.updates_per_step > 1:
+            callbacks.insert(0, UpdateChunks(spec.updates_per_step))
+        trainer = L.Trainer(
+            accelerator=spec.accelerator,
+            devices=1,
+            precision=precision,
+            max_steps=warmup + updates,
+            max_epochs=-1,
+            logger=False,
+            callbacks=callbacks,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(probe, train_dataloaders=step_loader())
+        if replay.device == home:
+            replay.generator.set_state(generator)
+        home = replay.device
+        rates[precision] = updates / max(clock.t1 - clock.t0, 1e-9)
+    torch.random.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return max(rates, key=lambda p: rates[p]), rates
 
 
 # ---------------------------------------------------------------------------- the data

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from o2o.policies.training import (
     check_env,
     compile_if_asked,
     make_trainer,
+    measure_precision,
     select_episodes,
     step_loader,
 )
@@ -58,6 +59,7 @@ class PretrainResult:
     ope: list[dict] | None = None  # FQE estimate of each candidate when chosen without a simulator
     cpu_allocator: str = ""  # what trainer.cpu_allocator did
     precision: str = ""  # the precision trained in (trainer.precision, auto resolved)
+    precision_rates: dict = field(default_factory=dict)  # trainer.precision=auto: updates/s measured per candidate
     module: Any = field(default=None, repr=False, compare=False)  # the trained module (last state), not saved
 
     def to_dict(self) -> dict:
@@ -149,6 +151,10 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         )
     callbacks.append(ckpt)
     spec = TrainerSpec.from_config(cfg.trainer, log_every=int(cfg.algo.get("log_every", 50)))
+    precision_rates: dict[str, float] = {}
+    if str(spec.precision) == "auto":
+        chosen, precision_rates = measure_precision(module, spec)
+        spec = replace(spec, precision=chosen)
     trainer = make_trainer(spec, run_dir, callbacks, progress=training_progress("pretrain"))
     compile_if_asked(spec, trainer, module)
     ckpt_path = cfg.trainer.ckpt_path
@@ -168,6 +174,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
             seconds=time.perf_counter() - start,
             cpu_allocator=allocator,
             precision=str(trainer.precision),
+            precision_rates=precision_rates,
             module=module,
         )
     history = cb_eval.history if cb_eval is not None else []
@@ -193,6 +200,7 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         ope=ope_table,
         cpu_allocator=allocator,
         precision=str(trainer.precision),
+        precision_rates=precision_rates,
         module=module,
     )
     (run_dir / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=float))

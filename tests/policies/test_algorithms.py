@@ -219,18 +219,28 @@ def _cpu_flags() -> set[str]:
     return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
-def test_precision_auto_is_bf16_exactly_where_the_cpu_computes_bf16(maze_dataset, tmp_path):
-    """``trainer.precision=auto``: bf16-mixed on a CPU with AVX512-BF16 or AMX (read here from
-    /proc/cpuinfo, independently of torch's probes), float32 elsewhere; the run records which."""
+def test_precision_auto_measures_where_the_cpu_computes_bf16_and_trains_as_the_choice_would(maze_dataset, tmp_path):
+    """``trainer.precision=auto``: where the CPU has AVX512-BF16 or AMX (read here from /proc/cpuinfo,
+    independently of torch's probes) float32 and bf16-mixed are both timed on copies of the module and
+    the faster one trains; elsewhere float32, unmeasured. The run records the choice and the figures,
+    and trains exactly as that precision named outright would (the probes leave no trace)."""
     native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
     assert native_bf16("cpu") is native
     assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
     assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
-    res = pretrain(
-        tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=3", "eval.enabled=false", "trainer.precision=auto")
-    )
-    assert res.precision == resolve_precision("auto", "cpu")
-    assert json.loads((tmp_path / "summary.json").read_text())["precision"] == res.precision
+    quick = ("trainer.max_steps=6", "eval.enabled=false", "ope.select=false")
+    res = pretrain(tiny_cfg("iql", maze_dataset, tmp_path / "auto", *quick, "trainer.precision=auto"))
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["precision"] == res.precision
+    if native:
+        assert set(res.precision_rates) == {"32-true", "bf16-mixed"} and min(res.precision_rates.values()) > 0
+        assert res.precision == max(res.precision_rates, key=res.precision_rates.get)
+        assert summary["precision_rates"] == res.precision_rates
+    else:
+        assert res.precision == "32-true" and res.precision_rates == {}
+    named = pretrain(tiny_cfg("iql", maze_dataset, tmp_path / "named", *quick, f"trainer.precision={res.precision}"))
+    for (name, a), (_, b) in zip(named.module.state_dict().items(), res.module.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow  # over ~5 s: outside the fast tier (pytest -m 'not slow'), in the full suite
