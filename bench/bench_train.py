@@ -270,6 +270,11 @@ class _Clock(L.Callback):
     def __init__(self, start: int, stop: int):
         self.start, self.stop, self.t0, self.t1 = start, stop, None, None
 
+    def updates_to_boundary(self, trainer, pl_module) -> int | None:
+        """Steps of several updates (trainer.updates_per_step) end on the two marks."""
+        later = [m for m in (self.start, self.stop) if m > pl_module.update_count]
+        return later[0] - pl_module.update_count if later else None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = pl_module.update_count
         if n == self.start:

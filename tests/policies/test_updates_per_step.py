@@ -50,7 +50,9 @@ def test_k_updates_per_step_on_the_fast_path_train_exactly_as_lightning_s_one_pe
     the default). 23 updates, evaluated and checkpointed every 10, logged every 5: the steps of 4 must
     end at 5, 10, 15, 20 and 23."""
     common = ("trainer.max_steps=23", "eval.every=10", "eval.episodes=1", "trainer.seed=7")
-    one = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k1", *common, "trainer.fast_path=false"))
+    one = pretrain(
+        tiny_cfg(algo, maze_dataset, tmp_path / "k1", *common, "trainer.fast_path=false", "trainer.updates_per_step=1")
+    )
     four = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "k4", *common, "trainer.updates_per_step=4"))
     assert one.updates == four.updates == 23
     assert_same_weights(one.module, four.module)
@@ -84,7 +86,9 @@ def test_on_cuda_the_fast_path_with_k_updates_per_step_equals_lightning_s_loop(a
     """On a GPU: 8 updates per step on the fast path against Lightning's loop of one, to float rounding
     (kernels may differ in the order they reduce)."""
     quick = ("trainer.max_steps=24", "eval.enabled=false", "ope.select=false", "trainer.accelerator=gpu")
-    slow = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "slow", *quick, "trainer.fast_path=false"))
+    slow = pretrain(
+        tiny_cfg(algo, maze_dataset, tmp_path / "slow", *quick, "trainer.fast_path=false", "trainer.updates_per_step=1")
+    )
     fast = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "fast", *quick, "trainer.updates_per_step=8"))
     assert slow.updates == fast.updates == 24
     for (name, a), (_, b) in zip(slow.module.state_dict().items(), fast.module.state_dict().items()):
@@ -248,9 +252,13 @@ def test_finetuning_with_k_updates_per_step_steps_the_env_where_one_per_step_doe
     pre.trainer.max_steps, pre.eval.enabled, pre.ope.select = 40, False, False
     ckpt = pretrain(pre).last_checkpoint
     results = {}
-    # The reference: Lightning's loop, one update per step. Then the fast path at its default (as many
-    # updates per step as per env step: 2) and at 5.
-    settings = {1: ("trainer.fast_path=false",), 2: (), 5: ("trainer.updates_per_step=5",)}
+    # The reference: Lightning's loop, one update per step. Then the fast path asked for 1 (raised to the
+    # 2 updates per env step) and for 5 (cut to 2 wherever an env step is due).
+    settings = {
+        1: ("trainer.fast_path=false", "trainer.updates_per_step=1"),
+        2: ("trainer.updates_per_step=1",),
+        5: ("trainer.updates_per_step=5",),
+    }
     for k, extra in settings.items():
         data = tmp_path / f"k{k}.zarr"
         shutil.copytree(root, data)
@@ -283,5 +291,6 @@ def test_updates_per_step_must_be_a_positive_integer_and_says_so(value):
 
 def test_updates_per_step_is_read_from_the_trainer_config():
     assert TrainerSpec.from_config({"max_steps": 10}).updates_per_step == 1
+    assert load_config("pretrain").trainer.updates_per_step == 16  # the default: 16 per Lightning step
     assert TrainerSpec.from_config({"max_steps": 10, "updates_per_step": "8"}).updates_per_step == 8
     assert load_config("pretrain", ["trainer.updates_per_step=16"]).trainer.updates_per_step == 16
