@@ -162,6 +162,11 @@ def pretrain(cfg: DictConfig) -> PretrainResult:
         read_checkpoint(str(ckpt_path), "trainer.ckpt_path")
     trainer.fit(module, train_dataloaders=step_loader(), ckpt_path=ckpt_path, weights_only=True)
     module.compile_networks(False)  # the returned module runs eagerly (export traces it)
+    if trainer.world_size == 1 and int(trainer.global_step) != getattr(ckpt, "_last_global_step_saved", -1):
+        # Lightning saves last.ckpt only at its every_n_train_steps: the updates after the last multiple
+        # (max_steps 10,500 at every 1,000) would be in no checkpoint. The final state is the last one.
+        ckpt.last_model_path = str(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(ckpt.last_model_path)
 
     if trainer.global_rank != 0:  # DDP: the other processes trained in lockstep; rank 0 selects and reports
         return PretrainResult(

@@ -178,6 +178,19 @@ def test_the_fast_path_is_refused_where_lightning_s_steps_do_more():
     assert TrainerSpec.from_config({"max_steps": 10, "fast_path": False}).fast_path == "false"
 
 
+def test_the_last_checkpoint_holds_the_final_updates_when_max_steps_is_not_a_multiple_of_the_period(
+    maze_dataset, tmp_path
+):
+    res = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=23", "eval.every=10", "eval.episodes=1"))
+    last = torch.load(res.last_checkpoint, weights_only=True)
+    assert res.updates == 23 and last["o2o"]["updates"] == 23 and last["global_step"] == 23
+    assert_same_weights(load_algorithm(res.last_checkpoint), res.module)
+    # The final evaluation (after update 23) travels with the weights it judged.
+    assert last["o2o"]["evaluation"]["step"] == 23
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names[-1] == "last.ckpt" and names[:-1] in (["best-10.ckpt"], ["best-20.ckpt"])
+
+
 def test_a_fit_of_k_updates_per_step_resumes_where_one_per_step_would(maze_dataset, tmp_path):
     """Resumed from a checkpoint written mid-run (by a fit of 3 per step), at 7 per step (a K that
     divides nothing): the same weights and log as resuming it at one update per step."""
