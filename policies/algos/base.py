@@ -208,6 +208,7 @@ class OfflineAlgorithm(L.LightningModule):
         self._fast_counted = 0
         # ``trainer.cuda_graphs``: the update captured as a CUDA graph (o2o.policies.graphs), for a fit.
         self.update_graph: Any = None
+        self._resume_rng: dict | None = None  # a checkpoint's random streams, restored when its fit starts
         self.capturing = False  # True while an update is being captured (schedulers are the graph's then)
         self._targets: list[tuple[nn.Module, nn.Module, float]] = []
         self._opt_index: dict[str, int] = {}
@@ -269,6 +270,13 @@ class OfflineAlgorithm(L.LightningModule):
         self.replay.to(self.device)
         if self.trainer.world_size > 1:  # DDP: each process draws its own batches (same seed -> same batches)
             self.replay.generator.manual_seed(int(self.hp.seed) * 1_000_003 + self.trainer.global_rank)
+        if self.trainer.world_size > 1:
+            self._resume_rng = None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Applied at the fit's first update: after the data has moved to its device (which re-seeds its
+        # generator) and after Lightning's own draws (its data loader's seed).
+        self._resume_rng = checkpoint.get("o2o_random")
 
     def compile_networks(self, enabled: bool = True) -> list[str]:
         """``trainer.compile``: compile every network's MLPs for the updates to come (or, with
@@ -329,6 +337,9 @@ class OfflineAlgorithm(L.LightningModule):
     def training_step(self, _unused, batch_idx: int = 0):
         """``updates_this_step`` updates (``trainer.updates_per_step``, cut at the next update a
         callback, a checkpoint, the log or ``max_steps`` must see), each on its own batch."""
+        if self._resume_rng is not None:  # resumed: the random streams go on where the checkpoint left them
+            restore_random_streams(self._resume_rng, self.replay, self.device)
+            self._resume_rng = None
         k = updates_this_step(self) if self.updates_per_step > 1 else 1
         batch_size = int(self.hp.batch_size)
         if self.update_graph is not None:
@@ -445,12 +456,48 @@ class OfflineAlgorithm(L.LightningModule):
         if self._evaluation is not None and self._evaluation["weights_sha256"] == digest:
             record["evaluation"] = dict(self._evaluation)
         checkpoint["o2o"] = record
+        if self.replay is not None and self._trainer is not None and self.trainer.world_size == 1:
+            checkpoint["o2o_random"] = random_streams(self.replay, self.device)
         # A captured cosine schedule keeps its rates as device tensors (policies/graphs.py): the
         # checkpoint records numbers, as an uncaptured fit's does, so it resumes anywhere.
         for state in checkpoint.get("optimizer_states") or []:
             for group in state.get("param_groups", []):
                 if torch.is_tensor(group.get("lr")):
                     group["lr"] = float(group["lr"])
+
+
+def _generators(replay: Any) -> list[torch.Generator]:
+    """The sampling generators of a replay (a mixed replay has one per part)."""
+    parts = [getattr(replay, "offline", None), getattr(replay, "online", None)]
+    parts = [p for p in parts if p is not None] or [replay]
+    return [p.generator for p in parts]
+
+
+def random_streams(replay: Any, device: torch.device) -> dict[str, Any]:
+    """Where the random streams of a fit are: torch's (CPU, and the device's on CUDA) and the replay's
+    sampling generators. A checkpoint carries them, so a resumed fit draws the batches and noise the
+    uninterrupted one would have."""
+    out: dict[str, Any] = {
+        "torch": torch.random.get_rng_state(),
+        "replay": [g.get_state() for g in _generators(replay)],
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_random_streams(saved: Mapping[str, Any], replay: Any, device: torch.device) -> None:
+    """Put back what :func:`random_streams` recorded (a part that does not match this fit is left as it is:
+    a checkpoint from another device, or data of another layout)."""
+    torch.random.set_rng_state(saved["torch"].cpu())
+    if device.type == "cuda" and "cuda" in saved:
+        torch.cuda.set_rng_state(saved["cuda"].cpu(), device)
+    generators = _generators(replay)
+    states = list(saved.get("replay") or [])
+    if len(states) == len(generators):
+        for g, state in zip(generators, states):
+            if state.numel() == g.get_state().numel():
+                g.set_state(state.cpu())
 
 
 def updates_to_multiple(count: int, every: int) -> int | None:

@@ -193,7 +193,8 @@ def test_the_last_checkpoint_holds_the_final_updates_when_max_steps_is_not_a_mul
 
 def test_a_fit_of_k_updates_per_step_resumes_where_one_per_step_would(maze_dataset, tmp_path):
     """Resumed from a checkpoint written mid-run (by a fit of 3 per step), at 7 per step (a K that
-    divides nothing): the same weights and log as resuming it at one update per step."""
+    divides nothing): the same weights and log as resuming it at one update per step, and as a run
+    that was never interrupted."""
     quick = ("eval.enabled=false", "ope.select=false", "eval.every=10")
     first = pretrain(
         tiny_cfg("cql", maze_dataset, tmp_path / "first", "trainer.max_steps=17", *quick, "trainer.updates_per_step=3")
@@ -216,6 +217,12 @@ def test_a_fit_of_k_updates_per_step_resumes_where_one_per_step_would(maze_datas
     }
     assert rest[1].updates == rest[7].updates == 30
     assert_same_weights(rest[1].module, rest[7].module)
+    # The checkpoint carries the random streams (torch's, the replay's): resumed, the run draws the batches
+    # and noise it would have drawn uninterrupted, and ends with the same weights as one that never stopped.
+    whole = pretrain(
+        tiny_cfg("cql", maze_dataset, tmp_path / "whole", "trainer.max_steps=30", *quick, "trainer.updates_per_step=1")
+    )
+    assert_same_weights(whole.module, rest[7].module)
     assert train_rows(tmp_path / "rest7") == train_rows(tmp_path / "rest1")
     assert [int(r["step"]) for r in train_rows(tmp_path / "rest7")] == [14, 19, 24, 29]
 
