@@ -139,7 +139,15 @@ def test_a_cosine_schedule_computed_on_the_device_follows_the_schedulers_own_ste
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
     "algo, extra",
-    [("cql", ()), ("awac", ()), ("bc", ()), ("sac", ()), ("calql", ()), ("iql", ())],
+    [
+        ("cql", ()),
+        ("awac", ()),
+        ("bc", ()),
+        ("sac", ()),
+        ("calql", ()),
+        ("iql", ()),
+        ("iql", ("trainer.precision=bf16-mixed",)),  # autocast's weight casts inside the graph
+    ],
 )
 def test_on_cuda_updates_replayed_from_one_captured_graph_equal_eager_updates(algo, extra, maze_dataset, tmp_path):
     """The graph is captured after 3 eager warm-up updates and replayed for the rest: weights, the update
@@ -149,11 +157,12 @@ def test_on_cuda_updates_replayed_from_one_captured_graph_equal_eager_updates(al
     eager = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "eager", *quick))
     graph = pretrain(tiny_cfg(algo, maze_dataset, tmp_path / "graph", *quick, "trainer.cuda_graphs=true"))
     assert eager.updates == graph.updates == 40
+    tol = dict(rtol=2e-2, atol=2e-3) if extra else dict(rtol=1e-4, atol=1e-5)
     for (name, a), (_, b) in zip(eager.module.state_dict().items(), graph.module.state_dict().items()):
-        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a.cpu(), b.cpu(), msg=name, **tol)
     assert int(graph.module.updates) == 40
     losses = lambda d: [float(r["train/critic_loss" if algo != "bc" else "train/actor_loss"]) for r in train_rows(d)]  # noqa: E731
-    np.testing.assert_allclose(losses(tmp_path / "graph"), losses(tmp_path / "eager"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(losses(tmp_path / "graph"), losses(tmp_path / "eager"), **tol)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
