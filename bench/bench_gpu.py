@@ -55,6 +55,7 @@ from bench_train import BATCH, d3rlpy_config, d3rlpy_dataset, make_dataset, quie
 
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
+from o2o.policies.algos.base import updates_to_next  # noqa: E402
 from o2o.policies.training import TrainerSpec, build_module, make_trainer, select_episodes, step_loader  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,8 +103,7 @@ class WindowClock(L.Callback):
         self.device = device
 
     def updates_to_boundary(self, trainer, pl_module) -> int | None:
-        later = [m for m in self.marks if m > pl_module.update_count]
-        return later[0] - pl_module.update_count if later else None
+        return updates_to_next(pl_module.update_count, self.marks)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = pl_module.update_count

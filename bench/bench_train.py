@@ -63,6 +63,7 @@ from bench_store import print_table, verdict  # noqa: E402  (same folder, same t
 from o2o.datasets import EpisodeStore  # noqa: E402
 from o2o.pipeline.config import load_config  # noqa: E402
 from o2o.pipeline.stages.collect import collect  # noqa: E402
+from o2o.policies.algos.base import updates_to_next  # noqa: E402
 from o2o.policies.callbacks import UpdateRate  # noqa: E402
 from o2o.policies.training import (  # noqa: E402
     TrainerSpec,
@@ -272,8 +273,7 @@ class _Clock(L.Callback):
 
     def updates_to_boundary(self, trainer, pl_module) -> int | None:
         """Steps of several updates (trainer.updates_per_step) end on the two marks."""
-        later = [m for m in (self.start, self.stop) if m > pl_module.update_count]
-        return later[0] - pl_module.update_count if later else None
+        return updates_to_next(pl_module.update_count, (self.start, self.stop))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = pl_module.update_count

@@ -171,23 +171,20 @@ class FastPath(L.Callback):
             raise ValueError(f"trainer.fast_path must be one of {list(FAST_PATH_MODES)}, got {mode!r}")
         self.mode = mode
         self.cuda_graphs = bool(cuda_graphs)
-        self.active = False
-        self.graphs_refused: str | None = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         refusal = fast_path_refusal(trainer) if self.mode != "false" else "trainer.fast_path=false"
         if refusal is not None and self.mode == "true":
             pl_module.print(f"trainer.fast_path=true: not used with {refusal}; Lightning's optimiser steps instead")
-        self.active = refusal is None
-        pl_module.fast_updates = self.active
+        pl_module.fast_updates = refusal is None
         if self.cuda_graphs:
             from o2o.policies.graphs import UpdateGraph, graph_refusal
 
-            self.graphs_refused = graph_refusal(pl_module)
-            if self.graphs_refused is None:
+            refused = graph_refusal(pl_module)
+            if refused is None:
                 pl_module.update_graph = UpdateGraph(pl_module)
             else:
-                pl_module.print(f"trainer.cuda_graphs=true: not used: {self.graphs_refused}; eager updates instead")
+                pl_module.print(f"trainer.cuda_graphs=true: not used: {refused}; eager updates instead")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         pl_module.fast_updates = False

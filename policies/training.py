@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from o2o.datasets import EpisodeStore
 from o2o.datasets.reading import Transitions, parse_version
-from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm
+from o2o.policies.algos.base import OfflineAlgorithm, read_checkpoint, resolve_algorithm, updates_to_next
 from o2o.policies.callbacks import FAST_PATH_MODES, FastPath, TrainingProgress, UpdateChunks
 from o2o.policies.data import Normalization, TensorReplay, fit_normalization
 
@@ -243,8 +243,7 @@ class _ProbeClock(L.Callback):
         self.start, self.stop, self.t0, self.t1 = start, stop, 0.0, 0.0
 
     def updates_to_boundary(self, trainer, pl_module) -> int | None:
-        later = [m for m in (self.start, self.stop) if m > pl_module.update_count]
-        return later[0] - pl_module.update_count if later else None
+        return updates_to_next(pl_module.update_count, (self.start, self.stop))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = pl_module.update_count

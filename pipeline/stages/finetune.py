@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -276,22 +277,19 @@ def finetune(
             monitor=monitor,
             saved=lambda path, k: save_attempt(resume_checkpoint=path, resume_updates=k, env_steps=interaction.steps),
         )
-        spec = TrainerSpec.from_config(cfg.trainer, log_every=int(module.hp.log_every))
-        spec = TrainerSpec(
-            **{
-                **spec.__dict__,
-                "max_steps": n_updates,
-                "devices": 1,
-                "strategy": "auto",
-                "progress": bool(f.progress),
-                # On the fast path the updates between two env steps run as one Lightning step (steps
-                # end where an env step is due, so more per step would not be used); fast_path=false
-                # keeps Lightning's loop as configured.
-                "updates_per_step": spec.updates_per_step
-                if spec.fast_path == "false"
-                else max(spec.updates_per_step, utd),
-            }
+        spec = TrainerSpec.from_config(
+            cfg.trainer,
+            log_every=int(module.hp.log_every),
+            max_steps=n_updates,
+            devices=1,
+            strategy="auto",
+            progress=bool(f.progress),
         )
+        if spec.fast_path != "false":
+            # On the fast path the updates between two env steps run as one Lightning step (steps end
+            # where an env step is due, so more per step would not be used); fast_path=false keeps
+            # Lightning's loop as configured.
+            spec = replace(spec, updates_per_step=max(spec.updates_per_step, utd))
         trainer = make_trainer(
             spec,
             out_dir,

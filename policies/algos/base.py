@@ -270,8 +270,7 @@ class OfflineAlgorithm(L.LightningModule):
         self.replay.to(self.device)
         if self.trainer.world_size > 1:  # DDP: each process draws its own batches (same seed -> same batches)
             self.replay.generator.manual_seed(int(self.hp.seed) * 1_000_003 + self.trainer.global_rank)
-        if self.trainer.world_size > 1:
-            self._resume_rng = None
+            self._resume_rng = None  # checkpoints carry no random streams there
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Applied at the fit's first update: after the data has moved to its device (which re-seeds its
@@ -504,6 +503,12 @@ def updates_to_multiple(count: int, every: int) -> int | None:
     """Updates from ``count`` until the next multiple of ``every`` (``every`` when ``count`` is one);
     None for ``every`` <= 0 (never)."""
     return None if every <= 0 else every - int(count) % every
+
+
+def updates_to_next(count: int, marks) -> int | None:
+    """Updates from ``count`` until the first of ``marks`` after it (a clock's), or None past them all."""
+    later = [m for m in marks if m > count]
+    return min(later) - int(count) if later else None
 
 
 def advance_global_step(trainer: L.Trainer, steps: int) -> None:
