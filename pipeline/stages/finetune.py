@@ -211,7 +211,11 @@ def finetune(
         asynchronous=bool(e.asynchronous),
     )
     rb = f.rollback
-    rule = RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative)) if rb.enabled else None
+    rule = (
+        RollbackRule(str(rb.metric), float(rb.margin), int(rb.patience), bool(rb.relative), float(rb.get("se", 0.0)))
+        if rb.enabled
+        else None
+    )
     fp = module.hparams["meta"]["finetune"]["from_fingerprint"]
     store = EpisodeStore.open(dataset_path, mode="a", verify=verify)  # the writer lock for the whole online phase
     before = after = store.version

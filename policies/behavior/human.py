@@ -3,7 +3,8 @@
 ``behavior=human`` drives any o2o env from the keyboard of the terminal ``o2o collect``
 runs in. Each action axis has a key pair (:func:`keymap_for`); a robosuite arm on
 ``OSC_POSE`` gets end-effector keys instead (w/s x, a/d y, r/f z, z/x t/g c/v rotation
-about x/y/z, space opens/closes the gripper). A live status line shows episode, step,
+about x/y/z, space opens/closes the gripper), one on ``OSC_POSITION`` the position keys and
+space. A live status line shows episode, step,
 reward, return, success and who drives. Control keys:
 
 ======================  =========================================================
@@ -102,14 +103,16 @@ class KeyMap:
 
 
 def keymap_for(env: gym.Env) -> KeyMap:
-    """End-effector keys for a robosuite arm on OSC_POSE (6 pose deltas + gripper), else a pair per axis."""
+    """End-effector keys for a robosuite arm on OSC_POSE (6 pose deltas + gripper) or OSC_POSITION (3 position
+    deltas + gripper), else a pair per axis."""
     n = int(np.prod(env.action_space.shape))
     ctrl = getattr(env.unwrapped, "controller_type", None)
-    if ctrl == "OSC_POSE" and n == 7:
+    arm = {("OSC_POSE", 7): ARM_AXES, ("OSC_POSITION", 4): ARM_AXES[:3]}.get((ctrl, n))
+    if arm is not None:
         axes = {}
-        for i, (pos, neg, _) in enumerate(ARM_AXES):
+        for i, (pos, neg, _) in enumerate(arm):
             axes[pos], axes[neg] = (i, 1.0), (i, -1.0)
-        return KeyMap(axes, [f"{p}/{m} {name}" for p, m, name in ARM_AXES], gripper=6, kind="robosuite_arm")
+        return KeyMap(axes, [f"{p}/{m} {name}" for p, m, name in arm], gripper=n - 1, kind="robosuite_arm")
     if n > len(GENERIC_PAIRS):
         raise ValueError(
             f"behavior=human: the env has {n} action dimensions, the terminal keymap covers "

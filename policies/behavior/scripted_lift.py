@@ -8,6 +8,8 @@ and a lost cube (too far from the closed gripper while lifting) restarts the app
 
 Action convention (robosuite OSC_POSE): ``[dx, dy, dz, drx, dry, drz, gripper]``, deltas
 of 0.05 m and 0.5 rad per unit, rotations about world axes; gripper +1 closes, -1 opens.
+On OSC_POSITION (a 4-dim action ``[dx, dy, dz, gripper]``) the arm holds its orientation
+itself and the controller drops the rotation part.
 ``gripper_to_cube_pos`` is cube minus end-effector. Quaternions are (x, y, z, w).
 """
 
@@ -77,6 +79,14 @@ class LiftController(ScriptedController):
     pos_gain = 0.5 / OSC_POS_SCALE
     rot_gain = 1.0  # fraction of the orientation error commanded per step
 
+    def __init__(self, obs_layout, action_space, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(obs_layout, action_space, **kwargs)
+        if self.action_space.shape not in ((7,), (4,)):
+            raise ValueError(
+                f"LiftController: action shape {self.action_space.shape} is neither OSC_POSE's (7,) nor "
+                "OSC_POSITION's (4,)"
+            )
+
     def reset_state(self) -> None:
         self.phase = APPROACH
         self._grasp_count = 0
@@ -115,12 +125,18 @@ class LiftController(ScriptedController):
             if self._grasp_count >= self.grasp_steps:
                 self.phase = LIFT
                 self._lift_z = float(self.field(obs, "robot0_eef_pos")[2]) + self.lift_height
-            return action
+            return self._for_arm(action)
         if self.phase == LIFT:
             # Hold the cube at a fixed height rather than rising to the arm's limits.
             action[2] = np.clip(self.pos_gain * (self._lift_z - self.field(obs, "robot0_eef_pos")[2]), -1.0, 1.0)
             action[6] = 1.0
-            return action
+            return self._for_arm(action)
         action[:3] = self._move(error)
         action[6] = -1.0
-        return action
+        return self._for_arm(action)
+
+    def _for_arm(self, pose_action: np.ndarray) -> np.ndarray:
+        """The 7-dim OSC_POSE action as the arm takes it: position and gripper only on OSC_POSITION."""
+        if self.action_space.shape == (4,):
+            return pose_action[[0, 1, 2, 6]]
+        return pose_action

@@ -7,6 +7,13 @@ on the last weights (``finetune.keep``). When the monitored metric stays more th
 rule's margin below the pre-finetune level for ``patience`` evaluations in a row, the
 weights of the best evaluation so far (the starting weights included) are restored,
 training stops, and the record says when, by how much and what was restored.
+
+Two evaluations of a few episodes differ by chance: ten Lift episodes with a return spread of
+50 give means that differ by 22 (one standard error of the difference) between identical
+policies. With ``se`` the margin is at least that many standard errors of the difference
+between the pre-finetune evaluation and the current one (from the returns' spread for a
+``*_mean`` metric, pooled binomial for ``success_rate``), so the dip finetuning often starts
+with is not mistaken for a collapse, and a real collapse still is.
 """
 
 from __future__ import annotations
@@ -24,21 +31,52 @@ from o2o.policies.callbacks import SimEvaluation
 @dataclass(frozen=True)
 class RollbackRule:
     """Roll back after ``patience`` consecutive evaluations with ``metric`` below the threshold:
-    ``level - margin * |level|`` (``relative``) or ``level - margin``, ``level`` the pre-finetune value."""
+    ``level - max(margin * |level|, se * SE)`` (``relative``; else ``margin`` in metric units),
+    ``level`` the pre-finetune value and ``SE`` the standard error of the difference between the
+    pre-finetune evaluation and the current one (:func:`difference_se`; 0 where unknown)."""
 
     metric: str = "return_mean"
     margin: float = 0.1
     patience: int = 2
     relative: bool = True
+    se: float = 0.0
 
     def __post_init__(self):
         if float(self.margin) < 0:
             raise ValueError(f"finetune.rollback.margin must be >= 0, got {self.margin!r}")
         if int(self.patience) < 1:
             raise ValueError(f"finetune.rollback.patience must be >= 1 evaluation, got {self.patience!r}")
+        if not float(self.se) >= 0:
+            raise ValueError(f"finetune.rollback.se must be >= 0 standard errors, got {self.se!r}")
 
-    def threshold(self, level: float) -> float:
-        return level - float(self.margin) * (abs(level) if self.relative else 1.0)
+    def threshold(self, level: float, noise: float = 0.0) -> float:
+        """The value below which an evaluation counts as worse; ``noise`` is the difference's standard error."""
+        margin = float(self.margin) * (abs(level) if self.relative else 1.0)
+        return level - max(margin, float(self.se) * float(noise))
+
+
+def difference_se(before: dict[str, Any], after: dict[str, Any], metric: str) -> float:
+    """Standard error of ``after[metric] - before[metric]`` for two evaluations' summaries: from the
+    sample spreads (``<name>_std``, population form, and ``episodes``) for ``<name>_mean``, pooled
+    binomial for ``success_rate``; 0.0 when the summaries do not say (then only the margin counts)."""
+    try:
+        n0, n1 = float(before["episodes"]), float(after["episodes"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+    if not (n0 >= 2 and n1 >= 2):
+        return 0.0
+    if metric == "success_rate":
+        p = (float(before[metric]) * n0 + float(after[metric]) * n1) / (n0 + n1)
+        se = math.sqrt(max(p * (1.0 - p), 0.0) * (1.0 / n0 + 1.0 / n1))
+    elif metric.endswith("_mean") and f"{metric[:-5]}_std" in before and f"{metric[:-5]}_std" in after:
+        std = f"{metric[:-5]}_std"
+        # Evaluations report the population spread; the sample variance is n/(n-1) of its square.
+        v0 = float(before[std]) ** 2 * n0 / (n0 - 1.0)
+        v1 = float(after[std]) ** 2 * n1 / (n1 - 1.0)
+        se = math.sqrt(v0 / n0 + v1 / n1)
+    else:
+        return 0.0
+    return se if math.isfinite(se) else 0.0
 
 
 class FinetuneMonitor(L.Callback):
@@ -156,7 +194,8 @@ class FinetuneMonitor(L.Callback):
             self.best, self._best_state = entry, _copy_state(module)
         if self.rule is None:
             return False
-        threshold = self.rule.threshold(self.level)
+        noise = difference_se(self.curve[0], entry, self.metric)
+        threshold = self.rule.threshold(self.level, noise)
         self._below = self._below + 1 if not value >= threshold else 0  # NaN counts as below
         if self._below < self.rule.patience:
             return False
@@ -167,6 +206,7 @@ class FinetuneMonitor(L.Callback):
             "value": value,
             "level": self.level,
             "threshold": threshold,
+            "difference_se": noise,
             "drop": self.level - value,
             "evaluations_below": self._below,
             "metric": self.metric,
@@ -177,7 +217,8 @@ class FinetuneMonitor(L.Callback):
         }
         self.say(
             f"  ROLLBACK at env step {entry['step']} ({entry['updates']} updates): {self.metric} {value:.4g} is "
-            f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}) for "
+            f"{self.level - value:.4g} below the pre-finetune {self.level:.4g} (threshold {threshold:.4g}, "
+            f"{self.rule.se:g} x SE {noise:.3g} or the margin) for "
             f"{self._below} evaluations; restored the weights of step {self.best['step']} "
             f"({self.metric} {self.best[self.metric]:.4g}) and stopped"
         )

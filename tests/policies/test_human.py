@@ -32,6 +32,17 @@ def test_keymaps():
     assert km.kind == "generic" and km.axes["w"] == (0, 1.0) and km.axes["d"] == (1, -1.0) and km.gripper is None
     cheetah = make_env(env_cfg("halfcheetah"))
     assert len(keymap_for(cheetah).axes) == 12
+    # A robosuite arm: end-effector keys, the rotation ones only where the controller takes rotations.
+    for controller, n, rot in (("OSC_POSE", 7, True), ("OSC_POSITION", 4, False)):
+        cfg = env_cfg("lift")
+        cfg["kwargs"]["controller"] = controller
+        lift = make_env(cfg)
+        try:
+            km = keymap_for(lift)
+            assert km.kind == "robosuite_arm" and km.gripper == n - 1 and km.axes["r"] == (2, 1.0)
+            assert ("z" in km.axes) == rot and len(km.axes) == 2 * (n - 1)
+        finally:
+            lift.close()
 
 
 def test_human_without_a_terminal_or_device_says_what_to_do():

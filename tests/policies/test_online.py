@@ -97,3 +97,28 @@ def test_exploration_temperature_scales_the_policys_own_deviation():
     np.testing.assert_allclose(acting(False, 1.0), mode)
     with pytest.raises(ValueError, match=r"explore_temperature must be in \[0, 1\]"):
         OnlineInteraction({}, TensorReplay(3, 2, 10), NORM, print, total_steps=10, temperature=1.5)
+
+
+def test_rollback_threshold_allows_for_the_evaluations_own_noise():
+    """Ten episodes with a return spread of 50 each: the means of two evaluations differ by
+    sqrt(2 x 50^2 x 10/9 / 10) = 23.6 (one standard error) by chance, so at se=2 an evaluation 30
+    below the pre-finetune 100 is not a collapse (the 10% margin alone would call it one), 50 below is."""
+    from o2o.policies.online.safety import RollbackRule, difference_se
+
+    before = {"return_mean": 100.0, "return_std": 50.0, "episodes": 10.0, "success_rate": 0.8}
+    after = {"return_mean": 70.0, "return_std": 50.0, "episodes": 10.0, "success_rate": 0.5}
+    se = difference_se(before, after, "return_mean")
+    assert se == pytest.approx(np.sqrt(2 * 50.0**2 * 10 / 9 / 10))
+    rule = RollbackRule(margin=0.1, se=2.0)
+    assert rule.threshold(100.0, se) == pytest.approx(100.0 - 2 * se) and 70.0 > rule.threshold(100.0, se)
+    assert 50.0 < rule.threshold(100.0, se)
+    assert RollbackRule(margin=0.1).threshold(100.0, se) == pytest.approx(90.0)  # se=0: the margin alone
+    # A precise evaluation leaves the margin in charge.
+    assert RollbackRule(margin=0.1, se=2.0).threshold(100.0, 1.0) == pytest.approx(90.0)
+    # Success: pooled binomial, p = 0.65 over 20 episodes.
+    assert difference_se(before, after, "success_rate") == pytest.approx(np.sqrt(0.65 * 0.35 * 0.2))
+    # Unknown spread or a single episode: no noise term, only the margin.
+    assert difference_se(before, after, "length_mean") == 0.0
+    assert difference_se({**before, "episodes": 1.0}, after, "return_mean") == 0.0
+    with pytest.raises(ValueError, match="rollback.se"):
+        RollbackRule(se=-1.0)

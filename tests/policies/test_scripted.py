@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import yaml
@@ -89,6 +90,24 @@ def test_lift_clean(envs):
     rate = success_rate(envs["lift"], ctl, 10)
     print(f"lift clean: success {rate:.2f} over 10 episodes")
     assert rate >= 0.8
+
+
+def test_lift_on_the_position_controller():
+    """On OSC_POSITION (4-dim actions: position deltas and gripper) the arm holds its own orientation and
+    the controller sends the position part of its plan; it lifts the cube as on OSC_POSE."""
+    cfg = load("lift")
+    cfg["kwargs"] = {**cfg["kwargs"], "controller": "OSC_POSITION"}
+    env = make_env(cfg)
+    try:
+        assert env.action_space.shape == (4,)
+        ctl = LiftController.from_env(env)
+        rate = success_rate(env, ctl, 5)
+        print(f"lift on OSC_POSITION, clean: success {rate:.2f} over 5 episodes")
+        assert rate >= 0.8
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match=r"action shape \(3,\) is neither"):
+        LiftController(env.get_wrapper_attr("obs_layout"), gym.spaces.Box(-1.0, 1.0, (3,)))
 
 
 @pytest.mark.slow
