@@ -55,6 +55,13 @@ best episodes, with a tolerance for sampling error on both sides:
   - ``Q`` above both ``G`` and ``Q0`` (plus slack): no incomplete convergence explains it; the
     critic over-estimates, and fails.
 
+  - An **in-sample** critic (IQL: its value is an upper expectile of Q on the data's own actions,
+    so no action outside the data enters a target) is optimistic about the data by design: on
+    Lift's poor data its Q on the data's start actions is 2.5x their mean discounted return,
+    the level of the data's better episodes. Its Q(start) up to the best discounted return an
+    episode of the data achieved (``q_in_sample_ceiling``) is that optimism, not extrapolation
+    error: it passes, and says so. Above that ceiling the rules above apply.
+
   From Q(start) alone an unconverged critic and an over-optimistic one below ``Q0`` look the
   same; the data-side coverage is the evidence that tells them apart, and the messages print it.
 
@@ -147,6 +154,8 @@ class Evidence:
     q_initial: float = 0.0  # the critic's starting level in env units (networks output ~0 before training)
     q_data_start: float | None = None  # the critic's mean Q on the data's start states and recorded actions
     data_discounted_return_mean: float | None = None  # the data's mean discounted return from those starts
+    data_discounted_return_max: float | None = None  # the best discounted return an episode of the data achieved
+    critic_in_sample: bool = False  # the critic never backs up actions outside the data (IQL)
 
 
 def _finite(v: Any) -> bool:
@@ -324,6 +333,14 @@ def _q_vs_achieved(g, q: float | None, mc: float | None, ev: Evidence) -> Criter
         if data_cov is not None:
             data_txt += f" (below {conv:.0%}: not converged on the data either)"
         return Criterion(name, q, max(mc, q0) + slack, "<=", True, f"{why}{data_txt}; {base}")
+    ceiling = ev.data_discounted_return_max
+    if bool(g("q_in_sample_ceiling", True)) and ev.critic_in_sample and _finite(ceiling) and q <= ceiling + slack:  # type: ignore[operator]
+        why = (
+            f"optimistic within the data, not extrapolating: an in-sample critic (no action outside the data enters "
+            f"its targets) expects Q(start) {q:.4g}, no more than the best discounted return an episode of the data "
+            f"achieved from its start ({ceiling:.4g}); the policy achieves {mc:.4g} of it"
+        )
+        return Criterion(name, q, float(ceiling) + slack, "<=", True, f"{why}{data_txt}; {base}")  # type: ignore[arg-type]
     if q <= max(mc, q0) + slack:  # between G and Q0, but converged on the data
         why = (
             f"over-optimistic about the policy's own actions: converged on the data ({data_cov:.0%} >= {conv:.0%}) "

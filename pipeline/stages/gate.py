@@ -71,6 +71,8 @@ def policy_on_data(
         if q is not None:
             critic["q_data_start"] = float(q.mean())
             critic["data_discounted_return_mean"] = float(discounted.mean())
+            critic["data_discounted_return_max"] = float(discounted.max())
+            critic["in_sample"] = bool(type(module).in_sample_critic)
             critic["data_start_episodes"] = int(len(first))
     return actions, critic
 
@@ -98,6 +100,8 @@ def gate_evidence(
         q_initial=critic["q_initial"],
         q_data_start=critic.get("q_data_start"),
         data_discounted_return_mean=critic.get("data_discounted_return_mean"),
+        data_discounted_return_max=critic.get("data_discounted_return_max"),
+        critic_in_sample=bool(critic.get("in_sample", False)),
     )
 
 

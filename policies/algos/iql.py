@@ -44,6 +44,7 @@ class IQL(OfflineAlgorithm):
     config = IQLConfig
     hp: IQLConfig
     update_order = ("value", "critic", "actor")
+    in_sample_critic = True  # V is an expectile of Q on the data's actions; Q backs up V
 
     def build(self) -> None:
         hp = self.hp

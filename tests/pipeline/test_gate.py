@@ -221,6 +221,38 @@ def test_positive_rewards_an_unconverged_critic_passes_an_overestimating_one_fai
     assert c.threshold == pytest.approx(49.9 * 1.5) and "above both what the policy achieves" in c.detail
 
 
+def test_an_in_sample_critic_may_expect_what_the_datas_best_episodes_achieved():
+    """Measured (bench_o2o lift_poor, Lift on OSC_POSITION, 15 noisy + 25 random episodes, IQL seed 1):
+    Q(start) 38.66 against an achieved 22.39; on the data's start actions Q 39.55 against their mean
+    discounted return 16.15 (245%: the expectile's optimism, the level of the data's better episodes)."""
+    ev = dict(
+        GOOD,
+        sim={**GOOD["sim"], "return_mean": 54.0, "q_start_mean": 38.66, "mc_discounted_return_mean": 22.39},
+        data_return_mean=48.8,
+        reward_min=0.0,
+        reward_max=2.25,
+        gamma=0.99,
+        horizon=200,
+        q_data_start=39.55,
+        data_discounted_return_mean=16.15,
+        data_discounted_return_max=45.0,
+    )
+    # Without knowing the critic is in-sample: above what the policy achieves, over-optimistic.
+    d = decide(CFG, Evidence(**ev))
+    assert [c.name for c in d.failed] == ["Q(start) vs achieved"] and "over-optimistic" in d.failed[0].detail
+    # IQL's critic: within the best discounted return of the data's episodes, it passes and says why.
+    d = decide(CFG, Evidence(**ev, critic_in_sample=True))
+    c = by_name(d)["Q(start) vs achieved"]
+    assert d.passed and c.threshold == pytest.approx(45.0 + 0.5 * 22.39)
+    assert "optimistic within the data, not extrapolating" in c.detail and "(45)" in c.detail
+    # Past that ceiling (plus the slack) the critic extrapolates: it fails as before.
+    d = decide(CFG, Evidence(**{**ev, "sim": {**ev["sim"], "q_start_mean": 60.0}}, critic_in_sample=True))
+    assert [c.name for c in d.failed] == ["Q(start) vs achieved"] and "over-optimistic" in d.failed[0].detail
+    # The ceiling can be switched off.
+    d = decide({**CFG, "q_in_sample_ceiling": False}, Evidence(**ev, critic_in_sample=True))
+    assert not d.passed
+
+
 def test_a_critic_converged_on_the_data_yet_optimistic_about_the_policy_fails():
     # Negative rewards: Q(start) -12 lies between the achieved -55 and the starting level 0, which an
     # unconverged critic would explain; but on the data's own start actions it is at -40 of -41 (98%).

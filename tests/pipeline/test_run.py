@@ -138,6 +138,9 @@ def test_a_failed_gate_stops_promotion_and_export_but_not_the_report(tmp_path):
         assert c["message"].startswith(f"{c['name']}: ") and c["message"] in printed, (c, printed)
     assert "actions finite: ok: 1 >= 1 required" in printed
     assert decision["critic"]["data_start_episodes"] == 12 and "q_data_start" in decision["critic"]
+    # IQL's critic is in-sample; the gate knows the data's best discounted return from the start.
+    assert decision["critic"]["in_sample"] is True
+    assert decision["critic"]["data_discounted_return_max"] >= decision["critic"]["data_discounted_return_mean"]
     status = {x.name: x.status for x in r.records}
     assert status == {
         "collect": "ran",
@@ -203,6 +206,7 @@ def test_naive_offline_sac_on_narrow_data_is_refused_by_the_gate(tmp_path):
     critic = r.artifacts["gate"]["critic"]
     assert critic["q_initial"] == 0.0 and critic["data_start_episodes"] == 20
     assert critic["data_discounted_return_mean"] < critic["q_data_start"] < 0.0, critic
+    assert critic["in_sample"] is False  # SAC backs up its own actions: no in-sample ceiling for it
 
 
 def test_warm_start_from_the_previous_checkpoint_when_the_dataset_grew(tmp_path):
