@@ -1,4 +1,4 @@
-"""Scripted pick-and-lift for robosuite Lift (Panda, OSC_POSE delta actions).
+"""Scripted pick-and-lift for robosuite Lift (Panda, OSC_POSITION or OSC_POSE delta actions).
 
 Phases latch: hover above the cube, descend to it, close the gripper for a fixed number
 of steps, lift. A controller without memory (choosing its move from the current

@@ -1,4 +1,4 @@
-"""A robosuite Lift export: the manifest names robosuite's own observation keys, OSC_POSE and 20 Hz, and a
+"""A robosuite Lift export: the manifest names robosuite's own observation keys, OSC_POSITION and 20 Hz, and a
 controller that assembles robosuite's observation dict by the manifest gets exactly the env's vector."""
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def test_lift_manifest_describes_the_robot_interface(lift_export):
     assert m["observation"]["keys"] == keys
     shapes = {f["key"]: f["shape"] for f in m["observation"]["layout"]}
     assert shapes["robot0_eef_pos"] == [3] and shapes["robot0_eef_quat"] == [4] and shapes["robot0_joint_vel"] == [7]
-    assert m["control"] == {"frequency_hz": 20.0, "period_s": 0.05, "controller_type": "OSC_POSE"}
-    assert m["action"]["dim"] == 7 and m["action"]["low"] == [-1.0] * 7 and m["action"]["high"] == [1.0] * 7
+    assert m["control"] == {"frequency_hz": 20.0, "period_s": 0.05, "controller_type": "OSC_POSITION"}
+    assert m["action"]["dim"] == 4 and m["action"]["low"] == [-1.0] * 4 and m["action"]["high"] == [1.0] * 4
     assert m["policy"]["algorithm"] == "iql" and m["policy"]["actor"] == "GaussianActor"
     assert lift_export.parity["onnxruntime"] <= 1e-5 and lift_export.parity["torchscript"] <= 1e-5
 
@@ -78,6 +78,6 @@ def test_lift_layout_rebuilds_robosuites_observation(lift_export):
         named = suite._get_observations()  # robosuite's own dict of named sensor values (as last sampled)
         np.testing.assert_array_equal(runtime.flatten(named), obs)
         action = runtime.act(named)
-        assert action.shape == (7,) and np.all(np.abs(action) <= 1.0)
+        assert action.shape == (4,) and np.all(np.abs(action) <= 1.0)
         obs, *_ = env.step(action)
     env.close()

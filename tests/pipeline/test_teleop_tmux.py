@@ -129,8 +129,8 @@ def test_intervention_on_a_scripted_lift_policy(tmux, tmp_path):
         ep = store.episode(0)
         flagged = np.flatnonzero(ep.interventions)
         assert flagged.tolist() == list(range(start, start + 4)), (start, flagged)
-        up = [0, 0, 0.5, 0, 0, 0]
-        np.testing.assert_array_equal(ep.actions[flagged], [up + [-1]] * 3 + [[0] * 6 + [1]])
+        up = [0, 0, 0.5]  # OSC_POSITION: position deltas, then the gripper
+        np.testing.assert_array_equal(ep.actions[flagged], [up + [-1]] * 3 + [[0] * 3 + [1]])
         assert ep.provenance["source"] == "scripted"
         assert ep.provenance["params"]["assisted"] == {"operator": "bob", "device": "terminal"}
     info = subprocess.run([str(O2O), "dataset", "info", str(path), "--json"], capture_output=True, text=True)
@@ -139,7 +139,7 @@ def test_intervention_on_a_scripted_lift_policy(tmux, tmp_path):
 
 
 def test_teleop_moves_a_robosuite_arm(tmux, tmp_path):
-    """End-effector keys on Lift (OSC_POSE): r up, w forward (+x), space closes the gripper."""
+    """End-effector keys on Lift (OSC_POSITION): r up, w forward (+x), space closes the gripper."""
     path = tmp_path / "lift.zarr"
     t = tmux(
         f"{O2O} collect env=lift behavior=human behavior.operator=carol behavior.realtime=false "
@@ -158,7 +158,7 @@ def test_teleop_moves_a_robosuite_arm(tmux, tmp_path):
         assert len(ep) == 11 and ep.provenance["source"] == "human"
         assert eef[4, 2] - eef[0, 2] > 0.01, eef[:5]  # four steps up (0.025 m commanded each; the arm lags)
         assert eef[8, 0] - eef[4, 0] > 0.01, eef[4:9]  # four steps forward
-        assert ep.actions[8:, 6].tolist() == [1, 1, 1] and ep.actions[:8, 6].tolist() == [-1] * 8
+        assert ep.actions[8:, -1].tolist() == [1, 1, 1] and ep.actions[:8, -1].tolist() == [-1] * 8
         assert np.abs(fingers[-1]).sum() < np.abs(fingers[7]).sum(), "the fingers close"
 
 

@@ -92,17 +92,19 @@ def test_lift_clean(envs):
     assert rate >= 0.8
 
 
-def test_lift_on_the_position_controller():
-    """On OSC_POSITION (4-dim actions: position deltas and gripper) the arm holds its own orientation and
-    the controller sends the position part of its plan; it lifts the cube as on OSC_POSE."""
+def test_lift_on_the_pose_controller():
+    """The config's arm runs OSC_POSITION (4-dim actions: position deltas and gripper; the arm holds its
+    orientation); on OSC_POSE (7-dim: with rotation deltas) the controller also servoes the gripper's
+    orientation to pointing down, and lifts the cube as well."""
+    assert make_env(load("lift")).action_space.shape == (4,)
     cfg = load("lift")
-    cfg["kwargs"] = {**cfg["kwargs"], "controller": "OSC_POSITION"}
+    cfg["kwargs"] = {**cfg["kwargs"], "controller": "OSC_POSE"}
     env = make_env(cfg)
     try:
-        assert env.action_space.shape == (4,)
+        assert env.action_space.shape == (7,)
         ctl = LiftController.from_env(env)
         rate = success_rate(env, ctl, 5)
-        print(f"lift on OSC_POSITION, clean: success {rate:.2f} over 5 episodes")
+        print(f"lift on OSC_POSE, clean: success {rate:.2f} over 5 episodes")
         assert rate >= 0.8
     finally:
         env.close()
