@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from o2o.core.stats import mean_difference_se, pooled_rate_se
 from o2o.deploy.runtime import ControlLoop, PolicyRuntime
 from o2o.envs import make_env
 
@@ -134,14 +135,14 @@ def success_noise(p: float | None, n: int, m: int | None = None) -> float:
         return math.nan
     k = min(n, m)
     p = min(max(p, 0.5 / k), 1 - 0.5 / k)  # never zero: 10/10 successes does not mean no noise
-    return math.sqrt(p * (1 - p) * (1 / n + 1 / m))
+    return pooled_rate_se(p, n, p, m)
 
 
 def return_noise(std_a: float, n: int, std_b: float, m: int) -> float:
     """Standard error of a difference of two mean returns (per-episode standard deviations, episode counts)."""
     if n < 1 or m < 1:
         return math.nan
-    return math.sqrt(std_a**2 / n + std_b**2 / m)
+    return mean_difference_se(std_a, n, std_b, m)
 
 
 def compare_with_evaluation(

@@ -77,6 +77,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from o2o.core.stats import mean_difference_se, pooled_rate_se, sample_std
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -183,13 +185,6 @@ def value_range(reward_min: float, reward_max: float, gamma: float) -> tuple[flo
     return lo, hi
 
 
-def sample_std(std: float | None, n: float | None) -> float | None:
-    """A population standard deviation (``np.std``) as the sample one (``ddof=1``); None if unknown."""
-    if std is None or n is None or n < 2 or not math.isfinite(std):
-        return None
-    return float(std) * math.sqrt(n / (n - 1))
-
-
 def _return_vs_data(g, sim: Mapping[str, float], ev: Evidence, need_sim: bool) -> Criterion | None:
     z = g("return_vs_data_se")
     if z is None or ev.data_return_mean is None:
@@ -200,7 +195,7 @@ def _return_vs_data(g, sim: Mapping[str, float], ev: Evidence, need_sim: bool) -
     n_d, sd_d = ev.data_episodes, ev.data_return_std
     slack_margin = margin * abs(mean_d)
     if sd_p is not None and n_p and sd_d is not None and n_d:
-        se = math.sqrt(sd_p**2 / float(n_p) + float(sd_d) ** 2 / float(n_d))
+        se = mean_difference_se(sd_p, n_p, float(sd_d), n_d)
         how = (
             f"data mean {mean_d:.4g} over {n_d} episodes (sd {sd_d:.3g}), policy over {n_p:.0f} (sd {sd_p:.3g}); "
             f"tolerance {float(z):g} SE = {float(z) * se:.3g}"
@@ -226,8 +221,7 @@ def _success_vs_data(g, sim: Mapping[str, float], ev: Evidence, need_sim: bool) 
     z = g("success_vs_data_se")
     se = None
     if p_p is not None and n_p and n_d:
-        pooled = (p_p * n_p + p_d * n_d) / (n_p + n_d)
-        se = math.sqrt(pooled * (1 - pooled) * (1 / n_p + 1 / n_d))
+        se = pooled_rate_se(p_p, n_p, p_d, n_d)
     counts = f"data {p_d:.3g} over {n_d} episodes" if n_d else f"data {p_d:.3g}"
     if p_p is not None and n_p:
         counts += f", policy over {n_p:.0f}"

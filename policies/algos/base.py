@@ -171,10 +171,10 @@ class OfflineAlgorithm(L.LightningModule):
     update_every: ClassVar[dict[str, int]] = {}
     #: whether every update runs the same kernels, so one can be captured as a CUDA graph (policies/graphs.py)
     graph_safe: ClassVar[bool] = True
+    graph_safe_reason: ClassVar[str] = ""
     #: The critic learns from the data's own actions only (no action outside the data enters a target,
     #: as in IQL's expectile regression): its Q can be optimistic about the data, never extrapolate past it.
     in_sample_critic: ClassVar[bool] = False
-    graph_safe_reason: ClassVar[str] = ""
 
     def __init__(
         self,

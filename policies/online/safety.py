@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import lightning as L
 
+from o2o.core.stats import mean_difference_se, pooled_rate_se, sample_std
 from o2o.policies.algos.base import updates_to_multiple
 from o2o.policies.callbacks import SimEvaluation
 
@@ -66,14 +67,14 @@ def difference_se(before: dict[str, Any], after: dict[str, Any], metric: str) ->
     if not (n0 >= 2 and n1 >= 2):
         return 0.0
     if metric == "success_rate":
-        p = (float(before[metric]) * n0 + float(after[metric]) * n1) / (n0 + n1)
-        se = math.sqrt(max(p * (1.0 - p), 0.0) * (1.0 / n0 + 1.0 / n1))
-    elif metric.endswith("_mean") and f"{metric[:-5]}_std" in before and f"{metric[:-5]}_std" in after:
+        se = pooled_rate_se(float(before[metric]), n0, float(after[metric]), n1)
+    elif metric.endswith("_mean"):
         std = f"{metric[:-5]}_std"
-        # Evaluations report the population spread; the sample variance is n/(n-1) of its square.
-        v0 = float(before[std]) ** 2 * n0 / (n0 - 1.0)
-        v1 = float(after[std]) ** 2 * n1 / (n1 - 1.0)
-        se = math.sqrt(v0 / n0 + v1 / n1)
+        # Evaluations report the population spread: as sample spreads.
+        s0, s1 = sample_std(before.get(std), n0), sample_std(after.get(std), n1)
+        if s0 is None or s1 is None:
+            return 0.0
+        se = mean_difference_se(s0, n0, s1, n1)
     else:
         return 0.0
     return se if math.isfinite(se) else 0.0
