@@ -1,9 +1,11 @@
-"""Implicit Q-Learning (Kostrikov, Nair & Levine 2021), entirely in-sample.
+"""Implicit Q-Learning (Kostrikov, Nair & Levine 2021), in-sample.
 
 Per update, in order: V(s) regresses to an upper expectile of the target critics' Q(s, a)
 on dataset actions; the critics regress to ``r + gamma V(s')``; the actor maximises the
 advantage-weighted likelihood of dataset actions (weights ``exp(beta A)`` clipped).
-Q and V are never queried on actions outside the dataset.
+Q and V are trained only on the dataset's actions. With ``actor_q_weight`` > 0 (an option,
+off by default; measured in docs/results.md) the actor also climbs Q at its own mean action,
+as TD3+BC's actor does; the critics stay in-sample.
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ class IQLConfig(AlgoConfig):
     # 0.1 it levels off by 3,000 updates (docs/results.md, "IQL's target rate")
     tau: float = 0.1
     n_critics: int = 2
+    # LayerNorm in the critics and V (as RLPD's and WSRL's critics): bounds Q's growth on states far from the
+    # data, which online finetuning visits
+    critic_layer_norm: bool = False
     actor_kind: str = "gaussian"
+    # Online, the actor may also climb the critic (TD3+BC's term): loss = AWR + actor_q_weight * (-Q(s, mu(s)) /
+    # mean |Q|). 0 (the paper's IQL) keeps the actor in-sample; the critics stay in-sample either way
+    actor_q_weight: float = 0.0
     actor_dropout: float = 0.0
     critic_lr: float = 3e-4
     value_lr: float = 3e-4
@@ -48,9 +56,10 @@ class IQL(OfflineAlgorithm):
 
     def build(self) -> None:
         hp = self.hp
-        self.critic = QEnsemble(self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation)
+        ln = hp.critic_layer_norm
+        self.critic = QEnsemble(self.obs_dim, self.act_dim, hp.hidden, hp.n_critics, hp.activation, layer_norm=ln)
         self.critic_target = self.add_target(self.critic, hp.tau)
-        self.value = ValueMLP(self.obs_dim, hp.hidden, hp.activation)
+        self.value = ValueMLP(self.obs_dim, hp.hidden, hp.activation, layer_norm=ln)
         kw = {"dropout": hp.actor_dropout} if hp.actor_kind != "tanh_gaussian" else {}
         self.actor = make_actor(hp.actor_kind, self.obs_dim, self.act_dim, hidden=hp.hidden, act=hp.activation, **kw)
 
@@ -77,7 +86,14 @@ class IQL(OfflineAlgorithm):
             adv = scratch["q_target"] - scratch["v"]
             w = L.awr_weights(adv, self.hp.beta, self.hp.max_weight)
         log_prob = self.actor.log_prob(batch.observations, batch.actions)
-        return L.LossOut(L.weighted_nll(log_prob, w), {"adv_mean": adv.mean(), "weight_mean": w.mean()})
+        loss = L.weighted_nll(log_prob, w)
+        metrics = {"adv_mean": adv.mean(), "weight_mean": w.mean()}
+        if self.hp.actor_q_weight:
+            q = self.critic_q_for_actor(batch.observations, self.actor.act(batch.observations)).min(dim=0).values
+            q_term = -q.mean() / q.abs().mean().detach().clamp(min=1e-6)
+            loss = loss + self.hp.actor_q_weight * q_term
+            metrics["actor_q"] = q.detach().mean()
+        return L.LossOut(loss, metrics)
 
     def configure_optimizers(self):
         opts = super().configure_optimizers()

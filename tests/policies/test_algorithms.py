@@ -291,6 +291,68 @@ def test_iql_actor_reuses_the_update_s_values_and_gets_what_it_would_compute(maz
     assert not any(k.startswith(("_q_", "_v_")) for k in vars(m))
 
 
+def test_iql_critic_layer_norm_puts_layernorm_in_its_critics_and_value_and_survives_a_checkpoint(
+    maze_dataset, tmp_path
+):
+    """``algo.critic_layer_norm=true``: LayerNorm in every critic, their targets and V (not the actor), and a
+    loaded checkpoint rebuilds the same networks with the same outputs."""
+    run = pretrain(
+        tiny_cfg(
+            "iql", maze_dataset, tmp_path, "trainer.max_steps=5", "eval.enabled=false", "algo.critic_layer_norm=true"
+        )
+    )
+    m = run.module
+
+    def norms(net):
+        return sum(isinstance(x, torch.nn.LayerNorm) for x in net.modules())
+
+    assert norms(m.critic) == norms(m.critic_target) == norms(m.value) == 2 and norms(m.actor) == 0
+    plain = pretrain(tiny_cfg("iql", maze_dataset, tmp_path / "plain", "trainer.max_steps=5", "eval.enabled=false"))
+    assert norms(plain.module.critic) == norms(plain.module.value) == 0
+    loaded = load_algorithm(run.last_checkpoint)
+    batch = m.replay.sample(16)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.critic(batch.observations.to(loaded.device), batch.actions.to(loaded.device)).cpu(),
+            m.critic(batch.observations, batch.actions).cpu(),
+        )
+        torch.testing.assert_close(
+            loaded.value(batch.observations.to(loaded.device)).cpu(), m.value(batch.observations).cpu()
+        )
+
+
+def test_iql_actor_q_weight_adds_td3_bc_s_q_term_and_leaves_the_critics_gradients_alone(maze_dataset, tmp_path):
+    """``actor_q_weight`` > 0: the actor's loss is the AWR loss plus ``w * -Q(s, mu(s)) / mean|Q|`` (the min over
+    the critics), its gradient reaches the actor through mu(s) and never the critics' parameters; 0 is IQL's."""
+    import dataclasses
+
+    m = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=5", "eval.enabled=false")).module
+    batch = m.replay.sample(32)
+
+    def actor_loss(weight: float):
+        m.hp = dataclasses.replace(m.hp, actor_q_weight=weight)
+        scratch = Scratch()
+        m.value_loss(batch, scratch)
+        m.critic_loss(batch, scratch)
+        m.zero_grad(set_to_none=True)
+        out = m.actor_loss(batch, scratch)
+        out.loss.backward()
+        return out
+
+    plain = actor_loss(0.0)
+    assert "actor_q" not in plain.metrics
+    plain_grad = [p.grad.clone() for p in m.actor.parameters()]
+    out = actor_loss(2.0)
+    with torch.no_grad():
+        q = m.critic(batch.observations, m.actor.act(batch.observations)).min(0).values
+    torch.testing.assert_close(out.loss, plain.loss - 2.0 * q.mean() / q.abs().mean(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.metrics["actor_q"], q.mean())
+    assert all(p.grad is None for p in m.critic.parameters()) and all(p.grad is None for p in m.value.parameters())
+    assert any(not torch.equal(p.grad, g) for p, g in zip(m.actor.parameters(), plain_grad))
+    assert all(p.requires_grad for p in m.critic.parameters())
+
+
 def test_an_update_passes_values_between_its_losses_only_through_a_fresh_scratch(maze_dataset, tmp_path):
     """Each update hands every loss of update_order the same new Scratch; no two updates share one."""
     m = pretrain(
