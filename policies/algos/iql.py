@@ -90,8 +90,8 @@ class IQL(OfflineAlgorithm):
         metrics = {"adv_mean": adv.mean(), "weight_mean": w.mean()}
         if self.hp.actor_q_weight:
             q = self.critic_q_for_actor(batch.observations, self.actor.act(batch.observations)).min(dim=0).values
-            q_term = -q.mean() / q.abs().mean().detach().clamp(min=1e-6)
-            loss = loss + self.hp.actor_q_weight * q_term
+            q_loss, _ = L.normalized_q_ascent(q, self.hp.actor_q_weight, min_scale=1e-6)
+            loss = loss + q_loss
             metrics["actor_q"] = q.detach().mean()
         return L.LossOut(loss, metrics)
 

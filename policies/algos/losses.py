@@ -144,16 +144,23 @@ def sac_actor_loss(q_policy: Tensor, log_prob: Tensor, alpha: Tensor | float) ->
     return (alpha * log_prob - q_policy).mean()
 
 
+def normalized_q_ascent(q: Tensor, alpha: float, min_scale: float = 0.0) -> tuple[Tensor, Tensor]:
+    """TD3+BC's Q term ``-lambda mean Q`` with ``lambda = alpha / max(mean|Q|, min_scale)`` (not
+    differentiated): the actor climbs Q with a weight independent of the reward scale. Returns
+    ``(loss, lambda)``."""
+    lam = alpha / q.abs().mean().detach().clamp(min=min_scale)
+    return -lam * q.mean(), lam
+
+
 def td3_bc_actor_loss(
     q1: Tensor, pi_actions: Tensor, data_actions: Tensor, alpha: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """TD3+BC's actor loss ``-lambda mean Q1(s, pi(s)) + mean (pi(s) - a)^2`` (Fujimoto & Gu 2021), the
     squared error averaged over batch and action dimensions as the reference code's ``mse_loss``;
-    ``lambda = alpha / mean|Q1|`` (not differentiated) keeps the balance independent of the reward
-    scale. Returns ``(loss, lambda, bc_mse)``."""
-    lam = alpha / q1.abs().mean().detach()
+    ``lambda = alpha / mean|Q1|`` (:func:`normalized_q_ascent`). Returns ``(loss, lambda, bc_mse)``."""
+    q_loss, lam = normalized_q_ascent(q1, alpha)
     bc = (pi_actions - data_actions).pow(2).mean()
-    return -lam * q1.mean() + bc, lam, bc.detach()
+    return q_loss + bc, lam, bc.detach()
 
 
 def entropy_alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> Tensor:

@@ -5,6 +5,7 @@ Parametrised over ``configs/algo/*.yaml``, so a new algorithm is checked by addi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from importlib import resources
 
@@ -325,8 +326,6 @@ def test_iql_critic_layer_norm_puts_layernorm_in_its_critics_and_value_and_survi
 def test_iql_actor_q_weight_adds_td3_bc_s_q_term_and_leaves_the_critics_gradients_alone(maze_dataset, tmp_path):
     """``actor_q_weight`` > 0: the actor's loss is the AWR loss plus ``w * -Q(s, mu(s)) / mean|Q|`` (the min over
     the critics), its gradient reaches the actor through mu(s) and never the critics' parameters; 0 is IQL's."""
-    import dataclasses
-
     m = pretrain(tiny_cfg("iql", maze_dataset, tmp_path, "trainer.max_steps=5", "eval.enabled=false")).module
     batch = m.replay.sample(32)
 
